@@ -1,0 +1,49 @@
+//! Softmax cross-entropy with ignore index -100 and mean reduction, fused with its gradient:
+//! `loss_r = logsumexp(x_r) - x_r[label_r]`, `dx_r = (softmax(x_r) - onehot(label_r)) / count`.
+
+use rayon::prelude::*;
+
+pub const IGNORE_INDEX: i32 = -100;
+
+/// Returns `(sum of row losses, labelled count)`; writes dlogits when given (zero on ignored rows).
+pub fn forward_backward(
+    logits: &[f32],
+    labels: &[i32],
+    vocab: usize,
+    dlogits: Option<&mut [f32]>,
+) -> (f64, usize) {
+    let count = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    let row_loss = |x: &[f32], label: i32, dx: Option<&mut [f32]>| -> f64 {
+        if label == IGNORE_INDEX {
+            if let Some(dx) = dx {
+                dx.fill(0.0);
+            }
+            return 0.0;
+        }
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        let lse = max as f64 + sum.ln();
+        if let Some(dx) = dx {
+            let inv = 1.0 / count as f64;
+            for (j, (d, &v)) in dx.iter_mut().zip(x).enumerate() {
+                let p = (v as f64 - lse).exp();
+                let onehot = if j == label as usize { 1.0 } else { 0.0 };
+                *d = ((p - onehot) * inv) as f32;
+            }
+        }
+        lse - x[label as usize] as f64
+    };
+    let total = match dlogits {
+        Some(dl) => dl
+            .par_chunks_mut(vocab)
+            .zip(logits.par_chunks(vocab).zip(labels.par_iter()))
+            .map(|(dx, (x, &l))| row_loss(x, l, Some(dx)))
+            .sum(),
+        None => logits
+            .par_chunks(vocab)
+            .zip(labels.par_iter())
+            .map(|(x, &l)| row_loss(x, l, None))
+            .sum(),
+    };
+    (total, count)
+}

@@ -1,0 +1,97 @@
+//! Token + instruction + argument embedding, with positions derived from `[NEXT]`.
+//!
+//! A row `foo bar baz [NEXT] blah` has instruction indices `0 0 0 0 1` and argument indices
+//! `0 1 2 3 0`: a new instruction starts at the token *after* each `[NEXT]`, so the `[NEXT]`
+//! belongs to the instruction before it. Padding continues the count like any other token.
+
+use rayon::prelude::*;
+
+/// Instruction and argument index of every position of one row.
+pub fn trace_positions(row: &[i32], next_token_id: i32) -> (Vec<usize>, Vec<usize>) {
+    let mut instruction = Vec::with_capacity(row.len());
+    let mut argument = Vec::with_capacity(row.len());
+    let (mut current, mut start) = (0usize, 0usize);
+    for j in 0..row.len() {
+        if j >= 1 && row[j - 1] == next_token_id {
+            current += 1;
+            start = j;
+        }
+        instruction.push(current);
+        argument.push(j - start);
+    }
+    (instruction, argument)
+}
+
+/// `out[b*S + j] = token[t] + instruction[i] + argument[a]`, for `tokens` `[batch, seq]`.
+pub fn forward(
+    out: &mut [f32],
+    tokens: &[i32],
+    seq: usize,
+    next_token_id: i32,
+    tables: [&[f32]; 3],
+    hidden: usize,
+) {
+    let [token, instruction, argument] = tables;
+    out.par_chunks_mut(seq * hidden)
+        .zip(tokens.par_chunks(seq))
+        .for_each(|(out_row, row)| {
+            let (ins, arg) = trace_positions(row, next_token_id);
+            for j in 0..seq {
+                let t = &token[row[j] as usize * hidden..][..hidden];
+                let i = &instruction[ins[j] * hidden..][..hidden];
+                let a = &argument[arg[j] * hidden..][..hidden];
+                let o = &mut out_row[j * hidden..][..hidden];
+                for c in 0..hidden {
+                    o[c] = t[c] + i[c] + a[c];
+                }
+            }
+        });
+}
+
+/// Adds each output row's gradient into the three table rows it was gathered from. Sequential,
+/// so the summation order (and the result) is the same on every run.
+pub fn backward(
+    dout: &[f32],
+    tokens: &[i32],
+    seq: usize,
+    next_token_id: i32,
+    dtables: [&mut [f32]; 3],
+    hidden: usize,
+) {
+    let [dtoken, dinstruction, dargument] = dtables;
+    for (drow, row) in dout.chunks(seq * hidden).zip(tokens.chunks(seq)) {
+        let (ins, arg) = trace_positions(row, next_token_id);
+        for j in 0..seq {
+            let d = &drow[j * hidden..][..hidden];
+            for (dst, index) in [
+                (&mut *dtoken, row[j] as usize),
+                (&mut *dinstruction, ins[j]),
+                (&mut *dargument, arg[j]),
+            ] {
+                for (g, x) in dst[index * hidden..][..hidden].iter_mut().zip(d) {
+                    *g += x;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_belongs_to_the_previous_instruction() {
+        // foo bar baz [NEXT] blah, with [NEXT] = 5
+        let (ins, arg) = trace_positions(&[10, 11, 12, 5, 13], 5);
+        assert_eq!(ins, vec![0, 0, 0, 0, 1]);
+        assert_eq!(arg, vec![0, 1, 2, 3, 0]);
+    }
+
+    #[test]
+    fn leading_next_and_padding_continue_the_count() {
+        let (ins, arg) = trace_positions(&[5, 5, 9, 5, 0, 0], 5);
+        assert_eq!(ins, vec![0, 1, 2, 2, 3, 3]);
+        assert_eq!(arg, vec![0, 0, 0, 1, 0, 1]);
+    }
+}

@@ -1,0 +1,505 @@
+//! The CPU backend: every op in plain Rust f32, parallel over rows with rayon, GEMMs through the
+//! `gemm` crate. It is the reference every other backend is tested against, so each op lives in
+//! its own file as a function over slices, readable on its own; this file only checks shapes and
+//! unpacks tensors.
+
+mod adamw;
+mod attention;
+mod cross_entropy;
+mod dropout;
+pub mod embedding;
+mod gelu;
+pub mod gemm;
+mod layernorm;
+mod linear;
+mod rows;
+
+pub use cross_entropy::IGNORE_INDEX;
+
+use crate::backend::{
+    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
+};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Storage, Tensor};
+
+/// The CPU backend. Threads come from the global rayon pool.
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend;
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        CpuBackend
+    }
+}
+
+fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
+    match t.storage() {
+        Storage::CpuF32(v) => Ok(v),
+        Storage::CpuI32(_) => Err(t.dtype_error(what, DType::F32)),
+    }
+}
+
+fn f32s_mut<'a>(t: &'a mut Tensor, what: &str) -> Result<&'a mut [f32]> {
+    match t.storage_mut() {
+        Storage::CpuF32(v) => Ok(v),
+        Storage::CpuI32(_) => Err(Error::DType {
+            what: what.to_string(),
+            expected: DType::F32,
+            got: DType::I32,
+        }),
+    }
+}
+
+fn i32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [i32]> {
+    match t.storage() {
+        Storage::CpuI32(v) => Ok(v),
+        Storage::CpuF32(_) => Err(t.dtype_error(what, DType::I32)),
+    }
+}
+
+/// `[rows, cols]` view of a tensor whose last axis has `cols` features.
+fn rows_cols(t: &Tensor, what: &str) -> Result<(usize, usize)> {
+    match t.shape() {
+        [] => Err(Error::shape(what, "[rows, features]", t.shape())),
+        [.., c] => Ok((t.numel() / (*c).max(1), *c)),
+    }
+}
+
+fn check_same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(what, format!("{:?}", a.shape()), b.shape()));
+    }
+    Ok(())
+}
+
+fn param<'a>(params: &'a [f32], p: Param, expected: usize, what: &str) -> Result<&'a [f32]> {
+    if p.len != expected {
+        return Err(Error::shape(what, format!("[{expected}]"), &[p.len]));
+    }
+    params
+        .get(p.offset..p.offset + p.len)
+        .ok_or_else(|| Error::shape(what, format!("inside [{}]", params.len()), &[p.offset + p.len]))
+}
+
+/// Disjoint mutable slices of the flat gradient buffer, one per parameter, in the order given.
+fn params_mut<'a, const N: usize>(
+    buf: &'a mut [f32],
+    ps: [Param; N],
+    what: &str,
+) -> Result<[&'a mut [f32]; N]> {
+    let mut order: Vec<usize> = (0..N).collect();
+    order.sort_by_key(|&i| ps[i].offset);
+    let mut slots: [Option<&'a mut [f32]>; N] = std::array::from_fn(|_| None);
+    let mut rest = buf;
+    let mut consumed = 0;
+    for &i in &order {
+        let p = ps[i];
+        if p.offset < consumed || p.offset + p.len > consumed + rest.len() {
+            return Err(Error::shape(
+                format!("{what}: overlapping or out-of-range gradient slot"),
+                format!("disjoint slots inside [{}]", consumed + rest.len()),
+                &[p.offset, p.len],
+            ));
+        }
+        let (_, tail) = rest.split_at_mut(p.offset - consumed);
+        let (slot, tail) = tail.split_at_mut(p.len);
+        slots[i] = Some(slot);
+        rest = tail;
+        consumed = p.offset + p.len;
+    }
+    Ok(slots.map(|s| s.expect("every slot is filled above")))
+}
+
+fn output(shape: &[usize], data: Vec<f32>) -> Result<Tensor> {
+    Tensor::from_f32(shape, data)
+}
+
+impl Backend for CpuBackend {
+    fn device(&self) -> Device {
+        Device::Cpu
+    }
+
+    fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        Tensor::from_f32(shape, data.to_vec())
+    }
+
+    fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor> {
+        Tensor::from_i32(shape, data.to_vec())
+    }
+
+    fn zeros_f32(&self, shape: &[usize]) -> Result<Tensor> {
+        Tensor::from_f32(shape, vec![0.0; shape.iter().product()])
+    }
+
+    fn to_device(&self, t: &Tensor) -> Result<Tensor> {
+        Ok(t.clone())
+    }
+
+    fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        t.to_vec_f32()
+    }
+
+    fn download_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
+        t.to_vec_i32()
+    }
+
+    fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
+        f32s_mut(t, "fill_zero")?.fill(0.0);
+        Ok(())
+    }
+
+    fn embedding_forward(
+        &self,
+        tokens: &Tensor,
+        next_token_id: i32,
+        params: &Tensor,
+        token: Param,
+        instruction: Param,
+        argument: Param,
+        hidden: usize,
+    ) -> Result<Tensor> {
+        let [batch, seq] = *tokens.shape() else {
+            return Err(Error::shape("embedding tokens", "[batch, seq]", tokens.shape()));
+        };
+        let ids = i32s(tokens, "embedding tokens")?;
+        let p = f32s(params, "parameters")?;
+        let vocab = token.len / hidden.max(1);
+        let positions = instruction.len / hidden.max(1);
+        if seq > positions {
+            return Err(Error::SequenceTooLong {
+                length: seq,
+                max: positions,
+            });
+        }
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id: id as i64,
+                row: i / seq,
+                position: i % seq,
+                vocab_size: vocab,
+            });
+        }
+        let tables = [
+            param(p, token, vocab * hidden, "embedding token table")?,
+            param(p, instruction, positions * hidden, "embedding instruction table")?,
+            param(p, argument, positions * hidden, "embedding argument table")?,
+        ];
+        let mut out = vec![0.0f32; batch * seq * hidden];
+        embedding::forward(&mut out, ids, seq, next_token_id, tables, hidden);
+        output(&[batch * seq, hidden], out)
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: &Tensor,
+        tokens: &Tensor,
+        next_token_id: i32,
+        grads: &mut Tensor,
+        token: Param,
+        instruction: Param,
+        argument: Param,
+    ) -> Result<()> {
+        let [_, seq] = *tokens.shape() else {
+            return Err(Error::shape("embedding tokens", "[batch, seq]", tokens.shape()));
+        };
+        let (rows, hidden) = rows_cols(dout, "embedding dout")?;
+        if rows != tokens.numel() {
+            return Err(Error::shape(
+                "embedding dout",
+                format!("[{}, {hidden}]", tokens.numel()),
+                dout.shape(),
+            ));
+        }
+        let ids = i32s(tokens, "embedding tokens")?;
+        let d = f32s(dout, "embedding dout")?;
+        let g = f32s_mut(grads, "gradients")?;
+        let tables = params_mut(g, [token, instruction, argument], "embedding")?;
+        embedding::backward(d, ids, seq, next_token_id, tables, hidden);
+        Ok(())
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+    ) -> Result<LayerNormOut> {
+        let (rows, c) = rows_cols(x, "layernorm input")?;
+        let p = f32s(params, "parameters")?;
+        let w = param(p, weight, c, "layernorm weight")?;
+        let b = param(p, bias, c, "layernorm bias")?;
+        let mut y = vec![0.0f32; rows * c];
+        let mut mean = vec![0.0f32; rows];
+        let mut rstd = vec![0.0f32; rows];
+        layernorm::forward(&mut y, &mut mean, &mut rstd, f32s(x, "layernorm input")?, w, b, eps);
+        Ok(LayerNormOut {
+            y: output(x.shape(), y)?,
+            mean: output(&[rows], mean)?,
+            rstd: output(&[rows], rstd)?,
+        })
+    }
+
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        check_same_shape(x, dy, "layernorm dy")?;
+        let (rows, c) = rows_cols(x, "layernorm input")?;
+        if mean.numel() != rows || rstd.numel() != rows {
+            return Err(Error::shape("layernorm statistics", format!("[{rows}]"), mean.shape()));
+        }
+        let w = param(f32s(params, "parameters")?, weight, c, "layernorm weight")?;
+        let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "layernorm")?;
+        let mut dx = vec![0.0f32; rows * c];
+        layernorm::backward(
+            &mut dx,
+            dw,
+            db,
+            f32s(dy, "layernorm dy")?,
+            f32s(x, "layernorm input")?,
+            f32s(mean, "layernorm mean")?,
+            f32s(rstd, "layernorm rstd")?,
+            w,
+        );
+        output(x.shape(), dx)
+    }
+
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<Tensor> {
+        let (rows, inp) = rows_cols(x, "linear input")?;
+        let p = f32s(params, "parameters")?;
+        let w = param(p, weight, out_features * inp, "linear weight")?;
+        let b = param(p, bias, out_features, "linear bias")?;
+        let mut y = vec![0.0f32; rows * out_features];
+        linear::forward(&mut y, f32s(x, "linear input")?, w, b, inp);
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank checked by rows_cols") = out_features;
+        output(&shape, y)
+    }
+
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        let (rows, inp) = rows_cols(x, "linear input")?;
+        let (dy_rows, out) = rows_cols(dy, "linear dy")?;
+        if dy_rows != rows {
+            return Err(Error::shape("linear dy", format!("[{rows}, {out}]"), dy.shape()));
+        }
+        let w = param(f32s(params, "parameters")?, weight, out * inp, "linear weight")?;
+        let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "linear")?;
+        let mut dx = vec![0.0f32; rows * inp];
+        linear::backward(&mut dx, dw, db, f32s(dy, "linear dy")?, f32s(x, "linear input")?, w);
+        output(x.shape(), dx)
+    }
+
+    fn gelu_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut y = vec![0.0f32; x.numel()];
+        gelu::forward(&mut y, f32s(x, "gelu input")?);
+        output(x.shape(), y)
+    }
+
+    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        check_same_shape(x, dy, "gelu dy")?;
+        let mut dx = vec![0.0f32; x.numel()];
+        gelu::backward(&mut dx, f32s(dy, "gelu dy")?, f32s(x, "gelu input")?);
+        output(x.shape(), dx)
+    }
+
+    fn attention_forward(&self, qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<AttentionOut> {
+        let dims = attention_dims(qkv, mask, heads)?;
+        let (out, lse) = attention::forward(&dims, f32s(qkv, "qkv")?, i32s(mask, "attention mask")?);
+        Ok(AttentionOut {
+            out: output(&[dims.batch * dims.seq, heads * dims.head_dim], out)?,
+            lse: output(&[dims.batch, heads, dims.seq], lse)?,
+        })
+    }
+
+    fn attention_backward(
+        &self,
+        dout: &Tensor,
+        qkv: &Tensor,
+        mask: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        heads: usize,
+    ) -> Result<Tensor> {
+        let dims = attention_dims(qkv, mask, heads)?;
+        check_same_shape(out, dout, "attention dout")?;
+        if out.numel() != dims.batch * dims.seq * heads * dims.head_dim
+            || lse.numel() != dims.batch * heads * dims.seq
+        {
+            return Err(Error::shape(
+                "attention saved output",
+                format!("[{}, {}]", dims.batch * dims.seq, heads * dims.head_dim),
+                out.shape(),
+            ));
+        }
+        let dqkv = attention::backward(
+            &dims,
+            f32s(dout, "attention dout")?,
+            f32s(qkv, "qkv")?,
+            i32s(mask, "attention mask")?,
+            f32s(out, "attention output")?,
+            f32s(lse, "attention lse")?,
+        );
+        output(qkv.shape(), dqkv)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        let mut out = a.clone();
+        self.add_assign(&mut out, b)?;
+        Ok(out)
+    }
+
+    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+        check_same_shape(acc, x, "add")?;
+        let xs = f32s(x, "add")?;
+        f32s_mut(acc, "add")?
+            .iter_mut()
+            .zip(xs)
+            .for_each(|(a, b)| *a += b);
+        Ok(())
+    }
+
+    fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
+        if !(0.0..1.0).contains(&key.p) {
+            return Err(Error::Config(format!("dropout probability {} is not in [0, 1)", key.p)));
+        }
+        let mut y = vec![0.0f32; x.numel()];
+        dropout::apply(&mut y, f32s(x, "dropout input")?, key);
+        output(x.shape(), y)
+    }
+
+    fn dropout_backward(&self, dy: &Tensor, key: DropoutKey) -> Result<Tensor> {
+        self.dropout_forward(dy, key)
+    }
+
+    fn cross_entropy(&self, logits: &Tensor, labels: &Tensor, want_grad: bool) -> Result<CrossEntropyOut> {
+        let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
+        if labels.numel() != rows {
+            return Err(Error::shape("cross-entropy labels", format!("[{rows}]"), labels.shape()));
+        }
+        let ls = i32s(labels, "cross-entropy labels")?;
+        if let Some((i, &l)) = ls
+            .iter()
+            .enumerate()
+            .find(|(_, l)| **l != IGNORE_INDEX && (**l < 0 || **l as usize >= vocab))
+        {
+            return Err(Error::LabelOutOfRange {
+                label: l as i64,
+                row: i,
+                position: 0,
+                vocab_size: vocab,
+            });
+        }
+        let x = f32s(logits, "cross-entropy logits")?;
+        let mut dlogits = want_grad.then(|| vec![0.0f32; rows * vocab]);
+        let (total, count) = cross_entropy::forward_backward(x, ls, vocab, dlogits.as_deref_mut());
+        if count == 0 {
+            return Err(Error::NoLabels);
+        }
+        Ok(CrossEntropyOut {
+            loss: (total / count as f64) as f32,
+            count,
+            dlogits: dlogits.map(|d| output(logits.shape(), d)).transpose()?,
+        })
+    }
+
+    fn gather_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        let (n, width) = rows_cols(x, "gather input")?;
+        let idx = i32s(rows, "gather rows")?;
+        check_rows(idx, n)?;
+        let mut out = vec![0.0f32; idx.len() * width];
+        rows::gather(&mut out, f32s(x, "gather input")?, idx, width);
+        output(&[idx.len(), width], out)
+    }
+
+    fn scatter_rows(&self, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
+        let (m, width) = rows_cols(dy, "scatter dy")?;
+        let idx = i32s(rows, "scatter rows")?;
+        if idx.len() != m {
+            return Err(Error::shape("scatter rows", format!("[{m}]"), rows.shape()));
+        }
+        check_rows(idx, n)?;
+        let mut out = vec![0.0f32; n * width];
+        rows::scatter_add(&mut out, f32s(dy, "scatter dy")?, idx, width);
+        output(&[n, width], out)
+    }
+
+    fn argmax_rows(&self, x: &Tensor) -> Result<Tensor> {
+        let (n, width) = rows_cols(x, "argmax input")?;
+        let mut out = vec![0i32; n];
+        rows::argmax(&mut out, f32s(x, "argmax input")?, width);
+        Tensor::from_i32(&[n], out)
+    }
+
+    fn adamw_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: AdamWStep,
+    ) -> Result<()> {
+        check_same_shape(params, grads, "adamw gradients")?;
+        check_same_shape(params, m, "adamw first moment")?;
+        check_same_shape(params, v, "adamw second moment")?;
+        adamw::step(
+            f32s_mut(params, "adamw parameters")?,
+            f32s(grads, "adamw gradients")?,
+            f32s_mut(m, "adamw first moment")?,
+            f32s_mut(v, "adamw second moment")?,
+            step,
+        );
+        Ok(())
+    }
+}
+
+fn check_rows(idx: &[i32], n: usize) -> Result<()> {
+    match idx.iter().find(|&&r| r < 0 || r as usize >= n) {
+        Some(&r) => Err(Error::shape("row index", format!("an index below {n}"), &[r.max(0) as usize])),
+        None => Ok(()),
+    }
+}
+
+fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<attention::Dims> {
+    let [batch, seq] = *mask.shape() else {
+        return Err(Error::shape("attention mask", "[batch, seq]", mask.shape()));
+    };
+    let (rows, width) = rows_cols(qkv, "qkv")?;
+    if rows != batch * seq || width % 3 != 0 || heads == 0 || (width / 3) % heads != 0 {
+        return Err(Error::shape(
+            "qkv",
+            format!("[{}, 3 * hidden] with hidden divisible by {heads} heads", batch * seq),
+            qkv.shape(),
+        ));
+    }
+    Ok(attention::Dims {
+        batch,
+        seq,
+        heads,
+        head_dim: width / 3 / heads,
+    })
+}

@@ -1,0 +1,44 @@
+//! Where tensors live and ops run.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::backend::{Backend, cpu::CpuBackend};
+use crate::error::Result;
+
+/// A compute device. Only the CPU exists so far; CUDA ordinals join this enum without changing
+/// any caller, because callers only ever ask a `Device` for its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+}
+
+impl Device {
+    /// The backend that runs ops on this device.
+    pub fn backend(self) -> Result<Arc<dyn Backend>> {
+        match self {
+            Device::Cpu => Ok(Arc::new(CpuBackend::new())),
+        }
+    }
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+        }
+    }
+}
+
+impl std::str::FromStr for Device {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            other => Err(crate::Error::Config(format!(
+                "unknown device {other:?}: this build supports \"cpu\""
+            ))),
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The crate's error type: every failure a caller can cause is a variant that names the bad value.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in this crate, with the value that was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor or input has the wrong rank or shape.
+    #[error("{what}: expected shape {expected}, got {got:?}")]
+    Shape {
+        what: String,
+        expected: String,
+        got: Vec<usize>,
+    },
+
+    /// A tensor has the wrong element type for the operation.
+    #[error("{what}: expected dtype {expected:?}, got {got:?}")]
+    DType {
+        what: String,
+        expected: crate::DType,
+        got: crate::DType,
+    },
+
+    /// A tensor lives on another device than the backend that was asked to use it.
+    #[error("{what}: tensor is on {got}, the backend runs on {expected}")]
+    Device {
+        what: String,
+        expected: crate::Device,
+        got: crate::Device,
+    },
+
+    /// A token id is negative or not below the vocabulary size.
+    #[error("token id {id} at row {row}, position {position} is out of range: vocab_size is {vocab_size}")]
+    TokenOutOfRange {
+        id: i64,
+        row: usize,
+        position: usize,
+        vocab_size: usize,
+    },
+
+    /// A label is neither -100 (ignored) nor a valid token id.
+    #[error("label {label} at row {row}, position {position} is out of range: expected -100 or an id below {vocab_size}")]
+    LabelOutOfRange {
+        label: i64,
+        row: usize,
+        position: usize,
+        vocab_size: usize,
+    },
+
+    /// An attention-mask entry other than 0 or 1.
+    #[error("mask value {value} at row {row}, position {position}: mask entries must be 0 or 1")]
+    MaskValue {
+        value: i64,
+        row: usize,
+        position: usize,
+    },
+
+    /// An input sequence longer than the model's position tables.
+    #[error("sequence of length {length} is longer than the model's sequence_length {max}")]
+    SequenceTooLong { length: usize, max: usize },
+
+    /// A row whose mask is all zero: attention has no key to attend to.
+    #[error("row {row} has no real token (its mask is all zero), so attention over it is undefined")]
+    EmptyRow { row: usize },
+
+    /// A batch in which every label is -100: the mean loss divides by zero.
+    #[error("the batch has no labelled position (every label is -100), so the loss is undefined")]
+    NoLabels,
+
+    /// A special token the model needs is missing from the vocabulary.
+    #[error("special token {token} is missing from the vocabulary")]
+    MissingSpecialToken { token: String },
+
+    /// The loss became NaN or infinite.
+    #[error("non-finite loss {loss} at step {step}")]
+    NonFiniteLoss { loss: f32, step: u64 },
+
+    /// A model configuration that cannot be built.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+
+    /// A checkpoint that cannot be read or does not fit the model.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{context}: {source}")]
+    Json {
+        context: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub(crate) fn shape(what: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
+        Error::Shape {
+            what: what.into(),
+            expected: expected.into(),
+            got: got.to_vec(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}

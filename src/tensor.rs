@@ -1,0 +1,133 @@
+//! Tensors: a shape, an element type and storage on a device.
+//!
+//! Tensors here are plain values: ops take them by reference and return new ones. Parameters are
+//! not tensors of their own but [`Param`](crate::backend::Param) views into one flat buffer, so the
+//! optimiser can update every parameter in one pass.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// Element types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    /// Token ids, labels, masks and row indices.
+    I32,
+}
+
+/// The memory behind a tensor. Each backend owns its variants; a CUDA backend adds its own.
+#[derive(Debug, Clone)]
+pub enum Storage {
+    CpuF32(Vec<f32>),
+    CpuI32(Vec<i32>),
+}
+
+/// A dense, row-major tensor.
+#[derive(Debug, Clone)]
+pub struct Tensor {
+    shape: Vec<usize>,
+    storage: Storage,
+}
+
+impl Tensor {
+    /// Wraps storage that already lives on a device. The element count must match the shape.
+    pub fn from_storage(shape: &[usize], storage: Storage) -> Result<Self> {
+        let len = match &storage {
+            Storage::CpuF32(v) => v.len(),
+            Storage::CpuI32(v) => v.len(),
+        };
+        let numel: usize = shape.iter().product();
+        if len != numel {
+            return Err(Error::shape(
+                "tensor data",
+                format!("{numel} elements for shape {shape:?}"),
+                &[len],
+            ));
+        }
+        Ok(Tensor {
+            shape: shape.to_vec(),
+            storage,
+        })
+    }
+
+    /// A CPU f32 tensor.
+    pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Self> {
+        Self::from_storage(shape, Storage::CpuF32(data))
+    }
+
+    /// A CPU i32 tensor (token ids, masks, labels).
+    pub fn from_i32(shape: &[usize], data: Vec<i32>) -> Result<Self> {
+        Self::from_storage(shape, Storage::CpuI32(data))
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn dtype(&self) -> DType {
+        match self.storage {
+            Storage::CpuF32(_) => DType::F32,
+            Storage::CpuI32(_) => DType::I32,
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        match self.storage {
+            Storage::CpuF32(_) | Storage::CpuI32(_) => Device::Cpu,
+        }
+    }
+
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    pub fn storage_mut(&mut self) -> &mut Storage {
+        &mut self.storage
+    }
+
+    /// The same data under another shape with the same element count.
+    pub fn reshape(mut self, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        if numel != self.numel() {
+            return Err(Error::shape(
+                "reshape",
+                format!("{} elements", self.numel()),
+                shape,
+            ));
+        }
+        self.shape = shape.to_vec();
+        Ok(self)
+    }
+
+    /// Copies an f32 tensor to host memory.
+    pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        match &self.storage {
+            Storage::CpuF32(v) => Ok(v.clone()),
+            _ => Err(self.dtype_error("to_vec_f32", DType::F32)),
+        }
+    }
+
+    /// Copies an i32 tensor to host memory.
+    pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
+        match &self.storage {
+            Storage::CpuI32(v) => Ok(v.clone()),
+            _ => Err(self.dtype_error("to_vec_i32", DType::I32)),
+        }
+    }
+
+    pub(crate) fn dtype_error(&self, what: &str, expected: DType) -> Error {
+        Error::DType {
+            what: what.to_string(),
+            expected,
+            got: self.dtype(),
+        }
+    }
+}
