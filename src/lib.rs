@@ -8,7 +8,10 @@
 pub mod backend;
 pub mod device;
 pub mod error;
+pub mod model;
 pub mod philox;
+pub mod tape;
+pub mod train;
 pub mod tensor;
 
 pub use device::Device;

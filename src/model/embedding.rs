@@ -1,0 +1,63 @@
+//! `InstructionTracePositionEmbedding`: token + instruction + argument embeddings, LayerNorm,
+//! dropout.
+
+use super::params::{Init, ParamLayout};
+use super::{DropoutSchedule, SITE_EMBEDDING};
+use crate::backend::Param;
+use crate::error::Result;
+use crate::tape::{Tape, Var};
+
+#[derive(Debug, Clone)]
+pub struct InstructionTracePositionEmbedding {
+    pub token: Param,
+    pub instruction: Param,
+    pub argument: Param,
+    pub norm_weight: Param,
+    pub norm_bias: Param,
+    hidden: usize,
+    next_token_id: i32,
+    eps: f32,
+}
+
+impl InstructionTracePositionEmbedding {
+    pub fn new(
+        layout: &mut ParamLayout,
+        prefix: &str,
+        vocab_size: usize,
+        sequence_length: usize,
+        hidden: usize,
+        next_token_id: usize,
+        eps: f32,
+    ) -> Self {
+        InstructionTracePositionEmbedding {
+            token: layout.add(format!("{prefix}.token.weight"), &[vocab_size, hidden], Init::Normal),
+            instruction: layout.add(
+                format!("{prefix}.instruction.weight"),
+                &[sequence_length, hidden],
+                Init::Normal,
+            ),
+            argument: layout.add(
+                format!("{prefix}.argument.weight"),
+                &[sequence_length, hidden],
+                Init::Normal,
+            ),
+            norm_weight: layout.add(format!("{prefix}.norm.weight"), &[hidden], Init::Ones),
+            norm_bias: layout.add(format!("{prefix}.norm.bias"), &[hidden], Init::Zeros),
+            hidden,
+            next_token_id: next_token_id as i32,
+            eps,
+        }
+    }
+
+    /// `tokens`: `[batch, seq]` ids; returns `[batch * seq, hidden]`.
+    pub fn forward(&self, tape: &mut Tape, tokens: Var, dropout: Option<DropoutSchedule>) -> Result<Var> {
+        let summed = tape.embedding(
+            tokens,
+            self.next_token_id,
+            [self.token, self.instruction, self.argument],
+            self.hidden,
+        )?;
+        let normed = tape.layernorm(summed, self.norm_weight, self.norm_bias, self.eps)?;
+        tape.dropout(normed, dropout.map(|d| d.key(SITE_EMBEDDING)))
+    }
+}

@@ -1,0 +1,217 @@
+//! `InstructionTraceTransformerEncoderForMaskedLM`: the encoder, the MLM head, the loss, `infer`.
+
+use std::sync::Arc;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::encoder::InstructionTraceTransformerEncoder;
+use super::inputs::{CheckedInputs, check_inputs, labelled_positions};
+use super::params::ParamLayout;
+use super::{Config, DropoutSchedule, MaskedLMHead};
+use crate::backend::Backend;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tape::{Tape, Var};
+use crate::tensor::Tensor;
+
+/// Loss and accuracy over the labelled positions of a batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    /// Mean cross-entropy over the labelled positions.
+    pub loss: f32,
+    /// Labelled positions whose argmax prediction equals the label.
+    pub correct: usize,
+    /// Labelled positions.
+    pub count: usize,
+}
+
+/// A transformer encoder with a masked language modeling head.
+pub struct InstructionTraceTransformerEncoderForMaskedLM {
+    config: Config,
+    backend: Arc<dyn Backend>,
+    layout: ParamLayout,
+    params: Tensor,
+    encoder: InstructionTraceTransformerEncoder,
+    head: MaskedLMHead,
+}
+
+impl InstructionTraceTransformerEncoderForMaskedLM {
+    /// The layout, encoder and head for a configuration, without values.
+    fn structure(config: &Config) -> (ParamLayout, InstructionTraceTransformerEncoder, MaskedLMHead) {
+        let mut layout = ParamLayout::new();
+        let encoder = InstructionTraceTransformerEncoder::new(&mut layout, config);
+        let head = MaskedLMHead::new(&mut layout, config.hidden_dimensions, config.vocab_size, config.eps);
+        (layout, encoder, head)
+    }
+
+    /// The parameter layout a configuration produces.
+    pub fn layout_for(config: &Config) -> ParamLayout {
+        Self::structure(config).0
+    }
+
+    /// A freshly initialised model (PyTorch's default initialisation), reproducible from `seed`.
+    pub fn new(config: Config, device: Device, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let layout = Self::layout_for(&config);
+        let values = layout.initialise(&mut ChaCha8Rng::seed_from_u64(seed));
+        Self::from_parameters(config, device, &values)
+    }
+
+    /// A model with the given flat parameter values (in layout order).
+    pub fn from_parameters(config: Config, device: Device, values: &[f32]) -> Result<Self> {
+        config.validate()?;
+        let (layout, encoder, head) = Self::structure(&config);
+        if values.len() != layout.len() {
+            return Err(Error::shape("parameters", format!("[{}]", layout.len()), &[values.len()]));
+        }
+        let backend = device.backend()?;
+        let params = backend.upload_f32(&[layout.len()], values)?;
+        Ok(Self {
+            config,
+            backend,
+            layout,
+            params,
+            encoder,
+            head,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn device(&self) -> Device {
+        self.backend.device()
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    pub fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// The flat parameter buffer.
+    pub fn parameters(&self) -> &Tensor {
+        &self.params
+    }
+
+    pub fn parameters_mut(&mut self) -> &mut Tensor {
+        &mut self.params
+    }
+
+    pub fn num_parameters(&self) -> usize {
+        self.layout.len()
+    }
+
+    fn encode(
+        &self,
+        tape: &mut Tape,
+        inputs: &CheckedInputs,
+        dropout: Option<DropoutSchedule>,
+    ) -> Result<Var> {
+        let shape = [inputs.batch, inputs.seq];
+        let tokens = tape.input(self.backend.upload_i32(&shape, &inputs.tokens)?);
+        let mask = tape.input(self.backend.upload_i32(&shape, &inputs.mask)?);
+        self.encoder.forward(tape, tokens, mask, dropout)
+    }
+
+    /// Logits `[batch, seq, vocab]` at every position, padding included, as the reference's
+    /// `forward(tokens, mask)` (evaluation mode: no dropout). `tokens` and `mask` are I32
+    /// `[batch, seq]` or `[seq]`; no mask means every position is real. Sequences may be shorter
+    /// than `sequence_length`.
+    pub fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
+        let mut tape = Tape::inference(self.backend.as_ref(), &self.params);
+        let state = self.encode(&mut tape, &inputs, None)?;
+        let logits = self.head.forward(&mut tape, state)?;
+        tape.take(logits)?
+            .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
+    }
+
+    /// Fills every `[MASK]` of one sequence with its argmax prediction and keeps every other
+    /// token, as the reference's `infer`. Returns a 1-D I32 tensor of the sequence's length.
+    pub fn infer(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
+        if inputs.batch != 1 {
+            return Err(Error::shape("infer tokens", "one sequence, [seq] or [1, seq]", tokens.shape()));
+        }
+        let mask_id = self.config.mask_token_id as i32;
+        let rows: Vec<i32> = (0..inputs.seq as i32)
+            .filter(|&j| inputs.tokens[j as usize] == mask_id)
+            .collect();
+        let mut filled = inputs.tokens.clone();
+        if !rows.is_empty() {
+            let predictions = self.predict_rows(&inputs, &rows)?;
+            for (&row, &id) in rows.iter().zip(&predictions) {
+                filled[row as usize] = id;
+            }
+        }
+        Tensor::from_i32(&[inputs.seq], filled)
+    }
+
+    /// Argmax predictions at the given flat positions, computing the head only there.
+    fn predict_rows(&self, inputs: &CheckedInputs, rows: &[i32]) -> Result<Vec<i32>> {
+        let logits = self.logits_at(inputs, rows)?;
+        self.backend.download_i32(&self.backend.argmax_rows(&logits)?)
+    }
+
+    /// Logits `[rows, vocab]` at the given flat positions only (no dropout).
+    pub fn logits_at_positions(&self, tokens: &Tensor, mask: Option<&Tensor>, rows: &[i32]) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
+        self.logits_at(&inputs, rows)
+    }
+
+    fn logits_at(&self, inputs: &CheckedInputs, rows: &[i32]) -> Result<Tensor> {
+        let mut tape = Tape::inference(self.backend.as_ref(), &self.params);
+        let state = self.encode(&mut tape, inputs, None)?;
+        let rows = tape.input(self.backend.upload_i32(&[rows.len()], rows)?);
+        let picked = tape.gather_rows(state, rows)?;
+        let logits = self.head.forward(&mut tape, picked)?;
+        tape.take(logits)
+    }
+
+    /// The training loss of a masked batch and its gradient, added into `grads` (the flat buffer
+    /// aligned with [`parameters`](Self::parameters)). The head runs only at labelled positions:
+    /// the loss is exactly the reference's mean cross-entropy over labels != -100.
+    pub fn loss_and_backward(
+        &self,
+        tokens: &Tensor,
+        mask: &Tensor,
+        labels: &Tensor,
+        grads: &mut Tensor,
+        dropout: Option<DropoutSchedule>,
+    ) -> Result<f32> {
+        let inputs = check_inputs(&self.config, tokens, Some(mask))?;
+        let (rows, targets) = labelled_positions(&self.config, &inputs, labels)?;
+        let mut tape = Tape::new(self.backend.as_ref(), &self.params);
+        let state = self.encode(&mut tape, &inputs, dropout)?;
+        let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);
+        let picked = tape.gather_rows(state, rows)?;
+        let logits = self.head.forward(&mut tape, picked)?;
+        let targets = self.backend.upload_i32(&[targets.len()], &targets)?;
+        let ce = self.backend.cross_entropy(tape.value(logits)?, &targets, true)?;
+        let dlogits = ce.dlogits.expect("cross_entropy was asked for the gradient");
+        tape.backward(logits, dlogits, grads)?;
+        Ok(ce.loss)
+    }
+
+    /// Loss and masked-token accuracy over the labelled positions (no dropout). Micro-F1 over
+    /// labelled positions, the reference's validation metric, equals this accuracy.
+    pub fn evaluate(&self, tokens: &Tensor, mask: &Tensor, labels: &Tensor) -> Result<Evaluation> {
+        let inputs = check_inputs(&self.config, tokens, Some(mask))?;
+        let (rows, targets) = labelled_positions(&self.config, &inputs, labels)?;
+        let logits = self.logits_at(&inputs, &rows)?;
+        let labels_t = self.backend.upload_i32(&[targets.len()], &targets)?;
+        let ce = self.backend.cross_entropy(&logits, &labels_t, false)?;
+        let predictions = self.backend.download_i32(&self.backend.argmax_rows(&logits)?)?;
+        let correct = predictions.iter().zip(&targets).filter(|(p, t)| p == t).count();
+        Ok(Evaluation {
+            loss: ce.loss,
+            correct,
+            count: targets.len(),
+        })
+    }
+}

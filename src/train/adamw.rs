@@ -1,0 +1,67 @@
+//! AdamW over the flat parameter buffer with PyTorch's defaults.
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{AdamWStep, Backend};
+use crate::error::Result;
+use crate::tensor::Tensor;
+
+/// `torch.optim.AdamW` hyper-parameters; the defaults are PyTorch's, applied to every parameter
+/// (biases and norms included), as the reference does.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// The optimiser state: both moments, flat and aligned with the parameters, and the step count.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub exp_avg: Tensor,
+    pub exp_avg_sq: Tensor,
+    /// Steps taken so far.
+    pub steps: u64,
+}
+
+impl AdamW {
+    pub fn new(backend: &dyn Backend, num_parameters: usize, config: AdamWConfig) -> Result<Self> {
+        Ok(AdamW {
+            config,
+            exp_avg: backend.zeros_f32(&[num_parameters])?,
+            exp_avg_sq: backend.zeros_f32(&[num_parameters])?,
+            steps: 0,
+        })
+    }
+
+    /// One update of every parameter at learning rate `lr`.
+    pub fn step(&mut self, backend: &dyn Backend, params: &mut Tensor, grads: &Tensor, lr: f64) -> Result<()> {
+        self.steps += 1;
+        backend.adamw_step(
+            params,
+            grads,
+            &mut self.exp_avg,
+            &mut self.exp_avg_sq,
+            AdamWStep {
+                lr,
+                beta1: self.config.beta1,
+                beta2: self.config.beta2,
+                eps: self.config.eps,
+                weight_decay: self.config.weight_decay,
+                t: self.steps,
+            },
+        )
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by the integration tests: the reference fixture and comparisons.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use safetensors::{Dtype, SafeTensors};
+use undertale_maskedlm::model::Config;
+
+/// The tensors and config written by `scripts/reference.py`.
+pub struct Fixture {
+    pub config: Config,
+    pub f64s: BTreeMap<String, (Vec<usize>, Vec<f64>)>,
+    pub i64s: BTreeMap<String, (Vec<usize>, Vec<i64>)>,
+}
+
+impl Fixture {
+    pub fn load() -> Fixture {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.safetensors");
+        let bytes = std::fs::read(&path).expect("fixture exists (scripts/reference.py writes it)");
+        let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
+        let config_json = meta.metadata().as_ref().unwrap()["config"].clone();
+        let config: Config = serde_json::from_str(&config_json).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let mut f64s = BTreeMap::new();
+        let mut i64s = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            match view.dtype() {
+                Dtype::F64 => {
+                    let v = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+                    f64s.insert(name, (shape, v));
+                }
+                Dtype::I64 => {
+                    let v = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                    i64s.insert(name, (shape, v));
+                }
+                other => panic!("unexpected fixture dtype {other:?} for {name}"),
+            }
+        }
+        Fixture { config, f64s, i64s }
+    }
+
+    pub fn f64(&self, name: &str) -> &[f64] {
+        &self.f64s.get(name).unwrap_or_else(|| panic!("fixture has no {name}")).1
+    }
+
+    pub fn i32(&self, name: &str) -> (Vec<usize>, Vec<i32>) {
+        let (shape, v) = &self.i64s[name];
+        (shape.clone(), v.iter().map(|&x| x as i32).collect())
+    }
+
+    /// Every tensor under `prefix.` as an f32 state_dict keyed by the rest of the name.
+    pub fn state_dict(&self, prefix: &str) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+        self.f64s
+            .iter()
+            .filter_map(|(name, (shape, v))| {
+                let key = name.strip_prefix(prefix)?.strip_prefix('.')?;
+                // `adamw.loss_step2` is a scalar, not a parameter.
+                (key.contains('.')).then(|| (key.to_string(), (shape.clone(), v.iter().map(|&x| x as f32).collect())))
+            })
+            .collect()
+    }
+}
+
+/// Asserts `|got - want| <= abs + rel * |want|` elementwise, naming the worst element.
+pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f64);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        let allowed = abs + rel * w.abs();
+        assert!(g.is_finite(), "{what}[{i}] is not finite: {g}");
+        if err / allowed > worst.1 {
+            worst = (i, err / allowed);
+        }
+    }
+    let (i, ratio) = worst;
+    assert!(
+        ratio <= 1.0,
+        "{what}[{i}]: got {} want {} (error {:.3}x the tolerance rel {rel:e} abs {abs:e})",
+        got[i],
+        want[i],
+        ratio
+    );
+}
