@@ -6,6 +6,8 @@
 //! composes them into training.
 
 pub mod backend;
+pub mod checkpoint;
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;

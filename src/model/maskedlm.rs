@@ -89,6 +89,11 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.backend.as_ref()
     }
 
+    /// The backend, shared (for callers that update the parameters while holding it).
+    pub fn shared_backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }

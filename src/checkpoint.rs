@@ -1,0 +1,158 @@
+//! Checkpoint directories.
+//!
+//! A model checkpoint is a directory with `model.safetensors` (fp32 tensors under the reference's
+//! state_dict names, so PyTorch loads it with `load_state_dict(strict=True)`) and `config.json`
+//! (the reference's constructor arguments). A training checkpoint adds `optimizer.safetensors`
+//! (AdamW's moments) and `trainer_state.json` (step counters and random state) to the same
+//! directory. Directories are written next to their destination and renamed into place, so a
+//! crash never leaves a half-written checkpoint under the final name.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::state_dict::{from_state_dict, to_state_dict};
+use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM};
+
+pub const MODEL_FILE: &str = "model.safetensors";
+pub const CONFIG_FILE: &str = "config.json";
+
+/// Writes a directory atomically: `write` fills a fresh temporary directory beside `dir`, which
+/// then replaces `dir` by rename.
+pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    let name = dir
+        .file_name()
+        .ok_or_else(|| Error::checkpoint(dir, "the checkpoint path has no directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    let unique = format!("{}-{}", std::process::id(), nanos());
+    let tmp = parent.join(format!(".{name}.tmp-{unique}"));
+    fs::create_dir(&tmp).map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
+    if let Err(e) = write(&tmp) {
+        let _ = fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    // Make the files durable before they become visible under the final name.
+    for entry in fs::read_dir(&tmp).map_err(|e| Error::io(format!("listing {}", tmp.display()), e))? {
+        let path = entry.map_err(|e| Error::io("listing checkpoint", e))?.path();
+        fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
+    }
+    let old = parent.join(format!(".{name}.old-{unique}"));
+    let had_old = dir.exists();
+    if had_old {
+        fs::rename(dir, &old).map_err(|e| Error::io(format!("moving aside {}", dir.display()), e))?;
+    }
+    fs::rename(&tmp, dir).map_err(|e| Error::io(format!("renaming into {}", dir.display()), e))?;
+    if had_old {
+        fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
+    }
+    Ok(())
+}
+
+fn nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Writes named f32 tensors as a safetensors file.
+pub fn write_f32_tensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<()> {
+    let views = tensors
+        .iter()
+        .map(|(name, shape, data)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytemuck::cast_slice(data))
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    fs::write(path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+/// Reads every tensor of a safetensors file, which must all be f32.
+pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+    let bytes = fs::read(path).map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::checkpoint(
+                path,
+                format!("tensor {name} has dtype {:?}, expected F32", view.dtype()),
+            ));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        out.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(out)
+}
+
+/// Writes `model.safetensors` and `config.json` for a configuration and flat parameters into an
+/// existing directory.
+pub fn write_model_files(dir: &Path, config: &Config, values: &[f32]) -> Result<()> {
+    let tensors = to_state_dict(config, values)?;
+    let named: Vec<(String, Vec<usize>, &[f32])> = tensors
+        .iter()
+        .map(|t| (t.name.clone(), t.shape.clone(), t.data.as_slice()))
+        .collect();
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    write_f32_tensors(&dir.join(MODEL_FILE), &named, Some(metadata))?;
+    let json = serde_json::to_string_pretty(config).map_err(|e| Error::Json {
+        context: "serialising config".into(),
+        source: e,
+    })?;
+    fs::write(dir.join(CONFIG_FILE), json)
+        .map_err(|e| Error::io(format!("writing {}", dir.join(CONFIG_FILE).display()), e))
+}
+
+/// Saves a model checkpoint directory atomically.
+pub fn save_model(dir: &Path, model: &InstructionTraceTransformerEncoderForMaskedLM) -> Result<()> {
+    let values = model.backend().download_f32(model.parameters())?;
+    write_dir_atomically(dir, |tmp| write_model_files(tmp, model.config(), &values))
+}
+
+/// Reads a checkpoint's `config.json`.
+pub fn load_config(dir: &Path) -> Result<Config> {
+    let path = dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| Error::checkpoint(&path, format!("cannot read: {e}")))?;
+    let config: Config =
+        serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, format!("invalid config: {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::checkpoint(&path, e.to_string()))?;
+    Ok(config)
+}
+
+/// Loads a model checkpoint directory onto `device`, checking every tensor's name, shape and
+/// dtype against the configuration.
+pub fn load_model(dir: &Path, device: Device) -> Result<InstructionTraceTransformerEncoderForMaskedLM> {
+    let config = load_config(dir)?;
+    let path = dir.join(MODEL_FILE);
+    let tensors = read_f32_tensors(&path)?;
+    let values = from_state_dict(&config, &tensors).map_err(|e| match e {
+        Error::Config(reason) => Error::checkpoint(&path, reason),
+        other => other,
+    })?;
+    InstructionTraceTransformerEncoderForMaskedLM::from_parameters(config, device, &values)
+}

@@ -1,0 +1,136 @@
+//! `MaskedLMCollator`: BERT-style masking exactly as the reference does it.
+//!
+//! 1. `candidate = uniform < probability AND mask == 1`, independently per position;
+//! 2. `labels = token` at candidates, `-100` elsewhere;
+//! 3. a second uniform `d` per position: candidates with `d < 0.8` become `[MASK]`, with
+//!    `0.8 <= d < 0.9` a uniform random id in `[0, vocab_size)` (special ids included), and the
+//!    rest keep their token.
+//!
+//! Draw order (fixed, so a seed reproduces a batch): the first uniform for every position of the
+//! batch in row-major order, then the second uniform for every position, then one random id per
+//! random-replacement position in row-major order.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::Example;
+use crate::backend::cpu::IGNORE_INDEX;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+/// A collated batch: `[batch, seq]` I32 tensors on the CPU.
+#[derive(Debug, Clone)]
+pub struct MaskedBatch {
+    pub tokens: Tensor,
+    pub mask: Tensor,
+    pub labels: Tensor,
+}
+
+/// The generator's position, so a resumed run continues the same random stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollatorState {
+    pub seed: [u8; 32],
+    pub stream: u64,
+    /// Position in the ChaCha keystream, in 32-bit words (a decimal string: JSON numbers are
+    /// not 128-bit).
+    pub word_pos: String,
+}
+
+/// Collation function for masked language modeling.
+#[derive(Debug, Clone)]
+pub struct MaskedLMCollator {
+    pub mask_token_id: i32,
+    pub vocab_size: usize,
+    pub probability: f32,
+    rng: ChaCha8Rng,
+}
+
+/// The reference's default masking probability.
+pub const DEFAULT_PROBABILITY: f32 = 0.15;
+
+impl MaskedLMCollator {
+    /// The reference's `MaskedLMCollator(mask_token_id, vocab_size, probability=0.15)`, with the
+    /// random stream seeded by `seed`.
+    pub fn new(mask_token_id: usize, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
+        if mask_token_id >= vocab_size {
+            return Err(Error::Config(format!(
+                "mask_token_id {mask_token_id} is not below vocab_size {vocab_size}"
+            )));
+        }
+        if !(0.0..=1.0).contains(&probability) {
+            return Err(Error::Config(format!(
+                "masking probability {probability} is not in [0, 1]"
+            )));
+        }
+        Ok(MaskedLMCollator {
+            mask_token_id: mask_token_id as i32,
+            vocab_size,
+            probability,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+        })
+    }
+
+    pub fn state(&self) -> CollatorState {
+        CollatorState {
+            seed: self.rng.get_seed(),
+            stream: self.rng.get_stream(),
+            word_pos: self.rng.get_word_pos().to_string(),
+        }
+    }
+
+    pub fn restore(&mut self, state: &CollatorState) -> Result<()> {
+        let word_pos: u128 = state
+            .word_pos
+            .parse()
+            .map_err(|_| Error::Config(format!("collator word_pos {:?} is not a number", state.word_pos)))?;
+        let mut rng = ChaCha8Rng::from_seed(state.seed);
+        rng.set_stream(state.stream);
+        rng.set_word_pos(word_pos);
+        self.rng = rng;
+        Ok(())
+    }
+
+    /// Masks a batch of equally long rows.
+    pub fn collate(&mut self, rows: &[Example]) -> Result<MaskedBatch> {
+        let Some(first) = rows.first() else {
+            return Err(Error::shape("collate", "at least one row", &[0]));
+        };
+        let seq = first.tokens.len();
+        for (i, r) in rows.iter().enumerate() {
+            if r.tokens.len() != seq || r.mask.len() != seq {
+                return Err(Error::shape(
+                    format!("row {i} (tokens, mask)"),
+                    format!("length {seq} like row 0"),
+                    &[r.tokens.len(), r.mask.len()],
+                ));
+            }
+        }
+        let mut tokens: Vec<i32> = rows.iter().flat_map(|r| r.tokens.iter().copied()).collect();
+        let mask: Vec<i32> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
+        let n = tokens.len();
+
+        let selected: Vec<bool> = (0..n)
+            .map(|i| self.rng.random::<f32>() < self.probability && mask[i] == 1)
+            .collect();
+        let split: Vec<f32> = (0..n).map(|_| self.rng.random::<f32>()).collect();
+        let mut labels = vec![IGNORE_INDEX; n];
+        for i in 0..n {
+            if !selected[i] {
+                continue;
+            }
+            labels[i] = tokens[i];
+            if split[i] < 0.8 {
+                tokens[i] = self.mask_token_id;
+            } else if split[i] < 0.9 {
+                tokens[i] = self.rng.random_range(0..self.vocab_size) as i32;
+            }
+        }
+        let shape = [rows.len(), seq];
+        Ok(MaskedBatch {
+            tokens: Tensor::from_i32(&shape, tokens)?,
+            mask: Tensor::from_i32(&shape, mask)?,
+            labels: Tensor::from_i32(&shape, labels)?,
+        })
+    }
+}

@@ -1,0 +1,252 @@
+//! The training loop: collate, forward and backward with the head at labelled positions only,
+//! one AdamW step at the scheduled learning rate; and checkpoints from which training resumes
+//! exactly (same weights as a run that never stopped).
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AdamW, AdamWConfig, LrSchedule};
+use crate::checkpoint::{load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files};
+use crate::data::{CollatorState, Example, MaskedLMCollator, collator::DEFAULT_PROBABILITY};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::{DropoutSchedule, InstructionTraceTransformerEncoderForMaskedLM as Model};
+use crate::tensor::Tensor;
+
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const STATE_FILE: &str = "trainer_state.json";
+
+/// Everything besides tensors that a resumed run needs to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps taken.
+    pub step: u64,
+    /// The epoch in progress (0-based).
+    pub epoch: u64,
+    /// Batches of that epoch already trained on.
+    pub batch_in_epoch: u64,
+    /// Optimiser steps the schedule spans (epochs x batches per epoch).
+    pub total_steps: u64,
+    pub batch_size: usize,
+    /// Seed of the dropout masks (they are keyed by this seed and the step).
+    pub dropout_seed: u64,
+    pub masking_probability: f32,
+    pub collator: CollatorState,
+    pub adamw: AdamWConfig,
+}
+
+/// What one optimiser step did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepReport {
+    /// 1-based number of the step just taken.
+    pub step: u64,
+    pub loss: f32,
+    /// The learning rate this step used.
+    pub lr: f64,
+    /// Real (unpadded) tokens in the batch.
+    pub tokens: usize,
+}
+
+pub struct Trainer {
+    pub model: Model,
+    optimizer: AdamW,
+    collator: MaskedLMCollator,
+    grads: Tensor,
+    state: TrainerState,
+}
+
+/// Batches per epoch when the last partial batch is kept, as the reference's loader does.
+pub fn batches_per_epoch(rows: usize, batch_size: usize) -> u64 {
+    rows.div_ceil(batch_size.max(1)) as u64
+}
+
+impl Trainer {
+    /// A trainer for `total_steps` optimiser steps (the schedule's length), seeded by `seed`.
+    pub fn new(model: Model, batch_size: usize, total_steps: u64, seed: u64) -> Result<Self> {
+        if batch_size == 0 {
+            return Err(Error::Config("batch size must be positive".into()));
+        }
+        let config = model.config().clone();
+        let collator = MaskedLMCollator::new(config.mask_token_id, config.vocab_size, DEFAULT_PROBABILITY, seed)?;
+        let backend = model.backend();
+        let optimizer = AdamW::new(backend, model.num_parameters(), AdamWConfig::default())?;
+        let grads = backend.zeros_f32(&[model.num_parameters()])?;
+        let state = TrainerState {
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            total_steps,
+            batch_size,
+            dropout_seed: seed,
+            masking_probability: DEFAULT_PROBABILITY,
+            collator: collator.state(),
+            adamw: optimizer.config,
+        };
+        Ok(Trainer {
+            model,
+            optimizer,
+            collator,
+            grads,
+            state,
+        })
+    }
+
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+
+    pub fn schedule(&self) -> LrSchedule {
+        let c = self.model.config();
+        LrSchedule::new(c.lr, c.warmup, self.state.total_steps)
+    }
+
+    /// Masks `rows`, computes the loss and its gradient, and takes one AdamW step. A non-finite
+    /// loss is an error and leaves the parameters untouched.
+    pub fn step(&mut self, rows: &[Example]) -> Result<StepReport> {
+        let batch = self.collator.collate(rows)?;
+        let backend = self.model.backend();
+        backend.fill_zero(&mut self.grads)?;
+        let dropout = DropoutSchedule {
+            p: self.model.config().dropout,
+            seed: self.state.dropout_seed,
+            step: self.state.step,
+        };
+        let loss = self.model.loss_and_backward(
+            &batch.tokens,
+            &batch.mask,
+            &batch.labels,
+            &mut self.grads,
+            Some(dropout),
+        )?;
+        if !loss.is_finite() {
+            return Err(Error::NonFiniteLoss {
+                loss,
+                step: self.state.step + 1,
+            });
+        }
+        let lr = self.schedule().lr(self.state.step);
+        let backend = self.model.shared_backend();
+        self.optimizer
+            .step(backend.as_ref(), self.model.parameters_mut(), &self.grads, lr)?;
+        self.state.step += 1;
+        Ok(StepReport {
+            step: self.state.step,
+            loss,
+            lr,
+            tokens: rows.iter().map(|r| r.mask.iter().filter(|&&m| m == 1).count()).sum(),
+        })
+    }
+
+    /// Trains through `data` in order, batch by batch, up to `epochs` epochs (continuing from the
+    /// current position after a resume) or until `max_steps` optimiser steps in total. `on_step`
+    /// sees every step; `on_epoch` runs after each completed epoch (e.g. to save a checkpoint).
+    pub fn train(
+        &mut self,
+        data: &[Example],
+        epochs: u64,
+        max_steps: Option<u64>,
+        mut on_step: impl FnMut(&StepReport),
+        mut on_epoch: impl FnMut(&mut Trainer) -> Result<()>,
+    ) -> Result<()> {
+        let batch_size = self.state.batch_size;
+        let batches: Vec<&[Example]> = data.chunks(batch_size).collect();
+        while self.state.epoch < epochs {
+            while (self.state.batch_in_epoch as usize) < batches.len() {
+                if max_steps.is_some_and(|m| self.state.step >= m) {
+                    return Ok(());
+                }
+                let report = self.step(batches[self.state.batch_in_epoch as usize])?;
+                self.state.batch_in_epoch += 1;
+                on_step(&report);
+            }
+            self.state.epoch += 1;
+            self.state.batch_in_epoch = 0;
+            on_epoch(self)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a training checkpoint directory atomically: the model files plus the optimiser's
+    /// moments and the trainer state.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let backend = self.model.backend();
+        let values = backend.download_f32(self.model.parameters())?;
+        let exp_avg = backend.download_f32(&self.optimizer.exp_avg)?;
+        let exp_avg_sq = backend.download_f32(&self.optimizer.exp_avg_sq)?;
+        let mut state = self.state.clone();
+        state.collator = self.collator.state();
+        let config = self.model.config().clone();
+        let adamw_steps = self.optimizer.steps;
+        write_dir_atomically(dir, |tmp| {
+            write_model_files(tmp, &config, &values)?;
+            let n = values.len();
+            let metadata = HashMap::from([("adamw_steps".to_string(), adamw_steps.to_string())]);
+            write_f32_tensors(
+                &tmp.join(OPTIMIZER_FILE),
+                &[
+                    ("exp_avg".to_string(), vec![n], exp_avg.as_slice()),
+                    ("exp_avg_sq".to_string(), vec![n], exp_avg_sq.as_slice()),
+                ],
+                Some(metadata),
+            )?;
+            let json = serde_json::to_string_pretty(&state).map_err(|e| Error::Json {
+                context: "serialising trainer state".into(),
+                source: e,
+            })?;
+            fs::write(tmp.join(STATE_FILE), json).map_err(|e| Error::io("writing trainer state", e))
+        })
+    }
+
+    /// Restores a trainer from a training checkpoint, exactly where it stopped.
+    pub fn resume(dir: &Path, device: Device) -> Result<Self> {
+        let model = load_model(dir, device)?;
+        let state_path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&state_path)
+            .map_err(|e| Error::checkpoint(&state_path, format!("cannot read (not a training checkpoint?): {e}")))?;
+        let state: TrainerState = serde_json::from_str(&text)
+            .map_err(|e| Error::checkpoint(&state_path, format!("invalid trainer state: {e}")))?;
+
+        let opt_path = dir.join(OPTIMIZER_FILE);
+        let mut tensors = read_f32_tensors(&opt_path)?;
+        let n = model.num_parameters();
+        let mut moment = |name: &str| -> Result<Vec<f32>> {
+            match tensors.remove(name) {
+                Some((shape, data)) if shape == [n] => Ok(data),
+                Some((shape, _)) => Err(Error::checkpoint(
+                    &opt_path,
+                    format!("tensor {name} has shape {shape:?}, expected [{n}]"),
+                )),
+                None => Err(Error::checkpoint(&opt_path, format!("missing tensor {name}"))),
+            }
+        };
+        let (m, v) = (moment("exp_avg")?, moment("exp_avg_sq")?);
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::checkpoint(&opt_path, format!("unexpected tensor {extra}")));
+        }
+
+        let backend = model.backend();
+        let mut optimizer = AdamW::new(backend, n, state.adamw)?;
+        optimizer.exp_avg = backend.upload_f32(&[n], &m)?;
+        optimizer.exp_avg_sq = backend.upload_f32(&[n], &v)?;
+        optimizer.steps = state.step;
+        let config = model.config();
+        let mut collator = MaskedLMCollator::new(
+            config.mask_token_id,
+            config.vocab_size,
+            state.masking_probability,
+            0,
+        )?;
+        collator.restore(&state.collator)?;
+        let grads = backend.zeros_f32(&[n])?;
+        Ok(Trainer {
+            model,
+            optimizer,
+            collator,
+            grads,
+            state,
+        })
+    }
+}
