@@ -57,11 +57,13 @@ fn seeded(seed: u64) -> ChaCha8Rng {
 /// `n` draws from N(mean, std^2), never (nearly) zero.
 fn normal(rng: &mut ChaCha8Rng, n: usize, mean: f32, std: f32) -> Vec<f32> {
     (0..n)
-        .map(|_| loop {
-            let z: f32 = rng.sample(StandardNormal);
-            let v = mean + std * z;
-            if v.abs() > 1e-3 {
-                break v;
+        .map(|_| {
+            loop {
+                let z: f32 = rng.sample(StandardNormal);
+                let v = mean + std * z;
+                if v.abs() > 1e-3 {
+                    break v;
+                }
             }
         })
         .collect()
@@ -126,13 +128,24 @@ fn gradcheck(
     loss: impl Fn(&[f32]) -> f64,
 ) {
     assert_eq!(x.len(), grad.len(), "{what}: gradient length");
-    assert!(grad.iter().all(|g| g.is_finite()), "{what}: gradient not finite");
+    assert!(
+        grad.iter().all(|g| g.is_finite()),
+        "{what}: gradient not finite"
+    );
     let n = x.len();
     let mut worst = 0.0f64;
     for k in 0..DIRECTIONS {
         let u = normal(rng, n, 0.0, 1.0);
-        let plus: Vec<f32> = x.iter().zip(&u).map(|(&a, &d)| (a as f64 + H * d as f64) as f32).collect();
-        let minus: Vec<f32> = x.iter().zip(&u).map(|(&a, &d)| (a as f64 - H * d as f64) as f32).collect();
+        let plus: Vec<f32> = x
+            .iter()
+            .zip(&u)
+            .map(|(&a, &d)| (a as f64 + H * d as f64) as f32)
+            .collect();
+        let minus: Vec<f32> = x
+            .iter()
+            .zip(&u)
+            .map(|(&a, &d)| (a as f64 - H * d as f64) as f32)
+            .collect();
         // The realised perturbation, exact in f64.
         let step: f64 = grad
             .iter()
@@ -141,7 +154,13 @@ fn gradcheck(
             .sum();
         let analytic = step / (2.0 * H);
         let fd = (loss(&plus) - loss(&minus)) / (2.0 * H);
-        worst = worst.max(assert_agrees(what, &format!("direction {k}"), analytic, fd, ATOL_FRAC * l2(grad)));
+        worst = worst.max(assert_agrees(
+            what,
+            &format!("direction {k}"),
+            analytic,
+            fd,
+            ATOL_FRAC * l2(grad),
+        ));
     }
     let indices: Vec<usize> = match coords {
         Coords::All => (0..n).collect(),
@@ -161,7 +180,13 @@ fn gradcheck(
         plus[i] = (x[i] as f64 + H) as f32;
         minus[i] = (x[i] as f64 - H) as f32;
         let fd = (loss(&plus) - loss(&minus)) / (plus[i] as f64 - minus[i] as f64);
-        worst = worst.max(assert_agrees(what, &format!("coordinate {i}"), grad[i] as f64, fd, atol));
+        worst = worst.max(assert_agrees(
+            what,
+            &format!("coordinate {i}"),
+            grad[i] as f64,
+            fd,
+            atol,
+        ));
     }
     // Visible with `--nocapture`: how close the check came to failing.
     eprintln!("{what}: worst error {worst:.3} of the tolerance");
@@ -179,7 +204,10 @@ impl Layout {
     }
 
     fn param(&mut self, len: usize) -> Param {
-        let p = Param { offset: self.len, len };
+        let p = Param {
+            offset: self.len,
+            len,
+        };
         self.len += len + 3;
         p
     }
@@ -202,7 +230,11 @@ fn with_slot(buf: &[f32], p: Param, v: &[f32]) -> Tensor {
 
 /// What a backward added into parameter `p`: `after - prefill` inside its slot.
 fn added(after: &Tensor, prefill: &[f32], p: Param) -> Vec<f32> {
-    slot(&vals(after), p).iter().zip(slot(prefill, p)).map(|(a, b)| a - b).collect()
+    slot(&vals(after), p)
+        .iter()
+        .zip(slot(prefill, p))
+        .map(|(a, b)| a - b)
+        .collect()
 }
 
 /// Every element of `after` outside the slots `ps` still equals the prefill, bit for bit.
@@ -212,7 +244,11 @@ fn assert_untouched_outside(what: &str, after: &Tensor, prefill: &[f32], ps: &[P
         if ps.iter().any(|p| (p.offset..p.offset + p.len).contains(&i)) {
             continue;
         }
-        assert_eq!(after[i].to_bits(), prefill[i].to_bits(), "{what}: grads[{i}] outside the op's slots changed");
+        assert_eq!(
+            after[i].to_bits(),
+            prefill[i].to_bits(),
+            "{what}: grads[{i}] outside the op's slots changed"
+        );
     }
 }
 
@@ -229,19 +265,36 @@ fn assert_forward_close(what: &str, got: &[f32], want: &[f64]) {
 
 /// Straightforward f64 multi-head attention with a key-padding mask (masked keys get probability
 /// 0; a query with no valid key gets output 0).
-fn reference_attention(qkv: &[f32], mask: &[i32], batch: usize, seq: usize, heads: usize, d: usize) -> Vec<f64> {
+fn reference_attention(
+    qkv: &[f32],
+    mask: &[i32],
+    batch: usize,
+    seq: usize,
+    heads: usize,
+    d: usize,
+) -> Vec<f64> {
     let hidden = heads * d;
-    let at = |b: usize, i: usize, part: usize, h: usize, c: usize| qkv[(b * seq + i) * 3 * hidden + part * hidden + h * d + c] as f64;
+    let at = |b: usize, i: usize, part: usize, h: usize, c: usize| {
+        qkv[(b * seq + i) * 3 * hidden + part * hidden + h * d + c] as f64
+    };
     let mut out = vec![0.0f64; batch * seq * hidden];
     for b in 0..batch {
         for h in 0..heads {
             for i in 0..seq {
                 let scores: Vec<Option<f64>> = (0..seq)
                     .map(|j| {
-                        (mask[b * seq + j] != 0).then(|| (0..d).map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c)).sum::<f64>() / (d as f64).sqrt())
+                        (mask[b * seq + j] != 0).then(|| {
+                            (0..d)
+                                .map(|c| at(b, i, 0, h, c) * at(b, j, 1, h, c))
+                                .sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
                     })
                     .collect();
-                let max = scores.iter().flatten().fold(f64::NEG_INFINITY, |m, &s| m.max(s));
+                let max = scores
+                    .iter()
+                    .flatten()
+                    .fold(f64::NEG_INFINITY, |m, &s| m.max(s));
                 if max == f64::NEG_INFINITY {
                     continue;
                 }
@@ -285,7 +338,12 @@ fn embedding_tables_gradient() {
         layout.param(positions * hidden),
     ];
     let params = normal(&mut rng, layout.len, 0.0, 1.0);
-    let forward = |p: &Tensor| vals(&b.embedding_forward(&tokens, NEXT, p, tables[0], tables[1], tables[2], hidden).unwrap());
+    let forward = |p: &Tensor| {
+        vals(
+            &b.embedding_forward(&tokens, NEXT, p, tables[0], tables[1], tables[2], hidden)
+                .unwrap(),
+        )
+    };
 
     let out = forward(&f32t(&[params.len()], params.clone()));
     let want: Vec<f64> = (0..batch * seq)
@@ -293,7 +351,9 @@ fn embedding_tables_gradient() {
             let rows = [tokens_v[row] as usize, want_ins[row], want_arg[row]];
             let params = &params;
             (0..hidden).map(move |c| {
-                (0..3).map(|t| params[tables[t].offset + rows[t] * hidden + c] as f64).sum::<f64>()
+                (0..3)
+                    .map(|t| params[tables[t].offset + rows[t] * hidden + c] as f64)
+                    .sum::<f64>()
             })
         })
         .collect();
@@ -302,13 +362,29 @@ fn embedding_tables_gradient() {
     let r = normal(&mut rng, out.len(), 0.0, 1.0);
     let prefill = normal(&mut rng, layout.len, 0.0, 1.0);
     let mut grads = f32t(&[layout.len], prefill.clone());
-    b.embedding_backward(&f32t(&[batch * seq, hidden], r.clone()), &tokens, NEXT, &mut grads, tables[0], tables[1], tables[2])
-        .unwrap();
+    b.embedding_backward(
+        &f32t(&[batch * seq, hidden], r.clone()),
+        &tokens,
+        NEXT,
+        &mut grads,
+        tables[0],
+        tables[1],
+        tables[2],
+    )
+    .unwrap();
     assert_untouched_outside("embedding", &grads, &prefill, &tables);
-    for (name, p) in ["token table", "instruction table", "argument table"].into_iter().zip(tables) {
-        gradcheck(&format!("embedding {name}"), slot(&params, p), &added(&grads, &prefill, p), Coords::All, &mut rng, |v| {
-            project(&r, &forward(&with_slot(&params, p, v)))
-        });
+    for (name, p) in ["token table", "instruction table", "argument table"]
+        .into_iter()
+        .zip(tables)
+    {
+        gradcheck(
+            &format!("embedding {name}"),
+            slot(&params, p),
+            &added(&grads, &prefill, p),
+            Coords::All,
+            &mut rng,
+            |v| project(&r, &forward(&with_slot(&params, p, v))),
+        );
     }
 }
 
@@ -325,10 +401,18 @@ fn layernorm_gradients() {
     let mut params = normal(&mut rng, layout.len, 0.0, 0.1);
     let weight_v = normal(&mut rng, c, 1.0, 0.1);
     set_slot(&mut params, w, &weight_v);
-    let forward = |x: &[f32], p: &Tensor| vals(&b.layernorm_forward(&f32t(&[rows, c], x.to_vec()), p, w, bias, eps).unwrap().y);
+    let forward = |x: &[f32], p: &Tensor| {
+        vals(
+            &b.layernorm_forward(&f32t(&[rows, c], x.to_vec()), p, w, bias, eps)
+                .unwrap()
+                .y,
+        )
+    };
     let pt = f32t(&[params.len()], params.clone());
 
-    let out = b.layernorm_forward(&f32t(&[rows, c], x.clone()), &pt, w, bias, eps).unwrap();
+    let out = b
+        .layernorm_forward(&f32t(&[rows, c], x.clone()), &pt, w, bias, eps)
+        .unwrap();
     let want: Vec<f64> = x
         .chunks(c)
         .flat_map(|row| {
@@ -336,7 +420,9 @@ fn layernorm_gradients() {
             let var = row.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>() / c as f64;
             let s = 1.0 / (var + eps as f64).sqrt();
             let params = &params;
-            row.iter().enumerate().map(move |(i, &v)| (v as f64 - m) * s * params[w.offset + i] as f64 + params[bias.offset + i] as f64)
+            row.iter().enumerate().map(move |(i, &v)| {
+                (v as f64 - m) * s * params[w.offset + i] as f64 + params[bias.offset + i] as f64
+            })
         })
         .collect();
     assert_forward_close("layernorm output", &vals(&out.y), &want);
@@ -345,16 +431,32 @@ fn layernorm_gradients() {
     let prefill = normal(&mut rng, layout.len, 0.0, 1.0);
     let mut grads = f32t(&[layout.len], prefill.clone());
     let dx = b
-        .layernorm_backward(&f32t(&[rows, c], r.clone()), &f32t(&[rows, c], x.clone()), &out.mean, &out.rstd, &pt, &mut grads, w, bias)
+        .layernorm_backward(
+            &f32t(&[rows, c], r.clone()),
+            &f32t(&[rows, c], x.clone()),
+            &out.mean,
+            &out.rstd,
+            &pt,
+            &mut grads,
+            w,
+            bias,
+        )
         .unwrap();
     assert_eq!(dx.shape(), &[rows, c]);
     assert_untouched_outside("layernorm", &grads, &prefill, &[w, bias]);
 
-    gradcheck("layernorm dx", &x, &vals(&dx), Coords::All, &mut rng, |v| project(&r, &forward(v, &pt)));
+    gradcheck("layernorm dx", &x, &vals(&dx), Coords::All, &mut rng, |v| {
+        project(&r, &forward(v, &pt))
+    });
     for (name, p) in [("dweight", w), ("dbias", bias)] {
-        gradcheck(&format!("layernorm {name}"), slot(&params, p), &added(&grads, &prefill, p), Coords::All, &mut rng, |v| {
-            project(&r, &forward(&x, &with_slot(&params, p, v)))
-        });
+        gradcheck(
+            &format!("layernorm {name}"),
+            slot(&params, p),
+            &added(&grads, &prefill, p),
+            Coords::All,
+            &mut rng,
+            |v| project(&r, &forward(&x, &with_slot(&params, p, v))),
+        );
     }
 }
 
@@ -369,15 +471,24 @@ fn linear_gradients() {
     let (w, bias) = (layout.param(out_f * inp), layout.param(out_f));
     let params = normal(&mut rng, layout.len, 0.0, 0.4);
     let pt = f32t(&[params.len()], params.clone());
-    let forward = |x: &[f32], p: &Tensor| vals(&b.linear_forward(&f32t(&[rows, inp], x.to_vec()), p, w, bias, out_f).unwrap());
+    let forward = |x: &[f32], p: &Tensor| {
+        vals(
+            &b.linear_forward(&f32t(&[rows, inp], x.to_vec()), p, w, bias, out_f)
+                .unwrap(),
+        )
+    };
 
-    let y = b.linear_forward(&f32t(&[rows, inp], x.clone()), &pt, w, bias, out_f).unwrap();
+    let y = b
+        .linear_forward(&f32t(&[rows, inp], x.clone()), &pt, w, bias, out_f)
+        .unwrap();
     assert_eq!(y.shape(), &[rows, out_f]);
     let want: Vec<f64> = (0..rows * out_f)
         .map(|k| {
             let (i, o) = (k / out_f, k % out_f);
             params[bias.offset + o] as f64
-                + (0..inp).map(|j| x[i * inp + j] as f64 * params[w.offset + o * inp + j] as f64).sum::<f64>()
+                + (0..inp)
+                    .map(|j| x[i * inp + j] as f64 * params[w.offset + o * inp + j] as f64)
+                    .sum::<f64>()
         })
         .collect();
     assert_forward_close("linear output", &vals(&y), &want);
@@ -386,16 +497,30 @@ fn linear_gradients() {
     let prefill = normal(&mut rng, layout.len, 0.0, 1.0);
     let mut grads = f32t(&[layout.len], prefill.clone());
     let dx = b
-        .linear_backward(&f32t(&[rows, out_f], r.clone()), &f32t(&[rows, inp], x.clone()), &pt, &mut grads, w, bias)
+        .linear_backward(
+            &f32t(&[rows, out_f], r.clone()),
+            &f32t(&[rows, inp], x.clone()),
+            &pt,
+            &mut grads,
+            w,
+            bias,
+        )
         .unwrap();
     assert_eq!(dx.shape(), &[rows, inp]);
     assert_untouched_outside("linear", &grads, &prefill, &[w, bias]);
 
-    gradcheck("linear dx", &x, &vals(&dx), Coords::All, &mut rng, |v| project(&r, &forward(v, &pt)));
+    gradcheck("linear dx", &x, &vals(&dx), Coords::All, &mut rng, |v| {
+        project(&r, &forward(v, &pt))
+    });
     for (name, p) in [("dW", w), ("db", bias)] {
-        gradcheck(&format!("linear {name}"), slot(&params, p), &added(&grads, &prefill, p), Coords::All, &mut rng, |v| {
-            project(&r, &forward(&x, &with_slot(&params, p, v)))
-        });
+        gradcheck(
+            &format!("linear {name}"),
+            slot(&params, p),
+            &added(&grads, &prefill, p),
+            Coords::All,
+            &mut rng,
+            |v| project(&r, &forward(&x, &with_slot(&params, p, v))),
+        );
     }
 }
 
@@ -418,8 +543,12 @@ fn gelu_gradient() {
     assert_forward_close("gelu output", &forward(&x), &want);
 
     let r = normal(&mut rng, x.len(), 0.0, 1.0);
-    let dx = b.gelu_backward(&f32t(&shape, r.clone()), &f32t(&shape, x.clone())).unwrap();
-    gradcheck("gelu dx", &x, &vals(&dx), Coords::All, &mut rng, |v| project(&r, &forward(v)));
+    let dx = b
+        .gelu_backward(&f32t(&shape, r.clone()), &f32t(&shape, x.clone()))
+        .unwrap();
+    gradcheck("gelu dx", &x, &vals(&dx), Coords::All, &mut rng, |v| {
+        project(&r, &forward(v))
+    });
 }
 
 /// Attention (batch 2, seq 7, 3 heads of dim 5, some keys masked in each sequence): the output
@@ -435,16 +564,35 @@ fn attention_gradient() {
     let mask = i32t(&[batch, seq], mask_v.clone());
     let shape = [batch * seq, 3 * hidden];
     let qkv = normal(&mut rng, batch * seq * 3 * hidden, 0.0, 1.0);
-    let forward = |v: &[f32]| vals(&b.attention_forward(&f32t(&shape, v.to_vec()), &mask, heads).unwrap().out);
+    let forward = |v: &[f32]| {
+        vals(
+            &b.attention_forward(&f32t(&shape, v.to_vec()), &mask, heads)
+                .unwrap()
+                .out,
+        )
+    };
 
-    let fwd = b.attention_forward(&f32t(&shape, qkv.clone()), &mask, heads).unwrap();
+    let fwd = b
+        .attention_forward(&f32t(&shape, qkv.clone()), &mask, heads)
+        .unwrap();
     assert_eq!(fwd.out.shape(), &[batch * seq, hidden]);
     assert_eq!(fwd.lse.shape(), &[batch, heads, seq]);
-    assert_forward_close("attention output", &vals(&fwd.out), &reference_attention(&qkv, &mask_v, batch, seq, heads, d));
+    assert_forward_close(
+        "attention output",
+        &vals(&fwd.out),
+        &reference_attention(&qkv, &mask_v, batch, seq, heads, d),
+    );
 
     let r = normal(&mut rng, batch * seq * hidden, 0.0, 1.0);
     let dqkv = b
-        .attention_backward(&f32t(&[batch * seq, hidden], r.clone()), &f32t(&shape, qkv.clone()), &mask, &fwd.out, &fwd.lse, heads)
+        .attention_backward(
+            &f32t(&[batch * seq, hidden], r.clone()),
+            &f32t(&shape, qkv.clone()),
+            &mask,
+            &fwd.out,
+            &fwd.lse,
+            heads,
+        )
         .unwrap();
     assert_eq!(dqkv.shape(), &shape);
     let dqkv = vals(&dqkv);
@@ -453,10 +601,15 @@ fn attention_gradient() {
     for bi in 0..batch {
         for j in (0..seq).filter(|&j| mask_v[bi * seq + j] == 0) {
             let row = &dqkv[(bi * seq + j) * 3 * hidden..][..3 * hidden];
-            assert!(row[hidden..].iter().all(|&g| g == 0.0), "masked key {bi},{j} has non-zero dk/dv");
+            assert!(
+                row[hidden..].iter().all(|&g| g == 0.0),
+                "masked key {bi},{j} has non-zero dk/dv"
+            );
         }
     }
-    gradcheck("attention dqkv", &qkv, &dqkv, Coords::All, &mut rng, |v| project(&r, &forward(v)));
+    gradcheck("attention dqkv", &qkv, &dqkv, Coords::All, &mut rng, |v| {
+        project(&r, &forward(v))
+    });
 }
 
 /// A sequence whose keys are all masked: forward gives a finite (zero) output and lse -inf for
@@ -477,12 +630,30 @@ fn attention_fully_masked_row_is_finite() {
     let fwd = b.attention_forward(&qkv_t, &mask, heads).unwrap();
     let out = vals(&fwd.out);
     let lse = vals(&fwd.lse);
-    assert!(out.iter().all(|v| v.is_finite()), "attention output not finite");
-    assert!(out[seq * hidden..].iter().all(|&v| v == 0.0), "fully masked sequence has non-zero output");
-    assert!(lse[heads * seq..].iter().all(|&v| v == f32::NEG_INFINITY), "fully masked lse is not -inf");
-    let dqkv = vals(&b.attention_backward(&dout_t, &qkv_t, &mask, &fwd.out, &fwd.lse, heads).unwrap());
-    assert!(dqkv.iter().all(|v| v.is_finite()), "attention gradient not finite");
-    assert!(dqkv[seq * 3 * hidden..].iter().all(|&v| v == 0.0), "fully masked sequence has non-zero gradient");
+    assert!(
+        out.iter().all(|v| v.is_finite()),
+        "attention output not finite"
+    );
+    assert!(
+        out[seq * hidden..].iter().all(|&v| v == 0.0),
+        "fully masked sequence has non-zero output"
+    );
+    assert!(
+        lse[heads * seq..].iter().all(|&v| v == f32::NEG_INFINITY),
+        "fully masked lse is not -inf"
+    );
+    let dqkv = vals(
+        &b.attention_backward(&dout_t, &qkv_t, &mask, &fwd.out, &fwd.lse, heads)
+            .unwrap(),
+    );
+    assert!(
+        dqkv.iter().all(|v| v.is_finite()),
+        "attention gradient not finite"
+    );
+    assert!(
+        dqkv[seq * 3 * hidden..].iter().all(|&v| v == 0.0),
+        "fully masked sequence has non-zero gradient"
+    );
 
     // The first sequence alone gives the same output and gradient.
     let mask0 = i32t(&[1, seq], vec![1, 1, 1, 0, 1]);
@@ -490,7 +661,10 @@ fn attention_fully_masked_row_is_finite() {
     let fwd0 = b.attention_forward(&qkv0, &mask0, heads).unwrap();
     assert_eq!(vals(&fwd0.out), out[..seq * hidden].to_vec());
     let dout0 = f32t(&[seq, hidden], dout[..seq * hidden].to_vec());
-    let dqkv0 = vals(&b.attention_backward(&dout0, &qkv0, &mask0, &fwd0.out, &fwd0.lse, heads).unwrap());
+    let dqkv0 = vals(
+        &b.attention_backward(&dout0, &qkv0, &mask0, &fwd0.out, &fwd0.lse, heads)
+            .unwrap(),
+    );
     assert_eq!(dqkv0, dqkv[..seq * 3 * hidden].to_vec());
 }
 
@@ -503,16 +677,30 @@ fn add_through_the_tape() {
     let mut rng = seeded(7);
     let (rows, inp, out_f) = (6, 5, 4);
 
-    let (av, bv) = (normal(&mut rng, 12, 0.0, 1.0), normal(&mut rng, 12, 0.0, 1.0));
-    let sum = vals(&b.add(&f32t(&[3, 4], av.clone()), &f32t(&[3, 4], bv.clone())).unwrap());
-    assert_eq!(sum, av.iter().zip(&bv).map(|(x, y)| x + y).collect::<Vec<_>>());
+    let (av, bv) = (
+        normal(&mut rng, 12, 0.0, 1.0),
+        normal(&mut rng, 12, 0.0, 1.0),
+    );
+    let sum = vals(
+        &b.add(&f32t(&[3, 4], av.clone()), &f32t(&[3, 4], bv.clone()))
+            .unwrap(),
+    );
+    assert_eq!(
+        sum,
+        av.iter().zip(&bv).map(|(x, y)| x + y).collect::<Vec<_>>()
+    );
     let mut acc = f32t(&[3, 4], av.clone());
     b.add_assign(&mut acc, &f32t(&[3, 4], bv.clone())).unwrap();
     assert_eq!(vals(&acc), sum);
 
     let x = f32t(&[rows, inp], normal(&mut rng, rows * inp, 0.0, 1.0));
     let mut layout = Layout::new();
-    let ps = [layout.param(out_f * inp), layout.param(out_f), layout.param(out_f * inp), layout.param(out_f)];
+    let ps = [
+        layout.param(out_f * inp),
+        layout.param(out_f),
+        layout.param(out_f * inp),
+        layout.param(out_f),
+    ];
     let params = normal(&mut rng, layout.len, 0.0, 0.5);
     let r = normal(&mut rng, rows * out_f, 0.0, 1.0);
     // Returns the output and, with `grads`, back-propagates `r` into them.
@@ -525,7 +713,8 @@ fn add_through_the_tape() {
         let s2 = tape.add(s, ya).unwrap();
         let out = vals(tape.value(s2).unwrap());
         if let Some(g) = grads {
-            tape.backward(s2, f32t(&[rows, out_f], r.clone()), g).unwrap();
+            tape.backward(s2, f32t(&[rows, out_f], r.clone()), g)
+                .unwrap();
         }
         out
     };
@@ -541,9 +730,14 @@ fn add_through_the_tape() {
     run(&pt, Some(&mut grads));
     assert_untouched_outside("add", &grads, &prefill, &ps);
     for (name, p) in ["Wa", "ba", "Wb", "bb"].into_iter().zip(ps) {
-        gradcheck(&format!("add {name}"), slot(&params, p), &added(&grads, &prefill, p), Coords::All, &mut rng, |v| {
-            project(&r, &run(&with_slot(&params, p, v), None))
-        });
+        gradcheck(
+            &format!("add {name}"),
+            slot(&params, p),
+            &added(&grads, &prefill, p),
+            Coords::All,
+            &mut rng,
+            |v| project(&r, &run(&with_slot(&params, p, v), None)),
+        );
     }
 }
 
@@ -557,9 +751,16 @@ fn dropout_backward_applies_the_forward_mask() {
     let mut rng = seeded(8);
     let shape = [50, 200];
     let n = 50 * 200;
-    let key = DropoutKey { p: 0.3, seed: 42, step: 7, site: 2 };
+    let key = DropoutKey {
+        p: 0.3,
+        seed: 42,
+        step: 7,
+        site: 2,
+    };
     let scale = 1.0f32 / (1.0 - key.p);
-    let keep: Vec<bool> = (0..n).map(|i| dropout_uniform(key.seed, key.step, key.site, i as u64) >= key.p).collect();
+    let keep: Vec<bool> = (0..n)
+        .map(|i| dropout_uniform(key.seed, key.step, key.site, i as u64) >= key.p)
+        .collect();
     let dropped = keep.iter().filter(|k| !**k).count() as f64 / n as f64;
     assert!((dropped - 0.3).abs() < 0.02, "dropped fraction {dropped}");
 
@@ -567,18 +768,28 @@ fn dropout_backward_applies_the_forward_mask() {
     let forward = |v: &[f32]| vals(&b.dropout_forward(&f32t(&shape, v.to_vec()), key).unwrap());
     let y = forward(&x);
     for i in 0..n {
-        assert_eq!(y[i], if keep[i] { x[i] * scale } else { 0.0 }, "dropout forward element {i}");
+        assert_eq!(
+            y[i],
+            if keep[i] { x[i] * scale } else { 0.0 },
+            "dropout forward element {i}"
+        );
     }
     let r = normal(&mut rng, n, 0.0, 1.0);
     let dx = vals(&b.dropout_backward(&f32t(&shape, r.clone()), key).unwrap());
     for i in 0..n {
-        assert_eq!(dx[i], if keep[i] { r[i] * scale } else { 0.0 }, "dropout backward element {i}");
+        assert_eq!(
+            dx[i],
+            if keep[i] { r[i] * scale } else { 0.0 },
+            "dropout backward element {i}"
+        );
     }
 
     let other = forward_with(&b, &x, &shape, DropoutKey { step: 8, ..key });
     assert_ne!(other, y, "a new step must draw a new mask");
 
-    gradcheck("dropout dx", &x, &dx, Coords::Some(16), &mut rng, |v| project(&r, &forward(v)));
+    gradcheck("dropout dx", &x, &dx, Coords::Some(16), &mut rng, |v| {
+        project(&r, &forward(v))
+    });
 }
 
 fn forward_with(b: &CpuBackend, x: &[f32], shape: &[usize], key: DropoutKey) -> Vec<f32> {
@@ -596,9 +807,15 @@ fn cross_entropy_gradient() {
     let labels_v = vec![2, IGNORE_INDEX, 5, 0, IGNORE_INDEX, 10, 7];
     let labels = i32t(&[rows], labels_v.clone());
     let logits = normal(&mut rng, rows * vocab, 0.0, 2.0);
-    let loss = |v: &[f32]| b.cross_entropy(&f32t(&[rows, vocab], v.to_vec()), &labels, false).unwrap().loss as f64;
+    let loss = |v: &[f32]| {
+        b.cross_entropy(&f32t(&[rows, vocab], v.to_vec()), &labels, false)
+            .unwrap()
+            .loss as f64
+    };
 
-    let out = b.cross_entropy(&f32t(&[rows, vocab], logits.clone()), &labels, true).unwrap();
+    let out = b
+        .cross_entropy(&f32t(&[rows, vocab], logits.clone()), &labels, true)
+        .unwrap();
     assert_eq!(out.count, 5);
     let want: f64 = logits
         .chunks(vocab)
@@ -607,17 +824,34 @@ fn cross_entropy_gradient() {
         .map(|(x, &l)| x.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln() - x[l as usize] as f64)
         .sum::<f64>()
         / 5.0;
-    assert!((out.loss as f64 - want).abs() <= 1e-6 * want.abs(), "loss {} want {want}", out.loss);
-    assert!((loss(&logits) - out.loss as f64).abs() <= 1e-6 * want.abs(), "loss differs without the gradient");
+    assert!(
+        (out.loss as f64 - want).abs() <= 1e-6 * want.abs(),
+        "loss {} want {want}",
+        out.loss
+    );
+    assert!(
+        (loss(&logits) - out.loss as f64).abs() <= 1e-6 * want.abs(),
+        "loss differs without the gradient"
+    );
 
     let dlogits = vals(out.dlogits.as_ref().expect("asked for the gradient"));
     assert_eq!(out.dlogits.as_ref().unwrap().shape(), &[rows, vocab]);
     for (row, &l) in labels_v.iter().enumerate() {
         if l == IGNORE_INDEX {
-            assert!(dlogits[row * vocab..][..vocab].iter().all(|&g| g == 0.0), "ignored row {row} has gradient");
+            assert!(
+                dlogits[row * vocab..][..vocab].iter().all(|&g| g == 0.0),
+                "ignored row {row} has gradient"
+            );
         }
     }
-    gradcheck("cross-entropy dlogits", &logits, &dlogits, Coords::All, &mut rng, loss);
+    gradcheck(
+        "cross-entropy dlogits",
+        &logits,
+        &dlogits,
+        Coords::All,
+        &mut rng,
+        loss,
+    );
 }
 
 /// gather_rows / scatter_rows: gather picks the rows elementwise, and scatter is its adjoint,
@@ -636,18 +870,30 @@ fn gather_and_scatter_are_adjoint() {
     assert_eq!(g.shape(), &[idx.len(), width]);
     let g = vals(&g);
     for (i, &r) in idx.iter().enumerate() {
-        assert_eq!(g[i * width..][..width], x[r as usize * width..][..width], "gathered row {i}");
+        assert_eq!(
+            g[i * width..][..width],
+            x[r as usize * width..][..width],
+            "gathered row {i}"
+        );
     }
-    let s = b.scatter_rows(&f32t(&[idx.len(), width], y.clone()), &rows, n).unwrap();
+    let s = b
+        .scatter_rows(&f32t(&[idx.len(), width], y.clone()), &rows, n)
+        .unwrap();
     assert_eq!(s.shape(), &[n, width]);
     let s = vals(&s);
     // Rows never gathered get nothing back.
     for r in (0..n).filter(|r| !idx.contains(&(*r as i32))) {
-        assert!(s[r * width..][..width].iter().all(|&v| v == 0.0), "row {r} was never gathered");
+        assert!(
+            s[r * width..][..width].iter().all(|&v| v == 0.0),
+            "row {r} was never gathered"
+        );
     }
     let (lhs, rhs) = (project(&g, &y), project(&x, &s));
     let scale: f64 = g.iter().zip(&y).map(|(a, b)| (a * b).abs() as f64).sum();
-    assert!((lhs - rhs).abs() <= 1e-5 * scale, "<gather(x), y> = {lhs} but <x, scatter(y)> = {rhs}");
+    assert!(
+        (lhs - rhs).abs() <= 1e-5 * scale,
+        "<gather(x), y> = {lhs} but <x, scatter(y)> = {rhs}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -698,8 +944,12 @@ impl Composed {
         let a = tape.attention(qkv, mask, self.heads).unwrap();
         let s = tape.add(a, g).unwrap();
         let sel = tape.gather_rows(s, rows).unwrap();
-        let logits = tape.linear(sel, self.head[0], self.head[1], self.vocab).unwrap();
-        let ce = b.cross_entropy(tape.value(logits).unwrap(), &self.labels, grads.is_some()).unwrap();
+        let logits = tape
+            .linear(sel, self.head[0], self.head[1], self.vocab)
+            .unwrap();
+        let ce = b
+            .cross_entropy(tape.value(logits).unwrap(), &self.labels, grads.is_some())
+            .unwrap();
         if let Some(grads) = grads {
             tape.backward(logits, ce.dlogits.unwrap(), grads).unwrap();
         }
@@ -718,19 +968,34 @@ fn composed_tape_gradients() {
     let (batch, seq, hidden, heads, vocab, positions) = (2, 7, 9, 3, 10, 8);
     let mut layout = Layout::new();
     let c = Composed {
-        tokens: i32t(&[batch, seq], vec![3, 5, 6, 3, 7, 3, 3, 4, 8, 3, 1, 2, 9, 3]),
-        mask: i32t(&[batch, seq], vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0]),
+        tokens: i32t(
+            &[batch, seq],
+            vec![3, 5, 6, 3, 7, 3, 3, 4, 8, 3, 1, 2, 9, 3],
+        ),
+        mask: i32t(
+            &[batch, seq],
+            vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+        ),
         rows: i32t(&[6], vec![1, 4, 6, 8, 10, 12]),
         labels: i32t(&[6], vec![2, IGNORE_INDEX, 7, 0, 9, IGNORE_INDEX]),
         hidden,
         heads,
         vocab,
-        tables: [layout.param(vocab * hidden), layout.param(positions * hidden), layout.param(positions * hidden)],
+        tables: [
+            layout.param(vocab * hidden),
+            layout.param(positions * hidden),
+            layout.param(positions * hidden),
+        ],
         ln: [layout.param(hidden), layout.param(hidden)],
         ff: [layout.param(hidden * hidden), layout.param(hidden)],
         qkv: [layout.param(3 * hidden * hidden), layout.param(3 * hidden)],
         head: [layout.param(vocab * hidden), layout.param(vocab)],
-        dropout: DropoutKey { p: 0.3, seed: 5, step: 1, site: 0 },
+        dropout: DropoutKey {
+            p: 0.3,
+            seed: 5,
+            step: 1,
+            site: 0,
+        },
     };
     let mut params = normal(&mut rng, layout.len, 0.0, 0.1);
     let inv = 1.0 / (hidden as f32).sqrt();
@@ -755,12 +1020,29 @@ fn composed_tape_gradients() {
     let all = c.params();
     assert_untouched_outside("composed", &grads, &prefill, &all);
 
-    let names = ["token table", "instruction table", "argument table", "ln weight", "ln bias", "ff W", "ff b", "qkv W", "qkv b", "head W", "head b"];
+    let names = [
+        "token table",
+        "instruction table",
+        "argument table",
+        "ln weight",
+        "ln bias",
+        "ff W",
+        "ff b",
+        "qkv W",
+        "qkv b",
+        "head W",
+        "head b",
+    ];
     for (name, p) in names.into_iter().zip(all) {
         let g = added(&grads, &prefill, p);
         assert!(max_abs(&g) > 0.0, "composed {name}: no gradient reached it");
-        gradcheck(&format!("composed {name}"), slot(&params, p), &g, Coords::Some(6), &mut rng, |v| {
-            c.loss(&b, &with_slot(&params, p, v), None)
-        });
+        gradcheck(
+            &format!("composed {name}"),
+            slot(&params, p),
+            &g,
+            Coords::Some(6),
+            &mut rng,
+            |v| c.loss(&b, &with_slot(&params, p, v), None),
+        );
     }
 }

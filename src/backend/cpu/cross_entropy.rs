@@ -33,17 +33,19 @@ pub fn forward_backward(
         }
         lse - x[label as usize] as f64
     };
-    let total = match dlogits {
+    // Row losses are collected in order and summed sequentially, so the total's rounding does
+    // not depend on how rayon split the rows.
+    let losses: Vec<f64> = match dlogits {
         Some(dl) => dl
             .par_chunks_mut(vocab)
             .zip(logits.par_chunks(vocab).zip(labels.par_iter()))
             .map(|(dx, (x, &l))| row_loss(x, l, Some(dx)))
-            .sum(),
+            .collect(),
         None => logits
             .par_chunks(vocab)
             .zip(labels.par_iter())
             .map(|(x, &l)| row_loss(x, l, None))
-            .sum(),
+            .collect(),
     };
-    (total, count)
+    (losses.iter().sum(), count)
 }

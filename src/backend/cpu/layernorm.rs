@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use super::reduce::sum_over_row_blocks;
+
 /// Writes `y`, and the per-row `mean` and `rstd` that backward reuses.
 pub fn forward(
     y: &mut [f32],
@@ -45,42 +47,40 @@ pub fn backward(
     weight: &[f32],
 ) {
     let c = weight.len();
-    // dx row by row in parallel; the weight and bias gradients reduce over rows, so each rayon
-    // task sums its own rows and the partial sums are added at the end.
-    let (dw, db) = dx
-        .par_chunks_mut(c)
+    let rows = x.len() / c;
+    // dx is independent per row; dweight and dbias reduce over rows in fixed blocks (see
+    // `reduce`), so their rounding is the same on every run. Partials are [dweight | dbias].
+    dx.par_chunks_mut(c)
         .zip(dy.par_chunks(c).zip(x.par_chunks(c)))
         .zip(mean.par_iter().zip(rstd.par_iter()))
-        .fold(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut dw, mut db), ((dx, (dy, x)), (&m, &s))| {
-                let mut mean_g = 0.0f32;
-                let mut mean_gx = 0.0f32;
-                for i in 0..c {
-                    let xhat = (x[i] - m) * s;
-                    let g = dy[i] * weight[i];
-                    mean_g += g;
-                    mean_gx += g * xhat;
-                    dw[i] += dy[i] * xhat;
-                    db[i] += dy[i];
-                }
-                mean_g /= c as f32;
-                mean_gx /= c as f32;
-                for i in 0..c {
-                    let xhat = (x[i] - m) * s;
-                    dx[i] = s * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
-                }
-                (dw, db)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut a, mut b), (c2, d2)| {
-                a.iter_mut().zip(&c2).for_each(|(p, q)| *p += q);
-                b.iter_mut().zip(&d2).for_each(|(p, q)| *p += q);
-                (a, b)
-            },
-        );
-    dweight.iter_mut().zip(&dw).for_each(|(g, d)| *g += d);
-    dbias.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
+        .for_each(|((dx, (dy, x)), (&m, &s))| {
+            let mut mean_g = 0.0f32;
+            let mut mean_gx = 0.0f32;
+            for i in 0..c {
+                let xhat = (x[i] - m) * s;
+                let g = dy[i] * weight[i];
+                mean_g += g;
+                mean_gx += g * xhat;
+            }
+            mean_g /= c as f32;
+            mean_gx /= c as f32;
+            for i in 0..c {
+                let xhat = (x[i] - m) * s;
+                dx[i] = s * (dy[i] * weight[i] - mean_g - xhat * mean_gx);
+            }
+        });
+    let sums = sum_over_row_blocks(rows, 2 * c, |first, count, partial| {
+        let (dw, db) = partial.split_at_mut(c);
+        for r in first..first + count {
+            let (m, s) = (mean[r], rstd[r]);
+            for i in 0..c {
+                let d = dy[r * c + i];
+                dw[i] += d * (x[r * c + i] - m) * s;
+                db[i] += d;
+            }
+        }
+    });
+    let (dw, db) = sums.split_at(c);
+    dweight.iter_mut().zip(dw).for_each(|(g, d)| *g += d);
+    dbias.iter_mut().zip(db).for_each(|(g, d)| *g += d);
 }

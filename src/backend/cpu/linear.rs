@@ -3,6 +3,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{MatLayout, matmul};
+use super::reduce::sum_over_row_blocks;
 
 /// `x`: `[n, in]`, `y`: `[n, out]`.
 pub fn forward(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], inp: usize) {
@@ -57,21 +58,10 @@ pub fn backward(
         true,
         true,
     );
-    let db = dy
-        .par_chunks(out)
-        .fold(
-            || vec![0.0f32; out],
-            |mut acc, row| {
-                acc.iter_mut().zip(row).for_each(|(a, d)| *a += d);
-                acc
-            },
-        )
-        .reduce(
-            || vec![0.0f32; out],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(p, q)| *p += q);
-                a
-            },
-        );
+    let db = sum_over_row_blocks(n, out, |first, count, partial| {
+        for row in dy[first * out..(first + count) * out].chunks(out) {
+            partial.iter_mut().zip(row).for_each(|(a, d)| *a += d);
+        }
+    });
     dbias.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
 }

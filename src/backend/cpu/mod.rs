@@ -12,6 +12,7 @@ mod gelu;
 pub mod gemm;
 mod layernorm;
 mod linear;
+mod reduce;
 mod rows;
 
 pub use cross_entropy::IGNORE_INDEX;

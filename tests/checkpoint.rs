@@ -1,0 +1,140 @@
+//! Checkpoints: model round trips, atomic replacement, and training that resumes exactly.
+
+use undertale_maskedlm::checkpoint::{load_model, read_f32_tensors, save_model};
+use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
+use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::{Device, Tensor};
+
+fn small_config(vocab: &Vocabulary) -> Config {
+    let size = Size {
+        depth: 2,
+        hidden_dimensions: 32,
+        heads: 4,
+        intermediate_dimensions: 64,
+        sequence_length: 48,
+    };
+    Config::new(size, vocab.len(), vocab.next_id(), vocab.mask_id())
+}
+
+#[test]
+fn a_saved_model_loads_with_identical_weights_and_reference_names() {
+    let vocab = Vocabulary::synthetic();
+    let model = Model::new(small_config(&vocab), Device::Cpu, 7).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ckpt");
+    save_model(&path, &model).unwrap();
+
+    let loaded = load_model(&path, Device::Cpu).unwrap();
+    assert_eq!(loaded.config(), model.config());
+    assert_eq!(
+        loaded.parameters().to_vec_f32().unwrap(),
+        model.parameters().to_vec_f32().unwrap()
+    );
+    let tokens = Tensor::from_i32(&[20], vocab.encode_padded("push rbp [NEXT] mov rbp rsp [NEXT] xor eax eax [NEXT] ret", 20).tokens).unwrap();
+    assert_eq!(
+        loaded.forward(&tokens, None).unwrap().to_vec_f32().unwrap(),
+        model.forward(&tokens, None).unwrap().to_vec_f32().unwrap()
+    );
+
+    // The file holds the reference's per-head names, never the internal fused QKV.
+    let tensors = read_f32_tensors(&path.join("model.safetensors")).unwrap();
+    assert!(tensors.contains_key("encoder.layers.1.attention.heads.3.v.bias"));
+    assert_eq!(tensors["encoder.layers.0.attention.heads.0.q.weight"].0, vec![8, 32]);
+    assert!(tensors.keys().all(|k| !k.contains("qkv")));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path.join("config.json")).unwrap()).unwrap();
+    for key in [
+        "depth", "hidden_dimensions", "vocab_size", "sequence_length", "heads",
+        "intermediate_dimensions", "next_token_id", "mask_token_id", "dropout", "eps", "lr", "warmup",
+    ] {
+        assert!(config.get(key).is_some(), "config.json lacks {key}");
+    }
+}
+
+#[test]
+fn saving_over_a_checkpoint_replaces_it_and_leaves_no_temporary_files() {
+    let vocab = Vocabulary::synthetic();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("last");
+    let first = Model::new(small_config(&vocab), Device::Cpu, 1).unwrap();
+    let second = Model::new(small_config(&vocab), Device::Cpu, 2).unwrap();
+    save_model(&path, &first).unwrap();
+    save_model(&path, &second).unwrap();
+    let loaded = load_model(&path, Device::Cpu).unwrap();
+    assert_eq!(
+        loaded.parameters().to_vec_f32().unwrap(),
+        second.parameters().to_vec_f32().unwrap()
+    );
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["last".to_string()], "only the checkpoint remains");
+}
+
+/// Trains `steps` steps from scratch, or stops after `split` steps, saves, resumes from the
+/// checkpoint and finishes. Returns the final parameters.
+fn train(split: Option<u64>, steps: u64) -> Params {
+    let vocab = Vocabulary::synthetic();
+    let config = small_config(&vocab);
+    let data = dataset(&vocab, 36, config.sequence_length, 3); // 5 batches of 8 (last partial)
+    let epochs = 4;
+    let model = Model::new(config, Device::Cpu, 11).unwrap();
+    let mut trainer = Trainer::new(model, 8, epochs * 5, 5).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(split) = split {
+        trainer.train(&data, epochs, Some(split), |_| {}, |_| Ok(())).unwrap();
+        assert_eq!(trainer.state().step, split);
+        trainer.save(&dir.path().join("ckpt")).unwrap();
+        drop(trainer);
+        trainer = Trainer::resume(&dir.path().join("ckpt"), Device::Cpu).unwrap();
+        assert_eq!(trainer.state().step, split);
+    }
+    trainer.train(&data, epochs, Some(steps), |_| {}, |_| Ok(())).unwrap();
+    assert_eq!(trainer.state().step, steps);
+    Params(trainer.model.parameters().to_vec_f32().unwrap())
+}
+
+/// Parameters compared bit for bit, reporting the first difference instead of both vectors.
+#[derive(PartialEq)]
+struct Params(Vec<f32>);
+
+impl std::fmt::Debug for Params {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} parameters, first {:?}", self.0.len(), &self.0[..4.min(self.0.len())])
+    }
+}
+
+#[test]
+fn training_resumes_exactly_mid_epoch_and_at_an_epoch_boundary() {
+    let uninterrupted = train(None, 17);
+    let initial = Params(
+        Model::new(small_config(&Vocabulary::synthetic()), Device::Cpu, 11)
+            .unwrap()
+            .parameters()
+            .to_vec_f32()
+            .unwrap(),
+    );
+    assert_ne!(uninterrupted, initial, "training moved the weights");
+    assert_eq!(train(None, 17), uninterrupted, "training is deterministic");
+    assert_eq!(train(Some(7), 17), uninterrupted, "resumed mid-epoch");
+    assert_eq!(train(Some(10), 17), uninterrupted, "resumed at an epoch boundary");
+}
+
+#[test]
+fn dropout_changes_the_step_and_depends_only_on_seed_and_step() {
+    // Two trainers with the same seeds take bit-identical steps (dropout masks are keyed, not
+    // drawn from hidden state); a zero-dropout trainer takes a different one.
+    let vocab = Vocabulary::synthetic();
+    let config = small_config(&vocab);
+    let data = dataset(&vocab, 8, config.sequence_length, 9);
+    let step = |dropout: f32| {
+        let mut c = config.clone();
+        c.dropout = dropout;
+        let mut t = Trainer::new(Model::new(c, Device::Cpu, 4).unwrap(), 8, 10, 6).unwrap();
+        t.step(&data).unwrap().loss
+    };
+    assert_eq!(step(0.1), step(0.1));
+    assert_ne!(step(0.1), step(0.0));
+}
