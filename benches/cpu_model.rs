@@ -6,7 +6,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::data::{Example, MaskedLMCollator};
-use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::model::{
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
+};
 use undertale_maskedlm::train::Trainer;
 use undertale_maskedlm::{Device, Tensor};
 
@@ -23,7 +25,9 @@ fn rows(seed: u64) -> Vec<Example> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..BATCH)
         .map(|_| Example {
-            tokens: (0..SEQ).map(|_| rng.random_range(6..VOCAB as i32)).collect(),
+            tokens: (0..SEQ)
+                .map(|_| rng.random_range(6..VOCAB as i32))
+                .collect(),
             mask: vec![1; SEQ],
         })
         .collect()
@@ -35,7 +39,10 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
 
     let model = Model::new(config(), Device::Cpu, 0).unwrap();
-    let batch = MaskedLMCollator::new(4, VOCAB, 0.15, 0).unwrap().collate(&rows(1)).unwrap();
+    let batch = MaskedLMCollator::new(4, VOCAB, 0.15, 0)
+        .unwrap()
+        .collate(&rows(1))
+        .unwrap();
     group.bench_function("forward_logits", |b| {
         b.iter(|| model.forward(&batch.tokens, Some(&batch.mask)).unwrap())
     });

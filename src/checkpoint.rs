@@ -7,7 +7,7 @@
 //! directory. Directories are written next to their destination and renamed into place, so a
 //! crash never leaves a half-written checkpoint under the final name.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -15,7 +15,7 @@ use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::model::state_dict::{from_state_dict, to_state_dict};
+use crate::model::state_dict::{TensorMap, from_state_dict, to_state_dict};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM};
 
 pub const MODEL_FILE: &str = "model.safetensors";
@@ -28,7 +28,8 @@ pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>)
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&parent).map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
+    fs::create_dir_all(&parent)
+        .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     let name = dir
         .file_name()
         .ok_or_else(|| Error::checkpoint(dir, "the checkpoint path has no directory name"))?
@@ -42,8 +43,12 @@ pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>)
         return Err(e);
     }
     // Make the files durable before they become visible under the final name.
-    for entry in fs::read_dir(&tmp).map_err(|e| Error::io(format!("listing {}", tmp.display()), e))? {
-        let path = entry.map_err(|e| Error::io("listing checkpoint", e))?.path();
+    for entry in
+        fs::read_dir(&tmp).map_err(|e| Error::io(format!("listing {}", tmp.display()), e))?
+    {
+        let path = entry
+            .map_err(|e| Error::io("listing checkpoint", e))?
+            .path();
         fs::File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
@@ -51,11 +56,13 @@ pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>)
     let old = parent.join(format!(".{name}.old-{unique}"));
     let had_old = dir.exists();
     if had_old {
-        fs::rename(dir, &old).map_err(|e| Error::io(format!("moving aside {}", dir.display()), e))?;
+        fs::rename(dir, &old)
+            .map_err(|e| Error::io(format!("moving aside {}", dir.display()), e))?;
     }
     fs::rename(&tmp, dir).map_err(|e| Error::io(format!("renaming into {}", dir.display()), e))?;
     if had_old {
-        fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
+        fs::remove_dir_all(&old)
+            .map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
     }
     Ok(())
 }
@@ -81,16 +88,17 @@ pub fn write_f32_tensors(
                 .map_err(|e| Error::checkpoint(path, format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    let bytes = safetensors::serialize(views, metadata)
+        .map_err(|e| Error::checkpoint(path, e.to_string()))?;
     fs::write(path, bytes).map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// Reads every tensor of a safetensors file, which must all be f32.
-pub fn read_f32_tensors(path: &Path) -> Result<BTreeMap<String, (Vec<usize>, Vec<f32>)>> {
+pub fn read_f32_tensors(path: &Path) -> Result<TensorMap> {
     let bytes = fs::read(path).map_err(|e| Error::checkpoint(path, format!("cannot read: {e}")))?;
     let st = SafeTensors::deserialize(&bytes)
         .map_err(|e| Error::checkpoint(path, format!("not a valid safetensors file: {e}")))?;
-    let mut out = BTreeMap::new();
+    let mut out = TensorMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != Dtype::F32 {
             return Err(Error::checkpoint(
@@ -135,9 +143,10 @@ pub fn save_model(dir: &Path, model: &InstructionTraceTransformerEncoderForMaske
 /// Reads a checkpoint's `config.json`.
 pub fn load_config(dir: &Path) -> Result<Config> {
     let path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| Error::checkpoint(&path, format!("cannot read: {e}")))?;
-    let config: Config =
-        serde_json::from_str(&text).map_err(|e| Error::checkpoint(&path, format!("invalid config: {e}")))?;
+    let text = fs::read_to_string(&path)
+        .map_err(|e| Error::checkpoint(&path, format!("cannot read: {e}")))?;
+    let config: Config = serde_json::from_str(&text)
+        .map_err(|e| Error::checkpoint(&path, format!("invalid config: {e}")))?;
     config
         .validate()
         .map_err(|e| Error::checkpoint(&path, e.to_string()))?;
@@ -146,7 +155,10 @@ pub fn load_config(dir: &Path) -> Result<Config> {
 
 /// Loads a model checkpoint directory onto `device`, checking every tensor's name, shape and
 /// dtype against the configuration.
-pub fn load_model(dir: &Path, device: Device) -> Result<InstructionTraceTransformerEncoderForMaskedLM> {
+pub fn load_model(
+    dir: &Path,
+    device: Device,
+) -> Result<InstructionTraceTransformerEncoderForMaskedLM> {
     let config = load_config(dir)?;
     let path = dir.join(MODEL_FILE);
     let tensors = read_f32_tensors(&path)?;

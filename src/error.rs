@@ -30,7 +30,9 @@ pub enum Error {
     },
 
     /// A token id is negative or not below the vocabulary size.
-    #[error("token id {id} at row {row}, position {position} is out of range: vocab_size is {vocab_size}")]
+    #[error(
+        "token id {id} at row {row}, position {position} is out of range: vocab_size is {vocab_size}"
+    )]
     TokenOutOfRange {
         id: i64,
         row: usize,
@@ -39,7 +41,9 @@ pub enum Error {
     },
 
     /// A label is neither -100 (ignored) nor a valid token id.
-    #[error("label {label} at row {row}, position {position} is out of range: expected -100 or an id below {vocab_size}")]
+    #[error(
+        "label {label} at row {row}, position {position} is out of range: expected -100 or an id below {vocab_size}"
+    )]
     LabelOutOfRange {
         label: i64,
         row: usize,
@@ -60,7 +64,9 @@ pub enum Error {
     SequenceTooLong { length: usize, max: usize },
 
     /// A row whose mask is all zero: attention has no key to attend to.
-    #[error("row {row} has no real token (its mask is all zero), so attention over it is undefined")]
+    #[error(
+        "row {row} has no real token (its mask is all zero), so attention over it is undefined"
+    )]
     EmptyRow { row: usize },
 
     /// A batch in which every label is -100: the mean loss divides by zero.
@@ -101,7 +107,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn shape(what: impl Into<String>, expected: impl Into<String>, got: &[usize]) -> Self {
+    pub(crate) fn shape(
+        what: impl Into<String>,
+        expected: impl Into<String>,
+        got: &[usize],
+    ) -> Self {
         Error::Shape {
             what: what.into(),
             expected: expected.into(),

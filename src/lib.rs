@@ -13,8 +13,8 @@ pub mod error;
 pub mod model;
 pub mod philox;
 pub mod tape;
-pub mod train;
 pub mod tensor;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};

@@ -10,7 +10,9 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use undertale_maskedlm::checkpoint::save_model;
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
-use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::model::{
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
+};
 use undertale_maskedlm::train::{Trainer, batches_per_epoch};
 use undertale_maskedlm::{Device, Result, Tensor};
 
@@ -32,7 +34,11 @@ const PROBES: [&str; 13] = [
 ];
 
 #[derive(Parser)]
-#[command(name = "maskedlm", version, about = "undertale's masked language model over disassembled binary code")]
+#[command(
+    name = "maskedlm",
+    version,
+    about = "undertale's masked language model over disassembled binary code"
+)]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -78,11 +84,13 @@ impl Default for DemoArgs {
 
 fn main() {
     let cli = Cli::parse();
-    if let Some(threads) = cli.threads {
-        if let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global() {
-            eprintln!("error: cannot start {threads} threads: {e}");
-            std::process::exit(2);
-        }
+    if let Some(threads) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+    {
+        eprintln!("error: cannot start {threads} threads: {e}");
+        std::process::exit(2);
     }
     let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
         Command::Demo(args) => demo(&args),
@@ -95,7 +103,12 @@ fn main() {
 
 fn demo(args: &DemoArgs) -> Result<()> {
     let vocab = Vocabulary::synthetic();
-    let mut config = Config::new(Size::preset(&args.config)?, vocab.len(), vocab.next_id(), vocab.mask_id());
+    let mut config = Config::new(
+        Size::preset(&args.config)?,
+        vocab.len(),
+        vocab.next_id(),
+        vocab.mask_id(),
+    );
     config.lr = args.learning_rate;
     let seq = config.sequence_length;
     let train = dataset(&vocab, args.functions, seq, args.seed);
@@ -116,10 +129,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
     );
 
     let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
-    let epochs = args.steps.div_ceil(batches_per_epoch(train.len(), args.batch_size));
+    let epochs = args
+        .steps
+        .div_ceil(batches_per_epoch(train.len(), args.batch_size));
     let bar = ProgressBar::new(args.steps).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
     );
     let start = Instant::now();
     let mut tokens = 0usize;
@@ -130,7 +147,10 @@ fn demo(args: &DemoArgs) -> Result<()> {
         |r| {
             tokens += r.tokens;
             let rate = tokens as f64 / start.elapsed().as_secs_f64();
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  {rate:.0} tok/s", r.loss, r.lr));
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {rate:.0} tok/s",
+                r.loss, r.lr
+            ));
             bar.inc(1);
         },
         |_| Ok(()),
@@ -139,7 +159,8 @@ fn demo(args: &DemoArgs) -> Result<()> {
 
     let model = &trainer.model;
     let (mut correct, mut count, mut loss) = (0, 0, 0.0);
-    let mut collator = undertale_maskedlm::data::MaskedLMCollator::new(vocab.mask_id(), vocab.len(), 0.15, 1_000)?;
+    let mut collator =
+        undertale_maskedlm::data::MaskedLMCollator::new(vocab.mask_id(), vocab.len(), 0.15, 1_000)?;
     for rows in validation.chunks(32) {
         let b = collator.collate(rows)?;
         let e = model.evaluate(&b.tokens, &b.mask, &b.labels)?;

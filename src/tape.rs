@@ -183,10 +183,16 @@ impl<'a> Tape<'a> {
         Ok(out)
     }
 
-    pub fn linear(&mut self, x: Var, weight: Param, bias: Param, out_features: usize) -> Result<Var> {
-        let y = self
-            .backend
-            .linear_forward(self.value(x)?, self.params, weight, bias, out_features)?;
+    pub fn linear(
+        &mut self,
+        x: Var,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<Var> {
+        let y =
+            self.backend
+                .linear_forward(self.value(x)?, self.params, weight, bias, out_features)?;
         let out = self.push(y);
         self.record(Node::Linear {
             x,
@@ -289,7 +295,15 @@ impl<'a> Tape<'a> {
                     tables: [t, i, a],
                     ..
                 } => {
-                    backend.embedding_backward(&dy, self.value(tokens)?, next_token_id, grads, t, i, a)?;
+                    backend.embedding_backward(
+                        &dy,
+                        self.value(tokens)?,
+                        next_token_id,
+                        grads,
+                        t,
+                        i,
+                        a,
+                    )?;
                 }
                 Node::LayerNorm {
                     x,
@@ -311,8 +325,17 @@ impl<'a> Tape<'a> {
                     )?;
                     accumulate(&mut dvals, x, dx)?;
                 }
-                Node::Linear { x, weight, bias, .. } => {
-                    let dx = backend.linear_backward(&dy, self.value(x)?, params, grads, weight, bias)?;
+                Node::Linear {
+                    x, weight, bias, ..
+                } => {
+                    let dx = backend.linear_backward(
+                        &dy,
+                        self.value(x)?,
+                        params,
+                        grads,
+                        weight,
+                        bias,
+                    )?;
                     accumulate(&mut dvals, x, dx)?;
                 }
                 Node::Gelu { x, .. } => {

@@ -2,7 +2,9 @@
 
 use undertale_maskedlm::checkpoint::{load_model, read_f32_tensors, save_model};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
-use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::model::{
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
+};
 use undertale_maskedlm::train::Trainer;
 use undertale_maskedlm::{Device, Tensor};
 
@@ -31,7 +33,16 @@ fn a_saved_model_loads_with_identical_weights_and_reference_names() {
         loaded.parameters().to_vec_f32().unwrap(),
         model.parameters().to_vec_f32().unwrap()
     );
-    let tokens = Tensor::from_i32(&[20], vocab.encode_padded("push rbp [NEXT] mov rbp rsp [NEXT] xor eax eax [NEXT] ret", 20).tokens).unwrap();
+    let tokens = Tensor::from_i32(
+        &[20],
+        vocab
+            .encode_padded(
+                "push rbp [NEXT] mov rbp rsp [NEXT] xor eax eax [NEXT] ret",
+                20,
+            )
+            .tokens,
+    )
+    .unwrap();
     assert_eq!(
         loaded.forward(&tokens, None).unwrap().to_vec_f32().unwrap(),
         model.forward(&tokens, None).unwrap().to_vec_f32().unwrap()
@@ -40,13 +51,26 @@ fn a_saved_model_loads_with_identical_weights_and_reference_names() {
     // The file holds the reference's per-head names, never the internal fused QKV.
     let tensors = read_f32_tensors(&path.join("model.safetensors")).unwrap();
     assert!(tensors.contains_key("encoder.layers.1.attention.heads.3.v.bias"));
-    assert_eq!(tensors["encoder.layers.0.attention.heads.0.q.weight"].0, vec![8, 32]);
+    assert_eq!(
+        tensors["encoder.layers.0.attention.heads.0.q.weight"].0,
+        vec![8, 32]
+    );
     assert!(tensors.keys().all(|k| !k.contains("qkv")));
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path.join("config.json")).unwrap()).unwrap();
     for key in [
-        "depth", "hidden_dimensions", "vocab_size", "sequence_length", "heads",
-        "intermediate_dimensions", "next_token_id", "mask_token_id", "dropout", "eps", "lr", "warmup",
+        "depth",
+        "hidden_dimensions",
+        "vocab_size",
+        "sequence_length",
+        "heads",
+        "intermediate_dimensions",
+        "next_token_id",
+        "mask_token_id",
+        "dropout",
+        "eps",
+        "lr",
+        "warmup",
     ] {
         assert!(config.get(key).is_some(), "config.json lacks {key}");
     }
@@ -70,7 +94,11 @@ fn saving_over_a_checkpoint_replaces_it_and_leaves_no_temporary_files() {
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["last".to_string()], "only the checkpoint remains");
+    assert_eq!(
+        names,
+        vec!["last".to_string()],
+        "only the checkpoint remains"
+    );
 }
 
 /// Trains `steps` steps from scratch, or stops after `split` steps, saves, resumes from the
@@ -84,14 +112,18 @@ fn train(split: Option<u64>, steps: u64) -> Params {
     let mut trainer = Trainer::new(model, 8, epochs * 5, 5).unwrap();
     let dir = tempfile::tempdir().unwrap();
     if let Some(split) = split {
-        trainer.train(&data, epochs, Some(split), |_| {}, |_| Ok(())).unwrap();
+        trainer
+            .train(&data, epochs, Some(split), |_| {}, |_| Ok(()))
+            .unwrap();
         assert_eq!(trainer.state().step, split);
         trainer.save(&dir.path().join("ckpt")).unwrap();
         drop(trainer);
         trainer = Trainer::resume(&dir.path().join("ckpt"), Device::Cpu).unwrap();
         assert_eq!(trainer.state().step, split);
     }
-    trainer.train(&data, epochs, Some(steps), |_| {}, |_| Ok(())).unwrap();
+    trainer
+        .train(&data, epochs, Some(steps), |_| {}, |_| Ok(()))
+        .unwrap();
     assert_eq!(trainer.state().step, steps);
     Params(trainer.model.parameters().to_vec_f32().unwrap())
 }
@@ -102,7 +134,12 @@ struct Params(Vec<f32>);
 
 impl std::fmt::Debug for Params {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} parameters, first {:?}", self.0.len(), &self.0[..4.min(self.0.len())])
+        write!(
+            f,
+            "{} parameters, first {:?}",
+            self.0.len(),
+            &self.0[..4.min(self.0.len())]
+        )
     }
 }
 
@@ -119,7 +156,11 @@ fn training_resumes_exactly_mid_epoch_and_at_an_epoch_boundary() {
     assert_ne!(uninterrupted, initial, "training moved the weights");
     assert_eq!(train(None, 17), uninterrupted, "training is deterministic");
     assert_eq!(train(Some(7), 17), uninterrupted, "resumed mid-epoch");
-    assert_eq!(train(Some(10), 17), uninterrupted, "resumed at an epoch boundary");
+    assert_eq!(
+        train(Some(10), 17),
+        uninterrupted,
+        "resumed at an epoch boundary"
+    );
 }
 
 #[test]

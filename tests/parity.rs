@@ -36,7 +36,13 @@ fn logits_match_the_reference() {
     let logits = m.forward(&tokens, Some(&mask)).unwrap();
     assert_eq!(logits.shape(), &[3, 16, 40]);
     let want = fx.f64("output.logits");
-    assert_close("logits", &logits.to_vec_f32().unwrap(), want, 1e-5, floor(want, 1e-6));
+    assert_close(
+        "logits",
+        &logits.to_vec_f32().unwrap(),
+        want,
+        1e-5,
+        floor(want, 1e-6),
+    );
 }
 
 #[test]
@@ -51,7 +57,13 @@ fn shorter_input_without_padding_gives_the_same_logits() {
         let short = Tensor::from_i32(&[real], tok[row * 16..][..real].to_vec()).unwrap();
         let logits = m.forward(&short, None).unwrap().to_vec_f32().unwrap();
         let expect = &want[row * 16 * 40..][..real * 40];
-        assert_close(&format!("row {row} unpadded logits"), &logits, expect, 1e-5, floor(expect, 1e-6));
+        assert_close(
+            &format!("row {row} unpadded logits"),
+            &logits,
+            expect,
+            1e-5,
+            floor(expect, 1e-6),
+        );
     }
 }
 
@@ -61,16 +73,25 @@ fn loss_and_every_gradient_match_the_reference() {
     let m = model(&fx);
     let (tokens, mask, labels) = inputs(&fx);
     let mut grads = Tensor::from_f32(&[m.num_parameters()], vec![0.0; m.num_parameters()]).unwrap();
-    let loss = m.loss_and_backward(&tokens, &mask, &labels, &mut grads, None).unwrap();
+    let loss = m
+        .loss_and_backward(&tokens, &mask, &labels, &mut grads, None)
+        .unwrap();
     assert_close("loss", &[loss], fx.f64("output.loss"), 1e-5, 0.0);
 
     let got = to_state_dict(&fx.config, &grads.to_vec_f32().unwrap()).unwrap();
     let want = fx.state_dict("grad");
-    assert_eq!(got.len(), want.len(), "one gradient per reference parameter");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "one gradient per reference parameter"
+    );
     // The absolute floor is taken from the gradient scale of the whole model: some gradients are
     // exactly zero in exact arithmetic (the key biases: adding a constant to every score of a
     // softmax row changes nothing), and f32 leaves rounding noise there.
-    let all: Vec<f64> = want.keys().flat_map(|k| fx.f64(&format!("grad.{k}")).to_vec()).collect();
+    let all: Vec<f64> = want
+        .keys()
+        .flat_map(|k| fx.f64(&format!("grad.{k}")).to_vec())
+        .collect();
     let abs = floor(&all, 1e-6);
     for t in got {
         let w = fx.f64(&format!("grad.{}", t.name));
@@ -90,16 +111,30 @@ fn two_adamw_steps_match_the_reference() {
     let mut losses = Vec::new();
     for _ in 0..2 {
         let mut grads = Tensor::from_f32(&[n], vec![0.0; n]).unwrap();
-        losses.push(m.loss_and_backward(&tokens, &mask, &labels, &mut grads, None).unwrap());
-        opt.step(backend.as_ref(), m.parameters_mut(), &grads, fx.config.lr).unwrap();
+        losses.push(
+            m.loss_and_backward(&tokens, &mask, &labels, &mut grads, None)
+                .unwrap(),
+        );
+        opt.step(backend.as_ref(), m.parameters_mut(), &grads, fx.config.lr)
+            .unwrap();
     }
-    assert_close("loss at step 2", &losses[1..], fx.f64("adamw.loss_step2"), 1e-5, 0.0);
+    assert_close(
+        "loss at step 2",
+        &losses[1..],
+        fx.f64("adamw.loss_step2"),
+        1e-5,
+        0.0,
+    );
     for t in to_state_dict(&fx.config, &m.parameters().to_vec_f32().unwrap()).unwrap() {
         let w = fx.f64(&format!("adamw.{}", t.name));
         // A key bias's true gradient is identically zero, so Adam divides rounding noise by
         // (|noise| + eps) and may move it by up to lr per step in f32 where float64 does not move;
         // the gradient test above shows that noise is negligible against the gradient scale.
-        let abs = if t.name.ends_with(".k.bias") { 2.0 * fx.config.lr } else { 1e-6 };
+        let abs = if t.name.ends_with(".k.bias") {
+            2.0 * fx.config.lr
+        } else {
+            1e-6
+        };
         assert_close(&format!("adamw {}", t.name), &t.data, w, 1e-6, abs);
     }
 }
@@ -123,7 +158,10 @@ fn lr_schedule_matches_the_reference() {
         };
         for (s, &want) in values.iter().enumerate() {
             let got = schedule.lr(s as u64);
-            assert!((got - want).abs() <= 1e-9 * want.abs(), "{name} step {s}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs(),
+                "{name} step {s}: {got} vs {want}"
+            );
         }
         checked += 1;
     }

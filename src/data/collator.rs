@@ -52,7 +52,12 @@ pub const DEFAULT_PROBABILITY: f32 = 0.15;
 impl MaskedLMCollator {
     /// The reference's `MaskedLMCollator(mask_token_id, vocab_size, probability=0.15)`, with the
     /// random stream seeded by `seed`.
-    pub fn new(mask_token_id: usize, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
+    pub fn new(
+        mask_token_id: usize,
+        vocab_size: usize,
+        probability: f32,
+        seed: u64,
+    ) -> Result<Self> {
         if mask_token_id >= vocab_size {
             return Err(Error::Config(format!(
                 "mask_token_id {mask_token_id} is not below vocab_size {vocab_size}"
@@ -80,10 +85,12 @@ impl MaskedLMCollator {
     }
 
     pub fn restore(&mut self, state: &CollatorState) -> Result<()> {
-        let word_pos: u128 = state
-            .word_pos
-            .parse()
-            .map_err(|_| Error::Config(format!("collator word_pos {:?} is not a number", state.word_pos)))?;
+        let word_pos: u128 = state.word_pos.parse().map_err(|_| {
+            Error::Config(format!(
+                "collator word_pos {:?} is not a number",
+                state.word_pos
+            ))
+        })?;
         let mut rng = ChaCha8Rng::from_seed(state.seed);
         rng.set_stream(state.stream);
         rng.set_word_pos(word_pos);

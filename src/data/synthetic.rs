@@ -24,7 +24,9 @@ const REGS64: [&str; 14] = [
 const REGS32: [&str; 6] = ["eax", "ebx", "ecx", "edx", "esi", "edi"];
 const REGS8: [&str; 4] = ["al", "bl", "cl", "dl"];
 const SYMBOLS: [&str; 5] = ["[", "]", "+", "-", "*"];
-const SIZES: [&str; 8] = ["byte", "word", "dword", "qword", "tword", "xmmword", "ymmword", "zmmword"];
+const SIZES: [&str; 8] = [
+    "byte", "word", "dword", "qword", "tword", "xmmword", "ymmword", "zmmword",
+];
 /// Immediates are decimal integers; this vocabulary keeps those below 256 as whole tokens.
 const MAX_IMMEDIATE: usize = 256;
 
@@ -37,7 +39,11 @@ pub struct Vocabulary {
 
 impl Vocabulary {
     pub fn new(tokens: Vec<String>) -> Result<Self> {
-        let index: HashMap<String, i32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as i32)).collect();
+        let index: HashMap<String, i32> = tokens
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), i as i32))
+            .collect();
         for special in SPECIAL_TOKENS {
             if !index.contains_key(special) {
                 return Err(Error::MissingSpecialToken {
@@ -159,7 +165,12 @@ pub fn generate_function(rng: &mut impl Rng) -> String {
 }
 
 /// `count` synthetic functions tokenized and padded to `sequence_length`, reproducible from `seed`.
-pub fn dataset(vocab: &Vocabulary, count: usize, sequence_length: usize, seed: u64) -> Vec<Example> {
+pub fn dataset(
+    vocab: &Vocabulary,
+    count: usize,
+    sequence_length: usize,
+    seed: u64,
+) -> Vec<Example> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     (0..count)
         .map(|_| vocab.encode_padded(&generate_function(&mut rng), sequence_length))
@@ -182,6 +193,9 @@ mod tests {
             assert!(f.starts_with("push rbp [NEXT] mov rbp rsp"));
             assert!(f.ends_with("pop rbp [NEXT] ret"));
         }
-        assert_eq!(vocab.encode("[PAD] [UNK] [SEP] [CLS] [MASK] [NEXT]"), vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(
+            vocab.encode("[PAD] [UNK] [SEP] [CLS] [MASK] [NEXT]"),
+            vec![0, 1, 2, 3, 4, 5]
+        );
     }
 }

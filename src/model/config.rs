@@ -74,8 +74,11 @@ impl Size {
         sequence_length: 512,
     };
 
-    pub const PRESETS: [(&'static str, Size); 3] =
-        [("tiny", Size::TINY), ("small", Size::SMALL), ("medium", Size::MEDIUM)];
+    pub const PRESETS: [(&'static str, Size); 3] = [
+        ("tiny", Size::TINY),
+        ("small", Size::SMALL),
+        ("medium", Size::MEDIUM),
+    ];
 
     pub fn preset(name: &str) -> Result<Size> {
         Size::PRESETS
@@ -127,7 +130,7 @@ impl Config {
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(Error::Config(format!("{name} must be positive, got 0")));
         }
-        if self.hidden_dimensions % self.heads != 0 {
+        if !self.hidden_dimensions.is_multiple_of(self.heads) {
             return Err(Error::Config(format!(
                 "hidden_dimensions {} is not divisible by heads {}",
                 self.hidden_dimensions, self.heads

@@ -30,7 +30,11 @@ impl InstructionTracePositionEmbedding {
         eps: f32,
     ) -> Self {
         InstructionTracePositionEmbedding {
-            token: layout.add(format!("{prefix}.token.weight"), &[vocab_size, hidden], Init::Normal),
+            token: layout.add(
+                format!("{prefix}.token.weight"),
+                &[vocab_size, hidden],
+                Init::Normal,
+            ),
             instruction: layout.add(
                 format!("{prefix}.instruction.weight"),
                 &[sequence_length, hidden],
@@ -50,7 +54,12 @@ impl InstructionTracePositionEmbedding {
     }
 
     /// `tokens`: `[batch, seq]` ids; returns `[batch * seq, hidden]`.
-    pub fn forward(&self, tape: &mut Tape, tokens: Var, dropout: Option<DropoutSchedule>) -> Result<Var> {
+    pub fn forward(
+        &self,
+        tape: &mut Tape,
+        tokens: Var,
+        dropout: Option<DropoutSchedule>,
+    ) -> Result<Var> {
         let summed = tape.embedding(
             tokens,
             self.next_token_id,

@@ -33,9 +33,18 @@ pub struct EncoderLayer {
     heads: usize,
 }
 
-pub(crate) fn linear_params(layout: &mut ParamLayout, name: &str, out: usize, inp: usize) -> [Param; 2] {
+pub(crate) fn linear_params(
+    layout: &mut ParamLayout,
+    name: &str,
+    out: usize,
+    inp: usize,
+) -> [Param; 2] {
     [
-        layout.add(format!("{name}.weight"), &[out, inp], Init::Linear { fan_in: inp }),
+        layout.add(
+            format!("{name}.weight"),
+            &[out, inp],
+            Init::Linear { fan_in: inp },
+        ),
         layout.add(format!("{name}.bias"), &[out], Init::Linear { fan_in: inp }),
     ]
 }

@@ -20,9 +20,19 @@ pub struct MaskedLMHead {
 impl MaskedLMHead {
     /// The reference's `MaskedLMHead(hidden_dimensions, vocab_size, eps)`, registering its
     /// parameters under `head.*`.
-    pub fn new(layout: &mut ParamLayout, hidden_dimensions: usize, vocab_size: usize, eps: f32) -> Self {
+    pub fn new(
+        layout: &mut ParamLayout,
+        hidden_dimensions: usize,
+        vocab_size: usize,
+        eps: f32,
+    ) -> Self {
         MaskedLMHead {
-            transform: linear_params(layout, "head.transform", hidden_dimensions, hidden_dimensions),
+            transform: linear_params(
+                layout,
+                "head.transform",
+                hidden_dimensions,
+                hidden_dimensions,
+            ),
             norm: layer_norm(layout, "head.norm", hidden_dimensions),
             decode: linear_params(layout, "head.decode", vocab_size, hidden_dimensions),
             hidden: hidden_dimensions,

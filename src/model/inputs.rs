@@ -27,10 +27,18 @@ fn batch_seq(t: &Tensor, what: &str) -> Result<(usize, usize)> {
 /// Checks tokens `[batch, seq]` (or `[seq]`) and an optional mask of the same shape (none means
 /// every position is real): ids in range, mask of 0/1, length within `sequence_length`, and at
 /// least one real token per row.
-pub fn check_inputs(config: &Config, tokens: &Tensor, mask: Option<&Tensor>) -> Result<CheckedInputs> {
+pub fn check_inputs(
+    config: &Config,
+    tokens: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<CheckedInputs> {
     let (batch, seq) = batch_seq(tokens, "tokens")?;
     if batch == 0 || seq == 0 {
-        return Err(Error::shape("tokens", "a non-empty [batch, seq]", tokens.shape()));
+        return Err(Error::shape(
+            "tokens",
+            "a non-empty [batch, seq]",
+            tokens.shape(),
+        ));
     }
     if seq > config.sequence_length {
         return Err(Error::SequenceTooLong {
@@ -55,10 +63,18 @@ pub fn check_inputs(config: &Config, tokens: &Tensor, mask: Option<&Tensor>) -> 
         None => vec![1; ids.len()],
         Some(m) => {
             if batch_seq(m, "mask")? != (batch, seq) {
-                return Err(Error::shape("mask", format!("[{batch}, {seq}] like the tokens"), m.shape()));
+                return Err(Error::shape(
+                    "mask",
+                    format!("[{batch}, {seq}] like the tokens"),
+                    m.shape(),
+                ));
             }
             let values = m.to_vec_i32()?;
-            if let Some((i, &v)) = values.iter().enumerate().find(|(_, v)| **v != 0 && **v != 1) {
+            if let Some((i, &v)) = values
+                .iter()
+                .enumerate()
+                .find(|(_, v)| **v != 0 && **v != 1)
+            {
                 return Err(Error::MaskValue {
                     value: v as i64,
                     row: i / seq,

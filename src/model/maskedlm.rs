@@ -38,10 +38,21 @@ pub struct InstructionTraceTransformerEncoderForMaskedLM {
 
 impl InstructionTraceTransformerEncoderForMaskedLM {
     /// The layout, encoder and head for a configuration, without values.
-    fn structure(config: &Config) -> (ParamLayout, InstructionTraceTransformerEncoder, MaskedLMHead) {
+    fn structure(
+        config: &Config,
+    ) -> (
+        ParamLayout,
+        InstructionTraceTransformerEncoder,
+        MaskedLMHead,
+    ) {
         let mut layout = ParamLayout::new();
         let encoder = InstructionTraceTransformerEncoder::new(&mut layout, config);
-        let head = MaskedLMHead::new(&mut layout, config.hidden_dimensions, config.vocab_size, config.eps);
+        let head = MaskedLMHead::new(
+            &mut layout,
+            config.hidden_dimensions,
+            config.vocab_size,
+            config.eps,
+        );
         (layout, encoder, head)
     }
 
@@ -63,7 +74,11 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         config.validate()?;
         let (layout, encoder, head) = Self::structure(&config);
         if values.len() != layout.len() {
-            return Err(Error::shape("parameters", format!("[{}]", layout.len()), &[values.len()]));
+            return Err(Error::shape(
+                "parameters",
+                format!("[{}]", layout.len()),
+                &[values.len()],
+            ));
         }
         let backend = device.backend()?;
         let params = backend.upload_f32(&[layout.len()], values)?;
@@ -141,7 +156,11 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     pub fn infer(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
         if inputs.batch != 1 {
-            return Err(Error::shape("infer tokens", "one sequence, [seq] or [1, seq]", tokens.shape()));
+            return Err(Error::shape(
+                "infer tokens",
+                "one sequence, [seq] or [1, seq]",
+                tokens.shape(),
+            ));
         }
         let mask_id = self.config.mask_token_id as i32;
         let rows: Vec<i32> = (0..inputs.seq as i32)
@@ -160,11 +179,17 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// Argmax predictions at the given flat positions, computing the head only there.
     fn predict_rows(&self, inputs: &CheckedInputs, rows: &[i32]) -> Result<Vec<i32>> {
         let logits = self.logits_at(inputs, rows)?;
-        self.backend.download_i32(&self.backend.argmax_rows(&logits)?)
+        self.backend
+            .download_i32(&self.backend.argmax_rows(&logits)?)
     }
 
     /// Logits `[rows, vocab]` at the given flat positions only (no dropout).
-    pub fn logits_at_positions(&self, tokens: &Tensor, mask: Option<&Tensor>, rows: &[i32]) -> Result<Tensor> {
+    pub fn logits_at_positions(
+        &self,
+        tokens: &Tensor,
+        mask: Option<&Tensor>,
+        rows: &[i32],
+    ) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
         self.logits_at(&inputs, rows)
     }
@@ -197,8 +222,12 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         let picked = tape.gather_rows(state, rows)?;
         let logits = self.head.forward(&mut tape, picked)?;
         let targets = self.backend.upload_i32(&[targets.len()], &targets)?;
-        let ce = self.backend.cross_entropy(tape.value(logits)?, &targets, true)?;
-        let dlogits = ce.dlogits.expect("cross_entropy was asked for the gradient");
+        let ce = self
+            .backend
+            .cross_entropy(tape.value(logits)?, &targets, true)?;
+        let dlogits = ce
+            .dlogits
+            .expect("cross_entropy was asked for the gradient");
         tape.backward(logits, dlogits, grads)?;
         Ok(ce.loss)
     }
@@ -211,8 +240,14 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         let logits = self.logits_at(&inputs, &rows)?;
         let labels_t = self.backend.upload_i32(&[targets.len()], &targets)?;
         let ce = self.backend.cross_entropy(&logits, &labels_t, false)?;
-        let predictions = self.backend.download_i32(&self.backend.argmax_rows(&logits)?)?;
-        let correct = predictions.iter().zip(&targets).filter(|(p, t)| p == t).count();
+        let predictions = self
+            .backend
+            .download_i32(&self.backend.argmax_rows(&logits)?)?;
+        let correct = predictions
+            .iter()
+            .zip(&targets)
+            .filter(|(p, t)| p == t)
+            .count();
         Ok(Evaluation {
             loss: ce.loss,
             correct,

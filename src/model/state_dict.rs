@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashSet};
 use super::{Config, InstructionTraceTransformerEncoderForMaskedLM};
 use crate::error::{Error, Result};
 
+/// Named f32 tensors as read from a file: name -> (shape, data).
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
 /// One named tensor of a state_dict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {
@@ -29,7 +32,11 @@ const PARTS: [&str; 3] = ["q", "k", "v"];
 pub fn to_state_dict(config: &Config, values: &[f32]) -> Result<Vec<NamedTensor>> {
     let layout = InstructionTraceTransformerEncoderForMaskedLM::layout_for(config);
     if values.len() != layout.len() {
-        return Err(Error::shape("parameters", format!("[{}]", layout.len()), &[values.len()]));
+        return Err(Error::shape(
+            "parameters",
+            format!("[{}]", layout.len()),
+            &[values.len()],
+        ));
     }
     let (h, d) = (config.hidden_dimensions, config.head_dim());
     let mut out = Vec::new();
@@ -78,7 +85,10 @@ fn reference_order(tensors: Vec<NamedTensor>) -> Vec<NamedTensor> {
             let rest = t.name.split(".attention.heads.").nth(1).unwrap_or_default();
             let mut it = rest.split('.');
             let head: usize = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-            let part = PARTS.iter().position(|p| Some(*p) == it.next()).unwrap_or(0);
+            let part = PARTS
+                .iter()
+                .position(|p| Some(*p) == it.next())
+                .unwrap_or(0);
             let bias = it.next() == Some("bias");
             (head, part, bias)
         });
@@ -98,7 +108,10 @@ fn reference_order(tensors: Vec<NamedTensor>) -> Vec<NamedTensor> {
 
 /// The flat parameter buffer from the reference's tensors. Every expected name must be present
 /// with its exact shape, and no other name may appear; the error lists what is wrong.
-pub fn from_state_dict(config: &Config, tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>) -> Result<Vec<f32>> {
+pub fn from_state_dict(
+    config: &Config,
+    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+) -> Result<Vec<f32>> {
     let zeros = vec![0.0; InstructionTraceTransformerEncoderForMaskedLM::layout_for(config).len()];
     let expected = to_state_dict(config, &zeros)?;
     let mut problems = Vec::new();
@@ -106,14 +119,18 @@ pub fn from_state_dict(config: &Config, tensors: &BTreeMap<String, (Vec<usize>, 
     for t in &expected {
         match tensors.get(&t.name) {
             None => problems.push(format!("missing tensor {}", t.name)),
-            Some((shape, data)) if *shape != t.shape || data.len() != t.data.len() => problems.push(format!(
-                "tensor {} has shape {:?}, expected {:?}",
-                t.name, shape, t.shape
-            )),
+            Some((shape, data)) if *shape != t.shape || data.len() != t.data.len() => problems
+                .push(format!(
+                    "tensor {} has shape {:?}, expected {:?}",
+                    t.name, shape, t.shape
+                )),
             Some(_) => {}
         }
     }
-    for name in tensors.keys().filter(|n| !expected_names.contains(n.as_str())) {
+    for name in tensors
+        .keys()
+        .filter(|n| !expected_names.contains(n.as_str()))
+    {
         problems.push(format!("unexpected tensor {name}"));
     }
     if !problems.is_empty() {
@@ -132,7 +149,8 @@ pub fn from_state_dict(config: &Config, tensors: &BTreeMap<String, (Vec<usize>, 
                 let leaf = if is_weight { "weight" } else { "bias" };
                 for n in 0..config.heads {
                     for (part, name) in PARTS.iter().enumerate() {
-                        let src = &tensors[&format!("{prefix}.attention.heads.{n}.{name}.{leaf}")].1;
+                        let src =
+                            &tensors[&format!("{prefix}.attention.heads.{n}.{name}.{leaf}")].1;
                         let start = (part * h + n * d) * width;
                         dst[start..start + d * width].copy_from_slice(src);
                     }

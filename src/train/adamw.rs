@@ -47,7 +47,13 @@ impl AdamW {
     }
 
     /// One update of every parameter at learning rate `lr`.
-    pub fn step(&mut self, backend: &dyn Backend, params: &mut Tensor, grads: &Tensor, lr: f64) -> Result<()> {
+    pub fn step(
+        &mut self,
+        backend: &dyn Backend,
+        params: &mut Tensor,
+        grads: &Tensor,
+        lr: f64,
+    ) -> Result<()> {
         self.steps += 1;
         backend.adamw_step(
             params,

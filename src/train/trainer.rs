@@ -9,7 +9,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamW, AdamWConfig, LrSchedule};
-use crate::checkpoint::{load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files};
+use crate::checkpoint::{
+    load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files,
+};
 use crate::data::{CollatorState, Example, MaskedLMCollator, collator::DEFAULT_PROBABILITY};
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -70,7 +72,12 @@ impl Trainer {
             return Err(Error::Config("batch size must be positive".into()));
         }
         let config = model.config().clone();
-        let collator = MaskedLMCollator::new(config.mask_token_id, config.vocab_size, DEFAULT_PROBABILITY, seed)?;
+        let collator = MaskedLMCollator::new(
+            config.mask_token_id,
+            config.vocab_size,
+            DEFAULT_PROBABILITY,
+            seed,
+        )?;
         let backend = model.backend();
         let optimizer = AdamW::new(backend, model.num_parameters(), AdamWConfig::default())?;
         let grads = backend.zeros_f32(&[model.num_parameters()])?;
@@ -129,14 +136,21 @@ impl Trainer {
         }
         let lr = self.schedule().lr(self.state.step);
         let backend = self.model.shared_backend();
-        self.optimizer
-            .step(backend.as_ref(), self.model.parameters_mut(), &self.grads, lr)?;
+        self.optimizer.step(
+            backend.as_ref(),
+            self.model.parameters_mut(),
+            &self.grads,
+            lr,
+        )?;
         self.state.step += 1;
         Ok(StepReport {
             step: self.state.step,
             loss,
             lr,
-            tokens: rows.iter().map(|r| r.mask.iter().filter(|&&m| m == 1).count()).sum(),
+            tokens: rows
+                .iter()
+                .map(|r| r.mask.iter().filter(|&&m| m == 1).count())
+                .sum(),
         })
     }
 
@@ -204,8 +218,12 @@ impl Trainer {
     pub fn resume(dir: &Path, device: Device) -> Result<Self> {
         let model = load_model(dir, device)?;
         let state_path = dir.join(STATE_FILE);
-        let text = fs::read_to_string(&state_path)
-            .map_err(|e| Error::checkpoint(&state_path, format!("cannot read (not a training checkpoint?): {e}")))?;
+        let text = fs::read_to_string(&state_path).map_err(|e| {
+            Error::checkpoint(
+                &state_path,
+                format!("cannot read (not a training checkpoint?): {e}"),
+            )
+        })?;
         let state: TrainerState = serde_json::from_str(&text)
             .map_err(|e| Error::checkpoint(&state_path, format!("invalid trainer state: {e}")))?;
 
@@ -219,12 +237,18 @@ impl Trainer {
                     &opt_path,
                     format!("tensor {name} has shape {shape:?}, expected [{n}]"),
                 )),
-                None => Err(Error::checkpoint(&opt_path, format!("missing tensor {name}"))),
+                None => Err(Error::checkpoint(
+                    &opt_path,
+                    format!("missing tensor {name}"),
+                )),
             }
         };
         let (m, v) = (moment("exp_avg")?, moment("exp_avg_sq")?);
         if let Some(extra) = tensors.keys().next() {
-            return Err(Error::checkpoint(&opt_path, format!("unexpected tensor {extra}")));
+            return Err(Error::checkpoint(
+                &opt_path,
+                format!("unexpected tensor {extra}"),
+            ));
         }
 
         let backend = model.backend();

@@ -16,7 +16,8 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn load() -> Fixture {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_reference.safetensors");
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tiny_reference.safetensors");
         let bytes = std::fs::read(&path).expect("fixture exists (scripts/reference.py writes it)");
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let config_json = meta.metadata().as_ref().unwrap()["config"].clone();
@@ -28,11 +29,19 @@ impl Fixture {
             let shape = view.shape().to_vec();
             match view.dtype() {
                 Dtype::F64 => {
-                    let v = view.data().chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap())).collect();
+                    let v = view
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| f64::from_le_bytes(b.try_into().unwrap()))
+                        .collect();
                     f64s.insert(name, (shape, v));
                 }
                 Dtype::I64 => {
-                    let v = view.data().chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect();
+                    let v = view
+                        .data()
+                        .chunks_exact(8)
+                        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+                        .collect();
                     i64s.insert(name, (shape, v));
                 }
                 other => panic!("unexpected fixture dtype {other:?} for {name}"),
@@ -42,7 +51,11 @@ impl Fixture {
     }
 
     pub fn f64(&self, name: &str) -> &[f64] {
-        &self.f64s.get(name).unwrap_or_else(|| panic!("fixture has no {name}")).1
+        &self
+            .f64s
+            .get(name)
+            .unwrap_or_else(|| panic!("fixture has no {name}"))
+            .1
     }
 
     pub fn i32(&self, name: &str) -> (Vec<usize>, Vec<i32>) {
@@ -57,7 +70,12 @@ impl Fixture {
             .filter_map(|(name, (shape, v))| {
                 let key = name.strip_prefix(prefix)?.strip_prefix('.')?;
                 // `adamw.loss_step2` is a scalar, not a parameter.
-                (key.contains('.')).then(|| (key.to_string(), (shape.clone(), v.iter().map(|&x| x as f32).collect())))
+                (key.contains('.')).then(|| {
+                    (
+                        key.to_string(),
+                        (shape.clone(), v.iter().map(|&x| x as f32).collect()),
+                    )
+                })
             })
             .collect()
     }

@@ -159,7 +159,17 @@ pub fn backward(
             let ss = MatLayout::row_major(s, s);
             matmul(&mut dv, sd, &p, ss.t(), dout_h, out_view, 1.0, false, false);
             let mut dp = vec![0.0f32; s * s];
-            matmul(&mut dp, ss, dout_h, out_view, v, qkv_view.t(), 1.0, false, false);
+            matmul(
+                &mut dp,
+                ss,
+                dout_h,
+                out_view,
+                v,
+                qkv_view.t(),
+                1.0,
+                false,
+                false,
+            );
             for i in 0..s {
                 let di: f32 = (0..d)
                     .map(|c| dout_h[i * hidden + c] * out_h[i * hidden + c])

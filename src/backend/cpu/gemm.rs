@@ -141,19 +141,43 @@ mod tests {
 
     #[test]
     fn strided_and_transposed_products_match_a_naive_loop() {
-        let a: Vec<f32> = (0..7 * 5).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
-        let b: Vec<f32> = (0..5 * 9).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        let a: Vec<f32> = (0..7 * 5)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+            .collect();
+        let b: Vec<f32> = (0..5 * 9)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0)
+            .collect();
         let al = MatLayout::row_major(7, 5);
         let bl = MatLayout::row_major(5, 9);
         let mut dst = vec![f32::NAN; 7 * 9];
-        matmul(&mut dst, MatLayout::row_major(7, 9), &a, al, &b, bl, 1.0, false, true);
+        matmul(
+            &mut dst,
+            MatLayout::row_major(7, 9),
+            &a,
+            al,
+            &b,
+            bl,
+            1.0,
+            false,
+            true,
+        );
         let expect = naive(&a, al, &b, bl);
         for (x, y) in dst.iter().zip(&expect) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
         // (b^T a^T)^T == a b, computed through transposed views.
         let mut dst_t = vec![f32::NAN; 9 * 7];
-        matmul(&mut dst_t, MatLayout::row_major(9, 7), &b, bl.t(), &a, al.t(), 1.0, false, false);
+        matmul(
+            &mut dst_t,
+            MatLayout::row_major(9, 7),
+            &b,
+            bl.t(),
+            &a,
+            al.t(),
+            1.0,
+            false,
+            false,
+        );
         for r in 0..7 {
             for c in 0..9 {
                 assert!((dst_t[c * 7 + r] - expect[r * 9 + c]).abs() < 1e-4);

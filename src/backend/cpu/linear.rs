@@ -10,7 +10,8 @@ pub fn forward(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], inp: usiz
     let out = bias.len();
     let n = x.len() / inp;
     // Start from the bias, then let the GEMM accumulate the product on top.
-    y.par_chunks_mut(out).for_each(|row| row.copy_from_slice(bias));
+    y.par_chunks_mut(out)
+        .for_each(|row| row.copy_from_slice(bias));
     matmul(
         y,
         MatLayout::row_major(n, out),

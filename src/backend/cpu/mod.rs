@@ -78,9 +78,13 @@ fn param<'a>(params: &'a [f32], p: Param, expected: usize, what: &str) -> Result
     if p.len != expected {
         return Err(Error::shape(what, format!("[{expected}]"), &[p.len]));
     }
-    params
-        .get(p.offset..p.offset + p.len)
-        .ok_or_else(|| Error::shape(what, format!("inside [{}]", params.len()), &[p.offset + p.len]))
+    params.get(p.offset..p.offset + p.len).ok_or_else(|| {
+        Error::shape(
+            what,
+            format!("inside [{}]", params.len()),
+            &[p.offset + p.len],
+        )
+    })
 }
 
 /// Disjoint mutable slices of the flat gradient buffer, one per parameter, in the order given.
@@ -161,7 +165,11 @@ impl Backend for CpuBackend {
         hidden: usize,
     ) -> Result<Tensor> {
         let [batch, seq] = *tokens.shape() else {
-            return Err(Error::shape("embedding tokens", "[batch, seq]", tokens.shape()));
+            return Err(Error::shape(
+                "embedding tokens",
+                "[batch, seq]",
+                tokens.shape(),
+            ));
         };
         let ids = i32s(tokens, "embedding tokens")?;
         let p = f32s(params, "parameters")?;
@@ -173,7 +181,11 @@ impl Backend for CpuBackend {
                 max: positions,
             });
         }
-        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, id)| **id < 0 || **id as usize >= vocab) {
+        if let Some((i, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id < 0 || **id as usize >= vocab)
+        {
             return Err(Error::TokenOutOfRange {
                 id: id as i64,
                 row: i / seq,
@@ -183,7 +195,12 @@ impl Backend for CpuBackend {
         }
         let tables = [
             param(p, token, vocab * hidden, "embedding token table")?,
-            param(p, instruction, positions * hidden, "embedding instruction table")?,
+            param(
+                p,
+                instruction,
+                positions * hidden,
+                "embedding instruction table",
+            )?,
             param(p, argument, positions * hidden, "embedding argument table")?,
         ];
         let mut out = vec![0.0f32; batch * seq * hidden];
@@ -202,7 +219,11 @@ impl Backend for CpuBackend {
         argument: Param,
     ) -> Result<()> {
         let [_, seq] = *tokens.shape() else {
-            return Err(Error::shape("embedding tokens", "[batch, seq]", tokens.shape()));
+            return Err(Error::shape(
+                "embedding tokens",
+                "[batch, seq]",
+                tokens.shape(),
+            ));
         };
         let (rows, hidden) = rows_cols(dout, "embedding dout")?;
         if rows != tokens.numel() {
@@ -235,7 +256,15 @@ impl Backend for CpuBackend {
         let mut y = vec![0.0f32; rows * c];
         let mut mean = vec![0.0f32; rows];
         let mut rstd = vec![0.0f32; rows];
-        layernorm::forward(&mut y, &mut mean, &mut rstd, f32s(x, "layernorm input")?, w, b, eps);
+        layernorm::forward(
+            &mut y,
+            &mut mean,
+            &mut rstd,
+            f32s(x, "layernorm input")?,
+            w,
+            b,
+            eps,
+        );
         Ok(LayerNormOut {
             y: output(x.shape(), y)?,
             mean: output(&[rows], mean)?,
@@ -257,7 +286,11 @@ impl Backend for CpuBackend {
         check_same_shape(x, dy, "layernorm dy")?;
         let (rows, c) = rows_cols(x, "layernorm input")?;
         if mean.numel() != rows || rstd.numel() != rows {
-            return Err(Error::shape("layernorm statistics", format!("[{rows}]"), mean.shape()));
+            return Err(Error::shape(
+                "layernorm statistics",
+                format!("[{rows}]"),
+                mean.shape(),
+            ));
         }
         let w = param(f32s(params, "parameters")?, weight, c, "layernorm weight")?;
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "layernorm")?;
@@ -306,12 +339,28 @@ impl Backend for CpuBackend {
         let (rows, inp) = rows_cols(x, "linear input")?;
         let (dy_rows, out) = rows_cols(dy, "linear dy")?;
         if dy_rows != rows {
-            return Err(Error::shape("linear dy", format!("[{rows}, {out}]"), dy.shape()));
+            return Err(Error::shape(
+                "linear dy",
+                format!("[{rows}, {out}]"),
+                dy.shape(),
+            ));
         }
-        let w = param(f32s(params, "parameters")?, weight, out * inp, "linear weight")?;
+        let w = param(
+            f32s(params, "parameters")?,
+            weight,
+            out * inp,
+            "linear weight",
+        )?;
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "linear")?;
         let mut dx = vec![0.0f32; rows * inp];
-        linear::backward(&mut dx, dw, db, f32s(dy, "linear dy")?, f32s(x, "linear input")?, w);
+        linear::backward(
+            &mut dx,
+            dw,
+            db,
+            f32s(dy, "linear dy")?,
+            f32s(x, "linear input")?,
+            w,
+        );
         output(x.shape(), dx)
     }
 
@@ -330,7 +379,8 @@ impl Backend for CpuBackend {
 
     fn attention_forward(&self, qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<AttentionOut> {
         let dims = attention_dims(qkv, mask, heads)?;
-        let (out, lse) = attention::forward(&dims, f32s(qkv, "qkv")?, i32s(mask, "attention mask")?);
+        let (out, lse) =
+            attention::forward(&dims, f32s(qkv, "qkv")?, i32s(mask, "attention mask")?);
         Ok(AttentionOut {
             out: output(&[dims.batch * dims.seq, heads * dims.head_dim], out)?,
             lse: output(&[dims.batch, heads, dims.seq], lse)?,
@@ -386,7 +436,10 @@ impl Backend for CpuBackend {
 
     fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
         if !(0.0..1.0).contains(&key.p) {
-            return Err(Error::Config(format!("dropout probability {} is not in [0, 1)", key.p)));
+            return Err(Error::Config(format!(
+                "dropout probability {} is not in [0, 1)",
+                key.p
+            )));
         }
         let mut y = vec![0.0f32; x.numel()];
         dropout::apply(&mut y, f32s(x, "dropout input")?, key);
@@ -397,10 +450,19 @@ impl Backend for CpuBackend {
         self.dropout_forward(dy, key)
     }
 
-    fn cross_entropy(&self, logits: &Tensor, labels: &Tensor, want_grad: bool) -> Result<CrossEntropyOut> {
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        want_grad: bool,
+    ) -> Result<CrossEntropyOut> {
         let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
         if labels.numel() != rows {
-            return Err(Error::shape("cross-entropy labels", format!("[{rows}]"), labels.shape()));
+            return Err(Error::shape(
+                "cross-entropy labels",
+                format!("[{rows}]"),
+                labels.shape(),
+            ));
         }
         let ls = i32s(labels, "cross-entropy labels")?;
         if let Some((i, &l)) = ls
@@ -480,7 +542,11 @@ impl Backend for CpuBackend {
 
 fn check_rows(idx: &[i32], n: usize) -> Result<()> {
     match idx.iter().find(|&&r| r < 0 || r as usize >= n) {
-        Some(&r) => Err(Error::shape("row index", format!("an index below {n}"), &[r.max(0) as usize])),
+        Some(&r) => Err(Error::shape(
+            "row index",
+            format!("an index below {n}"),
+            &[r.max(0) as usize],
+        )),
         None => Ok(()),
     }
 }
@@ -493,7 +559,10 @@ fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<attention
     if rows != batch * seq || width % 3 != 0 || heads == 0 || (width / 3) % heads != 0 {
         return Err(Error::shape(
             "qkv",
-            format!("[{}, 3 * hidden] with hidden divisible by {heads} heads", batch * seq),
+            format!(
+                "[{}, 3 * hidden] with hidden divisible by {heads} heads",
+                batch * seq
+            ),
             qkv.shape(),
         ));
     }
