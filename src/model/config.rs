@@ -42,6 +42,9 @@ pub struct Size {
     pub sequence_length: usize,
 }
 
+/// The reference's name for its size table: `InstructionTraceTransformerEncoderForMaskedLMConfiguration::MEDIUM`.
+pub type InstructionTraceTransformerEncoderForMaskedLMConfiguration = Size;
+
 /// The reference's `regularization` block.
 pub const DROPOUT: f32 = 0.1;
 pub const EPS: f32 = 1e-12;

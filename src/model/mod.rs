@@ -9,7 +9,7 @@ pub mod maskedlm;
 pub mod params;
 pub mod state_dict;
 
-pub use config::{Config, Size};
+pub use config::{Config, InstructionTraceTransformerEncoderForMaskedLMConfiguration, Size};
 pub use head::MaskedLMHead;
 pub use maskedlm::{Evaluation, InstructionTraceTransformerEncoderForMaskedLM};
 pub use params::{Init, ParamEntry, ParamLayout};

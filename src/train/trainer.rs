@@ -165,6 +165,9 @@ impl Trainer {
         mut on_step: impl FnMut(&StepReport),
         mut on_epoch: impl FnMut(&mut Trainer) -> Result<()>,
     ) -> Result<()> {
+        if data.is_empty() {
+            return Err(Error::Config("the training data has no rows".into()));
+        }
         let batch_size = self.state.batch_size;
         let batches: Vec<&[Example]> = data.chunks(batch_size).collect();
         while self.state.epoch < epochs {
