@@ -89,6 +89,18 @@ pub enum Error {
     #[error("checkpoint {path}: {reason}")]
     Checkpoint { path: PathBuf, reason: String },
 
+    /// A dataset file that cannot be read or does not have the expected columns and values.
+    #[error("dataset {path}: {reason}")]
+    Dataset { path: PathBuf, reason: String },
+
+    /// A tokenizer that cannot be trained, loaded or used.
+    #[error("tokenizer: {reason}")]
+    Tokenizer { reason: String },
+
+    /// A binary that looked like an ELF file but could not be read.
+    #[error("disassembly of {path}: {reason}")]
+    Disassembly { path: PathBuf, reason: String },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -123,6 +135,19 @@ impl Error {
         Error::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub(crate) fn dataset(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Dataset {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn tokenizer(reason: impl Into<String>) -> Self {
+        Error::Tokenizer {
+            reason: reason.into(),
         }
     }
 

@@ -1,7 +1,11 @@
-//! Data: dataset rows, the masked-LM collator, and the built-in synthetic corpus.
+//! Data: disassembly of binaries, the tokenizer, Parquet datasets, the masked-LM collator, and the
+//! built-in synthetic corpus.
 
 pub mod collator;
+pub mod disassemble;
+pub mod parquet;
 pub mod synthetic;
+pub mod tokenizer;
 
 pub use collator::{CollatorState, MaskedBatch, MaskedLMCollator};
 

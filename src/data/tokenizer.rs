@@ -1,0 +1,1 @@
+//! The reference's tokenizer recipe through the `tokenizers` crate.
