@@ -31,14 +31,31 @@ impl fmt::Display for Device {
     }
 }
 
+fn no_cuda(asked: &str) -> crate::Error {
+    crate::Error::Config(format!(
+        "device {asked:?} asked for, but this build has no CUDA backend: use --device cpu"
+    ))
+}
+
+impl Device {
+    /// The best device this build and machine offer.
+    pub fn best_available() -> Device {
+        Device::Cpu
+    }
+}
+
 impl std::str::FromStr for Device {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "cpu" => Ok(Device::Cpu),
-            other => Err(crate::Error::Config(format!(
-                "unknown device {other:?}: this build supports \"cpu\""
-            ))),
+            "cuda" => Err(no_cuda(s)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(_)) => Err(no_cuda(s)),
+                _ => Err(crate::Error::Config(format!(
+                    "unknown device {other:?}: expected cpu, cuda or cuda:N"
+                ))),
+            },
         }
     }
 }

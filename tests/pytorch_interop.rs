@@ -69,3 +69,31 @@ fn pytorch_loads_our_checkpoint_strictly_and_agrees() {
         );
     }
 }
+
+#[test]
+fn lightning_checkpoints_convert_both_ways_without_changing_a_value() {
+    if !torch_available() {
+        eprintln!("skipped: python3 with torch and safetensors is not installed");
+        return;
+    }
+    let model = Model::new(Config::new(Size::TINY, 70, 5, 4), Device::Cpu, 8).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let original = dir.path().join("original");
+    let ckpt = dir.path().join("model.ckpt");
+    let back = dir.path().join("back");
+    save_model(&original, &model).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/convert_checkpoint.py");
+    for args in [
+        vec!["to-ckpt".as_ref(), original.as_os_str(), ckpt.as_os_str()],
+        vec!["to-dir".as_ref(), ckpt.as_os_str(), back.as_os_str()],
+    ] {
+        let out = Command::new("python3").arg(script).args(&args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let loaded = undertale_maskedlm::checkpoint::load_model(&back, Device::Cpu).unwrap();
+    assert_eq!(loaded.config(), model.config());
+    assert_eq!(
+        loaded.parameters().to_vec_f32().unwrap(),
+        model.parameters().to_vec_f32().unwrap()
+    );
+}

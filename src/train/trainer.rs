@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::{AdamW, AdamWConfig, LrSchedule};
+use super::{AdamW, AdamWConfig, EarlyStopping, LrSchedule};
 use crate::checkpoint::{
     load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files,
 };
@@ -38,6 +38,30 @@ pub struct TrainerState {
     pub masking_probability: f32,
     pub collator: CollatorState,
     pub adamw: AdamWConfig,
+    /// Sum and count of the training losses of the epoch in progress.
+    #[serde(default)]
+    pub epoch_loss_sum: f64,
+    #[serde(default)]
+    pub epoch_loss_count: u64,
+    /// The early-stopping monitor, when the caller uses one.
+    #[serde(default)]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// What the end-of-epoch callback learns about the epoch that just finished.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochEnd {
+    /// 1-based number of the finished epoch.
+    pub epoch: u64,
+    /// Mean training loss over its steps.
+    pub mean_loss: f64,
+}
+
+/// Whether training goes on after an epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continue {
+    Yes,
+    Stop,
 }
 
 /// What one optimiser step did.
@@ -91,6 +115,9 @@ impl Trainer {
             masking_probability: DEFAULT_PROBABILITY,
             collator: collator.state(),
             adamw: optimizer.config,
+            epoch_loss_sum: 0.0,
+            epoch_loss_count: 0,
+            early_stopping: None,
         };
         Ok(Trainer {
             model,
@@ -103,6 +130,11 @@ impl Trainer {
 
     pub fn state(&self) -> &TrainerState {
         &self.state
+    }
+
+    /// The early-stopping monitor is the caller's to set and update; it is saved with the state.
+    pub fn early_stopping_mut(&mut self) -> &mut Option<EarlyStopping> {
+        &mut self.state.early_stopping
     }
 
     pub fn schedule(&self) -> LrSchedule {
@@ -143,6 +175,8 @@ impl Trainer {
             lr,
         )?;
         self.state.step += 1;
+        self.state.epoch_loss_sum += loss as f64;
+        self.state.epoch_loss_count += 1;
         Ok(StepReport {
             step: self.state.step,
             loss,
@@ -156,15 +190,16 @@ impl Trainer {
 
     /// Trains through `data` in order, batch by batch, up to `epochs` epochs (continuing from the
     /// current position after a resume) or until `max_steps` optimiser steps in total. `on_step`
-    /// sees every step; `on_epoch` runs after each completed epoch (e.g. to save a checkpoint).
+    /// sees every step; `on_epoch` runs after each completed epoch (to evaluate, save a checkpoint,
+    /// decide to stop). Returns whether `on_epoch` stopped training.
     pub fn train(
         &mut self,
         data: &[Example],
         epochs: u64,
         max_steps: Option<u64>,
-        mut on_step: impl FnMut(&StepReport),
-        mut on_epoch: impl FnMut(&mut Trainer) -> Result<()>,
-    ) -> Result<()> {
+        mut on_step: impl FnMut(&mut Trainer, &StepReport) -> Result<()>,
+        mut on_epoch: impl FnMut(&mut Trainer, EpochEnd) -> Result<Continue>,
+    ) -> Result<Continue> {
         if data.is_empty() {
             return Err(Error::Config("the training data has no rows".into()));
         }
@@ -173,17 +208,25 @@ impl Trainer {
         while self.state.epoch < epochs {
             while (self.state.batch_in_epoch as usize) < batches.len() {
                 if max_steps.is_some_and(|m| self.state.step >= m) {
-                    return Ok(());
+                    return Ok(Continue::Yes);
                 }
                 let report = self.step(batches[self.state.batch_in_epoch as usize])?;
                 self.state.batch_in_epoch += 1;
-                on_step(&report);
+                on_step(self, &report)?;
             }
+            let end = EpochEnd {
+                epoch: self.state.epoch + 1,
+                mean_loss: self.state.epoch_loss_sum / self.state.epoch_loss_count.max(1) as f64,
+            };
             self.state.epoch += 1;
             self.state.batch_in_epoch = 0;
-            on_epoch(self)?;
+            self.state.epoch_loss_sum = 0.0;
+            self.state.epoch_loss_count = 0;
+            if on_epoch(self, end)? == Continue::Stop {
+                return Ok(Continue::Stop);
+            }
         }
-        Ok(())
+        Ok(Continue::Yes)
     }
 
     /// Writes a training checkpoint directory atomically: the model files plus the optimiser's

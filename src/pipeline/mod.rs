@@ -1,0 +1,9 @@
+//! The command line's jobs as library functions: disassemble binaries into a corpus, pretrain,
+//! fill masks, evaluate, and the whole workflow end to end.
+
+pub mod corpus;
+pub mod evaluate;
+pub mod infer;
+pub mod pretrain;
+pub mod probes;
+pub mod quickstart;

@@ -1,0 +1,402 @@
+//! `maskedlm pretrain`: the reference's pretraining job.
+//!
+//! Tokenized Parquet rows are read in order (no shuffling: the reference shuffles before, not in,
+//! the loader), batched with the last partial batch kept, masked by the collator and trained with
+//! AdamW on the warmup + cosine schedule whose total is epochs x batches. After every epoch: the
+//! validation loss and F1, early stopping (patience 5, min_delta 0.001, on validation F1 or
+//! without validation on the training loss), the reference's probes, a training checkpoint written
+//! atomically to `OUTPUT/last` (and the model alone to `OUTPUT/best` when the monitored value
+//! improves), `OUTPUT/metrics.jsonl` and its plot `OUTPUT/metrics.png`.
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::probes;
+use crate::checkpoint::save_model;
+use crate::data::parquet::read_tokenized;
+use crate::data::tokenizer::InstructionTokenizer;
+use crate::data::{Example, MaskedLMCollator};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use crate::train::metrics::{MetricsWriter, Record, read_records};
+use crate::train::plot::plot_metrics;
+use crate::train::{Continue, EarlyStopping, Goal, Trainer, batches_per_epoch};
+
+/// Everything `pretrain` takes; the defaults are the reference's.
+#[derive(Debug, Clone)]
+pub struct PretrainOptions {
+    pub tokenizer: PathBuf,
+    pub dataset: PathBuf,
+    pub output: PathBuf,
+    pub validation: Option<PathBuf>,
+    /// A training checkpoint to resume from.
+    pub checkpoint: Option<PathBuf>,
+    pub batch_size: usize,
+    pub epochs: u64,
+    /// Overrides the configuration's `lr`.
+    pub learning_rate: Option<f64>,
+    /// Overrides the configuration's `warmup` fraction.
+    pub warmup: Option<f64>,
+    /// A preset name or a JSON file of constructor arguments.
+    pub config: String,
+    pub device: Device,
+    pub seed: u64,
+    pub max_steps: Option<u64>,
+    /// Draw a progress bar on standard error.
+    pub progress: bool,
+}
+
+impl PretrainOptions {
+    pub fn new(tokenizer: PathBuf, dataset: PathBuf, output: PathBuf) -> Self {
+        PretrainOptions {
+            tokenizer,
+            dataset,
+            output,
+            validation: None,
+            checkpoint: None,
+            batch_size: 8,
+            epochs: 48,
+            learning_rate: None,
+            warmup: None,
+            config: "medium".into(),
+            device: Device::Cpu,
+            seed: 0,
+            max_steps: None,
+            progress: true,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PretrainSummary {
+    pub steps: u64,
+    pub epochs_completed: u64,
+    pub stopped_early: bool,
+    pub last_checkpoint: PathBuf,
+    pub validation_f1: Option<f64>,
+    pub probes: Vec<(String, String)>,
+}
+
+const SIZE_KEYS: [&str; 5] = [
+    "depth",
+    "hidden_dimensions",
+    "heads",
+    "intermediate_dimensions",
+    "sequence_length",
+];
+const OTHER_KEYS: [&str; 7] = [
+    "vocab_size",
+    "mask_token_id",
+    "next_token_id",
+    "dropout",
+    "eps",
+    "lr",
+    "warmup",
+];
+
+/// The model configuration from `--config` (a preset name or a JSON file of the reference's
+/// constructor arguments), the tokenizer's ids, and the command-line overrides.
+pub fn resolve_config(
+    spec: &str,
+    tokenizer: &InstructionTokenizer,
+    learning_rate: Option<f64>,
+    warmup: Option<f64>,
+) -> Result<Config> {
+    let (vocab, mask, next) = (
+        tokenizer.vocab_size(),
+        tokenizer.mask_token_id(),
+        tokenizer.next_token_id(),
+    );
+    let mut config = if let Ok(size) = Size::preset(spec) {
+        Config::new(size, vocab, next, mask)
+    } else {
+        let path = Path::new(spec);
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "--config {spec:?} is neither a preset (tiny, small, medium) nor a file"
+            )));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {spec}"), e))?;
+        let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            context: format!("parsing {spec}"),
+            source: e,
+        })?;
+        let object = value
+            .as_object()
+            .ok_or_else(|| Error::Config(format!("{spec}: expected a JSON object of constructor arguments")))?;
+        if let Some(key) = object
+            .keys()
+            .find(|k| !SIZE_KEYS.contains(&k.as_str()) && !OTHER_KEYS.contains(&k.as_str()))
+        {
+            return Err(Error::Config(format!("{spec}: unknown key {key:?}")));
+        }
+        let size_of = |key: &str| -> Result<usize> {
+            object
+                .get(key)
+                .and_then(|v| v.as_u64())
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::Config(format!("{spec}: missing or non-integer {key:?}")))
+        };
+        let size = Size {
+            depth: size_of("depth")?,
+            hidden_dimensions: size_of("hidden_dimensions")?,
+            heads: size_of("heads")?,
+            intermediate_dimensions: size_of("intermediate_dimensions")?,
+            sequence_length: size_of("sequence_length")?,
+        };
+        let mut config = Config::new(size, vocab, next, mask);
+        for (key, from_tokenizer) in [("vocab_size", vocab), ("mask_token_id", mask), ("next_token_id", next)] {
+            if let Some(v) = object.get(key) {
+                if v.as_u64() != Some(from_tokenizer as u64) {
+                    return Err(Error::Config(format!(
+                        "{spec}: {key} is {v} but the tokenizer's is {from_tokenizer}"
+                    )));
+                }
+            }
+        }
+        let float = |key: &str| object.get(key).and_then(|v| v.as_f64());
+        if let Some(v) = float("dropout") {
+            config.dropout = v as f32;
+        }
+        if let Some(v) = float("eps") {
+            config.eps = v as f32;
+        }
+        if let Some(v) = float("lr") {
+            config.lr = v;
+        }
+        if let Some(v) = float("warmup") {
+            config.warmup = v;
+        }
+        config
+    };
+    if let Some(lr) = learning_rate {
+        config.lr = lr;
+    }
+    if let Some(w) = warmup {
+        config.warmup = w;
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+/// Reads tokenized rows and checks they fit the model.
+pub fn load_examples(path: &Path, config: &Config) -> Result<Vec<Example>> {
+    let rows = read_tokenized(path)?;
+    if rows.is_empty() {
+        return Err(Error::dataset(path, "it has no rows"));
+    }
+    for r in &rows {
+        if r.tokens.len() > config.sequence_length {
+            return Err(Error::dataset(
+                path,
+                format!(
+                    "row {:?} has {} tokens but the model's sequence_length is {}",
+                    r.id,
+                    r.tokens.len(),
+                    config.sequence_length
+                ),
+            ));
+        }
+    }
+    Ok(rows.into_iter().map(|r| r.example()).collect())
+}
+
+/// Validation loss and F1 (masked-token accuracy) under a collator with a fixed seed, so every
+/// epoch is scored on the same masks.
+pub fn validate(model: &Model, rows: &[Example], batch_size: usize, seed: u64) -> Result<(f64, f64)> {
+    let config = model.config();
+    let mut collator = MaskedLMCollator::new(
+        config.mask_token_id,
+        config.vocab_size,
+        crate::data::collator::DEFAULT_PROBABILITY,
+        seed,
+    )?;
+    let (mut loss, mut correct, mut count) = (0.0f64, 0usize, 0usize);
+    for chunk in rows.chunks(batch_size) {
+        let batch = collator.collate(chunk)?;
+        match model.evaluate(&batch.tokens, &batch.mask, &batch.labels) {
+            Ok(e) => {
+                loss += e.loss as f64 * e.count as f64;
+                correct += e.correct;
+                count += e.count;
+            }
+            // A short batch may draw no masked position; it has nothing to score.
+            Err(Error::NoLabels) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if count == 0 {
+        return Err(Error::NoLabels);
+    }
+    Ok((loss / count as f64, correct as f64 / count as f64))
+}
+
+fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total),
+        if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:28} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
+    );
+    bar.set_position(position);
+    bar
+}
+
+/// Runs (or resumes) pretraining.
+pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
+    let tokenizer = InstructionTokenizer::load(&options.tokenizer)?;
+    std::fs::create_dir_all(&options.output)
+        .map_err(|e| Error::io(format!("creating {}", options.output.display()), e))?;
+    let last = options.output.join("last");
+    let best = options.output.join("best");
+    let metrics_path = options.output.join("metrics.jsonl");
+    let plot_path = options.output.join("metrics.png");
+
+    let mut trainer = match &options.checkpoint {
+        Some(checkpoint) => {
+            let trainer = Trainer::resume(checkpoint, options.device)?;
+            let config = trainer.model.config();
+            if (config.vocab_size, config.mask_token_id, config.next_token_id)
+                != (tokenizer.vocab_size(), tokenizer.mask_token_id(), tokenizer.next_token_id())
+            {
+                return Err(Error::Config(format!(
+                    "checkpoint {} was trained with another tokenizer (vocab_size {}, [MASK] {}, [NEXT] {}) than {}",
+                    checkpoint.display(),
+                    config.vocab_size,
+                    config.mask_token_id,
+                    config.next_token_id,
+                    options.tokenizer.display()
+                )));
+            }
+            trainer
+        }
+        None => {
+            let config = resolve_config(&options.config, &tokenizer, options.learning_rate, options.warmup)?;
+            let rows = read_tokenized(&options.dataset)?.len();
+            let total = options.epochs * batches_per_epoch(rows, options.batch_size);
+            let model = Model::new(config, options.device, options.seed)?;
+            Trainer::new(model, options.batch_size, total, options.seed)?
+        }
+    };
+    let config = trainer.model.config().clone();
+    let train = load_examples(&options.dataset, &config)?;
+    let validation = options
+        .validation
+        .as_ref()
+        .map(|v| load_examples(v, &config))
+        .transpose()?;
+    if trainer.early_stopping_mut().is_none() {
+        let goal = if validation.is_some() { Goal::Maximise } else { Goal::Minimise };
+        *trainer.early_stopping_mut() = Some(EarlyStopping::new(goal));
+    }
+    let batch_size = trainer.state().batch_size;
+    let epochs = options.epochs;
+    let total = options
+        .max_steps
+        .map_or(trainer.state().total_steps, |m| m.min(trainer.state().total_steps));
+
+    let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
+    // Both callbacks append to the metrics file.
+    let metrics = RefCell::new(MetricsWriter::open(&metrics_path, resume_step)?);
+    let bar = progress_bar(total, trainer.state().step, options.progress);
+    let validation_seed = options.seed.wrapping_add(1);
+    let start = Instant::now();
+    let start_step = trainer.state().step;
+    let mut tokens_seen = 0usize;
+    let mut last_probes = Vec::new();
+    let mut last_f1 = None;
+    let mut saved_step = trainer.state().step;
+
+    let outcome = trainer.train(
+        &train,
+        epochs,
+        options.max_steps,
+        |t, report| {
+            tokens_seen += report.tokens;
+            let rate = tokens_seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!("loss {:.4}  lr {:.2e}  {rate:.0} tok/s", report.loss, report.lr));
+            bar.set_position(report.step);
+            metrics.borrow_mut().write(&Record::Step {
+                step: report.step,
+                epoch: t.state().epoch + 1,
+                loss: report.loss,
+                lr: report.lr,
+                tokens: report.tokens,
+                tokens_per_second: rate,
+            })
+        },
+        |t, end| {
+            let scores = validation
+                .as_ref()
+                .map(|rows| validate(&t.model, rows, batch_size, validation_seed))
+                .transpose()?;
+            let monitored = scores.map_or(end.mean_loss, |(_, f1)| f1);
+            let early = t.early_stopping_mut().as_mut().expect("set above");
+            let improved = early.update(monitored);
+            let stop = early.should_stop();
+            let filled = probes::fill_all(&t.model, &tokenizer)?;
+            metrics.borrow_mut().write(&Record::Epoch {
+                epoch: end.epoch,
+                step: t.state().step,
+                train_loss: end.mean_loss,
+                validation_loss: scores.map(|s| s.0),
+                validation_f1: scores.map(|s| s.1),
+                probes: filled.clone(),
+            })?;
+            t.save(&last)?;
+            saved_step = t.state().step;
+            if improved {
+                save_model(&best, &t.model)?;
+            }
+            plot_metrics(&read_records(&metrics_path)?, &plot_path)?;
+            let mut line = format!("epoch {}: training loss {:.4}", end.epoch, end.mean_loss);
+            if let Some((loss, f1)) = scores {
+                line += &format!(", validation loss {loss:.4}, F1 {f1:.4}");
+            }
+            bar.println(line);
+            for (probe, out) in &filled {
+                bar.println(format!("    {probe}  ->  {out}"));
+            }
+            last_probes = filled;
+            last_f1 = scores.map(|s| s.1);
+            Ok(if stop { Continue::Stop } else { Continue::Yes })
+        },
+    )?;
+    bar.finish_and_clear();
+
+    // A run cut short by --max-steps mid-epoch still leaves a checkpoint to resume from.
+    if trainer.state().step != saved_step || !last.exists() {
+        trainer.save(&last)?;
+        if last_probes.is_empty() {
+            last_probes = probes::fill_all(&trainer.model, &tokenizer)?;
+        }
+        plot_metrics(&read_records(&metrics_path)?, &plot_path)?;
+    }
+    let steps_run = trainer.state().step - start_step;
+    eprintln!(
+        "trained {steps_run} steps in {:.1}s; checkpoint {}",
+        start.elapsed().as_secs_f64(),
+        last.display()
+    );
+    Ok(PretrainSummary {
+        steps: trainer.state().step,
+        epochs_completed: trainer.state().epoch,
+        stopped_early: outcome == Continue::Stop,
+        last_checkpoint: last,
+        validation_f1: last_f1,
+        probes: last_probes,
+    })
+}

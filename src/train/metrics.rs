@@ -1,0 +1,108 @@
+//! `metrics.jsonl`: one JSON object per optimiser step and one per epoch, appended and flushed as
+//! they happen so a crash loses nothing already written; and the PNG plot of the curves.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Step {
+        /// 1-based optimiser step.
+        step: u64,
+        epoch: u64,
+        loss: f32,
+        /// The learning rate this step used.
+        lr: f64,
+        tokens: usize,
+        tokens_per_second: f64,
+    },
+    Epoch {
+        /// 1-based number of the finished epoch.
+        epoch: u64,
+        step: u64,
+        train_loss: f64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_loss: Option<f64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        validation_f1: Option<f64>,
+        /// The reference's fill-mask probes and what the model filled in.
+        probes: Vec<(String, String)>,
+    },
+}
+
+/// Appends records to a metrics file.
+pub struct MetricsWriter {
+    path: PathBuf,
+    file: File,
+}
+
+impl MetricsWriter {
+    /// Opens `path` for appending. When resuming at `resume_step`, records past that step (written
+    /// by the interrupted run after its last checkpoint) are dropped first, so the file describes
+    /// one consistent run.
+    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self> {
+        if let Some(step) = resume_step.filter(|_| path.exists()) {
+            let kept: Vec<String> = read_records(path)?
+                .into_iter()
+                .filter(|r| match r {
+                    Record::Step { step: s, .. } | Record::Epoch { step: s, .. } => *s <= step,
+                })
+                .map(|r| serde_json::to_string(&r).expect("records serialise"))
+                .collect();
+            let mut text = kept.join("\n");
+            if !text.is_empty() {
+                text.push('\n');
+            }
+            std::fs::write(path, text).map_err(|e| Error::io(format!("rewriting {}", path.display()), e))?;
+        } else if resume_step.is_none() && path.exists() {
+            std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        Ok(MetricsWriter {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    pub fn write(&mut self, record: &Record) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::Json {
+            context: "serialising a metrics record".into(),
+            source: e,
+        })?;
+        writeln!(self.file, "{line}")
+            .and_then(|_| self.file.flush())
+            .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Every record of a metrics file, in order.
+pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+    let file = File::open(path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    BufReader::new(file)
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.as_ref().map_or(true, |l| !l.trim().is_empty()))
+        .map(|(i, line)| {
+            let line = line.map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            serde_json::from_str(&line).map_err(|e| Error::Json {
+                context: format!("{} line {}", path.display(), i + 1),
+                source: e,
+            })
+        })
+        .collect()
+}
