@@ -13,7 +13,7 @@ use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
-use undertale_maskedlm::train::{Trainer, batches_per_epoch};
+use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
 use undertale_maskedlm::{Device, Result, Tensor};
 
 /// The probes the reference fills after every epoch.
@@ -144,7 +144,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
         &train,
         epochs,
         Some(args.steps),
-        |r| {
+        |_, r| {
             tokens += r.tokens;
             let rate = tokens as f64 / start.elapsed().as_secs_f64();
             bar.set_message(format!(
@@ -152,8 +152,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
                 r.loss, r.lr
             ));
             bar.inc(1);
+            Ok(())
         },
-        |_| Ok(()),
+        |_, _| Ok(Continue::Yes),
     )?;
     bar.finish();
 

@@ -5,7 +5,7 @@ use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
-use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::train::{Continue, Trainer};
 use undertale_maskedlm::{Device, Tensor};
 
 fn small_config(vocab: &Vocabulary) -> Config {
@@ -113,7 +113,7 @@ fn train(split: Option<u64>, steps: u64) -> Params {
     let dir = tempfile::tempdir().unwrap();
     if let Some(split) = split {
         trainer
-            .train(&data, epochs, Some(split), |_| {}, |_| Ok(()))
+            .train(&data, epochs, Some(split), |_, _| Ok(()), |_, _| Ok(Continue::Yes))
             .unwrap();
         assert_eq!(trainer.state().step, split);
         trainer.save(&dir.path().join("ckpt")).unwrap();
@@ -122,7 +122,7 @@ fn train(split: Option<u64>, steps: u64) -> Params {
         assert_eq!(trainer.state().step, split);
     }
     trainer
-        .train(&data, epochs, Some(steps), |_| {}, |_| Ok(()))
+        .train(&data, epochs, Some(steps), |_, _| Ok(()), |_, _| Ok(Continue::Yes))
         .unwrap();
     assert_eq!(trainer.state().step, steps);
     Params(trainer.model.parameters().to_vec_f32().unwrap())
