@@ -27,6 +27,7 @@ pub mod device;
 pub mod error;
 pub mod model;
 pub mod philox;
+pub mod pipeline;
 pub mod tape;
 pub mod tensor;
 pub mod train;

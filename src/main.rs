@@ -1,44 +1,28 @@
-//! `maskedlm`: train undertale's masked language model and fill masks.
+//! `maskedlm`: the whole undertale masked-LM workflow in one binary.
 //!
-//! With no arguments it runs `demo`: the `tiny` model trained on the CPU on built-in synthetic
-//! instruction traces, then the reference's fill-mask probes.
+//! With no arguments it runs `quickstart`: this machine's binaries are disassembled, a tokenizer
+//! is trained, the functions are tokenized, the `tiny` model is pretrained and the reference's
+//! probes are filled, all in one work folder.
 
+use std::io::BufRead;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
-use undertale_maskedlm::checkpoint::save_model;
+use undertale_maskedlm::checkpoint::load_model;
+use undertale_maskedlm::data::parquet::{TokenizedRow, read_corpus, read_tokenized, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
-use undertale_maskedlm::model::{
-    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
-};
+use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::pipeline::corpus::disassemble_to_parquet;
+use undertale_maskedlm::pipeline::evaluate::evaluate;
+use undertale_maskedlm::pipeline::infer::fill_masks;
+use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, pretrain};
+use undertale_maskedlm::pipeline::quickstart::{QuickstartOptions, quickstart};
 use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
-use undertale_maskedlm::{Device, Result, Tensor};
-
-/// The probes the reference fills after every epoch.
-const PROBES: [&str; 13] = [
-    "xor rax [MASK]",
-    "add rax [MASK]",
-    "jmp [MASK]",
-    "mov [MASK] bl",
-    "mov [MASK] eax",
-    "mov [MASK] rax",
-    "mov eax [MASK] [ esi ]",
-    "mov rax [MASK] [ rsi ]",
-    "movzx eax [MASK] [ esi ]",
-    "test eax eax [NEXT] [MASK] [MASK]",
-    "push [MASK] [NEXT] mov rbx 42 [NEXT] add rax rbx [NEXT] pop [MASK] [NEXT] ret",
-    "[MASK] [MASK] [MASK] [MASK] [MASK]",
-    "add rax [MASK] [NEXT] mov rax [MASK] [MASK] [MASK] [MASK] [MASK] [MASK]",
-];
+use undertale_maskedlm::{Device, Error, Result, Tensor};
 
 #[derive(Parser)]
-#[command(
-    name = "maskedlm",
-    version,
-    about = "undertale's masked language model over disassembled binary code"
-)]
+#[command(name = "maskedlm", version, about = "undertale's masked language model over disassembled binary code")]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -49,139 +33,381 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a model on built-in synthetic instruction traces and fill the reference's probes.
+    /// The whole workflow on built-in defaults (what `maskedlm` with no arguments runs).
+    Quickstart(QuickstartArgs),
+    /// Functions of ELF x86-64 binaries into a corpus Parquet file (id, name, disassembly).
+    Disassemble {
+        /// Binaries, shared libraries, or directories of them.
+        #[arg(required = true)]
+        binaries: Vec<PathBuf>,
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Train the reference's tokenizer on a corpus.
+    TrainTokenizer {
+        corpus: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, default_value_t = 4096)]
+        vocab_size: usize,
+        #[arg(long, default_value_t = 512)]
+        sequence_length: usize,
+    },
+    /// Tokenize a corpus into a dataset Parquet file (id, tokens, mask).
+    Tokenize {
+        corpus: PathBuf,
+        tokenizer: PathBuf,
+        output: PathBuf,
+    },
+    /// Pretrain the masked language model.
+    Pretrain(PretrainArgs),
+    /// Fill the [MASK] tokens of pre-tokenized disassembly (inputs from standard input, one per
+    /// line, when none are given).
+    Infer {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Candidates to list per mask (with --json).
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// One JSON object per input.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        device: Option<String>,
+        inputs: Vec<String>,
+    },
+    /// Masked-LM loss, accuracy and forward throughput of a checkpoint on a dataset.
+    Evaluate {
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long)]
+        tokenizer: PathBuf,
+        dataset: PathBuf,
+        #[arg(long, default_value_t = 8)]
+        batch_size: usize,
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Train on built-in synthetic instruction traces (no files needed) and fill the probes.
     Demo(DemoArgs),
 }
 
-#[derive(Parser)]
+#[derive(clap::Args)]
+struct QuickstartArgs {
+    /// The work folder for everything the job makes.
+    #[arg(long, default_value = "maskedlm-quickstart")]
+    work: PathBuf,
+    /// Optimiser steps to aim for (rounded to whole epochs).
+    #[arg(long, default_value_t = 1500)]
+    steps: u64,
+    /// Functions to collect from this machine's binaries.
+    #[arg(long, default_value_t = 20000)]
+    functions: usize,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(clap::Args)]
+struct PretrainArgs {
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// A tokenized Parquet file or a directory of them.
+    dataset: PathBuf,
+    /// Where checkpoints (OUTPUT/last, OUTPUT/best) and metrics go.
+    output: PathBuf,
+    #[arg(long)]
+    validation: Option<PathBuf>,
+    /// A training checkpoint to resume from (e.g. OUTPUT/last).
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 48)]
+    epochs: u64,
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Warmup as a fraction of all steps.
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// A size preset (tiny, small, medium) or a JSON file of constructor arguments.
+    #[arg(long, default_value = "medium")]
+    config: String,
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+#[derive(clap::Args)]
 struct DemoArgs {
-    /// Size preset: tiny, small or medium.
     #[arg(long, default_value = "tiny")]
     config: String,
-    /// Optimiser steps.
     #[arg(long, default_value_t = 600)]
     steps: u64,
     #[arg(long, default_value_t = 16)]
     batch_size: usize,
-    /// Peak learning rate.
     #[arg(long, default_value_t = 1e-3)]
     learning_rate: f64,
-    /// Synthetic functions to train on.
     #[arg(long, default_value_t = 4096)]
     functions: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Where to write the trained model checkpoint.
-    #[arg(long, default_value = "runs/demo")]
-    output: PathBuf,
 }
 
-impl Default for DemoArgs {
-    fn default() -> Self {
-        DemoArgs::parse_from(["demo"])
-    }
+fn device(arg: &Option<String>) -> Result<Device> {
+    arg.as_deref().map_or(Ok(Device::best_available()), str::parse)
 }
 
 fn main() {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global()
+        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()
     {
         eprintln!("error: cannot start {threads} threads: {e}");
         std::process::exit(2);
     }
-    let result = match cli.command.unwrap_or(Command::Demo(DemoArgs::default())) {
-        Command::Demo(args) => demo(&args),
-    };
-    if let Err(e) = result {
+    let command = cli.command.unwrap_or(Command::Quickstart(QuickstartArgs {
+        work: PathBuf::from("maskedlm-quickstart"),
+        steps: 1500,
+        functions: 20000,
+        device: None,
+        seed: 0,
+    }));
+    if let Err(e) = run(command) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Quickstart(args) => {
+            let options = QuickstartOptions {
+                work: args.work,
+                max_functions: args.functions,
+                target_steps: args.steps,
+                device: device(&args.device)?,
+                seed: args.seed,
+                ..QuickstartOptions::default()
+            };
+            quickstart(&options).map(|_| ())
+        }
+        Command::Disassemble { binaries, output } => {
+            let s = disassemble_to_parquet(&binaries, &output, true)?;
+            for (path, reason) in &s.failed {
+                eprintln!("warning: {}: {reason}", path.display());
+            }
+            println!(
+                "{} functions from {} ELF files -> {} ({} files skipped: not ELF x86-64; {} unreadable)",
+                s.functions,
+                s.elf_files,
+                output.display(),
+                s.skipped_not_elf,
+                s.failed.len()
+            );
+            Ok(())
+        }
+        Command::TrainTokenizer {
+            corpus,
+            output,
+            vocab_size,
+            sequence_length,
+        } => {
+            let rows = read_corpus(&corpus)?;
+            let tokenizer =
+                InstructionTokenizer::train(rows.iter().map(|r| r.disassembly.as_str()), vocab_size, sequence_length)?;
+            tokenizer.save(&output)?;
+            println!(
+                "tokenizer of {} tokens (sequence length {sequence_length}) trained on {} functions -> {}",
+                tokenizer.vocab_size(),
+                rows.len(),
+                output.display()
+            );
+            Ok(())
+        }
+        Command::Tokenize {
+            corpus,
+            tokenizer,
+            output,
+        } => {
+            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            let rows = read_corpus(&corpus)?;
+            let texts: Vec<&str> = rows.iter().map(|r| r.disassembly.as_str()).collect();
+            let encodings = tokenizer.encode_batch(&texts)?;
+            let truncated = encodings.iter().filter(|e| e.truncated).count();
+            let tokenized: Vec<TokenizedRow> = rows
+                .into_iter()
+                .zip(encodings)
+                .map(|(r, e)| TokenizedRow {
+                    id: r.id,
+                    tokens: e.tokens,
+                    mask: e.mask,
+                })
+                .collect();
+            write_tokenized(&output, &tokenized)?;
+            println!(
+                "{} rows -> {} ({truncated} truncated to {} tokens)",
+                tokenized.len(),
+                output.display(),
+                tokenizer.sequence_length()
+            );
+            Ok(())
+        }
+        Command::Pretrain(args) => {
+            let options = PretrainOptions {
+                validation: args.validation,
+                checkpoint: args.checkpoint,
+                batch_size: args.batch_size,
+                epochs: args.epochs,
+                learning_rate: args.learning_rate,
+                warmup: args.warmup,
+                config: args.config,
+                device: device(&args.device)?,
+                seed: args.seed,
+                max_steps: args.max_steps,
+                progress: true,
+                ..PretrainOptions::new(args.tokenizer, args.dataset, args.output)
+            };
+            let summary = pretrain(&options)?;
+            println!(
+                "{} steps, {} epochs{}; latest checkpoint {}",
+                summary.steps,
+                summary.epochs_completed,
+                if summary.stopped_early { ", stopped early" } else { "" },
+                summary.last_checkpoint.display()
+            );
+            Ok(())
+        }
+        Command::Infer {
+            checkpoint,
+            tokenizer,
+            top_k,
+            json,
+            device: dev,
+            inputs,
+        } => {
+            let model = load_model(&checkpoint, device(&dev)?)?;
+            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            check_compatible(&model, &tokenizer)?;
+            let inputs = if inputs.is_empty() {
+                std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<std::io::Result<Vec<String>>>()
+                    .map_err(|e| Error::Io {
+                        context: "reading standard input".into(),
+                        source: e,
+                    })?
+                    .into_iter()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect()
+            } else {
+                inputs
+            };
+            for input in &inputs {
+                let filled = fill_masks(&model, &tokenizer, input, top_k)?;
+                if filled.truncated {
+                    eprintln!(
+                        "warning: input longer than {} tokens was truncated: {:.60}...",
+                        tokenizer.sequence_length(),
+                        input
+                    );
+                }
+                if json {
+                    println!("{}", serde_json::to_string(&filled).expect("serialisable"));
+                } else {
+                    println!("{}", filled.output);
+                }
+            }
+            Ok(())
+        }
+        Command::Evaluate {
+            checkpoint,
+            tokenizer,
+            dataset,
+            batch_size,
+            device: dev,
+            json,
+        } => {
+            let model = load_model(&checkpoint, device(&dev)?)?;
+            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            check_compatible(&model, &tokenizer)?;
+            let rows: Vec<_> = read_tokenized(&dataset)?.into_iter().map(|r| r.example()).collect();
+            let report = evaluate(&model, &rows, batch_size)?;
+            if json {
+                println!("{}", serde_json::to_string(&report).expect("serialisable"));
+            } else {
+                println!(
+                    "loss {:.4}, accuracy (micro-F1) {:.4} over {} sequences; {:.1} sequences/s ({:.2}s in forward passes)",
+                    report.loss, report.accuracy, report.sequences, report.sequences_per_second, report.seconds
+                );
+            }
+            Ok(())
+        }
+        Command::Demo(args) => demo(&args),
+    }
+}
+
+/// A checkpoint and a tokenizer must agree on the ids the model was built with.
+fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<()> {
+    let c = model.config();
+    if (c.vocab_size, c.mask_token_id, c.next_token_id)
+        != (tokenizer.vocab_size(), tokenizer.mask_token_id(), tokenizer.next_token_id())
+    {
+        return Err(Error::Config(format!(
+            "the checkpoint (vocab_size {}, [MASK] {}, [NEXT] {}) was not trained with this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
+            c.vocab_size,
+            c.mask_token_id,
+            c.next_token_id,
+            tokenizer.vocab_size(),
+            tokenizer.mask_token_id(),
+            tokenizer.next_token_id()
+        )));
+    }
+    Ok(())
+}
+
 fn demo(args: &DemoArgs) -> Result<()> {
     let vocab = Vocabulary::synthetic();
-    let mut config = Config::new(
-        Size::preset(&args.config)?,
-        vocab.len(),
-        vocab.next_id(),
-        vocab.mask_id(),
-    );
+    let mut config = Config::new(Size::preset(&args.config)?, vocab.len(), vocab.next_id(), vocab.mask_id());
     config.lr = args.learning_rate;
     let seq = config.sequence_length;
     let train = dataset(&vocab, args.functions, seq, args.seed);
-    let validation = dataset(&vocab, 256, seq, args.seed + 1);
-    let model = Model::new(config.clone(), Device::Cpu, args.seed)?;
+    let model = Model::new(config, Device::Cpu, args.seed)?;
     println!(
-        "model: {} preset, {} parameters, vocabulary {} tokens, sequence length {seq}",
+        "model: {} preset, {} parameters; {} synthetic functions, {} steps of {}",
         args.config,
         model.num_parameters(),
-        vocab.len()
-    );
-    println!(
-        "data: {} synthetic functions, {} optimiser steps of {} rows on {} threads",
         train.len(),
         args.steps,
-        args.batch_size,
-        rayon::current_num_threads()
+        args.batch_size
     );
-
     let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
-    let epochs = args
-        .steps
-        .div_ceil(batches_per_epoch(train.len(), args.batch_size));
-    let bar = ProgressBar::new(args.steps).with_style(
-        ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    let start = Instant::now();
-    let mut tokens = 0usize;
+    let epochs = args.steps.div_ceil(batches_per_epoch(train.len(), args.batch_size));
     trainer.train(
         &train,
         epochs,
         Some(args.steps),
         |_, r| {
-            tokens += r.tokens;
-            let rate = tokens as f64 / start.elapsed().as_secs_f64();
-            bar.set_message(format!(
-                "loss {:.4}  lr {:.2e}  {rate:.0} tok/s",
-                r.loss, r.lr
-            ));
-            bar.inc(1);
+            if r.step % 100 == 0 {
+                println!("step {:5}  loss {:.4}  lr {:.2e}", r.step, r.loss, r.lr);
+            }
             Ok(())
         },
         |_, _| Ok(Continue::Yes),
     )?;
-    bar.finish();
-
-    let model = &trainer.model;
-    let (mut correct, mut count, mut loss) = (0, 0, 0.0);
-    let mut collator =
-        undertale_maskedlm::data::MaskedLMCollator::new(vocab.mask_id(), vocab.len(), 0.15, 1_000)?;
-    for rows in validation.chunks(32) {
-        let b = collator.collate(rows)?;
-        let e = model.evaluate(&b.tokens, &b.mask, &b.labels)?;
-        correct += e.correct;
-        count += e.count;
-        loss += e.loss as f64 * e.count as f64;
-    }
-    println!(
-        "validation: loss {:.4}, masked-token accuracy (micro-F1) {:.3} over {count} masked tokens",
-        loss / count as f64,
-        correct as f64 / count as f64
-    );
-
-    println!("\nfill-mask probes:");
-    for probe in PROBES {
+    for probe in undertale_maskedlm::pipeline::probes::PROBES {
         let ids = vocab.encode(probe);
-        let filled = model.infer(&Tensor::from_i32(&[ids.len()], ids)?, None)?;
-        println!("  {probe:<75} -> {}", vocab.decode(&filled.to_vec_i32()?));
+        let filled = trainer.model.infer(&Tensor::from_i32(&[ids.len()], ids)?, None)?;
+        println!("  {probe:<78} -> {}", vocab.decode(&filled.to_vec_i32()?));
     }
-    save_model(&args.output, model)?;
-    println!("\nsaved the model checkpoint to {}", args.output.display());
     Ok(())
 }
