@@ -151,12 +151,12 @@ pub fn resolve_config(
         };
         let mut config = Config::new(size, vocab, next, mask);
         for (key, from_tokenizer) in [("vocab_size", vocab), ("mask_token_id", mask), ("next_token_id", next)] {
-            if let Some(v) = object.get(key) {
-                if v.as_u64() != Some(from_tokenizer as u64) {
-                    return Err(Error::Config(format!(
-                        "{spec}: {key} is {v} but the tokenizer's is {from_tokenizer}"
-                    )));
-                }
+            if let Some(v) = object.get(key)
+                && v.as_u64() != Some(from_tokenizer as u64)
+            {
+                return Err(Error::Config(format!(
+                    "{spec}: {key} is {v} but the tokenizer's is {from_tokenizer}"
+                )));
             }
         }
         let float = |key: &str| object.get(key).and_then(|v| v.as_f64());
@@ -366,10 +366,13 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             if let Some((loss, f1)) = scores {
                 line += &format!(", validation loss {loss:.4}, F1 {f1:.4}");
             }
-            bar.println(line);
-            for (probe, out) in &filled {
-                bar.println(format!("    {probe}  ->  {out}"));
-            }
+            // Printed around the bar (and also when the bar is hidden, e.g. output to a file).
+            bar.suspend(|| {
+                println!("{line}");
+                for (probe, out) in &filled {
+                    println!("    {probe}  ->  {out}");
+                }
+            });
             last_probes = filled;
             last_f1 = scores.map(|s| s.1);
             Ok(if stop { Continue::Stop } else { Continue::Yes })

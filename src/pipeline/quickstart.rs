@@ -65,9 +65,10 @@ impl Default for QuickstartOptions {
     }
 }
 
-/// Binaries of this machine, smallest directories first, in a fixed (sorted) order; files of
-/// 16 KiB to 8 MiB only, so one huge library cannot dominate.
+/// Binaries of this machine in a fixed (sorted) order; files of 16 KiB to 8 MiB only, so one huge
+/// library cannot dominate, and each file once however many links name it.
 fn candidate_binaries() -> Vec<PathBuf> {
+    let mut seen = std::collections::HashSet::new();
     let mut files = Vec::new();
     for dir in BINARY_DIRECTORIES {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -82,7 +83,9 @@ fn candidate_binaries() -> Vec<PathBuf> {
             })
             .collect();
         names.sort();
-        files.extend(names);
+        files.extend(names.into_iter().filter(|p| {
+            std::fs::canonicalize(p).is_ok_and(|real| seen.insert(real))
+        }));
     }
     files
 }
