@@ -9,10 +9,14 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use undertale_maskedlm::checkpoint::load_model;
-use undertale_maskedlm::data::parquet::{TokenizedRow, read_corpus, read_tokenized, write_tokenized};
+use undertale_maskedlm::data::parquet::{
+    TokenizedRow, read_corpus, read_tokenized, write_tokenized,
+};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
-use undertale_maskedlm::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use undertale_maskedlm::model::{
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
+};
 use undertale_maskedlm::pipeline::corpus::disassemble_to_parquet;
 use undertale_maskedlm::pipeline::evaluate::evaluate;
 use undertale_maskedlm::pipeline::infer::fill_masks;
@@ -22,7 +26,11 @@ use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
 use undertale_maskedlm::{Device, Error, Result, Tensor};
 
 #[derive(Parser)]
-#[command(name = "maskedlm", version, about = "undertale's masked language model over disassembled binary code")]
+#[command(
+    name = "maskedlm",
+    version,
+    about = "undertale's masked language model over disassembled binary code"
+)]
 struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
@@ -163,13 +171,16 @@ struct DemoArgs {
 }
 
 fn device(arg: &Option<String>) -> Result<Device> {
-    arg.as_deref().map_or(Ok(Device::best_available()), str::parse)
+    arg.as_deref()
+        .map_or(Ok(Device::best_available()), str::parse)
 }
 
 fn main() {
     let cli = Cli::parse();
     if let Some(threads) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global()
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
     {
         eprintln!("error: cannot start {threads} threads: {e}");
         std::process::exit(2);
@@ -222,8 +233,11 @@ fn run(command: Command) -> Result<()> {
             sequence_length,
         } => {
             let rows = read_corpus(&corpus)?;
-            let tokenizer =
-                InstructionTokenizer::train(rows.iter().map(|r| r.disassembly.as_str()), vocab_size, sequence_length)?;
+            let tokenizer = InstructionTokenizer::train(
+                rows.iter().map(|r| r.disassembly.as_str()),
+                vocab_size,
+                sequence_length,
+            )?;
             tokenizer.save(&output)?;
             println!(
                 "tokenizer of {} tokens (sequence length {sequence_length}) trained on {} functions -> {}",
@@ -281,7 +295,11 @@ fn run(command: Command) -> Result<()> {
                 "{} steps, {} epochs{}; latest checkpoint {}",
                 summary.steps,
                 summary.epochs_completed,
-                if summary.stopped_early { ", stopped early" } else { "" },
+                if summary.stopped_early {
+                    ", stopped early"
+                } else {
+                    ""
+                },
                 summary.last_checkpoint.display()
             );
             Ok(())
@@ -340,14 +358,21 @@ fn run(command: Command) -> Result<()> {
             let model = load_model(&checkpoint, device(&dev)?)?;
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             check_compatible(&model, &tokenizer)?;
-            let rows: Vec<_> = read_tokenized(&dataset)?.into_iter().map(|r| r.example()).collect();
+            let rows: Vec<_> = read_tokenized(&dataset)?
+                .into_iter()
+                .map(|r| r.example())
+                .collect();
             let report = evaluate(&model, &rows, batch_size)?;
             if json {
                 println!("{}", serde_json::to_string(&report).expect("serialisable"));
             } else {
                 println!(
                     "loss {:.4}, accuracy (micro-F1) {:.4} over {} sequences; {:.1} sequences/s ({:.2}s in forward passes)",
-                    report.loss, report.accuracy, report.sequences, report.sequences_per_second, report.seconds
+                    report.loss,
+                    report.accuracy,
+                    report.sequences,
+                    report.sequences_per_second,
+                    report.seconds
                 );
             }
             Ok(())
@@ -360,7 +385,11 @@ fn run(command: Command) -> Result<()> {
 fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<()> {
     let c = model.config();
     if (c.vocab_size, c.mask_token_id, c.next_token_id)
-        != (tokenizer.vocab_size(), tokenizer.mask_token_id(), tokenizer.next_token_id())
+        != (
+            tokenizer.vocab_size(),
+            tokenizer.mask_token_id(),
+            tokenizer.next_token_id(),
+        )
     {
         return Err(Error::Config(format!(
             "the checkpoint (vocab_size {}, [MASK] {}, [NEXT] {}) was not trained with this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
@@ -377,7 +406,12 @@ fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<(
 
 fn demo(args: &DemoArgs) -> Result<()> {
     let vocab = Vocabulary::synthetic();
-    let mut config = Config::new(Size::preset(&args.config)?, vocab.len(), vocab.next_id(), vocab.mask_id());
+    let mut config = Config::new(
+        Size::preset(&args.config)?,
+        vocab.len(),
+        vocab.next_id(),
+        vocab.mask_id(),
+    );
     config.lr = args.learning_rate;
     let seq = config.sequence_length;
     let train = dataset(&vocab, args.functions, seq, args.seed);
@@ -391,7 +425,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
         args.batch_size
     );
     let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
-    let epochs = args.steps.div_ceil(batches_per_epoch(train.len(), args.batch_size));
+    let epochs = args
+        .steps
+        .div_ceil(batches_per_epoch(train.len(), args.batch_size));
     trainer.train(
         &train,
         epochs,
@@ -406,7 +442,9 @@ fn demo(args: &DemoArgs) -> Result<()> {
     )?;
     for probe in undertale_maskedlm::pipeline::probes::PROBES {
         let ids = vocab.encode(probe);
-        let filled = trainer.model.infer(&Tensor::from_i32(&[ids.len()], ids)?, None)?;
+        let filled = trainer
+            .model
+            .infer(&Tensor::from_i32(&[ids.len()], ids)?, None)?;
         println!("  {probe:<78} -> {}", vocab.decode(&filled.to_vec_i32()?));
     }
     Ok(())

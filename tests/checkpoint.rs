@@ -113,7 +113,13 @@ fn train(split: Option<u64>, steps: u64) -> Params {
     let dir = tempfile::tempdir().unwrap();
     if let Some(split) = split {
         trainer
-            .train(&data, epochs, Some(split), |_, _| Ok(()), |_, _| Ok(Continue::Yes))
+            .train(
+                &data,
+                epochs,
+                Some(split),
+                |_, _| Ok(()),
+                |_, _| Ok(Continue::Yes),
+            )
             .unwrap();
         assert_eq!(trainer.state().step, split);
         trainer.save(&dir.path().join("ckpt")).unwrap();
@@ -122,7 +128,13 @@ fn train(split: Option<u64>, steps: u64) -> Params {
         assert_eq!(trainer.state().step, split);
     }
     trainer
-        .train(&data, epochs, Some(steps), |_, _| Ok(()), |_, _| Ok(Continue::Yes))
+        .train(
+            &data,
+            epochs,
+            Some(steps),
+            |_, _| Ok(()),
+            |_, _| Ok(Continue::Yes),
+        )
         .unwrap();
     assert_eq!(trainer.state().step, steps);
     Params(trainer.model.parameters().to_vec_f32().unwrap())

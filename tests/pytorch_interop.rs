@@ -87,8 +87,16 @@ fn lightning_checkpoints_convert_both_ways_without_changing_a_value() {
         vec!["to-ckpt".as_ref(), original.as_os_str(), ckpt.as_os_str()],
         vec!["to-dir".as_ref(), ckpt.as_os_str(), back.as_os_str()],
     ] {
-        let out = Command::new("python3").arg(script).args(&args).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new("python3")
+            .arg(script)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let loaded = undertale_maskedlm::checkpoint::load_model(&back, Device::Cpu).unwrap();
     assert_eq!(loaded.config(), model.config());

@@ -23,7 +23,8 @@ pub struct CorpusSummary {
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
-        let meta = std::fs::metadata(input).map_err(|e| Error::io(format!("reading {}", input.display()), e))?;
+        let meta = std::fs::metadata(input)
+            .map_err(|e| Error::io(format!("reading {}", input.display()), e))?;
         if meta.is_dir() {
             let mut entries: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| Error::io(format!("listing {}", input.display()), e))?
@@ -51,8 +52,10 @@ pub fn corpus_rows(files: &[PathBuf], progress: bool) -> (Vec<CorpusRow>, Corpus
         },
     );
     bar.set_style(
-        ProgressStyle::with_template("{bar:28} {pos}/{len} files  {msg}  [{elapsed_precise} < {eta_precise}]")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "{bar:28} {pos}/{len} files  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .expect("valid template"),
     );
     let mut rows = Vec::new();
     let mut summary = CorpusSummary::default();
@@ -78,7 +81,11 @@ pub fn corpus_rows(files: &[PathBuf], progress: bool) -> (Vec<CorpusRow>, Corpus
 }
 
 /// The whole command: expands the inputs, disassembles, writes `output`.
-pub fn disassemble_to_parquet(inputs: &[PathBuf], output: &Path, progress: bool) -> Result<CorpusSummary> {
+pub fn disassemble_to_parquet(
+    inputs: &[PathBuf],
+    output: &Path,
+    progress: bool,
+) -> Result<CorpusSummary> {
     let files = expand_inputs(inputs)?;
     let (rows, summary) = corpus_rows(&files, progress);
     write_corpus(output, &rows)?;

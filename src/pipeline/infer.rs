@@ -47,7 +47,12 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 }
 
 /// Fills the masks of `text`, keeping the `top_k` best candidates of each (at least one).
-pub fn fill_masks(model: &Model, tokenizer: &InstructionTokenizer, text: &str, top_k: usize) -> Result<Filled> {
+pub fn fill_masks(
+    model: &Model,
+    tokenizer: &InstructionTokenizer,
+    text: &str,
+    top_k: usize,
+) -> Result<Filled> {
     let encoding = tokenizer.encode(text)?;
     let mut ids: Vec<i32> = encoding
         .tokens
@@ -57,7 +62,9 @@ pub fn fill_masks(model: &Model, tokenizer: &InstructionTokenizer, text: &str, t
         .map(|(t, _)| *t)
         .collect();
     let mask_id = tokenizer.mask_token_id() as i32;
-    let positions: Vec<i32> = (0..ids.len() as i32).filter(|&j| ids[j as usize] == mask_id).collect();
+    let positions: Vec<i32> = (0..ids.len() as i32)
+        .filter(|&j| ids[j as usize] == mask_id)
+        .collect();
     let mut masks = Vec::with_capacity(positions.len());
     if !positions.is_empty() {
         let tokens = Tensor::from_i32(&[ids.len()], ids.clone())?;
@@ -68,7 +75,11 @@ pub fn fill_masks(model: &Model, tokenizer: &InstructionTokenizer, text: &str, t
             let probabilities = softmax(row);
             let mut order: Vec<usize> = (0..vocab).collect();
             // Best first; ties keep the lower id first, matching argmax.
-            order.sort_by(|&a, &b| probabilities[b].total_cmp(&probabilities[a]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                probabilities[b]
+                    .total_cmp(&probabilities[a])
+                    .then(a.cmp(&b))
+            });
             let candidates = order
                 .into_iter()
                 .take(top_k.max(1))

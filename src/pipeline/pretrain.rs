@@ -121,14 +121,17 @@ pub fn resolve_config(
                 "--config {spec:?} is neither a preset (tiny, small, medium) nor a file"
             )));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {spec}"), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading {spec}"), e))?;
         let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Json {
             context: format!("parsing {spec}"),
             source: e,
         })?;
-        let object = value
-            .as_object()
-            .ok_or_else(|| Error::Config(format!("{spec}: expected a JSON object of constructor arguments")))?;
+        let object = value.as_object().ok_or_else(|| {
+            Error::Config(format!(
+                "{spec}: expected a JSON object of constructor arguments"
+            ))
+        })?;
         if let Some(key) = object
             .keys()
             .find(|k| !SIZE_KEYS.contains(&k.as_str()) && !OTHER_KEYS.contains(&k.as_str()))
@@ -150,7 +153,11 @@ pub fn resolve_config(
             sequence_length: size_of("sequence_length")?,
         };
         let mut config = Config::new(size, vocab, next, mask);
-        for (key, from_tokenizer) in [("vocab_size", vocab), ("mask_token_id", mask), ("next_token_id", next)] {
+        for (key, from_tokenizer) in [
+            ("vocab_size", vocab),
+            ("mask_token_id", mask),
+            ("next_token_id", next),
+        ] {
             if let Some(v) = object.get(key)
                 && v.as_u64() != Some(from_tokenizer as u64)
             {
@@ -208,7 +215,12 @@ pub fn load_examples(path: &Path, config: &Config) -> Result<Vec<Example>> {
 
 /// Validation loss and F1 (masked-token accuracy) under a collator with a fixed seed, so every
 /// epoch is scored on the same masks.
-pub fn validate(model: &Model, rows: &[Example], batch_size: usize, seed: u64) -> Result<(f64, f64)> {
+pub fn validate(
+    model: &Model,
+    rows: &[Example],
+    batch_size: usize,
+    seed: u64,
+) -> Result<(f64, f64)> {
     let config = model.config();
     let mut collator = MaskedLMCollator::new(
         config.mask_token_id,
@@ -269,9 +281,15 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         Some(checkpoint) => {
             let trainer = Trainer::resume(checkpoint, options.device)?;
             let config = trainer.model.config();
-            if (config.vocab_size, config.mask_token_id, config.next_token_id)
-                != (tokenizer.vocab_size(), tokenizer.mask_token_id(), tokenizer.next_token_id())
-            {
+            if (
+                config.vocab_size,
+                config.mask_token_id,
+                config.next_token_id,
+            ) != (
+                tokenizer.vocab_size(),
+                tokenizer.mask_token_id(),
+                tokenizer.next_token_id(),
+            ) {
                 return Err(Error::Config(format!(
                     "checkpoint {} was trained with another tokenizer (vocab_size {}, [MASK] {}, [NEXT] {}) than {}",
                     checkpoint.display(),
@@ -284,7 +302,12 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             trainer
         }
         None => {
-            let config = resolve_config(&options.config, &tokenizer, options.learning_rate, options.warmup)?;
+            let config = resolve_config(
+                &options.config,
+                &tokenizer,
+                options.learning_rate,
+                options.warmup,
+            )?;
             let rows = read_tokenized(&options.dataset)?.len();
             let total = options.epochs * batches_per_epoch(rows, options.batch_size);
             let model = Model::new(config, options.device, options.seed)?;
@@ -299,14 +322,18 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         .map(|v| load_examples(v, &config))
         .transpose()?;
     if trainer.early_stopping_mut().is_none() {
-        let goal = if validation.is_some() { Goal::Maximise } else { Goal::Minimise };
+        let goal = if validation.is_some() {
+            Goal::Maximise
+        } else {
+            Goal::Minimise
+        };
         *trainer.early_stopping_mut() = Some(EarlyStopping::new(goal));
     }
     let batch_size = trainer.state().batch_size;
     let epochs = options.epochs;
-    let total = options
-        .max_steps
-        .map_or(trainer.state().total_steps, |m| m.min(trainer.state().total_steps));
+    let total = options.max_steps.map_or(trainer.state().total_steps, |m| {
+        m.min(trainer.state().total_steps)
+    });
 
     let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
     // Both callbacks append to the metrics file.
@@ -327,7 +354,10 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         |t, report| {
             tokens_seen += report.tokens;
             let rate = tokens_seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.4}  lr {:.2e}  {rate:.0} tok/s", report.loss, report.lr));
+            bar.set_message(format!(
+                "loss {:.4}  lr {:.2e}  {rate:.0} tok/s",
+                report.loss, report.lr
+            ));
             bar.set_position(report.step);
             metrics.borrow_mut().write(&Record::Step {
                 step: report.step,

@@ -83,9 +83,11 @@ fn candidate_binaries() -> Vec<PathBuf> {
             })
             .collect();
         names.sort();
-        files.extend(names.into_iter().filter(|p| {
-            std::fs::canonicalize(p).is_ok_and(|real| seen.insert(real))
-        }));
+        files.extend(
+            names
+                .into_iter()
+                .filter(|p| std::fs::canonicalize(p).is_ok_and(|real| seen.insert(real))),
+        );
     }
     files
 }
@@ -121,7 +123,8 @@ fn collect_corpus(max_functions: usize, progress: bool) -> (Vec<CorpusRow>, Corp
 /// Runs the whole workflow and returns the pretraining summary.
 pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     let work = &options.work;
-    std::fs::create_dir_all(work).map_err(|e| Error::io(format!("creating {}", work.display()), e))?;
+    std::fs::create_dir_all(work)
+        .map_err(|e| Error::io(format!("creating {}", work.display()), e))?;
     println!("work folder: {}", work.display());
 
     println!("\n[1/4] disassembling this machine's binaries");
@@ -191,7 +194,8 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     let batches = batches_per_epoch(train_rows.len(), options.batch_size);
     let epochs = options.target_steps.div_ceil(batches).clamp(1, 48);
     let output = work.join("model");
-    let mut pretrain_options = PretrainOptions::new(tokenizer_path.clone(), train_path, output.clone());
+    let mut pretrain_options =
+        PretrainOptions::new(tokenizer_path.clone(), train_path, output.clone());
     pretrain_options.validation = Some(validation_path);
     pretrain_options.batch_size = options.batch_size;
     pretrain_options.epochs = epochs;
@@ -210,9 +214,20 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     for (probe, filled) in &result.probes {
         println!("  {probe:<78} -> {filled}");
     }
-    show_real_function(&result.last_checkpoint, &tokenizer, validation_rows, options.device)?;
+    show_real_function(
+        &result.last_checkpoint,
+        &tokenizer,
+        validation_rows,
+        options.device,
+    )?;
     println!("\neverything is in {}:", work.display());
-    for entry in ["corpus.parquet", "tokenizer.json", "train.parquet", "validation.parquet", "model/"] {
+    for entry in [
+        "corpus.parquet",
+        "tokenizer.json",
+        "train.parquet",
+        "validation.parquet",
+        "model/",
+    ] {
         println!("  {}", Path::new(&work).join(entry).display());
     }
     Ok(result)

@@ -60,9 +60,11 @@ impl MetricsWriter {
             if !text.is_empty() {
                 text.push('\n');
             }
-            std::fs::write(path, text).map_err(|e| Error::io(format!("rewriting {}", path.display()), e))?;
+            std::fs::write(path, text)
+                .map_err(|e| Error::io(format!("rewriting {}", path.display()), e))?;
         } else if resume_step.is_none() && path.exists() {
-            std::fs::remove_file(path).map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            std::fs::remove_file(path)
+                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
         }
         let file = OpenOptions::new()
             .create(true)

@@ -19,12 +19,19 @@ fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // A failure only loses the labels; the curves are still drawn.
-        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
     });
 }
 
 fn plot_error(e: impl std::fmt::Display) -> Error {
-    Error::io("drawing the metrics plot", std::io::Error::other(e.to_string()))
+    Error::io(
+        "drawing the metrics plot",
+        std::io::Error::other(e.to_string()),
+    )
 }
 
 fn range(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
@@ -52,13 +59,21 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
                 validation_f1,
                 train_loss,
                 ..
-            } => epochs.push((*step as f64, *epoch as f64, *validation_loss, *validation_f1, *train_loss)),
+            } => epochs.push((
+                *step as f64,
+                *epoch as f64,
+                *validation_loss,
+                *validation_f1,
+                *train_loss,
+            )),
         }
     }
     let max_step = steps.last().map_or(1.0, |s| s.0.max(1.0));
     let tmp = path.with_file_name(format!(
         ".{}.tmp.png",
-        path.file_stem().and_then(|s| s.to_str()).unwrap_or("metrics")
+        path.file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("metrics")
     ));
     {
         let root = BitMapBackend::new(&tmp, (WIDTH, 3 * PANEL_HEIGHT)).into_drawing_area();
@@ -89,7 +104,10 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             .map_err(plot_error)?
             .label("training (per step)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
-        let validation: Vec<(f64, f64)> = epochs.iter().filter_map(|e| e.2.map(|v| (e.0, v))).collect();
+        let validation: Vec<(f64, f64)> = epochs
+            .iter()
+            .filter_map(|e| e.2.map(|v| (e.0, v)))
+            .collect();
         if !validation.is_empty() {
             chart
                 .draw_series(LineSeries::new(validation.clone(), RED.stroke_width(2)))
@@ -108,7 +126,10 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             .map_err(plot_error)?;
 
         // Validation F1.
-        let f1: Vec<(f64, f64)> = epochs.iter().filter_map(|e| e.3.map(|v| (e.1, v))).collect();
+        let f1: Vec<(f64, f64)> = epochs
+            .iter()
+            .filter_map(|e| e.3.map(|v| (e.1, v)))
+            .collect();
         let max_epoch = epochs.last().map_or(1.0, |e| e.1.max(1.0));
         let mut chart = ChartBuilder::on(&panels[1])
             .caption("validation F1 (masked-token accuracy)", ("sans-serif", 20))
@@ -117,7 +138,11 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             .y_label_area_size(60)
             .build_cartesian_2d(0.0..max_epoch, 0.0..1.0)
             .map_err(plot_error)?;
-        chart.configure_mesh().x_desc("epoch").draw().map_err(plot_error)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .draw()
+            .map_err(plot_error)?;
         chart
             .draw_series(LineSeries::new(f1.clone(), GREEN.stroke_width(2)))
             .map_err(plot_error)?;
@@ -145,5 +170,6 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             .map_err(plot_error)?;
         root.present().map_err(plot_error)?;
     }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
+    std::fs::rename(&tmp, path)
+        .map_err(|e| Error::io(format!("renaming into {}", path.display()), e))
 }

@@ -1,0 +1,359 @@
+//! The `maskedlm` binary end to end on real data made by `disassemble` on this machine, and its
+//! errors on bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized};
+use undertale_maskedlm::train::metrics::{Record, read_records};
+
+fn maskedlm(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the binary runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = maskedlm(args);
+    assert!(
+        out.status.success(),
+        "maskedlm {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str], expect: &str) {
+    let out = maskedlm(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "maskedlm {args:?} should fail");
+    assert!(
+        !stderr.contains("panicked"),
+        "maskedlm {args:?} panicked: {stderr}"
+    );
+    assert!(
+        stderr.contains(expect),
+        "maskedlm {args:?}: {stderr:?} lacks {expect:?}"
+    );
+}
+
+/// A real binary of this machine: libc if present, else this test's own executable.
+fn some_binary() -> PathBuf {
+    let libc = Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6");
+    if libc.exists() {
+        libc.to_path_buf()
+    } else {
+        std::env::current_exe().unwrap()
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn the_whole_workflow_on_real_disassembly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let corpus = d.join("corpus.parquet");
+    let tokenizer = d.join("tokenizer.json");
+    let data = d.join("data.parquet");
+    let out = d.join("run");
+    let binary = some_binary();
+    let not_elf = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+
+    let said = ok(&["disassemble", s(&binary), not_elf, "-o", s(&corpus)]);
+    assert!(said.contains("1 files skipped"), "{said}");
+    let rows = read_corpus(&corpus).unwrap();
+    assert!(rows.len() > 100, "{} functions", rows.len());
+    assert!(
+        rows.iter()
+            .all(|r| !r.disassembly.is_empty() && r.id.contains(":0x"))
+    );
+
+    ok(&[
+        "train-tokenizer",
+        s(&corpus),
+        "-o",
+        s(&tokenizer),
+        "--vocab-size",
+        "512",
+        "--sequence-length",
+        "64",
+    ]);
+    ok(&["tokenize", s(&corpus), s(&tokenizer), s(&data)]);
+    let tokenized = read_tokenized(&data).unwrap();
+    assert_eq!(tokenized.len(), rows.len());
+    assert!(
+        tokenized
+            .iter()
+            .all(|r| r.tokens.len() == 64 && r.mask.len() == 64)
+    );
+
+    let config = d.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"depth": 1, "hidden_dimensions": 32, "heads": 2, "intermediate_dimensions": 64, "sequence_length": 64, "dropout": 0.1}"#,
+    )
+    .unwrap();
+    let common = [
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--validation",
+        s(&data),
+        "--config",
+        s(&config),
+        "--batch-size",
+        "64",
+        "--epochs",
+        "3",
+        "--learning-rate",
+        "0.002",
+    ];
+    // Stop part-way through, then resume from OUTPUT/last to the end.
+    let mut first: Vec<&str> = vec!["pretrain"];
+    first.extend(common);
+    first.extend(["--max-steps", "5"]);
+    ok(&first);
+    let mut resume: Vec<&str> = vec!["pretrain"];
+    resume.extend(common);
+    let last = out.join("last");
+    resume.extend(["--checkpoint", s(&last)]);
+    let said = ok(&resume);
+    assert!(said.contains("epoch 3"), "{said}");
+
+    let records = read_records(&out.join("metrics.jsonl")).unwrap();
+    let steps: Vec<u64> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step { step, .. } => Some(*step),
+            _ => None,
+        })
+        .collect();
+    let per_epoch = rows.len().div_ceil(64) as u64;
+    assert_eq!(
+        steps,
+        (1..=3 * per_epoch).collect::<Vec<_>>(),
+        "one record per step, none twice"
+    );
+    let epochs: Vec<(u64, Option<f64>)> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Epoch {
+                epoch,
+                validation_f1,
+                ..
+            } => Some((*epoch, *validation_f1)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        epochs.iter().map(|e| e.0).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        epochs
+            .iter()
+            .all(|e| e.1.is_some_and(|f| (0.0..=1.0).contains(&f)))
+    );
+    assert!(out.join("metrics.png").exists());
+    assert!(out.join("best/model.safetensors").exists());
+
+    let filled = ok(&[
+        "infer",
+        "--checkpoint",
+        s(&last),
+        "--tokenizer",
+        s(&tokenizer),
+        "push rbp [NEXT] [MASK] rbp rsp",
+    ]);
+    assert!(
+        filled.starts_with("push rbp [NEXT] ") && !filled.contains("[MASK]"),
+        "{filled}"
+    );
+    let json = ok(&[
+        "infer",
+        "--checkpoint",
+        s(&last),
+        "--tokenizer",
+        s(&tokenizer),
+        "--json",
+        "--top-k",
+        "3",
+        "xor eax [MASK]",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    let candidates = v["masks"][0]["candidates"].as_array().unwrap();
+    assert_eq!(v["masks"][0]["position"], 2);
+    assert_eq!(candidates.len(), 3);
+    let p: Vec<f64> = candidates
+        .iter()
+        .map(|c| c["probability"].as_f64().unwrap())
+        .collect();
+    assert!(p[0] >= p[1] && p[1] >= p[2] && p[0] <= 1.0, "{p:?}");
+    assert_eq!(
+        v["output"].as_str().unwrap(),
+        format!("xor eax {}", candidates[0]["token"].as_str().unwrap())
+    );
+
+    let report = ok(&[
+        "evaluate",
+        "--checkpoint",
+        s(&last),
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+    assert_eq!(r["sequences"].as_u64().unwrap() as usize, rows.len());
+    assert!(
+        r["accuracy"].as_f64().unwrap() > 0.0 && r["sequences_per_second"].as_f64().unwrap() > 0.0
+    );
+
+    // Bad input against real files.
+    fails(
+        &[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "--tokenizer",
+            s(&tokenizer),
+            "--device",
+            "cuda",
+            "x",
+        ],
+        "no CUDA",
+    );
+    fails(
+        &[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "--tokenizer",
+            s(&tokenizer),
+            "--device",
+            "tpu",
+            "x",
+        ],
+        "unknown device",
+    );
+    fails(
+        &["tokenize", not_elf, s(&tokenizer), s(&d.join("x.parquet"))],
+        "Cargo.toml",
+    );
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&corpus),
+            s(&d.join("r2")),
+            "--config",
+            "tiny",
+        ],
+        "missing columns `tokens`",
+    );
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&data),
+            s(&d.join("r3")),
+            "--config",
+            "huge",
+        ],
+        "huge",
+    );
+    std::fs::write(last.join("model.safetensors"), b"not a safetensors file").unwrap();
+    fails(
+        &[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "--tokenizer",
+            s(&tokenizer),
+            "x",
+        ],
+        "model.safetensors",
+    );
+}
+
+#[test]
+fn missing_files_are_clear_errors() {
+    fails(
+        &[
+            "disassemble",
+            "/nonexistent/binary",
+            "-o",
+            "/tmp/never.parquet",
+        ],
+        "/nonexistent/binary",
+    );
+    fails(
+        &[
+            "tokenize",
+            "/nonexistent/corpus.parquet",
+            "/nonexistent/t.json",
+            "/tmp/never.parquet",
+        ],
+        "nonexistent",
+    );
+    fails(
+        &[
+            "infer",
+            "--checkpoint",
+            "/nonexistent/ckpt",
+            "--tokenizer",
+            "/nonexistent/t.json",
+            "x",
+        ],
+        "/nonexistent/ckpt",
+    );
+}
+
+#[test]
+fn tokenize_matches_the_reference_pipeline_and_pretrain_reads_its_files() {
+    // Fixtures from scripts/pipeline_fixtures.py: a corpus, a tokenizer trained the reference's
+    // way, and the dataset the reference's Python tokenize makes from them.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let corpus = fixtures.join("reference_corpus.parquet");
+    let tokenizer = fixtures.join("tokenizer_reference.json");
+    let reference = fixtures.join("reference_tokenized.parquet");
+    let dir = tempfile::tempdir().unwrap();
+    let ours = dir.path().join("ours.parquet");
+    let said = ok(&["tokenize", s(&corpus), s(&tokenizer), s(&ours)]);
+    assert!(
+        !said.contains("(0 truncated"),
+        "the fixture exercises truncation: {said}"
+    );
+    let (ours, reference_rows) = (
+        read_tokenized(&ours).unwrap(),
+        read_tokenized(&reference).unwrap(),
+    );
+    assert_eq!(ours.len(), reference_rows.len());
+    assert_eq!(ours, reference_rows, "identical ids, tokens and masks");
+
+    // The reference's dataset trains directly.
+    let out = dir.path().join("run");
+    ok(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&reference),
+        s(&out),
+        "--config",
+        "tiny",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]);
+    assert!(out.join("last/trainer_state.json").exists());
+}
