@@ -130,6 +130,18 @@ pub struct Encoding {
     pub truncated: bool,
 }
 
+impl Encoding {
+    /// The tokens whose mask is 1: the input without its padding.
+    pub fn real_tokens(&self) -> Vec<i32> {
+        self.tokens
+            .iter()
+            .zip(&self.mask)
+            .filter(|(_, m)| **m == 1)
+            .map(|(t, _)| *t)
+            .collect()
+    }
+}
+
 impl InstructionTokenizer {
     /// The reference recipe over pre-tokenized texts (see the module documentation): BPE with
     /// `vocab_size` over the immediates, then every other token added whole in order of first

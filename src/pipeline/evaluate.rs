@@ -8,7 +8,42 @@ use serde::Serialize;
 use crate::data::collator::DEFAULT_PROBABILITY;
 use crate::data::{Example, MaskedLMCollator};
 use crate::error::{Error, Result};
-use crate::model::InstructionTraceTransformerEncoderForMaskedLM as Model;
+use crate::model::{Evaluation, InstructionTraceTransformerEncoderForMaskedLM as Model};
+
+/// Loss and accuracy summed over batches. A batch in which the collator masked nothing has
+/// nothing to score and is skipped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Totals {
+    loss_sum: f64,
+    correct: usize,
+    count: usize,
+}
+
+impl Totals {
+    pub fn add(&mut self, batch: Result<Evaluation>) -> Result<()> {
+        match batch {
+            Ok(e) => {
+                self.loss_sum += e.loss as f64 * e.count as f64;
+                self.correct += e.correct;
+                self.count += e.count;
+                Ok(())
+            }
+            Err(Error::NoLabels) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Mean loss and accuracy over every masked position.
+    pub fn finish(&self) -> Result<(f64, f64)> {
+        if self.count == 0 {
+            return Err(Error::NoLabels);
+        }
+        Ok((
+            self.loss_sum / self.count as f64,
+            self.correct as f64 / self.count as f64,
+        ))
+    }
+}
 
 /// The collator seed of every evaluation, so two runs score the same masks.
 pub const EVALUATION_SEED: u64 = 0;
@@ -44,28 +79,18 @@ pub fn evaluate(model: &Model, rows: &[Example], batch_size: usize) -> Result<Ev
     let warm = &batches[0];
     let _ = model.forward(&warm.tokens, Some(&warm.mask))?;
 
-    let (mut loss, mut correct, mut count) = (0.0f64, 0usize, 0usize);
+    let mut totals = Totals::default();
     let mut seconds = 0.0;
     for batch in &batches {
         let start = Instant::now();
         let result = model.evaluate(&batch.tokens, &batch.mask, &batch.labels);
         seconds += start.elapsed().as_secs_f64();
-        match result {
-            Ok(e) => {
-                loss += e.loss as f64 * e.count as f64;
-                correct += e.correct;
-                count += e.count;
-            }
-            Err(Error::NoLabels) => {}
-            Err(e) => return Err(e),
-        }
+        totals.add(result)?;
     }
-    if count == 0 {
-        return Err(Error::NoLabels);
-    }
+    let (loss, accuracy) = totals.finish()?;
     Ok(EvaluationReport {
-        loss: loss / count as f64,
-        accuracy: correct as f64 / count as f64,
+        loss,
+        accuracy,
         sequences: rows.len(),
         seconds,
         sequences_per_second: rows.len() as f64 / seconds.max(1e-12),

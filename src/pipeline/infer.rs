@@ -54,13 +54,7 @@ pub fn fill_masks(
     top_k: usize,
 ) -> Result<Filled> {
     let encoding = tokenizer.encode(text)?;
-    let mut ids: Vec<i32> = encoding
-        .tokens
-        .iter()
-        .zip(&encoding.mask)
-        .filter(|(_, m)| **m == 1)
-        .map(|(t, _)| *t)
-        .collect();
+    let mut ids = encoding.real_tokens();
     let mask_id = tokenizer.mask_token_id() as i32;
     let positions: Vec<i32> = (0..ids.len() as i32)
         .filter(|&j| ids[j as usize] == mask_id)

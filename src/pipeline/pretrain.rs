@@ -14,6 +14,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::evaluate::Totals;
 use super::probes;
 use crate::checkpoint::save_model;
 use crate::data::parquet::read_tokenized;
@@ -228,24 +229,12 @@ pub fn validate(
         crate::data::collator::DEFAULT_PROBABILITY,
         seed,
     )?;
-    let (mut loss, mut correct, mut count) = (0.0f64, 0usize, 0usize);
+    let mut totals = Totals::default();
     for chunk in rows.chunks(batch_size) {
         let batch = collator.collate(chunk)?;
-        match model.evaluate(&batch.tokens, &batch.mask, &batch.labels) {
-            Ok(e) => {
-                loss += e.loss as f64 * e.count as f64;
-                correct += e.correct;
-                count += e.count;
-            }
-            // A short batch may draw no masked position; it has nothing to score.
-            Err(Error::NoLabels) => {}
-            Err(e) => return Err(e),
-        }
+        totals.add(model.evaluate(&batch.tokens, &batch.mask, &batch.labels))?;
     }
-    if count == 0 {
-        return Err(Error::NoLabels);
-    }
-    Ok((loss / count as f64, correct as f64 / count as f64))
+    totals.finish()
 }
 
 fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {

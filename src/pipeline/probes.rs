@@ -24,14 +24,7 @@ pub const PROBES: [&str; 13] = [
 /// Encodes `text` with the tokenizer, fills its `[MASK]` tokens with the model's argmax and
 /// decodes the result as the reference prints it.
 pub fn fill(model: &Model, tokenizer: &InstructionTokenizer, text: &str) -> Result<String> {
-    let encoding = tokenizer.encode(text)?;
-    let real: Vec<i32> = encoding
-        .tokens
-        .iter()
-        .zip(&encoding.mask)
-        .filter(|(_, m)| **m == 1)
-        .map(|(t, _)| *t)
-        .collect();
+    let real = tokenizer.encode(text)?.real_tokens();
     if real.is_empty() {
         return Ok(String::new());
     }
