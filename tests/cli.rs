@@ -357,3 +357,138 @@ fn tokenize_matches_the_reference_pipeline_and_pretrain_reads_its_files() {
     ]);
     assert!(out.join("last/trainer_state.json").exists());
 }
+
+fn reference_fixtures() -> (PathBuf, PathBuf) {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    (
+        fixtures.join("tokenizer_reference.json"),
+        fixtures.join("reference_tokenized.parquet"),
+    )
+}
+
+#[test]
+fn early_stopping_ends_a_run_that_stops_improving() {
+    // With a vanishing learning rate validation F1 cannot gain min_delta: the first epoch sets
+    // the best value and five more without improvement stop the run (patience 5).
+    let (tokenizer, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let said = ok(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--validation",
+        s(&data),
+        "--config",
+        "tiny",
+        "--epochs",
+        "48",
+        "--batch-size",
+        "16",
+        "--learning-rate",
+        "1e-12",
+    ]);
+    assert!(said.contains("6 epochs, stopped early"), "{said}");
+    let epochs = read_records(&out.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter(|r| matches!(r, Record::Epoch { .. }))
+        .count();
+    assert_eq!(epochs, 6);
+}
+
+#[test]
+fn long_inputs_are_truncated_with_a_warning() {
+    let (tokenizer, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    ok(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--config",
+        "tiny",
+        "--max-steps",
+        "1",
+    ]);
+    let long = vec!["mov rax [MASK]"; 40].join(" [NEXT] ");
+    let run = maskedlm(&[
+        "infer",
+        "--checkpoint",
+        s(&out.join("last")),
+        "--tokenizer",
+        s(&tokenizer),
+        &long,
+    ]);
+    assert!(run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("truncated"));
+    let filled = String::from_utf8_lossy(&run.stdout);
+    // 64 tokens survive: the filled output has no [MASK] left and is shorter than the input.
+    assert!(
+        !filled.contains("[MASK]") && filled.split_whitespace().count() <= 64,
+        "{filled}"
+    );
+}
+
+#[test]
+fn a_killed_run_resumes_from_its_last_complete_checkpoint() {
+    let (tokenizer, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+        .args([
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&data),
+            s(&out),
+            "--config",
+            "tiny",
+            "--epochs",
+            "500",
+            "--batch-size",
+            "4",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let state = out.join("last/trainer_state.json");
+    let start = std::time::Instant::now();
+    while !state.exists() {
+        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // Kill it at some point of a later epoch, possibly mid-write of the next checkpoint.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let resumed = undertale_maskedlm::train::Trainer::resume(
+        &out.join("last"),
+        undertale_maskedlm::Device::Cpu,
+    )
+    .expect("the last checkpoint is complete");
+    assert!(resumed.state().epoch >= 1 && resumed.state().batch_in_epoch == 0);
+    let epochs_done = resumed.state().epoch;
+    let target = (epochs_done + 1).to_string();
+    let said = ok(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--config",
+        "tiny",
+        "--epochs",
+        &target,
+        "--batch-size",
+        "4",
+        "--checkpoint",
+        s(&out.join("last")),
+    ]);
+    assert!(said.contains(&format!("epoch {target}")), "{said}");
+}

@@ -422,3 +422,74 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         probes: last_probes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokenizer() -> InstructionTokenizer {
+        InstructionTokenizer::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_reference.json"),
+        )
+        .unwrap()
+    }
+
+    fn json_config(text: &str) -> (tempfile::TempDir, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        std::fs::write(&path, text).unwrap();
+        (dir, path.to_str().unwrap().to_string())
+    }
+
+    const SIZE: &str = r#""depth": 2, "hidden_dimensions": 32, "heads": 4, "intermediate_dimensions": 64, "sequence_length": 64"#;
+
+    #[test]
+    fn presets_take_their_ids_from_the_tokenizer_and_flags_override() {
+        let t = tokenizer();
+        let c = resolve_config("tiny", &t, Some(3e-4), Some(0.1)).unwrap();
+        assert_eq!(
+            (c.vocab_size, c.mask_token_id, c.next_token_id),
+            (t.vocab_size(), 4, 5)
+        );
+        assert_eq!((c.lr, c.warmup, c.depth), (3e-4, 0.1, Size::TINY.depth));
+    }
+
+    #[test]
+    fn json_configs_accept_the_reference_keys_and_check_the_tokenizer_ids() {
+        let t = tokenizer();
+        let (_d, path) = json_config(&format!(
+            r#"{{{SIZE}, "dropout": 0.2, "eps": 1e-6, "lr": 0.01, "mask_token_id": 4}}"#
+        ));
+        let c = resolve_config(&path, &t, None, None).unwrap();
+        assert_eq!(
+            (c.hidden_dimensions, c.dropout, c.eps, c.lr),
+            (32, 0.2, 1e-6, 0.01)
+        );
+        assert_eq!(resolve_config(&path, &t, Some(0.5), None).unwrap().lr, 0.5);
+
+        let (_d, path) = json_config(&format!(r#"{{{SIZE}, "vocab_size": 7}}"#));
+        let e = resolve_config(&path, &t, None, None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("vocab_size is 7") && e.contains(&t.vocab_size().to_string()),
+            "{e}"
+        );
+
+        let (_d, path) = json_config(&format!(r#"{{{SIZE}, "layers": 3}}"#));
+        assert!(
+            resolve_config(&path, &t, None, None)
+                .unwrap_err()
+                .to_string()
+                .contains("\"layers\"")
+        );
+
+        let (_d, path) = json_config(r#"{"depth": 2}"#);
+        assert!(
+            resolve_config(&path, &t, None, None)
+                .unwrap_err()
+                .to_string()
+                .contains("hidden_dimensions")
+        );
+    }
+}
