@@ -60,22 +60,25 @@ fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
     scores
         .chunks_mut(s)
         .map(|row| {
-            let max = row
-                .iter()
-                .zip(key_mask)
-                .filter(|(_, m)| **m != 0)
-                .map(|(x, _)| *x)
-                .fold(f32::NEG_INFINITY, f32::max);
+            // Plain comparisons rather than f32::max keep these loops simple for the compiler.
+            let mut max = f32::NEG_INFINITY;
+            for (&x, &m) in row.iter().zip(key_mask) {
+                if m != 0 && x > max {
+                    max = x;
+                }
+            }
             if max == f32::NEG_INFINITY {
                 row.fill(0.0);
                 return f32::NEG_INFINITY;
             }
             let mut sum = 0.0f32;
             for (x, &m) in row.iter_mut().zip(key_mask) {
-                *x = if m != 0 { (*x - max).exp() } else { 0.0 };
-                sum += *x;
+                let e = if m != 0 { (*x - max).exp() } else { 0.0 };
+                *x = e;
+                sum += e;
             }
-            row.iter_mut().for_each(|x| *x /= sum);
+            let inv = 1.0 / sum;
+            row.iter_mut().for_each(|x| *x *= inv);
             max + sum.ln()
         })
         .collect()
