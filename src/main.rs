@@ -131,25 +131,29 @@ struct PretrainArgs {
     output: PathBuf,
     #[arg(long)]
     validation: Option<PathBuf>,
-    /// A training checkpoint to resume from (e.g. OUTPUT/last).
+    /// A training checkpoint to resume from (e.g. OUTPUT/last); it keeps its own batch size,
+    /// seed, configuration and schedule.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    batch_size: usize,
-    #[arg(long, default_value_t = 48)]
-    epochs: u64,
+    /// [default: 8]
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// [default: 48, or on resume the epochs the run was planned for]
+    #[arg(long)]
+    epochs: Option<u64>,
     #[arg(long)]
     learning_rate: Option<f64>,
     /// Warmup as a fraction of all steps.
     #[arg(long)]
     warmup: Option<f64>,
-    /// A size preset (tiny, small, medium) or a JSON file of constructor arguments.
-    #[arg(long, default_value = "medium")]
-    config: String,
+    /// A size preset (tiny, small, medium) or a JSON file of constructor arguments [default: medium]
+    #[arg(long)]
+    config: Option<String>,
     #[arg(long)]
     device: Option<String>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// [default: 0]
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long)]
     max_steps: Option<u64>,
 }
@@ -427,7 +431,7 @@ fn demo(args: &DemoArgs) -> Result<()> {
     let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
     let epochs = args
         .steps
-        .div_ceil(batches_per_epoch(train.len(), args.batch_size));
+        .div_ceil(batches_per_epoch(train.len(), args.batch_size).max(1));
     trainer.train(
         &train,
         epochs,

@@ -191,3 +191,34 @@ fn dropout_changes_the_step_and_depends_only_on_seed_and_step() {
     assert_eq!(step(0.1), step(0.1));
     assert_ne!(step(0.1), step(0.0));
 }
+
+#[test]
+fn a_batch_with_nothing_masked_still_takes_the_optimiser_step_like_the_reference() {
+    // One row with one real token: the collator masks nothing 85% of the time. The reference then
+    // gets a NaN loss with zero gradients and AdamW still applies: on a first step (zero moments)
+    // that is exactly the weight decay p * (1 - lr * wd).
+    let vocab = Vocabulary::synthetic();
+    let config = small_config(&vocab);
+    let mut row = vocab.encode_padded("ret", 8);
+    row.tokens[0] = vocab.id("ret").unwrap();
+    for seed in 0..20 {
+        let model = Model::new(config.clone(), Device::Cpu, 1).unwrap();
+        let before = model.parameters().to_vec_f32().unwrap();
+        let mut trainer = Trainer::new(model, 1, 10, seed).unwrap();
+        let report = trainer.step(std::slice::from_ref(&row)).unwrap();
+        if !report.loss.is_nan() {
+            continue;
+        }
+        let decay = (1.0 - report.lr * 0.01) as f32;
+        let after = trainer.model.parameters().to_vec_f32().unwrap();
+        assert!(before.iter().zip(&after).all(|(b, a)| b * decay == *a));
+        assert_eq!(trainer.state().step, 1, "the schedule advanced");
+        assert_eq!(
+            trainer.state().epoch_loss_count,
+            0,
+            "no loss enters the epoch mean"
+        );
+        return;
+    }
+    panic!("no seed in 0..20 left the batch unmasked");
+}

@@ -391,12 +391,71 @@ fn early_stopping_ends_a_run_that_stops_improving() {
         "1e-12",
     ]);
     assert!(said.contains("6 epochs, stopped early"), "{said}");
-    let epochs = read_records(&out.join("metrics.jsonl"))
-        .unwrap()
-        .into_iter()
-        .filter(|r| matches!(r, Record::Epoch { .. }))
-        .count();
-    assert_eq!(epochs, 6);
+    let epochs = || {
+        read_records(&out.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter(|r| matches!(r, Record::Epoch { .. }))
+            .count()
+    };
+    assert_eq!(epochs(), 6);
+    // Resuming a run that already stopped trains nothing more.
+    let said = ok(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--validation",
+        s(&data),
+        "--checkpoint",
+        s(&out.join("last")),
+    ]);
+    assert!(said.contains("6 epochs, stopped early"), "{said}");
+    assert_eq!(epochs(), 6);
+    // A resumed run keeps its batch size; asking for another is an error, not ignored.
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&data),
+            s(&out),
+            "--checkpoint",
+            s(&out.join("last")),
+            "--batch-size",
+            "4",
+        ],
+        "--batch-size 4 differs",
+    );
+}
+
+#[test]
+fn bad_rows_are_reported_before_training_with_their_id() {
+    use undertale_maskedlm::data::parquet::write_tokenized;
+    let (tokenizer, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = read_tokenized(&data).unwrap();
+    rows[7].tokens[3] = 100_000;
+    let bad = dir.path().join("bad.parquet");
+    write_tokenized(&bad, &rows).unwrap();
+    let id = rows[7].id.clone();
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&bad),
+            s(&dir.path().join("run")),
+            "--config",
+            "tiny",
+        ],
+        &format!("row {id:?}: token id 100000 at position 3"),
+    );
+    assert!(
+        !dir.path().join("run/metrics.jsonl").exists(),
+        "nothing was trained"
+    );
 }
 
 #[test]

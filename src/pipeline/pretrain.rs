@@ -36,20 +36,28 @@ pub struct PretrainOptions {
     pub validation: Option<PathBuf>,
     /// A training checkpoint to resume from.
     pub checkpoint: Option<PathBuf>,
-    pub batch_size: usize,
-    pub epochs: u64,
+    /// Default 8; a resumed run keeps its checkpoint's.
+    pub batch_size: Option<usize>,
+    /// Default 48; a resumed run defaults to the epochs its schedule was planned for.
+    pub epochs: Option<u64>,
     /// Overrides the configuration's `lr`.
     pub learning_rate: Option<f64>,
     /// Overrides the configuration's `warmup` fraction.
     pub warmup: Option<f64>,
-    /// A preset name or a JSON file of constructor arguments.
-    pub config: String,
+    /// A preset name or a JSON file of constructor arguments (default `medium`); a resumed run
+    /// keeps its checkpoint's.
+    pub config: Option<String>,
     pub device: Device,
-    pub seed: u64,
+    /// Default 0; a resumed run keeps its checkpoint's.
+    pub seed: Option<u64>,
     pub max_steps: Option<u64>,
     /// Draw a progress bar on standard error.
     pub progress: bool,
 }
+
+pub const DEFAULT_BATCH_SIZE: usize = 8;
+pub const DEFAULT_EPOCHS: u64 = 48;
+pub const DEFAULT_CONFIG: &str = "medium";
 
 impl PretrainOptions {
     pub fn new(tokenizer: PathBuf, dataset: PathBuf, output: PathBuf) -> Self {
@@ -59,13 +67,13 @@ impl PretrainOptions {
             output,
             validation: None,
             checkpoint: None,
-            batch_size: 8,
-            epochs: 48,
+            batch_size: None,
+            epochs: None,
             learning_rate: None,
             warmup: None,
-            config: "medium".into(),
+            config: None,
             device: Device::Cpu,
-            seed: 0,
+            seed: None,
             max_steps: None,
             progress: true,
         }
@@ -199,6 +207,34 @@ pub fn load_examples(path: &Path, config: &Config) -> Result<Vec<Example>> {
         return Err(Error::dataset(path, "it has no rows"));
     }
     for r in &rows {
+        if let Some((j, &id)) = r
+            .tokens
+            .iter()
+            .enumerate()
+            .find(|(_, id)| **id < 0 || **id as usize >= config.vocab_size)
+        {
+            return Err(Error::dataset(
+                path,
+                format!(
+                    "row {:?}: token id {id} at position {j} is not below vocab_size {}",
+                    r.id, config.vocab_size
+                ),
+            ));
+        }
+        if let Some((j, &m)) = r
+            .mask
+            .iter()
+            .enumerate()
+            .find(|(_, m)| **m != 0 && **m != 1)
+        {
+            return Err(Error::dataset(
+                path,
+                format!(
+                    "row {:?}: mask value {m} at position {j} is not 0 or 1",
+                    r.id
+                ),
+            ));
+        }
         if r.tokens.len() > config.sequence_length {
             return Err(Error::dataset(
                 path,
@@ -256,6 +292,41 @@ fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
     bar
 }
 
+/// On resume the checkpoint fixes the model, batch size, seed and schedule: a flag that asks for
+/// something else is an error rather than silently ignored.
+fn check_resume_flags(
+    options: &PretrainOptions,
+    trainer: &Trainer,
+    tokenizer: &InstructionTokenizer,
+) -> Result<()> {
+    let state = trainer.state();
+    let config = trainer.model.config();
+    let conflict = |flag: &str, given: String, kept: String| {
+        Err(Error::Config(format!(
+            "{flag} {given} differs from the checkpoint's {kept}; a resumed run keeps its checkpoint's (drop the flag)"
+        )))
+    };
+    if let Some(b) = options.batch_size.filter(|&b| b != state.batch_size) {
+        return conflict("--batch-size", b.to_string(), state.batch_size.to_string());
+    }
+    if let Some(seed) = options.seed.filter(|&s| s != state.dropout_seed) {
+        return conflict("--seed", seed.to_string(), state.dropout_seed.to_string());
+    }
+    if let Some(lr) = options.learning_rate.filter(|&lr| lr != config.lr) {
+        return conflict("--learning-rate", lr.to_string(), config.lr.to_string());
+    }
+    if let Some(w) = options.warmup.filter(|&w| w != config.warmup) {
+        return conflict("--warmup", w.to_string(), config.warmup.to_string());
+    }
+    if let Some(spec) = &options.config {
+        let asked = resolve_config(spec, tokenizer, Some(config.lr), Some(config.warmup))?;
+        if asked != *config {
+            return conflict("--config", spec.clone(), "config.json".into());
+        }
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) pretraining.
 pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     let tokenizer = InstructionTokenizer::load(&options.tokenizer)?;
@@ -288,19 +359,25 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
                     options.tokenizer.display()
                 )));
             }
+            check_resume_flags(options, &trainer, &tokenizer)?;
             trainer
         }
         None => {
             let config = resolve_config(
-                &options.config,
+                options.config.as_deref().unwrap_or(DEFAULT_CONFIG),
                 &tokenizer,
                 options.learning_rate,
                 options.warmup,
             )?;
             let rows = read_tokenized(&options.dataset)?.len();
-            let total = options.epochs * batches_per_epoch(rows, options.batch_size);
-            let model = Model::new(config, options.device, options.seed)?;
-            Trainer::new(model, options.batch_size, total, options.seed)?
+            let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+            let epochs = options.epochs.unwrap_or(DEFAULT_EPOCHS);
+            let total = epochs
+                .checked_mul(batches_per_epoch(rows, batch_size))
+                .ok_or_else(|| Error::Config(format!("--epochs {epochs} is too large")))?;
+            let seed = options.seed.unwrap_or(0);
+            let model = Model::new(config, options.device, seed)?;
+            Trainer::new(model, batch_size, total, seed)?
         }
     };
     let config = trainer.model.config().clone();
@@ -319,7 +396,10 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         *trainer.early_stopping_mut() = Some(EarlyStopping::new(goal));
     }
     let batch_size = trainer.state().batch_size;
-    let epochs = options.epochs;
+    // Unless told otherwise, run to the end of the schedule the run was planned with.
+    let epochs = options.epochs.unwrap_or_else(|| {
+        (trainer.state().total_steps / batches_per_epoch(train.len(), batch_size).max(1)).max(1)
+    });
     let total = options.max_steps.map_or(trainer.state().total_steps, |m| {
         m.min(trainer.state().total_steps)
     });
@@ -328,7 +408,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     // Both callbacks append to the metrics file.
     let metrics = RefCell::new(MetricsWriter::open(&metrics_path, resume_step)?);
     let bar = progress_bar(total, trainer.state().step, options.progress);
-    let validation_seed = options.seed.wrapping_add(1);
+    let validation_seed = trainer.state().dropout_seed.wrapping_add(1);
     let start = Instant::now();
     let start_step = trainer.state().step;
     let mut tokens_seen = 0usize;
@@ -351,7 +431,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             metrics.borrow_mut().write(&Record::Step {
                 step: report.step,
                 epoch: t.state().epoch + 1,
-                loss: report.loss,
+                loss: Some(report.loss).filter(|l| l.is_finite()),
                 lr: report.lr,
                 tokens: report.tokens,
                 tokens_per_second: rate,

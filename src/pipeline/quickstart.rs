@@ -197,12 +197,12 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     let mut pretrain_options =
         PretrainOptions::new(tokenizer_path.clone(), train_path, output.clone());
     pretrain_options.validation = Some(validation_path);
-    pretrain_options.batch_size = options.batch_size;
-    pretrain_options.epochs = epochs;
+    pretrain_options.batch_size = Some(options.batch_size);
+    pretrain_options.epochs = Some(epochs);
     pretrain_options.learning_rate = Some(options.learning_rate);
-    pretrain_options.config = "tiny".into();
+    pretrain_options.config = Some("tiny".into());
     pretrain_options.device = options.device;
-    pretrain_options.seed = options.seed;
+    pretrain_options.seed = Some(options.seed);
     pretrain_options.progress = options.progress;
     println!(
         "  {epochs} epochs of {batches} batches of {} on {}",

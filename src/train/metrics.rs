@@ -17,7 +17,8 @@ pub enum Record {
         /// 1-based optimiser step.
         step: u64,
         epoch: u64,
-        loss: f32,
+        /// None for a batch in which nothing was masked (it has no loss).
+        loss: Option<f32>,
         /// The learning rate this step used.
         lr: f64,
         tokens: usize,
@@ -49,17 +50,22 @@ impl MetricsWriter {
     /// one consistent run.
     pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self> {
         if let Some(step) = resume_step.filter(|_| path.exists()) {
-            let kept: Vec<String> = read_records(path)?
-                .into_iter()
-                .filter(|r| match r {
-                    Record::Step { step: s, .. } | Record::Epoch { step: s, .. } => *s <= step,
-                })
-                .map(|r| serde_json::to_string(&r).expect("records serialise"))
-                .collect();
-            let mut text = kept.join("\n");
-            if !text.is_empty() {
-                text.push('\n');
+            // Keep the original lines byte for byte: only whole records up to the step survive.
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+            let mut kept = String::new();
+            for (line, record) in text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .zip(read_records(path)?)
+            {
+                let (Record::Step { step: s, .. } | Record::Epoch { step: s, .. }) = record;
+                if s <= step {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
             }
+            let text = kept;
             std::fs::write(path, text)
                 .map_err(|e| Error::io(format!("rewriting {}", path.display()), e))?;
         } else if resume_step.is_none() && path.exists() {

@@ -51,7 +51,9 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
     let mut epochs = Vec::new();
     for r in records {
         match r {
-            Record::Step { step, loss, lr, .. } => steps.push((*step as f64, *loss as f64, *lr)),
+            Record::Step { step, loss, lr, .. } => {
+                steps.push((*step as f64, loss.map_or(f64::NAN, |l| l as f64), *lr))
+            }
             Record::Epoch {
                 step,
                 epoch,
@@ -85,6 +87,7 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             steps
                 .iter()
                 .map(|s| s.1)
+                .filter(|l| l.is_finite())
                 .chain(epochs.iter().filter_map(|e| e.2)),
         );
         let mut chart = ChartBuilder::on(&panels[0])
@@ -100,7 +103,10 @@ pub fn plot_metrics(records: &[Record], path: &Path) -> Result<()> {
             .draw()
             .map_err(plot_error)?;
         chart
-            .draw_series(LineSeries::new(steps.iter().map(|s| (s.0, s.1)), &BLUE))
+            .draw_series(LineSeries::new(
+                steps.iter().filter(|s| s.1.is_finite()).map(|s| (s.0, s.1)),
+                &BLUE,
+            ))
             .map_err(plot_error)?
             .label("training (per step)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));

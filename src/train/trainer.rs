@@ -69,6 +69,7 @@ pub enum Continue {
 pub struct StepReport {
     /// 1-based number of the step just taken.
     pub step: u64,
+    /// NaN when the collator masked no position of the batch (see [`Trainer::step`]).
     pub loss: f32,
     /// The learning rate this step used.
     pub lr: f64,
@@ -144,6 +145,11 @@ impl Trainer {
 
     /// Masks `rows`, computes the loss and its gradient, and takes one AdamW step. A non-finite
     /// loss is an error and leaves the parameters untouched.
+    ///
+    /// A batch in which the collator masked nothing (likely for a few short rows) has no loss.
+    /// The reference then back-propagates a NaN loss whose gradient is zero everywhere and still
+    /// takes the optimiser step (weight decay and momentum apply, the schedule advances); so does
+    /// this, reporting the loss as NaN and leaving it out of the epoch's mean.
     pub fn step(&mut self, rows: &[Example]) -> Result<StepReport> {
         let batch = self.collator.collate(rows)?;
         let backend = self.model.backend();
@@ -153,14 +159,19 @@ impl Trainer {
             seed: self.state.dropout_seed,
             step: self.state.step,
         };
-        let loss = self.model.loss_and_backward(
+        let loss = match self.model.loss_and_backward(
             &batch.tokens,
             &batch.mask,
             &batch.labels,
             &mut self.grads,
             Some(dropout),
-        )?;
-        if !loss.is_finite() {
+        ) {
+            Ok(loss) => Some(loss),
+            // Labels are checked before any gradient is written, so the buffer is still zero.
+            Err(Error::NoLabels) => None,
+            Err(e) => return Err(e),
+        };
+        if let Some(loss) = loss.filter(|l| !l.is_finite()) {
             return Err(Error::NonFiniteLoss {
                 loss,
                 step: self.state.step + 1,
@@ -175,11 +186,13 @@ impl Trainer {
             lr,
         )?;
         self.state.step += 1;
-        self.state.epoch_loss_sum += loss as f64;
-        self.state.epoch_loss_count += 1;
+        if let Some(loss) = loss {
+            self.state.epoch_loss_sum += loss as f64;
+            self.state.epoch_loss_count += 1;
+        }
         Ok(StepReport {
             step: self.state.step,
-            loss,
+            loss: loss.unwrap_or(f32::NAN),
             lr,
             tokens: rows
                 .iter()
@@ -203,8 +216,25 @@ impl Trainer {
         if data.is_empty() {
             return Err(Error::Config("the training data has no rows".into()));
         }
+        // A resumed run that had already stopped early stays stopped.
+        if self
+            .state
+            .early_stopping
+            .as_ref()
+            .is_some_and(|e| e.should_stop())
+        {
+            return Ok(Continue::Stop);
+        }
         let batch_size = self.state.batch_size;
         let batches: Vec<&[Example]> = data.chunks(batch_size).collect();
+        if self.state.batch_in_epoch as usize > batches.len() {
+            return Err(Error::Config(format!(
+                "the run stopped after batch {} of epoch {}, but the data has only {} batches of {batch_size}: is it the same dataset?",
+                self.state.batch_in_epoch,
+                self.state.epoch + 1,
+                batches.len()
+            )));
+        }
         while self.state.epoch < epochs {
             while (self.state.batch_in_epoch as usize) < batches.len() {
                 if max_steps.is_some_and(|m| self.state.step >= m) {
@@ -272,6 +302,9 @@ impl Trainer {
         })?;
         let state: TrainerState = serde_json::from_str(&text)
             .map_err(|e| Error::checkpoint(&state_path, format!("invalid trainer state: {e}")))?;
+        if state.batch_size == 0 {
+            return Err(Error::checkpoint(&state_path, "batch_size is 0"));
+        }
 
         let opt_path = dir.join(OPTIMIZER_FILE);
         let mut tensors = read_f32_tensors(&opt_path)?;
