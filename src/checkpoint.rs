@@ -21,8 +21,9 @@ use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 
-/// Writes a directory atomically: `write` fills a fresh temporary directory beside `dir`, which
-/// then replaces `dir` by rename.
+/// Writes a directory atomically: `write` fills a fresh temporary directory beside `dir`, its
+/// files are synced, and it then replaces `dir` (see `replace_dir`), so `dir` always holds either
+/// the previous complete contents or the new ones.
 pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = match dir.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -53,18 +54,78 @@ pub fn write_dir_atomically(dir: &Path, write: impl FnOnce(&Path) -> Result<()>)
             .and_then(|f| f.sync_all())
             .map_err(|e| Error::io(format!("syncing {}", path.display()), e))?;
     }
-    let old = parent.join(format!(".{name}.old-{unique}"));
-    let had_old = dir.exists();
-    if had_old {
-        fs::rename(dir, &old)
-            .map_err(|e| Error::io(format!("moving aside {}", dir.display()), e))?;
+    replace_dir(&tmp, dir)?;
+    // Make the rename itself durable.
+    fs::File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("syncing {}", parent.display()), e))
+}
+
+/// Moves the finished directory `new` to `dir`, replacing what was there. Where the kernel can
+/// exchange two directories in one step, there is no moment without a complete `dir`; elsewhere
+/// the old one is moved aside first, and a crash between the two renames leaves it complete
+/// under a `.NAME.old-*` name.
+fn replace_dir(new: &Path, dir: &Path) -> Result<()> {
+    if !dir.exists() {
+        return fs::rename(new, dir)
+            .map_err(|e| Error::io(format!("renaming into {}", dir.display()), e));
     }
-    fs::rename(&tmp, dir).map_err(|e| Error::io(format!("renaming into {}", dir.display()), e))?;
-    if had_old {
-        fs::remove_dir_all(&old)
-            .map_err(|e| Error::io(format!("removing {}", old.display()), e))?;
+    if exchange(new, dir)? {
+        // `new` now holds the previous contents.
+        return fs::remove_dir_all(new)
+            .map_err(|e| Error::io(format!("removing {}", new.display()), e));
     }
-    Ok(())
+    let old = new.with_file_name(
+        new.file_name()
+            .map(|n| n.to_string_lossy().replace(".tmp-", ".old-"))
+            .unwrap_or_default(),
+    );
+    fs::rename(dir, &old).map_err(|e| Error::io(format!("moving aside {}", dir.display()), e))?;
+    fs::rename(new, dir).map_err(|e| Error::io(format!("renaming into {}", dir.display()), e))?;
+    fs::remove_dir_all(&old).map_err(|e| Error::io(format!("removing {}", old.display()), e))
+}
+
+/// Atomically swaps two paths; false where the system or file system cannot.
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> Result<bool> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+            Error::io(
+                format!("path {}", p.display()),
+                std::io::ErrorKind::InvalidInput.into(),
+            )
+        })
+    };
+    let (a_c, b_c) = (c(a)?, c(b)?);
+    // SAFETY: both arguments are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a_c.as_ptr(),
+            libc::AT_FDCWD,
+            b_c.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        return Ok(true);
+    }
+    let err = std::io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Not supported by this kernel or file system: fall back to two renames.
+        Some(libc::ENOSYS) | Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => Ok(false),
+        _ => Err(Error::io(
+            format!("exchanging {} with {}", a.display(), b.display()),
+            err,
+        )),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_a: &Path, _b: &Path) -> Result<bool> {
+    Ok(false)
 }
 
 fn nanos() -> u128 {
@@ -167,4 +228,27 @@ pub fn load_model(
         other => other,
     })?;
     InstructionTraceTransformerEncoderForMaskedLM::from_parameters(config, device, &values)
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directories_are_exchanged_in_one_step() {
+        let root = tempfile::tempdir().unwrap();
+        let (a, b) = (root.path().join("a"), root.path().join("b"));
+        fs::create_dir(&a).unwrap();
+        fs::create_dir(&b).unwrap();
+        fs::write(a.join("x"), "new").unwrap();
+        fs::write(b.join("x"), "old").unwrap();
+        if !exchange(&a, &b).unwrap() {
+            eprintln!(
+                "skipped: this file system cannot exchange directories (two renames are used)"
+            );
+            return;
+        }
+        assert_eq!(fs::read_to_string(b.join("x")).unwrap(), "new");
+        assert_eq!(fs::read_to_string(a.join("x")).unwrap(), "old");
+    }
 }
