@@ -64,6 +64,9 @@ pub fn evaluate(model: &Model, rows: &[Example], batch_size: usize) -> Result<Ev
     if rows.is_empty() {
         return Err(Error::Config("the evaluation dataset has no rows".into()));
     }
+    if batch_size == 0 {
+        return Err(Error::Config("batch size must be positive".into()));
+    }
     let config = model.config();
     let mut collator = MaskedLMCollator::new(
         config.mask_token_id,
@@ -72,7 +75,7 @@ pub fn evaluate(model: &Model, rows: &[Example], batch_size: usize) -> Result<Ev
         EVALUATION_SEED,
     )?;
     let batches = rows
-        .chunks(batch_size.max(1))
+        .chunks(batch_size)
         .map(|chunk| collator.collate(chunk))
         .collect::<Result<Vec<_>>>()?;
     // Warm-up: the first pass pays for allocations the later ones reuse.

@@ -38,7 +38,8 @@ pub struct TrainerState {
     pub masking_probability: f32,
     pub collator: CollatorState,
     pub adamw: AdamWConfig,
-    /// Sum and count of the training losses of the epoch in progress.
+    /// The training losses of the epoch in progress, each weighted by its batch's rows (as
+    /// Lightning averages a logged value over an epoch), and the rows counted.
     #[serde(default)]
     pub epoch_loss_sum: f64,
     #[serde(default)]
@@ -53,7 +54,7 @@ pub struct TrainerState {
 pub struct EpochEnd {
     /// 1-based number of the finished epoch.
     pub epoch: u64,
-    /// Mean training loss over its steps.
+    /// Mean training loss over its steps, weighted by batch size.
     pub mean_loss: f64,
 }
 
@@ -187,8 +188,8 @@ impl Trainer {
         )?;
         self.state.step += 1;
         if let Some(loss) = loss {
-            self.state.epoch_loss_sum += loss as f64;
-            self.state.epoch_loss_count += 1;
+            self.state.epoch_loss_sum += loss as f64 * rows.len() as f64;
+            self.state.epoch_loss_count += rows.len() as u64;
         }
         Ok(StepReport {
             step: self.state.step,
