@@ -16,7 +16,6 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use super::corpus::{CorpusSummary, corpus_rows};
-use super::infer::fill_masks;
 use super::pretrain::{PretrainOptions, PretrainSummary, pretrain};
 use crate::checkpoint::load_model;
 use crate::data::parquet::{CorpusRow, TokenizedRow, write_corpus, write_tokenized};
@@ -24,6 +23,7 @@ use crate::data::synthetic;
 use crate::data::tokenizer::InstructionTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::tensor::Tensor;
 use crate::train::batches_per_epoch;
 
 /// Where the built-in job looks for binaries, in order.
@@ -233,7 +233,8 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     Ok(result)
 }
 
-/// Masks every third instruction's mnemonic of a held-out function and shows the model's guess.
+/// Masks the first token (the mnemonic) of every third instruction of a held-out function and
+/// shows what the model puts there. Works on token ids, so nothing is re-tokenized.
 fn show_real_function(
     checkpoint: &Path,
     tokenizer: &InstructionTokenizer,
@@ -244,33 +245,37 @@ fn show_real_function(
     let Some(row) = validation.iter().find(|r| r.mask.iter().sum::<i32>() >= 24) else {
         return Ok(());
     };
-    let real: Vec<i32> = row
-        .tokens
-        .iter()
-        .zip(&row.mask)
-        .filter(|(_, m)| **m == 1)
-        .map(|(t, _)| *t)
-        .collect();
-    let text = tokenizer.decode(&real)?;
-    let instructions: Vec<&str> = text.split(" [NEXT] ").take(8).collect();
-    let masked: Vec<String> = instructions
-        .iter()
-        .enumerate()
-        .map(|(i, ins)| {
-            if i % 3 == 1 {
-                let mut words: Vec<&str> = ins.split_whitespace().collect();
-                words[0] = "[MASK]";
-                words.join(" ")
-            } else {
-                ins.to_string()
+    let next = tokenizer.next_token_id() as i32;
+    let mask = tokenizer.mask_token_id() as i32;
+    // The first eight instructions.
+    let mut original = Vec::new();
+    let mut instructions = 0;
+    for (&t, &m) in row.tokens.iter().zip(&row.mask) {
+        if m == 0 {
+            break;
+        }
+        if t == next {
+            instructions += 1;
+            if instructions == 8 {
+                break;
             }
-        })
-        .collect();
-    let masked = masked.join(" [NEXT] ");
-    let filled = fill_masks(&model, tokenizer, &masked, 1)?;
+        }
+        original.push(t);
+    }
+    let mut masked = original.clone();
+    let mut index = 0;
+    for j in 0..masked.len() {
+        if j == 0 || original[j - 1] == next {
+            if index % 3 == 1 {
+                masked[j] = mask;
+            }
+            index += 1;
+        }
+    }
+    let filled = model.infer(&Tensor::from_i32(&[masked.len()], masked.clone())?, None)?;
     println!("\na held-out function ({}), mnemonics masked:", row.id);
-    println!("  original: {}", instructions.join(" [NEXT] "));
-    println!("  masked:   {masked}");
-    println!("  filled:   {}", filled.output);
+    println!("  original: {}", tokenizer.decode(&original)?);
+    println!("  masked:   {}", tokenizer.decode(&masked)?);
+    println!("  filled:   {}", tokenizer.decode(&filled.to_vec_i32()?)?);
     Ok(())
 }
