@@ -551,3 +551,44 @@ fn a_killed_run_resumes_from_its_last_complete_checkpoint() {
     ]);
     assert!(said.contains(&format!("epoch {target}")), "{said}");
 }
+
+#[test]
+fn a_validation_set_too_small_to_score_fails_before_training() {
+    use undertale_maskedlm::data::parquet::write_tokenized;
+    let (tokenizer, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    // One row with a single real token: try seeds until the fixed validation masks miss it.
+    let mut row = read_tokenized(&data).unwrap().remove(0);
+    row.mask.iter_mut().skip(1).for_each(|m| *m = 0);
+    let small = dir.path().join("small.parquet");
+    write_tokenized(&small, &[row]).unwrap();
+    for seed in 0..30 {
+        let out = dir.path().join(format!("run{seed}"));
+        let seed = seed.to_string();
+        let run = maskedlm(&[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&data),
+            s(&out),
+            "--validation",
+            s(&small),
+            "--config",
+            "tiny",
+            "--max-steps",
+            "1",
+            "--seed",
+            &seed,
+        ]);
+        if !run.status.success() {
+            let stderr = String::from_utf8_lossy(&run.stderr);
+            assert!(stderr.contains("masks no token"), "{stderr}");
+            assert!(
+                !out.join("metrics.jsonl").exists(),
+                "it failed before training"
+            );
+            return;
+        }
+    }
+    panic!("no seed in 0..30 left the one-token validation row unmasked");
+}

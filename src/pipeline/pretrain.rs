@@ -250,6 +250,40 @@ pub fn load_examples(path: &Path, config: &Config) -> Result<Vec<Example>> {
     Ok(rows.into_iter().map(|r| r.example()).collect())
 }
 
+/// The collator that masks the validation rows: a fixed seed, so every epoch is scored on the
+/// same masks.
+fn validation_collator(config: &Config, seed: u64) -> Result<MaskedLMCollator> {
+    MaskedLMCollator::new(
+        config.mask_token_id,
+        config.vocab_size,
+        crate::data::collator::DEFAULT_PROBABILITY,
+        seed,
+    )
+}
+
+/// Whether the validation masks leave anything to score; checked before training, so a set too
+/// small to score fails at once rather than after the first epoch.
+fn validation_has_masks(
+    config: &Config,
+    rows: &[Example],
+    batch_size: usize,
+    seed: u64,
+) -> Result<bool> {
+    let mut collator = validation_collator(config, seed)?;
+    for chunk in rows.chunks(batch_size) {
+        if collator
+            .collate(chunk)?
+            .labels
+            .to_vec_i32()?
+            .iter()
+            .any(|&l| l != -100)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Validation loss and F1 (masked-token accuracy) under a collator with a fixed seed, so every
 /// epoch is scored on the same masks.
 pub fn validate(
@@ -258,13 +292,7 @@ pub fn validate(
     batch_size: usize,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let config = model.config();
-    let mut collator = MaskedLMCollator::new(
-        config.mask_token_id,
-        config.vocab_size,
-        crate::data::collator::DEFAULT_PROBABILITY,
-        seed,
-    )?;
+    let mut collator = validation_collator(model.config(), seed)?;
     let mut totals = Totals::default();
     for chunk in rows.chunks(batch_size) {
         let batch = collator.collate(chunk)?;
@@ -405,10 +433,18 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     });
 
     let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
+    let validation_seed = trainer.state().dropout_seed.wrapping_add(1);
+    if let (Some(rows), Some(path)) = (&validation, &options.validation)
+        && !validation_has_masks(&config, rows, batch_size, validation_seed)?
+    {
+        return Err(Error::dataset(
+            path,
+            "the validation collator masks no token of it (too few real tokens to score)",
+        ));
+    }
     // Both callbacks append to the metrics file.
     let metrics = RefCell::new(MetricsWriter::open(&metrics_path, resume_step)?);
     let bar = progress_bar(total, trainer.state().step, options.progress);
-    let validation_seed = trainer.state().dropout_seed.wrapping_add(1);
     let start = Instant::now();
     let start_step = trainer.state().step;
     let mut tokens_seen = 0usize;
