@@ -9,18 +9,17 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use undertale_maskedlm::checkpoint::load_model;
-use undertale_maskedlm::data::parquet::{
-    TokenizedRow, read_corpus, read_tokenized, write_tokenized,
-};
+use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
 use undertale_maskedlm::pipeline::corpus::disassemble_to_parquet;
+use undertale_maskedlm::pipeline::corpus::tokenize_rows;
 use undertale_maskedlm::pipeline::evaluate::evaluate;
 use undertale_maskedlm::pipeline::infer::fill_masks;
-use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, pretrain};
+use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, check_tokenizer_matches, pretrain};
 use undertale_maskedlm::pipeline::quickstart::{QuickstartOptions, quickstart};
 use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
 use undertale_maskedlm::{Device, Error, Result, Tensor};
@@ -258,18 +257,7 @@ fn run(command: Command) -> Result<()> {
         } => {
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             let rows = read_corpus(&corpus)?;
-            let texts: Vec<&str> = rows.iter().map(|r| r.disassembly.as_str()).collect();
-            let encodings = tokenizer.encode_batch(&texts)?;
-            let truncated = encodings.iter().filter(|e| e.truncated).count();
-            let tokenized: Vec<TokenizedRow> = rows
-                .into_iter()
-                .zip(encodings)
-                .map(|(r, e)| TokenizedRow {
-                    id: r.id,
-                    tokens: e.tokens,
-                    mask: e.mask,
-                })
-                .collect();
+            let (tokenized, truncated) = tokenize_rows(&tokenizer, &rows)?;
             write_tokenized(&output, &tokenized)?;
             println!(
                 "{} rows -> {} ({truncated} truncated to {} tokens)",
@@ -387,25 +375,7 @@ fn run(command: Command) -> Result<()> {
 
 /// A checkpoint and a tokenizer must agree on the ids the model was built with.
 fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<()> {
-    let c = model.config();
-    if (c.vocab_size, c.mask_token_id, c.next_token_id)
-        != (
-            tokenizer.vocab_size(),
-            tokenizer.mask_token_id(),
-            tokenizer.next_token_id(),
-        )
-    {
-        return Err(Error::Config(format!(
-            "the checkpoint (vocab_size {}, [MASK] {}, [NEXT] {}) was not trained with this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
-            c.vocab_size,
-            c.mask_token_id,
-            c.next_token_id,
-            tokenizer.vocab_size(),
-            tokenizer.mask_token_id(),
-            tokenizer.next_token_id()
-        )));
-    }
-    Ok(())
+    check_tokenizer_matches(model.config(), tokenizer).map_err(Error::Config)
 }
 
 fn demo(args: &DemoArgs) -> Result<()> {

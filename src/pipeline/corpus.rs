@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::data::disassemble::{FileFunctions, disassemble_file};
-use crate::data::parquet::{CorpusRow, write_corpus};
+use crate::data::parquet::{CorpusRow, TokenizedRow, write_corpus};
+use crate::data::tokenizer::InstructionTokenizer;
 use crate::error::{Error, Result};
 
 /// What a disassembly run read and wrote.
@@ -90,4 +91,25 @@ pub fn disassemble_to_parquet(
     let (rows, summary) = corpus_rows(&files, progress);
     write_corpus(output, &rows)?;
     Ok(summary)
+}
+
+/// Tokenizes corpus rows as the reference's tokenize does (`id`, `tokens`, `mask`, padded and
+/// truncated by the tokenizer); also returns how many rows were truncated.
+pub fn tokenize_rows(
+    tokenizer: &InstructionTokenizer,
+    rows: &[CorpusRow],
+) -> Result<(Vec<TokenizedRow>, usize)> {
+    let texts: Vec<&str> = rows.iter().map(|r| r.disassembly.as_str()).collect();
+    let encodings = tokenizer.encode_batch(&texts)?;
+    let truncated = encodings.iter().filter(|e| e.truncated).count();
+    let tokenized = rows
+        .iter()
+        .zip(encodings)
+        .map(|(r, e)| TokenizedRow {
+            id: r.id.clone(),
+            tokens: e.tokens,
+            mask: e.mask,
+        })
+        .collect();
+    Ok((tokenized, truncated))
 }

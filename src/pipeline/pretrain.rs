@@ -320,6 +320,31 @@ fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
     bar
 }
 
+/// A model and a tokenizer must agree on the ids the model was built with; the error text says
+/// how they differ.
+pub fn check_tokenizer_matches(
+    config: &Config,
+    tokenizer: &InstructionTokenizer,
+) -> std::result::Result<(), String> {
+    let model = (
+        config.vocab_size,
+        config.mask_token_id,
+        config.next_token_id,
+    );
+    let ids = (
+        tokenizer.vocab_size(),
+        tokenizer.mask_token_id(),
+        tokenizer.next_token_id(),
+    );
+    if model == ids {
+        return Ok(());
+    }
+    Err(format!(
+        "the model (vocab_size {}, [MASK] {}, [NEXT] {}) was not built for this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
+        model.0, model.1, model.2, ids.0, ids.1, ids.2
+    ))
+}
+
 /// On resume the checkpoint fixes the model, batch size, seed and schedule: a flag that asks for
 /// something else is an error rather than silently ignored.
 fn check_resume_flags(
@@ -365,30 +390,19 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     let metrics_path = options.output.join("metrics.jsonl");
     let plot_path = options.output.join("metrics.png");
 
-    let mut trainer = match &options.checkpoint {
+    // The dataset is read once, checked against the model's configuration.
+    let (mut trainer, train) = match &options.checkpoint {
         Some(checkpoint) => {
             let trainer = Trainer::resume(checkpoint, options.device)?;
-            let config = trainer.model.config();
-            if (
-                config.vocab_size,
-                config.mask_token_id,
-                config.next_token_id,
-            ) != (
-                tokenizer.vocab_size(),
-                tokenizer.mask_token_id(),
-                tokenizer.next_token_id(),
-            ) {
-                return Err(Error::Config(format!(
-                    "checkpoint {} was trained with another tokenizer (vocab_size {}, [MASK] {}, [NEXT] {}) than {}",
-                    checkpoint.display(),
-                    config.vocab_size,
-                    config.mask_token_id,
-                    config.next_token_id,
-                    options.tokenizer.display()
-                )));
-            }
+            check_tokenizer_matches(trainer.model.config(), &tokenizer).map_err(|reason| {
+                Error::checkpoint(
+                    checkpoint,
+                    format!("{reason} ({})", options.tokenizer.display()),
+                )
+            })?;
             check_resume_flags(options, &trainer, &tokenizer)?;
-            trainer
+            let train = load_examples(&options.dataset, trainer.model.config())?;
+            (trainer, train)
         }
         None => {
             let config = resolve_config(
@@ -397,19 +411,18 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
                 options.learning_rate,
                 options.warmup,
             )?;
-            let rows = read_tokenized(&options.dataset)?.len();
+            let train = load_examples(&options.dataset, &config)?;
             let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
             let epochs = options.epochs.unwrap_or(DEFAULT_EPOCHS);
             let total = epochs
-                .checked_mul(batches_per_epoch(rows, batch_size))
+                .checked_mul(batches_per_epoch(train.len(), batch_size))
                 .ok_or_else(|| Error::Config(format!("--epochs {epochs} is too large")))?;
             let seed = options.seed.unwrap_or(0);
             let model = Model::new(config, options.device, seed)?;
-            Trainer::new(model, batch_size, total, seed)?
+            (Trainer::new(model, batch_size, total, seed)?, train)
         }
     };
     let config = trainer.model.config().clone();
-    let train = load_examples(&options.dataset, &config)?;
     let validation = options
         .validation
         .as_ref()

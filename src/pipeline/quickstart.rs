@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::corpus::{CorpusSummary, corpus_rows};
+use super::corpus::{CorpusSummary, corpus_rows, tokenize_rows};
 use super::pretrain::{PretrainOptions, PretrainSummary, pretrain};
 use crate::checkpoint::load_model;
 use crate::data::parquet::{CorpusRow, TokenizedRow, write_corpus, write_tokenized};
@@ -167,17 +167,7 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     println!("\n[3/4] tokenizing");
     // The reference shuffles before its loader; hold out 5% for validation.
     rows.shuffle(&mut ChaCha8Rng::seed_from_u64(options.seed));
-    let texts: Vec<&str> = rows.iter().map(|r| r.disassembly.as_str()).collect();
-    let encodings = tokenizer.encode_batch(&texts)?;
-    let tokenized: Vec<TokenizedRow> = rows
-        .iter()
-        .zip(encodings)
-        .map(|(r, e)| TokenizedRow {
-            id: r.id.clone(),
-            tokens: e.tokens,
-            mask: e.mask,
-        })
-        .collect();
+    let (tokenized, _) = tokenize_rows(&tokenizer, &rows)?;
     let held_out = (tokenized.len() / 20).max(1);
     let (train_rows, validation_rows) = tokenized.split_at(tokenized.len() - held_out);
     let train_path = work.join("train.parquet");
