@@ -97,6 +97,10 @@ pub enum Error {
     #[error("tokenizer: {reason}")]
     Tokenizer { reason: String },
 
+    /// A GPU kernel (or its emulated twin) that could not be found, launched or run to completion.
+    #[error("kernel `{kernel}`: {reason}")]
+    Kernel { kernel: String, reason: String },
+
     /// A binary that looked like an ELF file but could not be read.
     #[error("disassembly of {path}: {reason}")]
     Disassembly { path: PathBuf, reason: String },

@@ -12,6 +12,7 @@
 //! - integer inputs (tokens, masks, labels, row indices) are `I32` tensors.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::device::Device;
 use crate::error::Result;

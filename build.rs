@@ -1,0 +1,279 @@
+//! Builds the kernels two ways from the same `.cu` sources:
+//!
+//! - **Emulator** (always): every `kernels/*.cu` is compiled by the host C++ compiler against
+//!   `kernels/emulator/`, together with the emulator runtime, into a static library linked into the
+//!   crate. For each file a glue translation unit is generated that lists its `extern "C" __global__`
+//!   kernels by name with a variadic trampoline, so launching by name needs no hand-written glue.
+//!   The emulator's own self-test kernels (`tests/emulator_kernels/*.cu`, some deliberately broken)
+//!   go into a second library that only test binaries link.
+//! - **GPU** (when nvcc is found through `NVCC`, `CUDA_HOME` or `PATH`): every `.cu` is compiled to
+//!   PTX for each supported architecture and embedded (`$OUT_DIR/kernels_ptx.rs`). Without nvcc the
+//!   crate still builds; `MASKEDLM_REQUIRE_NVCC=1` makes a missing or failing nvcc a build error.
+
+use std::env;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The GPU architectures PTX is generated for: Ampere (A100) and Hopper (H100/H200).
+const ARCHITECTURES: [&str; 2] = ["sm_80", "sm_90"];
+
+fn main() {
+    let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let kernel_dir = root.join("kernels");
+    let selftest_dir = root.join("tests").join("emulator_kernels");
+    for path in [&kernel_dir, &selftest_dir] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    for path in fs::read_dir(kernel_dir.join("emulator")).unwrap() {
+        println!("cargo:rerun-if-changed={}", path.unwrap().path().display());
+    }
+    for var in ["NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "MASKEDLM_REQUIRE_NVCC"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+
+    let kernels = cu_files(&kernel_dir);
+    let selftests = cu_files(&selftest_dir);
+    for file in kernels.iter().chain(&selftests) {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+
+    // The emulator runtime and the product kernels.
+    let mut library = emulator_build(&kernel_dir);
+    for file in ["runtime.cpp", "context.cpp", "tensor_core.cpp"] {
+        library.file(kernel_dir.join("emulator").join(file));
+    }
+    for file in glue_files(&out, "kernels", &kernels, "emu_library_kernels") {
+        library.file(file);
+    }
+    library.compile("maskedlm_emulator");
+
+    // The self-test kernels, linked into test binaries only.
+    let mut selftest = emulator_build(&kernel_dir);
+    for file in glue_files(&out, "selftest", &selftests, "emu_selftest_kernels") {
+        selftest.file(file);
+    }
+    selftest.cargo_metadata(false).compile("maskedlm_emulator_selftest");
+    println!("cargo:rustc-link-arg-tests={}", out.join("libmaskedlm_emulator_selftest.a").display());
+
+    compile_ptx(&root, &out, &kernel_dir, &kernels, &selftests);
+}
+
+/// The `.cu` files directly in `dir`, sorted.
+fn cu_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn emulator_build(kernel_dir: &Path) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .std("c++20")
+        .include(kernel_dir)
+        .flag_if_supported("-fno-strict-aliasing")
+        // Kernel code is written for nvcc and would trip host-only warnings (unused parameters of
+        // launch-bound kernels, the deliberately broken self-tests); the runtime is kept clean.
+        .warnings(false);
+    build
+}
+
+/// The `extern "C" __global__` kernel names in a `.cu` source, in order.
+fn kernel_names(source: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = source;
+    while let Some(at) = rest.find("__global__") {
+        let after = &rest[at + "__global__".len()..];
+        let is_extern_c = rest[..at].trim_end().ends_with("extern \"C\"");
+        rest = after;
+        if !is_extern_c {
+            continue;
+        }
+        let Some(open) = after.find('(') else { break };
+        let mut head = after[..open].trim();
+        // Skip `__launch_bounds__(...)` between the return type and the name.
+        if let Some(bounds) = head.find("__launch_bounds__") {
+            let close = after[bounds..].find(')').map(|c| bounds + c + 1).unwrap_or(open);
+            let tail = &after[close..];
+            let open2 = tail.find('(').unwrap_or(0);
+            head = tail[..open2].trim();
+        }
+        if let Some(name) = head.split_whitespace().last() {
+            names.push(name.to_string());
+        }
+    }
+    names
+}
+
+/// One glue translation unit per `.cu` file (the file itself plus a table of its kernels), and one
+/// that lists the tables under `registry` (a C function returning a null-terminated array).
+fn glue_files(out: &Path, group: &str, files: &[PathBuf], registry: &str) -> Vec<PathBuf> {
+    let dir = out.join(format!("emulator_{group}"));
+    fs::create_dir_all(&dir).unwrap();
+    let mut generated = Vec::new();
+    let mut tables = Vec::new();
+    for file in files {
+        let stem = file.file_stem().unwrap().to_string_lossy().replace(['-', '.'], "_");
+        let source = fs::read_to_string(file).unwrap();
+        let table = format!("emu_{group}_{stem}");
+        let mut glue = format!(
+            "// Generated by build.rs: the emulator's launch table for {}.\n#include \"{}\"\n\nextern \"C\" const ::emu::KernelEntry {table}[] = {{\n",
+            file.file_name().unwrap().to_string_lossy(),
+            file.display()
+        );
+        for name in kernel_names(&source) {
+            writeln!(glue, "    {{\"{name}\", [](void** args) {{ ::emu::invoke(&{name}, args); }}}},").unwrap();
+        }
+        glue.push_str("    {nullptr, nullptr},\n};\n");
+        let path = dir.join(format!("{stem}.cpp"));
+        write_if_changed(&path, &glue);
+        generated.push(path);
+        tables.push(table);
+    }
+    let mut registry_source = String::from("// Generated by build.rs.\n#include \"emulator/emulator.h\"\n\n");
+    for table in &tables {
+        writeln!(registry_source, "extern \"C\" const ::emu::KernelEntry {table}[];").unwrap();
+    }
+    registry_source.push_str("static const ::emu::KernelEntry* const tables[] = {");
+    for table in &tables {
+        write!(registry_source, "{table}, ").unwrap();
+    }
+    writeln!(
+        registry_source,
+        "nullptr}};\nextern \"C\" const ::emu::KernelEntry* const* {registry}() {{ return tables; }}"
+    )
+    .unwrap();
+    let path = dir.join("registry.cpp");
+    write_if_changed(&path, &registry_source);
+    generated.push(path);
+    generated
+}
+
+fn write_if_changed(path: &Path, contents: &str) {
+    if fs::read_to_string(path).ok().as_deref() != Some(contents) {
+        fs::write(path, contents).unwrap();
+    }
+}
+
+/// nvcc from `NVCC`, `$CUDA_HOME/bin`, `$CUDA_PATH/bin` or `PATH`.
+fn find_nvcc() -> Option<PathBuf> {
+    if let Some(nvcc) = env::var_os("NVCC") {
+        return Some(PathBuf::from(nvcc));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(home) = env::var_os(var) {
+            let candidate = PathBuf::from(home).join("bin").join("nvcc");
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    env::split_paths(&env::var_os("PATH").unwrap_or_default())
+        .map(|dir| dir.join("nvcc"))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Compiles every `.cu` file to PTX for each architecture, in parallel, and writes
+/// `$OUT_DIR/kernels_ptx.rs`: `KERNEL_PTX` (the product kernels) and `SELFTEST_PTX` (the emulator's
+/// self-test kernels), each a list of (file stem, architecture, PTX text).
+fn compile_ptx(root: &Path, out: &Path, kernel_dir: &Path, kernels: &[PathBuf], selftests: &[PathBuf]) {
+    let required = env::var("MASKEDLM_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+    let nvcc = find_nvcc();
+    let ptx_dir = out.join("ptx");
+    fs::create_dir_all(&ptx_dir).unwrap();
+    let mut listing = String::from("// Generated by build.rs.\n");
+    let Some(nvcc) = nvcc else {
+        if required {
+            panic!("MASKEDLM_REQUIRE_NVCC=1 but nvcc was not found (set NVCC or CUDA_HOME, or put nvcc on PATH)");
+        }
+        println!("cargo:warning=nvcc not found: kernels are not compiled for the GPU in this build");
+        listing.push_str("pub const NVCC_USED: bool = false;\n");
+        listing.push_str("pub const KERNEL_PTX: &[(&str, &str, &str)] = &[];\n");
+        listing.push_str("pub const SELFTEST_PTX: &[(&str, &str, &str)] = &[];\n");
+        write_if_changed(&out.join("kernels_ptx.rs"), &listing);
+        return;
+    };
+    // nvcc installed from PyPI keeps the CCCL headers (`nv/target`, used by cuda_bf16.h) apart.
+    let cccl = nvcc.parent().and_then(|bin| bin.parent()).map(|top| top.join("include").join("cccl"));
+
+    let jobs: Vec<(&PathBuf, &str, PathBuf)> = kernels
+        .iter()
+        .chain(selftests)
+        .flat_map(|file| {
+            ARCHITECTURES.iter().map(move |arch| {
+                let stem = file.file_stem().unwrap().to_string_lossy().to_string();
+                let group = if file.starts_with(kernel_dir) { "kernels" } else { "selftest" };
+                (file, *arch, out.join("ptx").join(format!("{group}_{stem}.{arch}.ptx")))
+            })
+        })
+        .collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs
+            .iter()
+            .map(|(file, arch, ptx)| {
+                let nvcc = &nvcc;
+                let cccl = &cccl;
+                scope.spawn(move || {
+                    let _ = fs::remove_file(ptx);
+                    let mut command = Command::new(nvcc);
+                    command
+                        .arg("-ptx")
+                        .arg(format!("-arch={arch}"))
+                        .arg("-std=c++17")
+                        .arg("-O3")
+                        .arg("-I")
+                        .arg(kernel_dir)
+                        .arg("-o")
+                        .arg(ptx)
+                        .arg(file)
+                        .current_dir(root);
+                    if let Some(cccl) = cccl.as_ref().filter(|c| c.is_dir()) {
+                        command.arg("-I").arg(cccl);
+                    }
+                    match command.output() {
+                        Ok(output) if output.status.success() => None,
+                        Ok(output) => Some(format!(
+                            "nvcc failed on {} for {arch}:\n{}",
+                            file.display(),
+                            String::from_utf8_lossy(&output.stderr)
+                        )),
+                        Err(error) => Some(format!("cannot run {}: {error}", nvcc.display())),
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+    });
+    if !failures.is_empty() {
+        if required {
+            panic!("{}", failures.join("\n"));
+        }
+        for failure in &failures {
+            for line in failure.lines().take(20) {
+                println!("cargo:warning={line}");
+            }
+        }
+    }
+    listing.push_str("pub const NVCC_USED: bool = true;\n");
+    for (constant, group) in [("KERNEL_PTX", "kernels"), ("SELFTEST_PTX", "selftest")] {
+        writeln!(listing, "pub const {constant}: &[(&str, &str, &str)] = &[").unwrap();
+        for (file, arch, ptx) in &jobs {
+            let stem = file.file_stem().unwrap().to_string_lossy();
+            if ptx.file_name().unwrap().to_string_lossy().starts_with(&format!("{group}_")) && ptx.is_file() {
+                writeln!(listing, "    (\"{stem}\", \"{arch}\", include_str!({:?})),", ptx.display()).unwrap();
+            }
+        }
+        listing.push_str("];\n");
+    }
+    write_if_changed(&out.join("kernels_ptx.rs"), &listing);
+}
