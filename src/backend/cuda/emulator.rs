@@ -29,8 +29,11 @@ pub enum ScheduleOrder {
 
 impl ScheduleOrder {
     /// The orders kernel tests run in: a kernel must give the same result in all of them.
-    pub const TEST_ORDERS: [ScheduleOrder; 3] =
-        [ScheduleOrder::Forward, ScheduleOrder::Reverse, ScheduleOrder::Random(0x5eed)];
+    pub const TEST_ORDERS: [ScheduleOrder; 3] = [
+        ScheduleOrder::Forward,
+        ScheduleOrder::Reverse,
+        ScheduleOrder::Random(0x5eed),
+    ];
 
     fn code_and_seed(self) -> (i32, u64) {
         match self {
@@ -96,7 +99,11 @@ impl EmulatedDevice {
 
     /// Kernels from other tables (the emulator's self-tests have their own).
     pub fn with_tables(tables: KernelTables) -> Self {
-        EmulatedDevice { tables, order: ScheduleOrder::Forward, workers: 1 }
+        EmulatedDevice {
+            tables,
+            order: ScheduleOrder::Forward,
+            workers: 1,
+        }
     }
 
     pub fn with_order(mut self, order: ScheduleOrder) -> Self {
@@ -159,7 +166,12 @@ impl KernelLauncher for EmulatedDevice {
             return Ok(());
         }
         // SAFETY: emu_launch wrote a null-terminated message into the buffer.
-        let reason = unsafe { CStr::from_ptr(message.as_ptr()) }.to_string_lossy().into_owned();
-        Err(Error::Kernel { kernel: kernel.to_string(), reason })
+        let reason = unsafe { CStr::from_ptr(message.as_ptr()) }
+            .to_string_lossy()
+            .into_owned();
+        Err(Error::Kernel {
+            kernel: kernel.to_string(),
+            reason,
+        })
     }
 }

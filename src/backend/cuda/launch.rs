@@ -33,7 +33,11 @@ pub struct LaunchConfig {
 impl LaunchConfig {
     /// A one-dimensional launch.
     pub fn linear(blocks: u32, threads: u32, shared_bytes: u32) -> Self {
-        LaunchConfig { grid: [blocks, 1, 1], block: [threads, 1, 1], shared_bytes }
+        LaunchConfig {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            shared_bytes,
+        }
     }
 
     /// Enough blocks of `threads` threads to give every one of `n` elements its own thread.
@@ -96,7 +100,10 @@ impl KernelArgs {
     /// One pointer per argument, as `cuLaunchKernel`'s `kernelParams`. Each 8-byte slot holds its
     /// value in the low bytes, which on a little-endian machine is where a 4-byte parameter is read.
     pub fn pointers(&mut self) -> Vec<*mut c_void> {
-        self.slots.iter_mut().map(|slot| slot as *mut u64 as *mut c_void).collect()
+        self.slots
+            .iter_mut()
+            .map(|slot| slot as *mut u64 as *mut c_void)
+            .collect()
     }
 }
 
