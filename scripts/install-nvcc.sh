@@ -4,16 +4,16 @@
 # on machines without a GPU that the kernels compile for one.
 #   NVCC=$(scripts/install-nvcc.sh) cargo build
 set -euo pipefail
-PACKAGES=(nvidia-cuda-nvcc nvidia-nvvm nvidia-cuda-crt nvidia-cuda-runtime nvidia-cuda-cccl)
-VERSION_SPEC="==13.*"  # CUDA 13: sm_80 and sm_90, matching cudarc's cuda-13 bindings
-VENV="${MASKEDLM_NVCC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/undertale-maskedlm/nvcc-13}"
+# CUDA 13.0 exactly: a driver rejects PTX written by a newer nvcc than itself, and 13.0 PTX loads
+# on every driver from the 580 series on.
+PACKAGES=(nvidia-cuda-nvcc==13.0.88 nvidia-nvvm==13.0.88 nvidia-cuda-crt==13.0.88
+    nvidia-cuda-runtime==13.0.88 nvidia-cuda-cccl==13.0.85)
+VENV="${MASKEDLM_NVCC_VENV:-${XDG_CACHE_HOME:-$HOME/.cache}/undertale-maskedlm/nvcc-13.0}"
 find_nvcc() { find "$VENV" -path '*/bin/nvcc' -type f 2>/dev/null | head -n 1; }
 if [ -z "$(find_nvcc)" ] || [ ! -f "$VENV/.complete" ]; then
     rm -rf "$VENV"
     python3 -m venv "$VENV" >&2
-    specs=()
-    for p in "${PACKAGES[@]}"; do specs+=("$p$VERSION_SPEC"); done
-    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${specs[@]}" >&2
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2
     touch "$VENV/.complete"
 fi
 nvcc="$(find_nvcc)"
