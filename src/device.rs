@@ -3,15 +3,23 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::backend::cuda::emulator::ScheduleOrder;
+use crate::backend::cuda::{GpuBackend, emulated::EmulatedRuntime};
 use crate::backend::{Backend, cpu::CpuBackend};
 use crate::error::Result;
 
-/// A compute device. Only the CPU exists so far; CUDA ordinals join this enum without changing
-/// any caller, because callers only ever ask a `Device` for its backend.
+/// A compute device. Callers only ever ask a `Device` for its backend, so model, tape and trainer
+/// code is the same on every device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
     #[default]
     Cpu,
+    /// The NVIDIA GPU of this ordinal, through the CUDA driver.
+    Cuda(usize),
+    /// The CUDA kernels run by the emulator on the CPU, in the given scheduling order: test
+    /// equipment for machines without a GPU, never offered on the command line.
+    #[doc(hidden)]
+    Emulated(ScheduleOrder),
 }
 
 impl Device {
@@ -19,6 +27,10 @@ impl Device {
     pub fn backend(self) -> Result<Arc<dyn Backend>> {
         match self {
             Device::Cpu => Ok(Arc::new(CpuBackend::new())),
+            Device::Cuda(ordinal) => Ok(Arc::new(GpuBackend::cuda(ordinal)?)),
+            Device::Emulated(order) => Ok(Arc::new(GpuBackend::new(Arc::new(
+                EmulatedRuntime::new(order),
+            )))),
         }
     }
 }
@@ -27,6 +39,8 @@ impl fmt::Display for Device {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(ordinal) => write!(f, "cuda:{ordinal}"),
+            Device::Emulated(order) => write!(f, "emulated cuda ({order:?} order)"),
         }
     }
 }

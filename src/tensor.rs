@@ -4,6 +4,7 @@
 //! not tensors of their own but [`Param`](crate::backend::Param) views into one flat buffer, so the
 //! optimiser can update every parameter in one pass.
 
+use crate::backend::cuda::storage::GpuStorage;
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -15,11 +16,17 @@ pub enum DType {
     I32,
 }
 
-/// The memory behind a tensor. Each backend owns its variants; a CUDA backend adds its own.
+/// The memory behind a tensor. Each backend owns its variants.
+///
+/// Cloning GPU storage shares the device buffer; a backend op that writes through `&mut Tensor`
+/// first gives the tensor a buffer of its own (copy on write), so clones never see each other's
+/// writes, exactly as with CPU storage.
 #[derive(Debug, Clone)]
 pub enum Storage {
     CpuF32(Vec<f32>),
     CpuI32(Vec<i32>),
+    /// Device memory of a GPU (or the emulated GPU), with its element type.
+    Gpu(GpuStorage),
 }
 
 /// A dense, row-major tensor.
@@ -35,6 +42,7 @@ impl Tensor {
         let len = match &storage {
             Storage::CpuF32(v) => v.len(),
             Storage::CpuI32(v) => v.len(),
+            Storage::Gpu(g) => g.len(),
         };
         let numel: usize = shape.iter().product();
         if len != numel {
@@ -73,15 +81,17 @@ impl Tensor {
     }
 
     pub fn dtype(&self) -> DType {
-        match self.storage {
+        match &self.storage {
             Storage::CpuF32(_) => DType::F32,
             Storage::CpuI32(_) => DType::I32,
+            Storage::Gpu(g) => g.dtype(),
         }
     }
 
     pub fn device(&self) -> Device {
-        match self.storage {
+        match &self.storage {
             Storage::CpuF32(_) | Storage::CpuI32(_) => Device::Cpu,
+            Storage::Gpu(g) => g.device(),
         }
     }
 
@@ -107,18 +117,20 @@ impl Tensor {
         Ok(self)
     }
 
-    /// Copies an f32 tensor to host memory.
+    /// Copies an f32 tensor to host memory (from any device).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::CpuF32(v) => Ok(v.clone()),
+            Storage::Gpu(g) if g.dtype() == DType::F32 => g.download_f32(),
             _ => Err(self.dtype_error("to_vec_f32", DType::F32)),
         }
     }
 
-    /// Copies an i32 tensor to host memory.
+    /// Copies an i32 tensor to host memory (from any device).
     pub fn to_vec_i32(&self) -> Result<Vec<i32>> {
         match &self.storage {
             Storage::CpuI32(v) => Ok(v.clone()),
+            Storage::Gpu(g) if g.dtype() == DType::I32 => g.download_i32(),
             _ => Err(self.dtype_error("to_vec_i32", DType::I32)),
         }
     }

@@ -11,6 +11,7 @@
 //!   the flat gradient buffer at the same offset (the trainer zeroes it once per step);
 //! - integer inputs (tokens, masks, labels, row indices) are `I32` tensors.
 
+mod checks;
 pub mod cpu;
 pub mod cuda;
 

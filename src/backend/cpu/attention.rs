@@ -10,13 +10,7 @@ use rayon::prelude::*;
 use super::gemm::{MatLayout, matmul};
 
 /// Shapes of one attention call.
-#[derive(Debug, Clone, Copy)]
-pub struct Dims {
-    pub batch: usize,
-    pub seq: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
+pub use crate::backend::checks::AttentionDims as Dims;
 
 impl Dims {
     fn hidden(&self) -> usize {

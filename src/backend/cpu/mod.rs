@@ -17,6 +17,9 @@ mod rows;
 
 pub use cross_entropy::IGNORE_INDEX;
 
+use crate::backend::checks::{
+    attention_dims, check_dropout_probability, check_param, check_same_shape, rows_cols,
+};
 use crate::backend::{
     AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
 };
@@ -37,54 +40,42 @@ impl CpuBackend {
 fn f32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [f32]> {
     match t.storage() {
         Storage::CpuF32(v) => Ok(v),
-        Storage::CpuI32(_) => Err(t.dtype_error(what, DType::F32)),
+        _ => Err(cpu_storage_error(t, what, DType::F32)),
     }
 }
 
 fn f32s_mut<'a>(t: &'a mut Tensor, what: &str) -> Result<&'a mut [f32]> {
+    let error = cpu_storage_error(t, what, DType::F32);
     match t.storage_mut() {
         Storage::CpuF32(v) => Ok(v),
-        Storage::CpuI32(_) => Err(Error::DType {
+        _ => Err(error),
+    }
+}
+
+/// A tensor the CPU backend cannot read directly: another device's, or another element type.
+fn cpu_storage_error(t: &Tensor, what: &str, expected: DType) -> Error {
+    if t.device() != Device::Cpu {
+        Error::Device {
             what: what.to_string(),
-            expected: DType::F32,
-            got: DType::I32,
-        }),
+            expected: Device::Cpu,
+            got: t.device(),
+        }
+    } else {
+        t.dtype_error(what, expected)
     }
 }
 
 fn i32s<'a>(t: &'a Tensor, what: &str) -> Result<&'a [i32]> {
     match t.storage() {
         Storage::CpuI32(v) => Ok(v),
-        Storage::CpuF32(_) => Err(t.dtype_error(what, DType::I32)),
+        _ => Err(cpu_storage_error(t, what, DType::I32)),
     }
 }
 
 /// `[rows, cols]` view of a tensor whose last axis has `cols` features.
-fn rows_cols(t: &Tensor, what: &str) -> Result<(usize, usize)> {
-    match t.shape() {
-        [] => Err(Error::shape(what, "[rows, features]", t.shape())),
-        [.., c] => Ok((t.numel() / (*c).max(1), *c)),
-    }
-}
-
-fn check_same_shape(a: &Tensor, b: &Tensor, what: &str) -> Result<()> {
-    if a.shape() != b.shape() {
-        return Err(Error::shape(what, format!("{:?}", a.shape()), b.shape()));
-    }
-    Ok(())
-}
-
 fn param<'a>(params: &'a [f32], p: Param, expected: usize, what: &str) -> Result<&'a [f32]> {
-    if p.len != expected {
-        return Err(Error::shape(what, format!("[{expected}]"), &[p.len]));
-    }
-    params.get(p.offset..p.offset + p.len).ok_or_else(|| {
-        Error::shape(
-            what,
-            format!("inside [{}]", params.len()),
-            &[p.offset + p.len],
-        )
-    })
+    check_param(p, expected, params.len(), what)?;
+    Ok(&params[p.offset..p.offset + p.len])
 }
 
 /// Disjoint mutable slices of the flat gradient buffer, one per parameter, in the order given.
@@ -138,7 +129,10 @@ impl Backend for CpuBackend {
     }
 
     fn to_device(&self, t: &Tensor) -> Result<Tensor> {
-        Ok(t.clone())
+        match t.dtype() {
+            DType::F32 => Tensor::from_f32(t.shape(), t.to_vec_f32()?),
+            DType::I32 => Tensor::from_i32(t.shape(), t.to_vec_i32()?),
+        }
     }
 
     fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
@@ -435,12 +429,7 @@ impl Backend for CpuBackend {
     }
 
     fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
-        if !(0.0..1.0).contains(&key.p) {
-            return Err(Error::Config(format!(
-                "dropout probability {} is not in [0, 1)",
-                key.p
-            )));
-        }
+        check_dropout_probability(key.p)?;
         let mut y = vec![0.0f32; x.numel()];
         dropout::apply(&mut y, f32s(x, "dropout input")?, key);
         output(x.shape(), y)
@@ -549,27 +538,4 @@ fn check_rows(idx: &[i32], n: usize) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<attention::Dims> {
-    let [batch, seq] = *mask.shape() else {
-        return Err(Error::shape("attention mask", "[batch, seq]", mask.shape()));
-    };
-    let (rows, width) = rows_cols(qkv, "qkv")?;
-    if rows != batch * seq || width % 3 != 0 || heads == 0 || (width / 3) % heads != 0 {
-        return Err(Error::shape(
-            "qkv",
-            format!(
-                "[{}, 3 * hidden] with hidden divisible by {heads} heads",
-                batch * seq
-            ),
-            qkv.shape(),
-        ));
-    }
-    Ok(attention::Dims {
-        batch,
-        seq,
-        heads,
-        head_dim: width / 3 / heads,
-    })
 }

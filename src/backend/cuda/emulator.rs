@@ -16,7 +16,7 @@ use super::launch::{KernelArgs, KernelLauncher, LaunchConfig};
 use crate::error::{Error, Result};
 
 /// The order in which the runnable threads of a block run between two barriers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ScheduleOrder {
     /// Thread 0 first, as a naive reading of the code assumes.
     Forward,

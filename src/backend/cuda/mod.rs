@@ -1,11 +1,293 @@
-//! The CUDA side: kernels written in CUDA C++ (`kernels/*.cu`), launched by name.
+//! The GPU backend: every op of [`Backend`] as a hand-written CUDA kernel (`kernels/*.cu`), GEMMs
+//! through cuBLASLt.
 //!
-//! Every kernel has one Rust launch wrapper that computes its grid, block and shared-memory size and
-//! builds its argument list ([`launch`]); the last step, the launch itself, goes through a
-//! [`KernelLauncher`](launch::KernelLauncher): cudarc on a GPU, or the [`emulator`] on a machine
-//! without one. The emulator is test equipment: it runs the same `.cu` sources compiled for the host
-//! so that kernel tests run everywhere, and it is never offered as a user device.
+//! The backend talks to a [`GpuRuntime`](runtime::GpuRuntime): a real GPU through cudarc, or the
+//! [`emulator`], which runs the same `.cu` sources compiled for the host so that every kernel is
+//! tested on machines without a GPU. Each op's launch wrapper (in [`ops`], one file per kernel
+//! file) computes grid, block, shared memory and the argument list; only the final launch call
+//! differs between the two. The emulator is test equipment, never offered as a user device.
 
+pub mod emulated;
 pub mod emulator;
 pub mod launch;
+pub mod ops;
 pub mod ptx;
+pub mod runtime;
+pub mod storage;
+
+use std::sync::Arc;
+
+use runtime::GpuRuntime;
+
+use crate::backend::{
+    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
+};
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Tensor};
+
+/// The GPU backend over one runtime (one device).
+#[derive(Debug, Clone)]
+pub struct GpuBackend {
+    runtime: Arc<dyn GpuRuntime>,
+}
+
+impl GpuBackend {
+    pub fn new(runtime: Arc<dyn GpuRuntime>) -> Self {
+        GpuBackend { runtime }
+    }
+
+    /// The backend of CUDA device `ordinal`.
+    pub fn cuda(ordinal: usize) -> Result<Self> {
+        Err(Error::Config(format!(
+            "device cuda:{ordinal}: this build cannot reach a CUDA driver yet; use --device cpu"
+        )))
+    }
+
+    pub fn runtime(&self) -> &Arc<dyn GpuRuntime> {
+        &self.runtime
+    }
+
+    /// A new, uninitialised device tensor (poisoned in the emulator).
+    pub(crate) fn empty(&self, shape: &[usize], dtype: DType) -> Result<Tensor> {
+        Tensor::gpu_empty(&self.runtime, shape, dtype)
+    }
+
+    /// The device address of a tensor on this device, of this element type.
+    pub(crate) fn ptr(&self, t: &Tensor, dtype: DType, what: &str) -> Result<launch::DevicePtr> {
+        ops::ptr(t, self.device(), dtype, what)
+    }
+
+    /// The device address of a tensor a kernel writes (copied first if a clone shares it).
+    pub(crate) fn ptr_mut(
+        &self,
+        t: &mut Tensor,
+        dtype: DType,
+        what: &str,
+    ) -> Result<launch::DevicePtr> {
+        ops::ptr_mut(t, self.device(), dtype, what)
+    }
+
+    fn upload(&self, shape: &[usize], dtype: DType, bytes: &[u8]) -> Result<Tensor> {
+        let t = self.empty(shape, dtype)?;
+        self.runtime.upload(self.ptr(&t, dtype, "upload")?, bytes)?;
+        Ok(t)
+    }
+}
+
+impl Backend for GpuBackend {
+    fn device(&self) -> Device {
+        self.runtime.device()
+    }
+
+    fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
+        check_len(shape, data.len())?;
+        self.upload(shape, DType::F32, bytemuck::cast_slice(data))
+    }
+
+    fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor> {
+        check_len(shape, data.len())?;
+        self.upload(shape, DType::I32, bytemuck::cast_slice(data))
+    }
+
+    fn zeros_f32(&self, shape: &[usize]) -> Result<Tensor> {
+        let mut t = self.empty(shape, DType::F32)?;
+        self.fill_zero(&mut t)?;
+        Ok(t)
+    }
+
+    fn to_device(&self, t: &Tensor) -> Result<Tensor> {
+        match t.dtype() {
+            DType::F32 => self.upload_f32(t.shape(), &t.to_vec_f32()?),
+            DType::I32 => self.upload_i32(t.shape(), &t.to_vec_i32()?),
+        }
+    }
+
+    fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>> {
+        self.ptr(t, DType::F32, "download")?;
+        t.to_vec_f32()
+    }
+
+    fn download_i32(&self, t: &Tensor) -> Result<Vec<i32>> {
+        self.ptr(t, DType::I32, "download")?;
+        t.to_vec_i32()
+    }
+
+    fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
+        let dst = self.ptr_mut(t, DType::F32, "fill_zero")?;
+        self.runtime.memset_zero(dst, t.numel() * 4)
+    }
+
+    fn embedding_forward(
+        &self,
+        tokens: &Tensor,
+        next_token_id: i32,
+        params: &Tensor,
+        token: Param,
+        instruction: Param,
+        argument: Param,
+        hidden: usize,
+    ) -> Result<Tensor> {
+        ops::embedding::forward(
+            self,
+            tokens,
+            next_token_id,
+            params,
+            [token, instruction, argument],
+            hidden,
+        )
+    }
+
+    fn embedding_backward(
+        &self,
+        dout: &Tensor,
+        tokens: &Tensor,
+        next_token_id: i32,
+        grads: &mut Tensor,
+        token: Param,
+        instruction: Param,
+        argument: Param,
+    ) -> Result<()> {
+        ops::embedding::backward(
+            self,
+            dout,
+            tokens,
+            next_token_id,
+            grads,
+            [token, instruction, argument],
+        )
+    }
+
+    fn layernorm_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+    ) -> Result<LayerNormOut> {
+        ops::layernorm::forward(self, x, params, weight, bias, eps)
+    }
+
+    fn layernorm_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        ops::layernorm::backward(self, dy, x, mean, rstd, params, grads, weight, bias)
+    }
+
+    fn linear_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<Tensor> {
+        ops::linear::forward(self, x, params, weight, bias, out_features)
+    }
+
+    fn linear_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        ops::linear::backward(self, dy, x, params, grads, weight, bias)
+    }
+
+    fn gelu_forward(&self, x: &Tensor) -> Result<Tensor> {
+        ops::elementwise::gelu_forward(self, x)
+    }
+
+    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
+        ops::elementwise::gelu_backward(self, dy, x)
+    }
+
+    fn attention_forward(&self, qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<AttentionOut> {
+        ops::attention::forward(self, qkv, mask, heads)
+    }
+
+    fn attention_backward(
+        &self,
+        dout: &Tensor,
+        qkv: &Tensor,
+        mask: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        heads: usize,
+    ) -> Result<Tensor> {
+        ops::attention::backward(self, dout, qkv, mask, out, lse, heads)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+        ops::elementwise::add(self, a, b)
+    }
+
+    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+        ops::elementwise::add_assign(self, acc, x)
+    }
+
+    fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
+        ops::dropout::apply(self, x, key)
+    }
+
+    fn dropout_backward(&self, dy: &Tensor, key: DropoutKey) -> Result<Tensor> {
+        // Inverted dropout is its own adjoint: the same mask, the same scale.
+        ops::dropout::apply(self, dy, key)
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        want_grad: bool,
+    ) -> Result<CrossEntropyOut> {
+        ops::cross_entropy::forward_backward(self, logits, labels, want_grad)
+    }
+
+    fn gather_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+        ops::rows::gather(self, x, rows)
+    }
+
+    fn scatter_rows(&self, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
+        ops::rows::scatter(self, dy, rows, n)
+    }
+
+    fn argmax_rows(&self, x: &Tensor) -> Result<Tensor> {
+        ops::rows::argmax(self, x)
+    }
+
+    fn adamw_step(
+        &self,
+        params: &mut Tensor,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: AdamWStep,
+    ) -> Result<()> {
+        ops::adamw::step(self, params, grads, m, v, step)
+    }
+}
+
+fn check_len(shape: &[usize], len: usize) -> Result<()> {
+    let numel: usize = shape.iter().product();
+    if numel != len {
+        return Err(Error::shape(
+            "upload",
+            format!("{numel} elements for shape {shape:?}"),
+            &[len],
+        ));
+    }
+    Ok(())
+}

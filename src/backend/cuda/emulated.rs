@@ -1,0 +1,169 @@
+//! The emulated GPU runtime: device memory is host memory, kernels run in the emulator, GEMMs run
+//! on the CPU (the GEMM is a library call on the GPU too, not one of our kernels).
+
+use std::alloc::{Layout, alloc, dealloc};
+
+use super::emulator::{EmulatedDevice, ScheduleOrder};
+use super::launch::{DevicePtr, KernelArgs, KernelLauncher, LaunchConfig};
+use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use crate::backend::cpu::gemm::{MatLayout, matmul};
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// Device memory alignment, as `cudaMalloc` guarantees (at least 256 bytes).
+const ALIGN: usize = 256;
+/// New memory is filled with this byte: 0xffffffff is a NaN as f32 and -1 as i32.
+const POISON: u8 = 0xff;
+
+/// Host memory standing in for a device allocation.
+struct HostMemory {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: the memory is owned exclusively by this value and only freed on drop.
+unsafe impl Send for HostMemory {}
+unsafe impl Sync for HostMemory {}
+
+impl Drop for HostMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `EmulatedRuntime::alloc` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// The emulated GPU.
+#[derive(Debug, Clone)]
+pub struct EmulatedRuntime {
+    device: EmulatedDevice,
+}
+
+impl EmulatedRuntime {
+    pub fn new(order: ScheduleOrder) -> Self {
+        EmulatedRuntime {
+            device: EmulatedDevice::new().with_order(order),
+        }
+    }
+
+    pub fn order(&self) -> ScheduleOrder {
+        self.device.order()
+    }
+}
+
+/// A host slice over emulated device memory.
+///
+/// # Safety
+/// `ptr` must come from an `EmulatedRuntime` allocation holding at least `len` elements of `T`,
+/// alive and not written elsewhere for the lifetime of the slice.
+unsafe fn host_slice<'a, T>(ptr: DevicePtr, len: usize) -> &'a [T] {
+    unsafe { std::slice::from_raw_parts(ptr.0 as *const T, len) }
+}
+
+impl GpuRuntime for EmulatedRuntime {
+    fn device(&self) -> Device {
+        Device::Emulated(self.device.order())
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Allocation> {
+        let layout = Layout::from_size_align(bytes.max(1), ALIGN)
+            .map_err(|e| Error::Config(format!("cannot allocate {bytes} bytes: {e}")))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc(layout) };
+        if ptr.is_null() {
+            return Err(Error::Config(format!(
+                "out of memory allocating {bytes} bytes"
+            )));
+        }
+        // SAFETY: `ptr` is valid for `layout.size()` bytes.
+        unsafe { std::ptr::write_bytes(ptr, POISON, layout.size()) };
+        Ok(Allocation {
+            ptr: DevicePtr(ptr as u64),
+            bytes,
+            _owner: Box::new(HostMemory { ptr, layout }),
+        })
+    }
+
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        // SAFETY: `dst` is an allocation of at least `src.len()` bytes (the storage layer sizes it).
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
+        Ok(())
+    }
+
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        // SAFETY: as for upload.
+        unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
+        Ok(())
+    }
+
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        // SAFETY: distinct allocations of at least `bytes` bytes (`std::ptr::copy` also allows overlap).
+        unsafe { std::ptr::copy(src.0 as *const u8, dst.0 as *mut u8, bytes) };
+        Ok(())
+    }
+
+    fn memset_zero(&self, dst: DevicePtr, bytes: usize) -> Result<()> {
+        // SAFETY: an allocation of at least `bytes` bytes.
+        unsafe { std::ptr::write_bytes(dst.0 as *mut u8, 0, bytes) };
+        Ok(())
+    }
+
+    fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
+        self.device.launch(kernel, config, args)
+    }
+
+    fn gemm(&self, spec: &GemmSpec) -> Result<()> {
+        let a_layout = |ld: usize, transposed: bool, rows: usize, cols: usize| {
+            // op(X) is [rows, cols]; X is stored [rows, cols] (or [cols, rows] when transposed)
+            // with leading dimension `ld`.
+            if transposed {
+                MatLayout::strided(cols, rows, ld).t()
+            } else {
+                MatLayout::strided(rows, cols, ld)
+            }
+        };
+        let al = a_layout(spec.lda, spec.transpose_a, spec.m, spec.k);
+        let bl = a_layout(spec.ldb, spec.transpose_b, spec.k, spec.n);
+        let cl = MatLayout::strided(spec.m, spec.n, spec.ldc);
+        let extent = |rows: usize, ld: usize, cols: usize| {
+            if rows == 0 { 0 } else { (rows - 1) * ld + cols }
+        };
+        let a_len = if spec.transpose_a {
+            extent(spec.k, spec.lda, spec.m)
+        } else {
+            extent(spec.m, spec.lda, spec.k)
+        };
+        let b_len = if spec.transpose_b {
+            extent(spec.n, spec.ldb, spec.k)
+        } else {
+            extent(spec.k, spec.ldb, spec.n)
+        };
+        let c_len = extent(spec.m, spec.ldc, spec.n);
+        for i in 0..spec.batch {
+            let a_ptr = DevicePtr(spec.a.0 + (i * spec.stride_a * 4) as u64);
+            let b_ptr = DevicePtr(spec.b.0 + (i * spec.stride_b * 4) as u64);
+            let c_ptr = (spec.c.0 + (i * spec.stride_c * 4) as u64) as *mut f32;
+            // SAFETY: the caller's spec describes matrices inside live allocations; C does not overlap
+            // A or B (as cuBLAS also requires).
+            let (a, b, c) = unsafe {
+                (
+                    host_slice::<f32>(a_ptr, a_len),
+                    host_slice::<f32>(b_ptr, b_len),
+                    std::slice::from_raw_parts_mut(c_ptr, c_len),
+                )
+            };
+            if spec.beta == 0.0 {
+                matmul(c, cl, a, al, b, bl, spec.alpha, false, true);
+            } else {
+                if spec.beta != 1.0 {
+                    for r in 0..spec.m {
+                        for v in &mut c[r * spec.ldc..r * spec.ldc + spec.n] {
+                            *v *= spec.beta;
+                        }
+                    }
+                }
+                matmul(c, cl, a, al, b, bl, spec.alpha, true, true);
+            }
+        }
+        Ok(())
+    }
+}

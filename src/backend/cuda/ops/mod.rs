@@ -1,0 +1,76 @@
+//! One launch wrapper file per kernel file (`kernels/<name>.cu` <-> `ops/<name>.rs`). A wrapper
+//! validates shapes (with the checks every backend shares), allocates outputs, computes the launch
+//! configuration and builds the argument list; the same code runs on a GPU and in the emulator.
+
+pub mod adamw;
+pub mod attention;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod elementwise;
+pub mod embedding;
+pub mod layernorm;
+pub mod linear;
+pub mod rows;
+
+use super::launch::DevicePtr;
+use crate::backend::Param;
+use crate::backend::checks::check_param;
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::tensor::{DType, Storage, Tensor};
+
+/// The device address of a tensor this backend can read, checking its device and element type.
+pub(crate) fn ptr(t: &Tensor, device: Device, dtype: DType, what: &str) -> Result<DevicePtr> {
+    match t.storage() {
+        Storage::Gpu(g) if g.device() == device => {
+            if g.dtype() != dtype {
+                return Err(t.dtype_error(what, dtype));
+            }
+            Ok(g.ptr())
+        }
+        _ => Err(Error::Device {
+            what: what.to_string(),
+            expected: device,
+            got: t.device(),
+        }),
+    }
+}
+
+/// Like [`ptr`], for a tensor the kernel writes: a buffer shared with clones is copied first.
+pub(crate) fn ptr_mut(
+    t: &mut Tensor,
+    device: Device,
+    dtype: DType,
+    what: &str,
+) -> Result<DevicePtr> {
+    ptr(t, device, dtype, what)?;
+    match t.storage_mut() {
+        Storage::Gpu(g) => {
+            g.make_unique()?;
+            Ok(g.ptr())
+        }
+        _ => unreachable!("checked to be GPU storage above"),
+    }
+}
+
+/// The address of parameter `p` inside the flat f32 buffer `buffer` (at `base`), checking that it
+/// has `expected` elements and lies inside the buffer.
+pub(crate) fn param_ptr(
+    base: DevicePtr,
+    buffer: &Tensor,
+    p: Param,
+    expected: usize,
+    what: &str,
+) -> Result<DevicePtr> {
+    check_param(p, expected, buffer.numel(), what)?;
+    Ok(DevicePtr(base.0 + (p.offset * 4) as u64))
+}
+
+/// A size as the `int` kernels take, or an error naming it.
+pub(crate) fn int(value: usize, what: &str) -> Result<i32> {
+    i32::try_from(value).map_err(|_| {
+        Error::Config(format!(
+            "{what} = {value} exceeds the kernels' 32-bit sizes"
+        ))
+    })
+}

@@ -1,0 +1,113 @@
+//! What the GPU backend needs from a device: memory, kernel launches and GEMMs. Two runtimes
+//! implement it: a real GPU through cudarc ([`super::cuda_runtime`]) and the emulator
+//! ([`super::emulated`]), where device memory is host memory and GEMMs run on the CPU.
+
+use std::fmt::Debug;
+
+use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
+use crate::device::Device;
+use crate::error::Result;
+
+/// `C = alpha * op(A) op(B) + beta * C` on row-major f32 matrices, `batch` times with the given
+/// element strides between consecutive matrices. `op(A)` is `[m, k]`: A is stored `[m, k]` with
+/// leading dimension `lda`, or `[k, m]` when `transpose_a`. Likewise `op(B)` is `[k, n]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GemmSpec {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: DevicePtr,
+    pub lda: usize,
+    pub transpose_a: bool,
+    pub stride_a: usize,
+    pub b: DevicePtr,
+    pub ldb: usize,
+    pub transpose_b: bool,
+    pub stride_b: usize,
+    pub c: DevicePtr,
+    pub ldc: usize,
+    pub stride_c: usize,
+    pub batch: usize,
+    pub alpha: f32,
+    pub beta: f32,
+}
+
+impl GemmSpec {
+    /// One product of dense row-major matrices: `C[m, n] = alpha op(A) op(B) + beta C`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn dense(
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevicePtr,
+        transpose_a: bool,
+        b: DevicePtr,
+        transpose_b: bool,
+        c: DevicePtr,
+        alpha: f32,
+        beta: f32,
+    ) -> Self {
+        GemmSpec {
+            m,
+            n,
+            k,
+            a,
+            lda: if transpose_a { m } else { k },
+            transpose_a,
+            stride_a: 0,
+            b,
+            ldb: if transpose_b { k } else { n },
+            transpose_b,
+            stride_b: 0,
+            c,
+            ldc: n,
+            stride_c: 0,
+            batch: 1,
+            alpha,
+            beta,
+        }
+    }
+}
+
+/// A device's memory, launches and GEMMs. Every call is ordered after the previous ones (one
+/// stream); `download` waits for all of them.
+pub trait GpuRuntime: Send + Sync + Debug {
+    /// The device this runtime drives.
+    fn device(&self) -> Device;
+
+    /// `bytes` of device memory. The emulator (and a GPU when `MASKEDLM_POISON=1`) fills new memory
+    /// with `0xff` bytes, a NaN in every float type, so a kernel output left unwritten shows.
+    fn alloc(&self, bytes: usize) -> Result<Allocation>;
+
+    /// Host to device.
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
+
+    /// Device to host, after every earlier operation has finished.
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+
+    /// Device to device.
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
+
+    /// Sets `bytes` bytes to zero.
+    fn memset_zero(&self, dst: DevicePtr, bytes: usize) -> Result<()>;
+
+    /// Launches a kernel by its `extern "C"` name.
+    fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()>;
+
+    /// An f32 GEMM (cuBLASLt on a GPU).
+    fn gemm(&self, spec: &GemmSpec) -> Result<()>;
+}
+
+/// One device allocation. Dropping it frees the memory.
+pub struct Allocation {
+    pub(crate) ptr: DevicePtr,
+    pub(crate) bytes: usize,
+    /// Frees the memory when dropped (host memory in the emulator, a cudarc slice on a GPU).
+    pub(crate) _owner: Box<dyn Send + Sync>,
+}
+
+impl Debug for Allocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Allocation({:#x}, {} bytes)", self.ptr.0, self.bytes)
+    }
+}

@@ -1,0 +1,1 @@
+// Kernel tests for kernels/adamw.cu: written with the kernel.

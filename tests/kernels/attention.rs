@@ -1,0 +1,1 @@
+// Kernel tests for kernels/attention.cu: written with the kernel.

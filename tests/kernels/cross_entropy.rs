@@ -1,0 +1,1 @@
+// Kernel tests for kernels/cross_entropy.cu: written with the kernel.

@@ -1,0 +1,1 @@
+// Kernel tests for kernels/dropout.cu: written with the kernel.

@@ -1,0 +1,1 @@
+// Kernel tests for kernels/embedding.cu: written with the kernel.

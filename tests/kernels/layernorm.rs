@@ -1,0 +1,1 @@
+// Kernel tests for kernels/layernorm.cu: written with the kernel.

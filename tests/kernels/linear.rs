@@ -1,0 +1,1 @@
+// Kernel tests for kernels/linear.cu: written with the kernel.

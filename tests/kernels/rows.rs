@@ -1,0 +1,1 @@
+// Kernel tests for kernels/rows.cu: written with the kernel.
