@@ -45,16 +45,14 @@ impl fmt::Display for Device {
     }
 }
 
-fn no_cuda(asked: &str) -> crate::Error {
-    crate::Error::Config(format!(
-        "device {asked:?} asked for, but this build has no CUDA backend: use --device cpu"
-    ))
-}
-
 impl Device {
-    /// The best device this build and machine offer.
+    /// The best device this machine offers: the first CUDA GPU if its driver, cuBLASLt and a
+    /// device of compute capability 8.0 or newer are there, else the CPU.
     pub fn best_available() -> Device {
-        Device::Cpu
+        match GpuBackend::cuda(0) {
+            Ok(_) => Device::Cuda(0),
+            Err(_) => Device::Cpu,
+        }
     }
 }
 
@@ -63,9 +61,9 @@ impl std::str::FromStr for Device {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "cpu" => Ok(Device::Cpu),
-            "cuda" => Err(no_cuda(s)),
+            "cuda" => Ok(Device::Cuda(0)),
             other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-                Some(Ok(_)) => Err(no_cuda(s)),
+                Some(Ok(ordinal)) => Ok(Device::Cuda(ordinal)),
                 _ => Err(crate::Error::Config(format!(
                     "unknown device {other:?}: expected cpu, cuda or cuda:N"
                 ))),

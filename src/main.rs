@@ -161,6 +161,9 @@ struct PretrainArgs {
 struct DemoArgs {
     #[arg(long, default_value = "tiny")]
     config: String,
+    /// cpu, cuda or cuda:N [default: a GPU if there is one, else cpu]
+    #[arg(long)]
+    device: Option<String>,
     #[arg(long, default_value_t = 600)]
     steps: u64,
     #[arg(long, default_value_t = 16)]
@@ -389,10 +392,11 @@ fn demo(args: &DemoArgs) -> Result<()> {
     config.lr = args.learning_rate;
     let seq = config.sequence_length;
     let train = dataset(&vocab, args.functions, seq, args.seed);
-    let model = Model::new(config, Device::Cpu, args.seed)?;
+    let model = Model::new(config, device(&args.device)?, args.seed)?;
     println!(
-        "model: {} preset, {} parameters; {} synthetic functions, {} steps of {}",
+        "model: {} preset on {}, {} parameters; {} synthetic functions, {} steps of {}",
         args.config,
+        model.device(),
         model.num_parameters(),
         train.len(),
         args.steps,

@@ -130,6 +130,11 @@ impl Trainer {
         })
     }
 
+    /// The model being trained.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
     pub fn state(&self) -> &TrainerState {
         &self.state
     }

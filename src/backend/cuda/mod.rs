@@ -7,6 +7,7 @@
 //! file) computes grid, block, shared memory and the argument list; only the final launch call
 //! differs between the two. The emulator is test equipment, never offered as a user device.
 
+pub mod cuda_runtime;
 pub mod emulated;
 pub mod emulator;
 pub mod launch;
@@ -39,9 +40,7 @@ impl GpuBackend {
 
     /// The backend of CUDA device `ordinal`.
     pub fn cuda(ordinal: usize) -> Result<Self> {
-        Err(Error::Config(format!(
-            "device cuda:{ordinal}: this build cannot reach a CUDA driver yet; use --device cpu"
-        )))
+        Ok(GpuBackend::new(cuda_runtime::CudaRuntime::shared(ordinal)?))
     }
 
     pub fn runtime(&self) -> &Arc<dyn GpuRuntime> {

@@ -1,4 +1,5 @@
-//! The kernels compiled to PTX by build.rs (when nvcc was found), embedded in the binary.
+//! The kernels as embedded in the binary: PTX compiled by build.rs (when nvcc was found) and the
+//! CUDA sources (for NVRTC when it was not), with the file each kernel lives in.
 
 include!(concat!(env!("OUT_DIR"), "/kernels_ptx.rs"));
 

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Builds everything a GPU check needs and puts it in gpu-bundle/ (git-ignored), small enough to ship
+# to a GPU machine that has the CUDA toolkit and PyTorch but no Rust and no network:
+#   scripts/gpu-bundle.sh            # here
+#   bash gpu-bundle/gpu-check.sh     # there; results under $OUT (default gpu-bundle/out)
+# The kernels are compiled to PTX by nvcc (installed from PyPI if needed) and embedded in every
+# binary. Test binaries are release builds, stripped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT="$(pwd)"
+BUNDLE="$ROOT/gpu-bundle"
+NVCC="${NVCC:-$(scripts/install-nvcc.sh)}"
+export NVCC MASKEDLM_REQUIRE_NVCC=1
+
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin"
+
+# Test and bench binaries, found from cargo's JSON messages.
+artifacts() {
+    python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable"):
+        print(m["target"]["name"], m["target"]["kind"][0], m["executable"])
+'
+}
+cargo build --release --bin maskedlm
+cp target/release/maskedlm "$BUNDLE/bin/maskedlm"
+cargo test --release --no-run --test kernels --test gpu_model --message-format=json 2>/dev/null | artifacts |
+    while read -r name kind path; do cp "$path" "$BUNDLE/bin/test-$name"; done
+cargo bench --no-run --message-format=json 2>/dev/null | artifacts |
+    while read -r name kind path; do [ "$kind" = bench ] && cp "$path" "$BUNDLE/bin/bench-$name"; done
+strip "$BUNDLE"/bin/*
+
+cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
+cp scripts/peer_pytorch.py "$BUNDLE/" 2>/dev/null || true
+git rev-parse HEAD > "$BUNDLE/COMMIT" 2>/dev/null || true
+du -sh "$BUNDLE"
+ls -la "$BUNDLE/bin"

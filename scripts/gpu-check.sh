@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine, from the bundle scripts/gpu-bundle.sh made: every GPU test, compute-sanitizer
+# (memcheck and racecheck) over the kernel tests, and the benches. Writes logs and a summary table
+# (summary.md) to $OUT (default: out/ beside this script). Needs the CUDA toolkit (driver, cuBLASLt,
+# compute-sanitizer); no Rust, no network.
+set -uo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
+OUT="${OUT:-$HERE/out}"
+mkdir -p "$OUT"
+BIN="$HERE/bin"
+SUMMARY="$OUT/summary.md"
+
+# cuBLASLt: the toolkit's, or the one PyTorch's wheels bring.
+for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
+    [ -d "$dir" ] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+done
+PY_CUBLAS="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)"
+[ -n "$PY_CUBLAS" ] && export LD_LIBRARY_PATH="$PY_CUBLAS:${LD_LIBRARY_PATH:-}"
+# Fresh device memory is poisoned (NaN bytes) so unwritten outputs fail, as in the emulator; every
+# launch is synchronised so a fault names its kernel.
+export MASKEDLM_POISON=1 MASKEDLM_SYNC_LAUNCHES=1
+
+{
+    echo "# GPU check"
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo "- commit: $(cat "$HERE/COMMIT" 2>/dev/null || echo unknown)"
+    echo "- GPU: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo 'nvidia-smi failed')"
+    echo "- nvcc: $(nvcc --version 2>/dev/null | tail -1 || echo none)"
+    echo
+    echo "| step | result | seconds |"
+    echo "|---|---|---:|"
+} > "$SUMMARY"
+
+step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, adds a row to the summary
+    local name="$1"
+    shift
+    local start end status
+    start=$(date +%s.%N)
+    "$@" > "$OUT/$name.log" 2>&1
+    status=$?
+    end=$(date +%s.%N)
+    local result="pass"
+    [ $status -ne 0 ] && result="FAIL (exit $status)"
+    local tally
+    tally="$(grep -E '^test result:' "$OUT/$name.log" | tail -1 | sed 's/test result: //')"
+    [ -n "$tally" ] && result="$result: $tally"
+    printf '| %s | %s | %.1f |\n' "$name" "$result" "$(echo "$end - $start" | bc)" >> "$SUMMARY"
+    echo "$name: $result"
+}
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+
+# The card's two ceilings, measured once: copy bandwidth and the bf16 matrix rate.
+step ceilings python3 - <<'PY'
+import torch
+x = torch.empty(1 << 28, dtype=torch.float32, device="cuda").uniform_()
+y = torch.empty_like(x)
+for _ in range(3): y.copy_(x)
+start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+start.record()
+for _ in range(20): y.copy_(x)
+end.record(); torch.cuda.synchronize()
+seconds = start.elapsed_time(end) / 1e3 / 20
+print(f"copy bandwidth: {2 * x.numel() * 4 / seconds / 1e12:.2f} TB/s (read + write)")
+a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+for _ in range(3): a @ b
+start.record()
+for _ in range(10): a @ b
+end.record(); torch.cuda.synchronize()
+seconds = start.elapsed_time(end) / 1e3 / 10
+print(f"bf16 matmul: {2 * 8192**3 / seconds / 1e12:.0f} TFLOP/s")
+PY
+
+# Every kernel against the CPU backend, on the emulator and on this GPU; the whole model.
+[ -x "$BIN/test-kernels" ] && step kernel-tests "$BIN/test-kernels" --test-threads 1
+[ -x "$BIN/test-gpu_model" ] && step model-tests "$BIN/test-gpu_model" --nocapture --test-threads 1
+
+# compute-sanitizer over the kernel tests on the GPU (the emulated runs inside are plain CPU code).
+if command -v compute-sanitizer > /dev/null && [ -x "$BIN/test-kernels" ]; then
+    step memcheck compute-sanitizer --tool memcheck --error-exitcode 9 "$BIN/test-kernels" --test-threads 1
+    step racecheck compute-sanitizer --tool racecheck --error-exitcode 9 "$BIN/test-kernels" --test-threads 1
+fi
+
+# The command line on the GPU: the built-in demo trains and fills masks.
+step cli-demo "$BIN/maskedlm" demo --device cuda
+
+# Benches.
+for bench in "$BIN"/bench-*; do
+    [ -x "$bench" ] && step "$(basename "$bench")" "$bench" --bench
+done
+
+echo >> "$SUMMARY"
+echo "Logs: one file per step in this folder." >> "$SUMMARY"
+cat "$SUMMARY"

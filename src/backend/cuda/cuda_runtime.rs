@@ -1,0 +1,494 @@
+//! The real GPU: CUDA driver calls, kernels loaded from the embedded PTX (or compiled by NVRTC when
+//! this build had no nvcc), and f32 GEMMs through cuBLASLt. Everything runs on one stream, in
+//! order; `download` synchronises it.
+//!
+//! Libraries are loaded at run time (cudarc's dynamic loading): on a machine without the CUDA
+//! driver, NVRTC or cuBLASLt, asking for `Device::Cuda` is an error naming what is missing.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use cudarc::cublaslt::{result as lt, sys as lt_sys};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaStream, result as driver, sys as driver_sys,
+};
+use cudarc::nvrtc::{CompileOptions, Ptx};
+
+use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
+use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
+use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use crate::device::Device;
+use crate::error::{Error, Result};
+
+/// cuBLASLt's recommended workspace: 32 MiB on Hopper, 4 MiB before.
+fn workspace_bytes(major: i32) -> usize {
+    if major >= 9 { 32 << 20 } else { 4 << 20 }
+}
+
+fn config_error(ordinal: usize, reason: impl std::fmt::Display) -> Error {
+    Error::Config(format!("device cuda:{ordinal}: {reason}"))
+}
+
+/// One GPU.
+pub struct CudaRuntime {
+    ordinal: usize,
+    context: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    /// `"sm_80"` or `"sm_90"`: which embedded PTX to load.
+    arch: &'static str,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+    blas: lt_sys::cublasLtHandle_t,
+    workspace: Allocation,
+    /// Fill new allocations with NaN bytes (`MASKEDLM_POISON=1`), as the emulator always does.
+    poison: bool,
+    /// Synchronise after every launch (`MASKEDLM_SYNC_LAUNCHES=1`), so that a fault names its kernel.
+    sync_launches: bool,
+}
+
+// SAFETY: the cuBLASLt handle is only used through `&self` on this runtime's one stream, and the
+// CUDA driver is thread safe for calls on one context.
+unsafe impl Send for CudaRuntime {}
+unsafe impl Sync for CudaRuntime {}
+
+impl std::fmt::Debug for CudaRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaRuntime(cuda:{}, {})", self.ordinal, self.arch)
+    }
+}
+
+/// Device memory freed on the runtime's stream when dropped.
+struct DeviceMemory {
+    ptr: driver_sys::CUdeviceptr,
+    stream: Arc<CudaStream>,
+}
+
+impl Drop for DeviceMemory {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `malloc_async` on this stream; every use is ordered before this free.
+        unsafe {
+            let _ = self.stream.context().bind_to_thread();
+            let _ = driver::free_async(self.ptr, self.stream.cu_stream());
+        }
+    }
+}
+
+// SAFETY: a device address and a stream handle; the driver allows freeing from any thread.
+unsafe impl Send for DeviceMemory {}
+unsafe impl Sync for DeviceMemory {}
+
+impl CudaRuntime {
+    /// The runtime of GPU `ordinal`, shared by every backend of that device in this process.
+    pub fn shared(ordinal: usize) -> Result<Arc<CudaRuntime>> {
+        static RUNTIMES: OnceLock<Mutex<HashMap<usize, Arc<CudaRuntime>>>> = OnceLock::new();
+        let mut runtimes = RUNTIMES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(runtime) = runtimes.get(&ordinal) {
+            return Ok(runtime.clone());
+        }
+        let runtime = Arc::new(CudaRuntime::new(ordinal)?);
+        runtimes.insert(ordinal, runtime.clone());
+        Ok(runtime)
+    }
+
+    fn new(ordinal: usize) -> Result<Self> {
+        // SAFETY: probing for the shared libraries only tries to open them.
+        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+            return Err(config_error(
+                ordinal,
+                "the CUDA driver library (libcuda.so) was not found: no NVIDIA driver",
+            ));
+        }
+        if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
+            return Err(config_error(
+                ordinal,
+                "cuBLASLt (libcublasLt.so) was not found: install the CUDA toolkit's cuBLAS",
+            ));
+        }
+        let count = CudaContext::device_count().map_err(|e| config_error(ordinal, e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(config_error(
+                ordinal,
+                format!("this machine has {count} CUDA device(s)"),
+            ));
+        }
+        let context = CudaContext::new(ordinal).map_err(|e| config_error(ordinal, e))?;
+        let (major, minor) = context
+            .compute_capability()
+            .map_err(|e| config_error(ordinal, e))?;
+        if major < 8 {
+            return Err(config_error(
+                ordinal,
+                format!(
+                    "compute capability {major}.{minor}: the kernels need sm_80 (Ampere) or newer"
+                ),
+            ));
+        }
+        let arch = if major >= 9 { "sm_90" } else { "sm_80" };
+        let stream = context.default_stream();
+        let blas =
+            lt::create_handle().map_err(|e| config_error(ordinal, format!("cuBLASLt: {e}")))?;
+        let workspace_len = workspace_bytes(major);
+        // SAFETY: a plain device allocation on this stream.
+        let workspace_ptr = unsafe { driver::malloc_async(stream.cu_stream(), workspace_len) }
+            .map_err(|e| config_error(ordinal, e))?;
+        let workspace = Allocation {
+            ptr: DevicePtr(workspace_ptr),
+            bytes: workspace_len,
+            _owner: Box::new(DeviceMemory {
+                ptr: workspace_ptr,
+                stream: stream.clone(),
+            }),
+        };
+        let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
+        Ok(CudaRuntime {
+            ordinal,
+            context,
+            stream,
+            arch,
+            modules: Mutex::default(),
+            functions: Mutex::default(),
+            blas,
+            workspace,
+            poison: flag("MASKEDLM_POISON"),
+            sync_launches: flag("MASKEDLM_SYNC_LAUNCHES"),
+        })
+    }
+
+    /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
+    pub fn name(&self) -> Result<String> {
+        self.context.name().map_err(|e| self.error(e))
+    }
+
+    fn error(&self, reason: impl std::fmt::Display) -> Error {
+        config_error(self.ordinal, reason)
+    }
+
+    fn kernel_error(kernel: &str, reason: impl std::fmt::Display) -> Error {
+        Error::Kernel {
+            kernel: kernel.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The module of one kernel file: embedded PTX for this architecture, or NVRTC's compilation of
+    /// the embedded source.
+    fn module(&self, file: &'static str, kernel: &str) -> Result<Arc<CudaModule>> {
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(module) = modules.get(file) {
+            return Ok(module.clone());
+        }
+        let ptx = match kernel_ptx(file, self.arch) {
+            Some(text) => Ptx::from_src(text),
+            None => self
+                .compile_with_nvrtc(file)
+                .map_err(|e| Self::kernel_error(kernel, e))?,
+        };
+        let module = self
+            .context
+            .load_module(ptx)
+            .map_err(|e| Self::kernel_error(kernel, format!("loading {file}: {e}")))?;
+        modules.insert(file, module.clone());
+        Ok(module)
+    }
+
+    fn compile_with_nvrtc(&self, file: &str) -> std::result::Result<Ptx, String> {
+        // SAFETY: probing for the shared library only tries to open it.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            return Err(
+                "this build has no PTX (nvcc was not found at build time) and NVRTC (libnvrtc.so) \
+                        is not installed to compile the kernels at run time"
+                    .into(),
+            );
+        }
+        // NVRTC resolves `#include "common.cuh"` from a directory: write the embedded headers there.
+        let dir =
+            std::env::temp_dir().join(format!("undertale-maskedlm-kernels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        for (name, text) in KERNEL_SOURCES {
+            std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
+        }
+        let source = KERNEL_SOURCES
+            .iter()
+            .find(|(name, _)| name.strip_suffix(".cu") == Some(file))
+            .map(|(_, text)| *text)
+            .ok_or_else(|| format!("no embedded source for {file}.cu"))?;
+        let mut include_paths = vec![dir.to_string_lossy().into_owned()];
+        for var in ["CUDA_HOME", "CUDA_PATH"] {
+            if let Some(home) = std::env::var_os(var) {
+                include_paths.push(
+                    std::path::Path::new(&home)
+                        .join("include")
+                        .to_string_lossy()
+                        .into_owned(),
+                );
+            }
+        }
+        include_paths.push("/usr/local/cuda/include".into());
+        let options = CompileOptions {
+            arch: Some(self.arch),
+            include_paths,
+            options: vec!["-std=c++17".into()],
+            name: Some(format!("{file}.cu")),
+            ..Default::default()
+        };
+        cudarc::nvrtc::compile_ptx_with_opts(source, options).map_err(|e| format!("NVRTC: {e}"))
+    }
+
+    fn function(&self, kernel: &str) -> Result<CudaFunction> {
+        if let Some(f) = self
+            .functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(kernel)
+        {
+            return Ok(f.clone());
+        }
+        let file = KERNEL_FILES
+            .iter()
+            .find(|(name, _)| *name == kernel)
+            .map(|(_, file)| *file)
+            .ok_or_else(|| Self::kernel_error(kernel, "no kernel of this name in kernels/*.cu"))?;
+        let function = self
+            .module(file, kernel)?
+            .load_function(kernel)
+            .map_err(|e| Self::kernel_error(kernel, e))?;
+        self.functions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kernel.to_string(), function.clone());
+        Ok(function)
+    }
+
+    fn bind(&self) -> Result<()> {
+        self.context.bind_to_thread().map_err(|e| self.error(e))
+    }
+}
+
+impl Drop for CudaRuntime {
+    fn drop(&mut self) {
+        // SAFETY: the handle was created in `new` and is not used after this.
+        unsafe {
+            let _ = self.stream.synchronize();
+            let _ = lt::destroy_handle(self.blas);
+        }
+    }
+}
+
+impl GpuRuntime for CudaRuntime {
+    fn device(&self) -> Device {
+        Device::Cuda(self.ordinal)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<Allocation> {
+        self.bind()?;
+        let size = bytes.max(1);
+        // SAFETY: a plain allocation on this runtime's stream; freed on the same stream.
+        let ptr = unsafe { driver::malloc_async(self.stream.cu_stream(), size) }
+            .map_err(|e| self.error(format!("allocating {bytes} bytes: {e}")))?;
+        if self.poison {
+            // SAFETY: `ptr` holds `size` bytes.
+            unsafe { driver::memset_d8_async(ptr, 0xff, size, self.stream.cu_stream()) }
+                .map_err(|e| self.error(e))?;
+        }
+        Ok(Allocation {
+            ptr: DevicePtr(ptr),
+            bytes,
+            _owner: Box::new(DeviceMemory {
+                ptr,
+                stream: self.stream.clone(),
+            }),
+        })
+    }
+
+    fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `dst` is an allocation of at least `src.len()` bytes; a copy from pageable host
+        // memory returns only once the source has been read.
+        unsafe { driver::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
+            .map_err(|e| self.error(e))
+    }
+
+    fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
+        self.bind()?;
+        // SAFETY: `src` holds at least `dst.len()` bytes; the synchronise keeps `dst` borrowed until
+        // the copy has landed.
+        unsafe { driver::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream()) }
+            .map_err(|e| self.error(e))?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.error(format!("a kernel before this copy failed: {e}")))
+    }
+
+    fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: both allocations hold at least `bytes` bytes.
+        unsafe { driver::memcpy_dtod_async(dst.0, src.0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| self.error(e))
+    }
+
+    fn memset_zero(&self, dst: DevicePtr, bytes: usize) -> Result<()> {
+        self.bind()?;
+        // SAFETY: the allocation holds at least `bytes` bytes.
+        unsafe { driver::memset_d8_async(dst.0, 0, bytes, self.stream.cu_stream()) }
+            .map_err(|e| self.error(e))
+    }
+
+    fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
+        self.bind()?;
+        let function = self.function(kernel)?;
+        if config.shared_bytes > 48 * 1024 {
+            function
+                .set_attribute(
+                    driver_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    config.shared_bytes as i32,
+                )
+                .map_err(|e| Self::kernel_error(kernel, e))?;
+        }
+        let mut params: Vec<*mut c_void> = args.pointers();
+        let [gx, gy, gz] = config.grid;
+        let [bx, by, bz] = config.block;
+        // SAFETY: one pointer per kernel parameter, each to a live 8-byte slot of `args`; the
+        // argument values (device addresses, sizes) are the launch wrapper's responsibility.
+        unsafe {
+            driver::launch_kernel(
+                function.cu_function(),
+                (gx, gy, gz),
+                (bx, by, bz),
+                config.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| {
+            Self::kernel_error(
+                kernel,
+                format!(
+                    "launch (grid {:?}, block {:?}): {e}",
+                    config.grid, config.block
+                ),
+            )
+        })?;
+        if self.sync_launches {
+            self.stream
+                .synchronize()
+                .map_err(|e| Self::kernel_error(kernel, e))?;
+        }
+        Ok(())
+    }
+
+    fn gemm(&self, spec: &GemmSpec) -> Result<()> {
+        self.bind()?;
+        // cuBLASLt is column-major. A row-major matrix with leading dimension ld is the column-major
+        // view of its transpose, so the row-major C = op(A) op(B) is computed as the column-major
+        // C^T = op(B)^T op(A)^T: swap the operands and the m/n sizes, keep each operand's flag.
+        let cublas = |e: cudarc::cublaslt::result::CublasError| Error::Kernel {
+            kernel: "cublasLt matmul".into(),
+            reason: format!("{e} for {spec:?}"),
+        };
+        let (m, n, k) = (spec.n as u64, spec.m as u64, spec.k as u64);
+        // Column-major shapes of the stored operands: first is B's memory, second A's.
+        let (first_rows, first_cols) = if spec.transpose_b { (k, m) } else { (m, k) };
+        let (second_rows, second_cols) = if spec.transpose_a { (n, k) } else { (k, n) };
+        let f32_type = lt_sys::cudaDataType_t::CUDA_R_32F;
+        // SAFETY: descriptors are created, used on this runtime's stream, and destroyed below; the
+        // spec's pointers and leading dimensions describe live device matrices.
+        unsafe {
+            let layouts = [
+                lt::create_matrix_layout(f32_type, first_rows, first_cols, spec.ldb as i64)
+                    .map_err(cublas)?,
+                lt::create_matrix_layout(f32_type, second_rows, second_cols, spec.lda as i64)
+                    .map_err(cublas)?,
+                lt::create_matrix_layout(f32_type, m, n, spec.ldc as i64).map_err(cublas)?,
+            ];
+            if spec.batch > 1 {
+                let strides = [
+                    spec.stride_b as i64,
+                    spec.stride_a as i64,
+                    spec.stride_c as i64,
+                ];
+                for (layout, stride) in layouts.iter().zip(strides) {
+                    let batch = spec.batch as i32;
+                    lt::set_matrix_layout_attribute(
+                        *layout,
+                        lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                        (&batch) as *const i32 as *const _,
+                        4,
+                    )
+                    .map_err(cublas)?;
+                    lt::set_matrix_layout_attribute(
+                        *layout,
+                        lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        (&stride) as *const i64 as *const _,
+                        8,
+                    )
+                    .map_err(cublas)?;
+                }
+            }
+            // Full f32 arithmetic (not TF32): the f32 mode is the one checked against the CPU.
+            let desc =
+                lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_type)
+                    .map_err(cublas)?;
+            for (attribute, transposed) in [
+                (
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                    spec.transpose_b,
+                ),
+                (
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                    spec.transpose_a,
+                ),
+            ] {
+                // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
+                let op = i32::from(transposed);
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    attribute,
+                    (&op) as *const _ as *const _,
+                    std::mem::size_of_val(&op),
+                )
+                .map_err(cublas)?;
+            }
+            let preference = lt::create_matmul_pref().map_err(cublas)?;
+            let workspace_size = self.workspace.bytes;
+            lt::set_matmul_pref_attribute(
+                preference,
+                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace_size) as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(cublas)?;
+            let heuristic = lt::get_matmul_algo_heuristic(
+                self.blas, desc, layouts[0], layouts[1], layouts[2], layouts[2], preference,
+            )
+            .map_err(cublas)?;
+            let result = lt::matmul(
+                self.blas,
+                desc,
+                (&spec.alpha) as *const f32 as *const _,
+                (&spec.beta) as *const f32 as *const _,
+                spec.b.0 as *const _,
+                layouts[0],
+                spec.a.0 as *const _,
+                layouts[1],
+                spec.c.0 as *const _,
+                layouts[2],
+                spec.c.0 as *mut _,
+                layouts[2],
+                (&heuristic.algo) as *const _,
+                self.workspace.ptr.0 as *mut _,
+                workspace_size,
+                self.stream.cu_stream() as *mut _,
+            );
+            let _ = lt::destroy_matmul_pref(preference);
+            let _ = lt::destroy_matmul_desc(desc);
+            for layout in layouts {
+                let _ = lt::destroy_matrix_layout(layout);
+            }
+            result.map_err(cublas)
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! The whole model on the GPU backend against the CPU backend: forward, backward and two training
+//! steps (collator, dropout, AdamW, schedule). Runs on the emulated GPU everywhere; on a real GPU
+//! too when one is present (otherwise that test says why it skipped).
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
+use undertale_maskedlm::data::Example;
+use undertale_maskedlm::model::Config;
+use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::{
+    Device, InstructionTraceTransformerEncoderForMaskedLM as Model, Size, Tensor,
+};
+
+const VOCAB: usize = 30;
+const NEXT: i32 = 5;
+const MASK: i32 = 4;
+
+fn config() -> Config {
+    // Sizes that are not multiples of any tile: hidden 36 over 3 heads of 12, sequence 21.
+    let size = Size {
+        depth: 2,
+        hidden_dimensions: 36,
+        heads: 3,
+        intermediate_dimensions: 52,
+        sequence_length: 21,
+    };
+    Config::new(size, VOCAB, NEXT as usize, MASK as usize)
+}
+
+/// A padded batch with `[NEXT]` separators, one row of a single token.
+fn batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut tokens = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..rows {
+        let len = if r == rows - 1 {
+            1
+        } else {
+            rng.random_range(seq / 2..=seq)
+        };
+        for j in 0..seq {
+            let real = j < len;
+            let token = if !real {
+                0
+            } else if rng.random::<f32>() < 0.2 {
+                NEXT
+            } else {
+                rng.random_range(6..VOCAB as i32)
+            };
+            tokens.push(token);
+            mask.push(i32::from(real));
+        }
+    }
+    (tokens, mask)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst <= rel * scale,
+        "{what}: worst difference {worst} against scale {scale}"
+    );
+}
+
+/// Forward logits, the training loss and every gradient, on `device` against the CPU.
+fn forward_and_backward_match(device: Device, rel: f32) {
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let config = config();
+    let (b, s) = (4, config.sequence_length);
+    let (tokens, mask) = batch(&mut rng, b, s);
+    let labels: Vec<i32> = tokens
+        .iter()
+        .zip(&mask)
+        .map(|(&t, &m)| {
+            if m == 1 && rng.random::<f32>() < 0.3 {
+                t
+            } else {
+                -100
+            }
+        })
+        .collect();
+    let t = |v: &[i32]| Tensor::from_i32(&[b, s], v.to_vec()).unwrap();
+    let cpu = Model::new(config.clone(), Device::Cpu, 11).unwrap();
+    let gpu = Model::new(config, device, 11).unwrap();
+
+    let want = cpu
+        .forward(&t(&tokens), Some(&t(&mask)))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let got = gpu
+        .forward(&t(&tokens), Some(&t(&mask)))
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    assert_close(&format!("logits on {device}"), &got, &want, rel);
+
+    let n = cpu.num_parameters();
+    let mut cpu_grads = cpu.backend().zeros_f32(&[n]).unwrap();
+    let mut gpu_grads = gpu.backend().zeros_f32(&[n]).unwrap();
+    let cpu_loss = cpu
+        .loss_and_backward(&t(&tokens), &t(&mask), &t(&labels), &mut cpu_grads, None)
+        .unwrap();
+    let gpu_loss = gpu
+        .loss_and_backward(&t(&tokens), &t(&mask), &t(&labels), &mut gpu_grads, None)
+        .unwrap();
+    assert!(
+        (gpu_loss - cpu_loss).abs() <= rel * cpu_loss.abs(),
+        "loss on {device}: {gpu_loss} vs {cpu_loss}"
+    );
+    let want = cpu_grads.to_vec_f32().unwrap();
+    let got = gpu_grads.to_vec_f32().unwrap();
+    for entry in cpu.layout().entries() {
+        let range = entry.param.offset..entry.param.offset + entry.param.len;
+        let what = format!("gradient of {} on {device}", entry.name);
+        assert_close(&what, &got[range.clone()], &want[range], rel * 10.0);
+    }
+
+    let filled_cpu = cpu
+        .infer(&t(&tokens), Some(&t(&mask)))
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
+    let filled_gpu = gpu
+        .infer(&t(&tokens), Some(&t(&mask)))
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
+    assert_eq!(filled_gpu, filled_cpu, "infer on {device}");
+}
+
+/// Two optimiser steps of the trainer (collator masks, dropout, AdamW, schedule).
+fn training_steps_match(device: Device, rel: f32) {
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let config = config();
+    let (tokens, mask) = batch(&mut rng, 12, config.sequence_length);
+    let examples: Vec<Example> = tokens
+        .chunks(config.sequence_length)
+        .zip(mask.chunks(config.sequence_length))
+        .map(|(t, m)| Example {
+            tokens: t.to_vec(),
+            mask: m.to_vec(),
+        })
+        .collect();
+    let mut cpu = Trainer::new(
+        Model::new(config.clone(), Device::Cpu, 5).unwrap(),
+        6,
+        10,
+        9,
+    )
+    .unwrap();
+    let mut gpu = Trainer::new(Model::new(config, device, 5).unwrap(), 6, 10, 9).unwrap();
+    for step in 0..2 {
+        let rows = &examples[step * 6..(step + 1) * 6];
+        let want = cpu.step(rows).unwrap();
+        let got = gpu.step(rows).unwrap();
+        let (w, g) = (want.loss, got.loss);
+        assert!(
+            (g - w).abs() <= rel * w.abs(),
+            "step {step} loss on {device}: {g} vs {w}"
+        );
+    }
+    let want = cpu.model().parameters().to_vec_f32().unwrap();
+    let got = gpu.model().parameters().to_vec_f32().unwrap();
+    assert_close(
+        &format!("parameters after two steps on {device}"),
+        &got,
+        &want,
+        rel,
+    );
+}
+
+#[test]
+fn the_model_on_the_emulated_gpu_matches_the_cpu() {
+    for order in [ScheduleOrder::Forward, ScheduleOrder::Random(7)] {
+        forward_and_backward_match(Device::Emulated(order), 1e-4);
+    }
+}
+
+#[test]
+fn training_on_the_emulated_gpu_matches_the_cpu() {
+    training_steps_match(Device::Emulated(ScheduleOrder::Reverse), 1e-4);
+}
+
+#[test]
+fn the_model_on_a_real_gpu_matches_the_cpu() {
+    match Device::Cuda(0).backend() {
+        Err(e) => println!("skipped: no usable GPU ({e})"),
+        Ok(_) => {
+            forward_and_backward_match(Device::Cuda(0), 1e-4);
+            training_steps_match(Device::Cuda(0), 1e-4);
+        }
+    }
+}
