@@ -58,7 +58,7 @@ impl Default for QuickstartOptions {
             batch_size: 32,
             vocab_size: 4096,
             learning_rate: 1e-3,
-            device: Device::Cpu,
+            device: Device::best_available(),
             seed: 0,
             progress: true,
         }
