@@ -27,7 +27,7 @@ for line in sys.stdin:
 }
 cargo build --release --bin maskedlm
 cp target/release/maskedlm "$BUNDLE/bin/maskedlm"
-cargo test --release --no-run --test kernels --test gpu_model --message-format=json 2>/dev/null | artifacts |
+cargo test --release --no-run --test kernels --test gpu_model --test emulator --message-format=json 2>/dev/null | artifacts |
     while read -r name kind path; do cp "$path" "$BUNDLE/bin/test-$name"; done
 cargo bench --no-run --message-format=json 2>/dev/null | artifacts |
     while read -r name kind path; do [ "$kind" = bench ] && cp "$path" "$BUNDLE/bin/bench-$name"; done

@@ -73,6 +73,8 @@ seconds = start.elapsed_time(end) / 1e3 / 10
 print(f"bf16 matmul: {2 * 8192**3 / seconds / 1e12:.0f} TFLOP/s")
 PY
 
+# The emulator's tensor-core twins against the real instructions.
+[ -x "$BIN/test-emulator" ] && step emulator-twins "$BIN/test-emulator" tensor_core_twins --nocapture
 # Every kernel against the CPU backend, on the emulator and on this GPU; the whole model.
 [ -x "$BIN/test-kernels" ] && step kernel-tests "$BIN/test-kernels" --test-threads 1
 [ -x "$BIN/test-gpu_model" ] && step model-tests "$BIN/test-gpu_model" --nocapture --test-threads 1

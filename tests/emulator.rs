@@ -744,3 +744,139 @@ fn bad_launches_are_errors() {
         "self-test kernels stay out of the library"
     );
 }
+
+// ----- the twins against the real instructions ---------------------------------------------------
+
+/// Runs the same tensor-core self-test kernels on a real GPU (their PTX is embedded when nvcc was
+/// present at build time) and requires the results the emulator gives, so the emulator's fragment
+/// layouts are checked against the hardware whenever a GPU is available.
+#[test]
+fn tensor_core_twins_agree_with_a_real_gpu() {
+    use undertale_maskedlm::backend::cuda::cuda_runtime::CudaRuntime;
+    use undertale_maskedlm::backend::cuda::ptx::SELFTEST_PTX;
+    use undertale_maskedlm::backend::cuda::runtime::GpuRuntime;
+
+    let gpu = match CudaRuntime::shared(0) {
+        Ok(gpu) => gpu,
+        Err(e) => {
+            println!("skipped: no usable GPU ({e})");
+            return;
+        }
+    };
+    let arch = if gpu.name().unwrap_or_default().contains("A100") {
+        "sm_80"
+    } else {
+        "sm_90"
+    };
+    let Some(&(_, _, ptx)) = SELFTEST_PTX
+        .iter()
+        .find(|(file, a, _)| *file == "tensor_cores" && *a == arch)
+    else {
+        println!("skipped: this build has no self-test PTX (nvcc was not found at build time)");
+        return;
+    };
+    let upload = |bytes: &[u8]| {
+        let buffer = gpu.alloc(bytes.len()).unwrap();
+        gpu.upload(buffer.ptr(), bytes).unwrap();
+        buffer
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+
+    let matrices: Vec<u16> = (0..4 * 64).map(|_| rng.random()).collect();
+    let matrices_gpu = upload(bytemuck::cast_slice(&matrices));
+    for count in [1usize, 2, 4] {
+        for transpose in [false, true] {
+            let registers_gpu = gpu.alloc(32 * 4 * 4).unwrap();
+            gpu.memset_zero(registers_gpu.ptr(), 32 * 4 * 4).unwrap();
+            let mut args = KernelArgs::new()
+                .ptr(matrices_gpu.ptr())
+                .ptr(registers_gpu.ptr())
+                .i32(count as i32)
+                .i32(i32::from(transpose));
+            gpu.launch_from_ptx(
+                "selftest_tensor_cores",
+                ptx,
+                "ldmatrix_dump",
+                &LaunchConfig::linear(1, 32, 0),
+                &mut args,
+            )
+            .unwrap();
+            let mut registers = vec![0u32; 32 * 4];
+            gpu.download(
+                registers_gpu.ptr(),
+                bytemuck::cast_slice_mut(&mut registers),
+            )
+            .unwrap();
+            for lane in 0..32 {
+                for m in 0..count {
+                    assert_eq!(
+                        registers[lane * 4 + m],
+                        ldmatrix_expected(&matrices, lane, m, transpose),
+                        "GPU x{count} trans={transpose} lane {lane} reg {m}"
+                    );
+                }
+            }
+        }
+    }
+
+    for f16 in [false, true] {
+        let bits = |x: f32| {
+            if f16 {
+                half::f16::from_f32(x).to_bits()
+            } else {
+                half::bf16::from_f32(x).to_bits()
+            }
+        };
+        let a: Vec<u16> = random_vec(&mut rng, 16 * 16)
+            .into_iter()
+            .map(bits)
+            .collect();
+        let b: Vec<u16> = random_vec(&mut rng, 16 * 8).into_iter().map(bits).collect();
+        let c = random_vec(&mut rng, 16 * 8);
+        let mut emulated = poisoned(16 * 8);
+        let mut args = KernelArgs::new()
+            .ptr(DevicePtr::host(&a))
+            .ptr(DevicePtr::host(&b))
+            .ptr(DevicePtr::host(&c))
+            .ptr(DevicePtr::host_mut(&mut emulated))
+            .i32(i32::from(f16));
+        device(ScheduleOrder::Forward)
+            .launch(
+                "mma_tile_product",
+                &LaunchConfig::linear(1, 32, 0),
+                &mut args,
+            )
+            .unwrap();
+        let (a_gpu, b_gpu, c_gpu) = (
+            upload(bytemuck::cast_slice(&a)),
+            upload(bytemuck::cast_slice(&b)),
+            upload(bytemuck::cast_slice(&c)),
+        );
+        let d_gpu = gpu.alloc(16 * 8 * 4).unwrap();
+        let mut args = KernelArgs::new()
+            .ptr(a_gpu.ptr())
+            .ptr(b_gpu.ptr())
+            .ptr(c_gpu.ptr())
+            .ptr(d_gpu.ptr())
+            .i32(i32::from(f16));
+        gpu.launch_from_ptx(
+            "selftest_tensor_cores",
+            ptx,
+            "mma_tile_product",
+            &LaunchConfig::linear(1, 32, 0),
+            &mut args,
+        )
+        .unwrap();
+        let mut hardware = vec![0.0f32; 16 * 8];
+        gpu.download(d_gpu.ptr(), bytemuck::cast_slice_mut(&mut hardware))
+            .unwrap();
+        let want: Vec<f64> = emulated.iter().map(|&v| f64::from(v)).collect();
+        // The hardware's adder may round the last bits differently from the twin's k-order sum.
+        assert_close(
+            &hardware,
+            &want,
+            1e-5,
+            &format!("mma on the GPU vs the twin, f16={f16}"),
+        );
+    }
+}

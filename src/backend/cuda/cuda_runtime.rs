@@ -158,6 +158,11 @@ impl CudaRuntime {
         })
     }
 
+    /// The PTX architecture this GPU loads: `"sm_80"` or `"sm_90"`.
+    pub fn arch(&self) -> &'static str {
+        self.arch
+    }
+
     /// The GPU's name, e.g. "NVIDIA H100 80GB HBM3".
     pub fn name(&self) -> Result<String> {
         self.context.name().map_err(|e| self.error(e))
@@ -263,6 +268,36 @@ impl CudaRuntime {
         Ok(function)
     }
 
+    /// Launches a kernel from PTX other than the embedded kernels (the emulator's self-test kernels,
+    /// to check the emulator's tensor-core twins against the real instructions).
+    pub fn launch_from_ptx(
+        &self,
+        module_name: &'static str,
+        ptx: &'static str,
+        kernel: &str,
+        config: &LaunchConfig,
+        args: &mut KernelArgs,
+    ) -> Result<()> {
+        self.bind()?;
+        let module = {
+            let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            match modules.get(module_name) {
+                Some(module) => module.clone(),
+                None => {
+                    let module = self.context.load_module(Ptx::from_src(ptx)).map_err(|e| {
+                        Self::kernel_error(kernel, format!("loading {module_name}: {e}"))
+                    })?;
+                    modules.insert(module_name, module.clone());
+                    module
+                }
+            }
+        };
+        let function = module
+            .load_function(kernel)
+            .map_err(|e| Self::kernel_error(kernel, e))?;
+        self.launch_function(kernel, &function, config, args)
+    }
+
     fn bind(&self) -> Result<()> {
         self.context.bind_to_thread().map_err(|e| self.error(e))
     }
@@ -340,44 +375,7 @@ impl GpuRuntime for CudaRuntime {
     fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
         self.bind()?;
         let function = self.function(kernel)?;
-        if config.shared_bytes > 48 * 1024 {
-            function
-                .set_attribute(
-                    driver_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    config.shared_bytes as i32,
-                )
-                .map_err(|e| Self::kernel_error(kernel, e))?;
-        }
-        let mut params: Vec<*mut c_void> = args.pointers();
-        let [gx, gy, gz] = config.grid;
-        let [bx, by, bz] = config.block;
-        // SAFETY: one pointer per kernel parameter, each to a live 8-byte slot of `args`; the
-        // argument values (device addresses, sizes) are the launch wrapper's responsibility.
-        unsafe {
-            driver::launch_kernel(
-                function.cu_function(),
-                (gx, gy, gz),
-                (bx, by, bz),
-                config.shared_bytes,
-                self.stream.cu_stream(),
-                &mut params,
-            )
-        }
-        .map_err(|e| {
-            Self::kernel_error(
-                kernel,
-                format!(
-                    "launch (grid {:?}, block {:?}): {e}",
-                    config.grid, config.block
-                ),
-            )
-        })?;
-        if self.sync_launches {
-            self.stream
-                .synchronize()
-                .map_err(|e| Self::kernel_error(kernel, e))?;
-        }
-        Ok(())
+        self.launch_function(kernel, &function, config, args)
     }
 
     fn gemm(&self, spec: &GemmSpec) -> Result<()> {
@@ -490,5 +488,54 @@ impl GpuRuntime for CudaRuntime {
             }
             result.map_err(cublas)
         }
+    }
+}
+
+impl CudaRuntime {
+    fn launch_function(
+        &self,
+        kernel: &str,
+        function: &CudaFunction,
+        config: &LaunchConfig,
+        args: &mut KernelArgs,
+    ) -> Result<()> {
+        if config.shared_bytes > 48 * 1024 {
+            function
+                .set_attribute(
+                    driver_sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    config.shared_bytes as i32,
+                )
+                .map_err(|e| Self::kernel_error(kernel, e))?;
+        }
+        let mut params: Vec<*mut c_void> = args.pointers();
+        let [gx, gy, gz] = config.grid;
+        let [bx, by, bz] = config.block;
+        // SAFETY: one pointer per kernel parameter, each to a live 8-byte slot of `args`; the
+        // argument values (device addresses, sizes) are the launch wrapper's responsibility.
+        unsafe {
+            driver::launch_kernel(
+                function.cu_function(),
+                (gx, gy, gz),
+                (bx, by, bz),
+                config.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+        .map_err(|e| {
+            Self::kernel_error(
+                kernel,
+                format!(
+                    "launch (grid {:?}, block {:?}): {e}",
+                    config.grid, config.block
+                ),
+            )
+        })?;
+        if self.sync_launches {
+            self.stream
+                .synchronize()
+                .map_err(|e| Self::kernel_error(kernel, e))?;
+        }
+        Ok(())
     }
 }

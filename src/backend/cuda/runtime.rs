@@ -106,6 +106,17 @@ pub struct Allocation {
     pub(crate) _owner: Box<dyn Send + Sync>,
 }
 
+impl Allocation {
+    /// The device address of the first byte.
+    pub fn ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
 impl Debug for Allocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Allocation({:#x}, {} bytes)", self.ptr.0, self.bytes)
