@@ -192,6 +192,40 @@ fn write_if_changed(path: &Path, contents: &str) {
     }
 }
 
+/// ptxas's register and spill figures for every kernel of one PTX file, one line each (the build
+/// notes that say whether a kernel spills to local memory).
+fn ptxas_figures(nvcc: &Path, ptx: &Path, arch: &str) -> Vec<String> {
+    let ptxas = nvcc.with_file_name("ptxas");
+    let Ok(output) = Command::new(&ptxas)
+        .arg(format!("-arch={arch}"))
+        .arg("-v")
+        .arg(ptx)
+        .arg("-o")
+        .arg(if cfg!(windows) { "NUL" } else { "/dev/null" })
+        .output()
+    else {
+        return vec![format!(
+            "ptxas not found beside {}: no register figures",
+            nvcc.display()
+        )];
+    };
+    let text = String::from_utf8_lossy(&output.stderr);
+    let mut figures = Vec::new();
+    let mut kernel = String::new();
+    let mut spills = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            kernel = rest.split('\'').next().unwrap_or_default().to_string();
+        } else if line.contains("spill stores") {
+            spills = line.trim().to_string();
+        } else if let Some(used) = line.split("Used ").nth(1) {
+            let registers = used.split(',').next().unwrap_or_default();
+            figures.push(format!("ptxas {arch} {kernel}: {registers}, {spills}"));
+        }
+    }
+    figures
+}
+
 /// For loading kernels at run time: which file each kernel is in (`KERNEL_FILES`), and the sources
 /// of `kernels/*.cu` and `kernels/*.cuh` (`KERNEL_SOURCES`), compiled by NVRTC when no PTX was built.
 fn source_listing(listing: &mut String, kernel_dir: &Path, kernels: &[PathBuf]) {
@@ -212,7 +246,12 @@ fn source_listing(listing: &mut String, kernel_dir: &Path, kernels: &[PathBuf]) 
     for path in sources {
         println!("cargo:rerun-if-changed={}", path.display());
         let name = path.file_name().unwrap().to_string_lossy();
-        writeln!(listing, "    (\"{name}\", include_str!({:?})),", path.display()).unwrap();
+        writeln!(
+            listing,
+            "    (\"{name}\", include_str!({:?})),",
+            path.display()
+        )
+        .unwrap();
     }
     listing.push_str("];\n");
 }
@@ -291,7 +330,7 @@ fn compile_ptx(
             })
         })
         .collect();
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let results: Vec<std::result::Result<Vec<String>, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .iter()
             .map(|(file, arch, ptx)| {
@@ -315,22 +354,37 @@ fn compile_ptx(
                         command.arg("-I").arg(cccl);
                     }
                     match command.output() {
-                        Ok(output) if output.status.success() => None,
-                        Ok(output) => Some(format!(
+                        Ok(output) if output.status.success() => {
+                            let report = file.starts_with(kernel_dir) && (*arch == "sm_90");
+                            Ok(if report {
+                                ptxas_figures(nvcc, ptx, arch)
+                            } else {
+                                Vec::new()
+                            })
+                        }
+                        Ok(output) => Err(format!(
                             "nvcc failed on {} for {arch}:\n{}",
                             file.display(),
                             String::from_utf8_lossy(&output.stderr)
                         )),
-                        Err(error) => Some(format!("cannot run {}: {error}", nvcc.display())),
+                        Err(error) => Err(format!("cannot run {}: {error}", nvcc.display())),
                     }
                 })
             })
             .collect();
-        handles
-            .into_iter()
-            .filter_map(|h| h.join().unwrap())
-            .collect()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let mut failures = Vec::new();
+    for result in results {
+        match result {
+            Ok(figures) => {
+                for line in figures {
+                    println!("cargo:warning={line}");
+                }
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
     if !failures.is_empty() {
         if required {
             panic!("{}", failures.join("\n"));
