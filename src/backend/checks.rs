@@ -74,3 +74,75 @@ pub(crate) fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Resul
         head_dim: width / 3 / heads,
     })
 }
+
+/// A row index for every entry, each below `n`.
+pub(crate) fn check_rows(idx: &[i32], n: usize) -> Result<()> {
+    match idx.iter().find(|&&r| r < 0 || r as usize >= n) {
+        Some(&r) => Err(Error::shape(
+            "row index",
+            format!("an index below {n}"),
+            &[r.max(0) as usize],
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The `[batch, seq]` token tensor of an embedding call, with a sequence no longer than the
+/// position tables (instruction and argument, each `[positions, hidden]`).
+pub(crate) fn embedding_dims(
+    tokens: &Tensor,
+    instruction: Param,
+    argument: Param,
+    hidden: usize,
+) -> Result<(usize, usize)> {
+    let [batch, seq] = *tokens.shape() else {
+        return Err(Error::shape(
+            "embedding tokens",
+            "[batch, seq]",
+            tokens.shape(),
+        ));
+    };
+    let positions = instruction.len.min(argument.len) / hidden.max(1);
+    if seq > positions {
+        return Err(Error::SequenceTooLong {
+            length: seq,
+            max: positions,
+        });
+    }
+    Ok((batch, seq))
+}
+
+/// The gradient views an op adds into: pairwise disjoint and inside the flat buffer.
+pub(crate) fn check_disjoint_slots(slots: &[Param], buffer_len: usize, what: &str) -> Result<()> {
+    let mut sorted = slots.to_vec();
+    sorted.sort_by_key(|p| p.offset);
+    let mut consumed = 0;
+    for p in sorted {
+        if p.offset < consumed || p.offset + p.len > buffer_len {
+            return Err(Error::shape(
+                format!("{what}: overlapping or out-of-range gradient slot"),
+                format!("disjoint slots inside [{buffer_len}]"),
+                &[p.offset, p.len],
+            ));
+        }
+        consumed = p.offset + p.len;
+    }
+    Ok(())
+}
+
+/// Every token id below `vocab`, or the first that is not, by row and position.
+pub(crate) fn check_token_ids(ids: &[i32], seq: usize, vocab: usize) -> Result<()> {
+    match ids
+        .iter()
+        .enumerate()
+        .find(|(_, id)| **id < 0 || **id as usize >= vocab)
+    {
+        Some((i, &id)) => Err(Error::TokenOutOfRange {
+            id: i64::from(id),
+            row: i / seq.max(1),
+            position: i % seq.max(1),
+            vocab_size: vocab,
+        }),
+        None => Ok(()),
+    }
+}

@@ -1,1 +1,324 @@
-// Kernel tests for kernels/attention.cu: written with the kernel.
+//! Kernel tests for kernels/attention.cu: forward (out, lse) and backward (dqkv) against the CPU
+//! backend, for every head-dim capacity the kernels are compiled for, with sizes that are no multiple
+//! of any tile, padding at the end of sequences, holes in masks and sequences that are all padding.
+
+use crate::harness::{assert_close, cpu, gpus, random, rng};
+use undertale_maskedlm::Error;
+use undertale_maskedlm::Tensor;
+use undertale_maskedlm::backend::Backend;
+
+/// One attention call: sizes and, per sequence, which keys are real.
+struct Case {
+    heads: usize,
+    head_dim: usize,
+    seq: usize,
+    masks: Vec<Vec<i32>>,
+}
+
+/// A mask whose first `len` keys are real: padding at the end (all padding for `len` 0).
+fn prefix(seq: usize, len: usize) -> Vec<i32> {
+    (0..seq).map(|j| i32::from(j < len)).collect()
+}
+
+/// A mask with padding at the end and holes: keys in `holes` are padding too.
+fn with_holes(seq: usize, len: usize, holes: &[usize]) -> Vec<i32> {
+    let mut mask = prefix(seq, len);
+    for &j in holes {
+        mask[j] = 0;
+    }
+    mask
+}
+
+/// `lse` equal to `want`: the same rows are -inf (no real key), the others within `rel`.
+fn assert_lse(what: &str, got: &[f32], want: &[f32], rel: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(
+            g == f32::NEG_INFINITY,
+            w == f32::NEG_INFINITY,
+            "{what}[{i}]: got {g}, want {w}"
+        );
+    }
+    let finite = |v: &[f32]| -> Vec<f32> { v.iter().copied().filter(|x| x.is_finite()).collect() };
+    assert_close(what, &finite(got), &finite(want), rel, 0.0);
+}
+
+/// The largest difference relative to the largest magnitude of `want` (finite entries).
+fn worst(got: &[f32], want: &[f32]) -> f32 {
+    let scale = want
+        .iter()
+        .filter(|x| x.is_finite())
+        .fold(0.0f32, |m, v| m.max(v.abs()));
+    got.iter()
+        .zip(want)
+        .filter(|(_, w)| w.is_finite())
+        .map(|(g, w)| (g - w).abs() / scale)
+        .fold(0.0f32, f32::max)
+}
+
+/// Forward and backward of `case` on the emulated GPU, in every scheduling order, against the CPU.
+fn check(case: &Case, seed: u64) {
+    let Case {
+        heads,
+        head_dim,
+        seq,
+        ref masks,
+    } = *case;
+    let batch = masks.len();
+    let hidden = heads * head_dim;
+    let mut rng = rng(seed);
+    // Scores of a few units: softmax rows are peaked, so the online max moves between key tiles.
+    let qkv = random(&mut rng, batch * seq * 3 * hidden, 2.0);
+    let dout = random(&mut rng, batch * seq * hidden, 1.0);
+    let mask: Vec<i32> = masks.concat();
+    let (qkv_shape, out_shape, mask_shape) = (
+        [batch * seq, 3 * hidden],
+        [batch * seq, hidden],
+        [batch, seq],
+    );
+    let what = format!("batch {batch} seq {seq} heads {heads} head_dim {head_dim}");
+
+    let cpu = cpu();
+    let c_qkv = cpu.upload_f32(&qkv_shape, &qkv).unwrap();
+    let c_mask = cpu.upload_i32(&mask_shape, &mask).unwrap();
+    let c_dout = cpu.upload_f32(&out_shape, &dout).unwrap();
+    let want = cpu.attention_forward(&c_qkv, &c_mask, heads).unwrap();
+    let want_dqkv = cpu
+        .attention_backward(&c_dout, &c_qkv, &c_mask, &want.out, &want.lse, heads)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let (want_out, want_lse) = (
+        want.out.to_vec_f32().unwrap(),
+        want.lse.to_vec_f32().unwrap(),
+    );
+
+    for (order, gpu) in gpus() {
+        let g_qkv = gpu.upload_f32(&qkv_shape, &qkv).unwrap();
+        let g_mask = gpu.upload_i32(&mask_shape, &mask).unwrap();
+        let g_dout = gpu.upload_f32(&out_shape, &dout).unwrap();
+        let got = gpu.attention_forward(&g_qkv, &g_mask, heads).unwrap();
+        assert_eq!(got.out.shape(), want.out.shape());
+        assert_eq!(got.lse.shape(), want.lse.shape());
+        let out = got.out.to_vec_f32().unwrap();
+        let lse = got.lse.to_vec_f32().unwrap();
+        assert_close(&format!("{what} out {order:?}"), &out, &want_out, 1e-5, 0.0);
+        assert_lse(&format!("{what} lse {order:?}"), &lse, &want_lse, 1e-5);
+
+        let dqkv = gpu
+            .attention_backward(&g_dout, &g_qkv, &g_mask, &got.out, &got.lse, heads)
+            .unwrap();
+        assert_eq!(dqkv.shape(), &qkv_shape);
+        let dqkv = dqkv.to_vec_f32().unwrap();
+        assert_close(
+            &format!("{what} dqkv {order:?}"),
+            &dqkv,
+            &want_dqkv,
+            1e-5,
+            0.0,
+        );
+        eprintln!(
+            "{what} {order:?}: worst relative difference out {:.1e}, lse {:.1e}, dqkv {:.1e}",
+            worst(&out, &want_out),
+            worst(&lse, &want_lse),
+            worst(&dqkv, &want_dqkv)
+        );
+    }
+}
+
+#[test]
+fn head_dim_16_with_padding_and_an_all_padding_sequence() {
+    let seq = 37;
+    check(
+        &Case {
+            heads: 2,
+            head_dim: 16,
+            seq,
+            masks: vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        },
+        1,
+    );
+}
+
+#[test]
+fn head_dim_64_over_more_than_two_tiles() {
+    // 150 rows: three 64-row query tiles and three 64-key tiles, the last ones ragged. The second
+    // sequence has holes in its mask and padding after 140; its last key tile is partly padding.
+    let seq = 150;
+    check(
+        &Case {
+            heads: 2,
+            head_dim: 64,
+            seq,
+            masks: vec![
+                prefix(seq, 131),
+                with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
+                prefix(seq, 0),
+            ],
+        },
+        2,
+    );
+}
+
+#[test]
+fn odd_head_dims_of_every_capacity() {
+    // head_dim 7 (capacity 16), 27 (32) and 100 (128, where key tiles are 32 rows): features past
+    // head_dim are padding inside the kernels. One real key only; padding crossing a row tile.
+    let seq = 45;
+    check(
+        &Case {
+            heads: 3,
+            head_dim: 7,
+            seq,
+            masks: vec![prefix(seq, 1), prefix(seq, seq)],
+        },
+        3,
+    );
+    let seq = 70;
+    check(
+        &Case {
+            heads: 1,
+            head_dim: 27,
+            seq,
+            masks: vec![prefix(seq, 65), with_holes(seq, seq, &[1, 2, 69])],
+        },
+        4,
+    );
+    let seq = 41;
+    check(
+        &Case {
+            heads: 2,
+            head_dim: 100,
+            seq,
+            masks: vec![prefix(seq, 33), prefix(seq, 0), prefix(seq, seq)],
+        },
+        5,
+    );
+}
+
+#[test]
+fn backward_is_deterministic() {
+    let (batch, seq, heads, head_dim) = (2, 70, 2, 32);
+    let hidden = heads * head_dim;
+    let mut rng = rng(6);
+    let qkv = random(&mut rng, batch * seq * 3 * hidden, 2.0);
+    let dout = random(&mut rng, batch * seq * hidden, 1.0);
+    let mask = [prefix(seq, 50), prefix(seq, seq)].concat();
+    let gpu = &gpus()[2].1;
+    let qkv = gpu.upload_f32(&[batch * seq, 3 * hidden], &qkv).unwrap();
+    let mask = gpu.upload_i32(&[batch, seq], &mask).unwrap();
+    let dout = gpu.upload_f32(&[batch * seq, hidden], &dout).unwrap();
+    let fwd = gpu.attention_forward(&qkv, &mask, heads).unwrap();
+    let run = || {
+        gpu.attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, heads)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+    };
+    let (a, b) = (run(), run());
+    assert!(
+        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+        "two backward runs differ"
+    );
+}
+
+#[test]
+fn empty_sizes() {
+    // seq 0: empty outputs and no launch. (The CPU backend is not compared: it panics on seq 0.)
+    let gpu = &gpus()[0].1;
+    let qkv = gpu.upload_f32(&[0, 12], &[]).unwrap();
+    let mask = gpu.upload_i32(&[2, 0], &[]).unwrap();
+    let fwd = gpu.attention_forward(&qkv, &mask, 2).unwrap();
+    assert_eq!(fwd.out.shape(), &[0, 4]);
+    assert_eq!(fwd.lse.shape(), &[2, 2, 0]);
+    let dout = gpu.upload_f32(&[0, 4], &[]).unwrap();
+    let dqkv = gpu
+        .attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, 2)
+        .unwrap();
+    assert_eq!(dqkv.shape(), &[0, 12]);
+}
+
+/// The same call on both backends: both fail with the same message.
+fn same_error(what: &str, call: impl Fn(&dyn Backend) -> Result<(), Error>) -> Error {
+    let cpu_error = call(&cpu()).expect_err(what);
+    let gpu_error = call(gpus()[0].1.as_ref()).expect_err(what);
+    assert_eq!(gpu_error.to_string(), cpu_error.to_string(), "{what}");
+    gpu_error
+}
+
+#[test]
+fn bad_shapes_fail_as_on_the_cpu() {
+    let upload = |backend: &dyn Backend, shape: &[usize]| -> Tensor {
+        let n = shape.iter().product();
+        backend.upload_f32(shape, &vec![0.5; n]).unwrap()
+    };
+    let mask = |backend: &dyn Backend, shape: &[usize]| -> Tensor {
+        let n = shape.iter().product();
+        backend.upload_i32(shape, &vec![1; n]).unwrap()
+    };
+    let forward = |qkv: &'static [usize], m: &'static [usize], heads: usize| {
+        move |b: &dyn Backend| {
+            b.attention_forward(&upload(b, qkv), &mask(b, m), heads)
+                .map(|_| ())
+        }
+    };
+    // qkv width not a multiple of 3, hidden not divisible by the heads, rows not batch * seq,
+    // a mask that is not [batch, seq].
+    for (what, call) in [
+        ("width 13", forward(&[10, 13], &[2, 5], 1)),
+        ("hidden 8 over 3 heads", forward(&[10, 24], &[2, 5], 3)),
+        ("9 rows", forward(&[9, 24], &[2, 5], 2)),
+        ("mask rank 1", forward(&[10, 24], &[10], 2)),
+    ] {
+        let error = same_error(what, call);
+        assert!(matches!(error, Error::Shape { .. }), "{what}: {error}");
+    }
+
+    // A mask of floats: the same dtype error.
+    let error = same_error("f32 mask", |b| {
+        b.attention_forward(&upload(b, &[10, 24]), &upload(b, &[2, 5]), 2)
+            .map(|_| ())
+    });
+    assert!(matches!(error, Error::DType { .. }), "{error}");
+
+    // Backward: dout not shaped like out, and an lse of the wrong size.
+    let backward = |dout: &'static [usize], lse: &'static [usize]| {
+        move |b: &dyn Backend| {
+            b.attention_backward(
+                &upload(b, dout),
+                &upload(b, &[10, 24]),
+                &mask(b, &[2, 5]),
+                &upload(b, &[10, 8]),
+                &upload(b, lse),
+                2,
+            )
+            .map(|_| ())
+        }
+    };
+    for (what, call) in [
+        ("dout [10, 9]", backward(&[10, 9], &[2, 2, 5])),
+        ("lse [2, 2, 4]", backward(&[10, 8], &[2, 2, 4])),
+    ] {
+        let error = same_error(what, call);
+        assert!(matches!(error, Error::Shape { .. }), "{what}: {error}");
+    }
+}
+
+#[test]
+fn head_dims_past_128_are_a_clear_error() {
+    // The CPU takes any head_dim; the kernels stop at 128 and say so instead of computing garbage.
+    let gpu = &gpus()[0].1;
+    let qkv = gpu
+        .upload_f32(&[2, 3 * 136], &vec![0.5; 2 * 3 * 136])
+        .unwrap();
+    let mask = gpu.upload_i32(&[1, 2], &[1, 1]).unwrap();
+    let error = gpu.attention_forward(&qkv, &mask, 1).unwrap_err();
+    assert!(matches!(error, Error::Config(_)), "{error}");
+    assert!(error.to_string().contains("head_dim 136"), "{error}");
+    let cpu = cpu();
+    let c_qkv = cpu
+        .upload_f32(&[2, 3 * 136], &vec![0.5; 2 * 3 * 136])
+        .unwrap();
+    let c_mask = cpu.upload_i32(&[1, 2], &[1, 1]).unwrap();
+    assert!(cpu.attention_forward(&c_qkv, &c_mask, 1).is_ok());
+}

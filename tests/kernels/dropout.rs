@@ -1,1 +1,138 @@
-// Kernel tests for kernels/dropout.cu: written with the kernel.
+// Kernel tests for kernels/dropout.cu and kernels/philox.cuh: masks bit-identical to the CPU's, for
+// keys with high bits set, sizes that are not multiples of four, forward and backward.
+
+use crate::harness::{cpu, gpus, random, rng};
+use undertale_maskedlm::backend::{Backend, DropoutKey};
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn masks_are_bit_identical_to_the_cpu() {
+    // 37 x 53 = 1961 elements: 490 full groups of four and a tail of one.
+    let shape = [37, 53];
+    let n = 37 * 53;
+    let x = random(&mut rng(31), n, 2.0);
+    let dy = random(&mut rng(32), n, 2.0);
+    let keys = [
+        DropoutKey {
+            p: 0.1,
+            seed: 1234,
+            step: 7,
+            site: 0,
+        },
+        // Every key and counter word in use: 64-bit seed and step, a large site.
+        DropoutKey {
+            p: 0.5,
+            seed: 0xdead_beef_0123_4567,
+            step: (5 << 32) | 3,
+            site: 0x8000_0011,
+        },
+        // No dropout: the identity.
+        DropoutKey {
+            p: 0.0,
+            seed: 9,
+            step: 1,
+            site: 2,
+        },
+    ];
+    let cpu = cpu();
+    let (cx, cdy) = (
+        cpu.upload_f32(&shape, &x).unwrap(),
+        cpu.upload_f32(&shape, &dy).unwrap(),
+    );
+    for key in keys {
+        let want_y = cpu.dropout_forward(&cx, key).unwrap().to_vec_f32().unwrap();
+        let want_dx = cpu
+            .dropout_backward(&cdy, key)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let dropped = want_y.iter().filter(|&&v| v == 0.0).count() as f32 / n as f32;
+        assert!(
+            (dropped - key.p).abs() < 0.05,
+            "{dropped} dropped for p {}",
+            key.p
+        );
+        for (order, gpu) in gpus() {
+            let y = gpu
+                .dropout_forward(&gpu.upload_f32(&shape, &x).unwrap(), key)
+                .unwrap();
+            assert_eq!(y.shape(), &shape);
+            assert_eq!(
+                bits(&gpu.download_f32(&y).unwrap()),
+                bits(&want_y),
+                "forward {key:?} {order:?}"
+            );
+            let dx = gpu
+                .dropout_backward(&gpu.upload_f32(&shape, &dy).unwrap(), key)
+                .unwrap();
+            assert_eq!(
+                bits(&gpu.download_f32(&dx).unwrap()),
+                bits(&want_dx),
+                "backward {key:?} {order:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_tail_length_and_the_site_and_step_matter() {
+    let cpu = cpu();
+    let (_, gpu) = &gpus()[2];
+    let key = DropoutKey {
+        p: 0.3,
+        seed: 77,
+        step: 4,
+        site: 1,
+    };
+    // 1 to 9 elements: an empty, partial and full group in every combination with the tail.
+    for n in 1..10 {
+        let x = random(&mut rng(33 + n as u64), n, 1.0);
+        let want = cpu
+            .dropout_forward(&cpu.upload_f32(&[n], &x).unwrap(), key)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let got = gpu
+            .dropout_forward(&gpu.upload_f32(&[n], &x).unwrap(), key)
+            .unwrap();
+        assert_eq!(bits(&gpu.download_f32(&got).unwrap()), bits(&want), "{n}");
+    }
+    // Another site or step draws another mask.
+    let x = vec![1.0f32; 256];
+    let mask = |key: DropoutKey| {
+        let y = gpu
+            .dropout_forward(&gpu.upload_f32(&[256], &x).unwrap(), key)
+            .unwrap();
+        gpu.download_f32(&y).unwrap()
+    };
+    let base = mask(key);
+    assert_ne!(base, mask(DropoutKey { site: 2, ..key }));
+    assert_ne!(base, mask(DropoutKey { step: 5, ..key }));
+    assert_ne!(base, mask(DropoutKey { seed: 78, ..key }));
+}
+
+#[test]
+fn probabilities_outside_zero_to_one_are_the_cpus_error() {
+    let cpu = cpu();
+    let (_, gpu) = &gpus()[0];
+    for p in [1.0, -0.1, f32::NAN] {
+        let key = DropoutKey {
+            p,
+            seed: 1,
+            step: 1,
+            site: 0,
+        };
+        let errors: Vec<String> = [&cpu as &dyn Backend, gpu.as_ref()]
+            .iter()
+            .map(|b| {
+                let x = b.upload_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
+                b.dropout_forward(&x, key).unwrap_err().to_string()
+            })
+            .collect();
+        assert_eq!(errors[0], errors[1]);
+        assert!(errors[1].contains("dropout probability"), "{}", errors[1]);
+    }
+}

@@ -1,1 +1,208 @@
-// Kernel tests for kernels/layernorm.cu: written with the kernel.
+//! kernels/layernorm.cu against the CPU backend: forward (y, mean, rstd) and backward (dx, and
+//! dweight/dbias added into a gradient buffer that starts non-zero).
+
+use crate::harness::{assert_close, cpu, gpus, random, rng};
+use undertale_maskedlm::Error;
+use undertale_maskedlm::backend::{Backend, Param};
+
+/// Relative tolerance: the GPU sums a row as a warp tree, the CPU left to right.
+const REL: f32 = 1e-5;
+
+/// Weight and bias at odd offsets of a flat buffer, with padding before, between and after them
+/// that the kernels must not touch.
+fn slots(c: usize) -> (Param, Param, usize) {
+    let weight = Param { offset: 3, len: c };
+    let bias = Param {
+        offset: 3 + c + 5,
+        len: c,
+    };
+    (weight, bias, bias.offset + c + 2)
+}
+
+fn outside(i: usize, slots: &[Param]) -> bool {
+    slots.iter().all(|p| i < p.offset || i >= p.offset + p.len)
+}
+
+fn check(seed: u64, shape: &[usize]) {
+    let c = *shape.last().unwrap();
+    let n: usize = shape.iter().product();
+    let rows = n / c;
+    let (weight, bias, len) = slots(c);
+    let mut rng = rng(seed);
+    // A mean far from zero (about 3, spread 2) makes the variance's two passes matter.
+    let x: Vec<f32> = random(&mut rng, n, 2.0).iter().map(|v| v + 3.0).collect();
+    let dy = random(&mut rng, n, 1.0);
+    let mut params = random(&mut rng, len, 1.0);
+    for w in &mut params[weight.offset..weight.offset + c] {
+        *w += 1.0;
+    }
+    let grads = random(&mut rng, len, 1.0);
+    let eps = 1e-5;
+
+    let cpu = cpu();
+    let (cx, cp) = (
+        cpu.upload_f32(shape, &x).unwrap(),
+        cpu.upload_f32(&[len], &params).unwrap(),
+    );
+    let want = cpu.layernorm_forward(&cx, &cp, weight, bias, eps).unwrap();
+    let (want_y, want_mean, want_rstd) = (
+        want.y.to_vec_f32().unwrap(),
+        want.mean.to_vec_f32().unwrap(),
+        want.rstd.to_vec_f32().unwrap(),
+    );
+    let mut cg = cpu.upload_f32(&[len], &grads).unwrap();
+    let want_dx = cpu
+        .layernorm_backward(
+            &cpu.upload_f32(shape, &dy).unwrap(),
+            &cx,
+            &want.mean,
+            &want.rstd,
+            &cp,
+            &mut cg,
+            weight,
+            bias,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want_grads = cg.to_vec_f32().unwrap();
+
+    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+    for (order, gpu) in gpus() {
+        let what = |name: &str| format!("layernorm {shape:?} {name} {order:?}");
+        let (gx, gp) = (
+            gpu.upload_f32(shape, &x).unwrap(),
+            gpu.upload_f32(&[len], &params).unwrap(),
+        );
+        let out = gpu.layernorm_forward(&gx, &gp, weight, bias, eps).unwrap();
+        assert_eq!(out.y.shape(), shape);
+        assert_eq!(out.mean.shape(), [rows]);
+        assert_eq!(out.rstd.shape(), [rows]);
+        let y = out.y.to_vec_f32().unwrap();
+        assert_close(&what("y"), &y, &want_y, REL, 0.0);
+        let mean = out.mean.to_vec_f32().unwrap();
+        assert_close(&what("mean"), &mean, &want_mean, REL, 0.0);
+        let rstd = out.rstd.to_vec_f32().unwrap();
+        assert_close(&what("rstd"), &rstd, &want_rstd, REL, 0.0);
+
+        // Backward from the CPU's statistics, so that dx and the gradients are compared on the
+        // same inputs.
+        let mut gg = gpu.upload_f32(&[len], &grads).unwrap();
+        let dx = gpu
+            .layernorm_backward(
+                &gpu.upload_f32(shape, &dy).unwrap(),
+                &gx,
+                &gpu.upload_f32(&[rows], &want_mean).unwrap(),
+                &gpu.upload_f32(&[rows], &want_rstd).unwrap(),
+                &gp,
+                &mut gg,
+                weight,
+                bias,
+            )
+            .unwrap();
+        assert_eq!(dx.shape(), shape);
+        let dx = dx.to_vec_f32().unwrap();
+        assert_close(&what("dx"), &dx, &want_dx, REL, 0.0);
+        let got_grads = gg.to_vec_f32().unwrap();
+        let (slot, pad): (Vec<usize>, Vec<usize>) =
+            (0..len).partition(|&i| !outside(i, &[weight, bias]));
+        let pick = |v: &[f32], at: &[usize]| at.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        assert_close(
+            &what("dweight, dbias"),
+            &pick(&got_grads, &slot),
+            &pick(&want_grads, &slot),
+            REL,
+            0.0,
+        );
+        assert_eq!(
+            pick(&got_grads, &pad),
+            pick(&grads, &pad),
+            "{}",
+            what("padding")
+        );
+        // dbias is only additions, in the CPU's order: the same bits.
+        let bias_range = bias.offset..bias.offset + c;
+        assert_eq!(
+            got_grads[bias_range.clone()],
+            want_grads[bias_range],
+            "{}",
+            what("dbias bits")
+        );
+
+        // Deterministic: every scheduling order gives the same bits (no atomics, fixed orders).
+        match &first {
+            None => first = Some((dx, got_grads)),
+            Some((dx0, grads0)) => {
+                assert_eq!(&dx, dx0, "{}", what("dx bits"));
+                assert_eq!(&got_grads, grads0, "{}", what("gradient bits"));
+            }
+        }
+    }
+}
+
+#[test]
+fn layernorm_matches_the_cpu() {
+    // 37 rows of 45: neither a multiple of the 8 rows of a block nor of the 32 lanes of a warp.
+    check(1, &[37, 45]);
+}
+
+#[test]
+fn layernorm_gradients_over_several_row_chunks_match_the_cpu() {
+    // 201 rows: the parameter gradients are summed in 4 chunks of 64 rows, the last one short.
+    check(2, &[3, 67, 45]);
+}
+
+#[test]
+fn layernorm_over_more_than_1024_features_matches_the_cpu() {
+    // 1100 features: each lane loops 34 or 35 times; the column sums take 5 blocks of 256 columns,
+    // the last partial.
+    check(3, &[2, 9, 1100]);
+}
+
+#[test]
+fn layernorm_rejects_what_the_cpu_rejects() {
+    let c = 45;
+    let (weight, bias, len) = slots(c);
+    let mut rng = rng(4);
+    let (x, params) = (random(&mut rng, 5 * c, 1.0), random(&mut rng, len, 1.0));
+    let cpu = cpu();
+    let (order, gpu) = gpus().swap_remove(0);
+    let both = |f: &dyn Fn(&dyn Backend) -> Error| {
+        let (want, got) = (f(&cpu), f(gpu.as_ref()));
+        assert!(matches!(got, Error::Shape { .. }), "{order:?}: {got}");
+        assert_eq!(got.to_string(), want.to_string(), "{order:?}");
+    };
+    // A weight of the wrong length.
+    both(&|b| {
+        let (x, p) = (
+            b.upload_f32(&[5, c], &x).unwrap(),
+            b.upload_f32(&[len], &params).unwrap(),
+        );
+        let short = Param {
+            len: c - 1,
+            ..weight
+        };
+        b.layernorm_forward(&x, &p, short, bias, 1e-5).unwrap_err()
+    });
+    // Statistics for the wrong number of rows, dy of the wrong shape, overlapping slots.
+    let backward = |b: &dyn Backend, dy_rows: usize, stats: usize, bias: Param| {
+        let (x, p) = (
+            b.upload_f32(&[5, c], &x).unwrap(),
+            b.upload_f32(&[len], &params).unwrap(),
+        );
+        let dy = b
+            .upload_f32(&[dy_rows, c], &vec![0.5; dy_rows * c])
+            .unwrap();
+        let stats = b.upload_f32(&[stats], &vec![1.0; stats]).unwrap();
+        let mut g = b.upload_f32(&[len], &params).unwrap();
+        b.layernorm_backward(&dy, &x, &stats, &stats, &p, &mut g, weight, bias)
+            .unwrap_err()
+    };
+    both(&|b| backward(b, 5, 4, bias));
+    both(&|b| backward(b, 4, 5, bias));
+    let overlapping = Param {
+        offset: weight.offset + 1,
+        len: c,
+    };
+    both(&|b| backward(b, 5, 5, overlapping));
+}

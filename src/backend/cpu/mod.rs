@@ -18,7 +18,8 @@ mod rows;
 pub use cross_entropy::IGNORE_INDEX;
 
 use crate::backend::checks::{
-    attention_dims, check_dropout_probability, check_param, check_same_shape, rows_cols,
+    attention_dims, check_disjoint_slots, check_dropout_probability, check_param, check_rows,
+    check_same_shape, check_token_ids, embedding_dims, rows_cols,
 };
 use crate::backend::{
     AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
@@ -84,6 +85,7 @@ fn params_mut<'a, const N: usize>(
     ps: [Param; N],
     what: &str,
 ) -> Result<[&'a mut [f32]; N]> {
+    check_disjoint_slots(&ps, buf.len(), what)?;
     let mut order: Vec<usize> = (0..N).collect();
     order.sort_by_key(|&i| ps[i].offset);
     let mut slots: [Option<&'a mut [f32]>; N] = std::array::from_fn(|_| None);
@@ -91,13 +93,6 @@ fn params_mut<'a, const N: usize>(
     let mut consumed = 0;
     for &i in &order {
         let p = ps[i];
-        if p.offset < consumed || p.offset + p.len > consumed + rest.len() {
-            return Err(Error::shape(
-                format!("{what}: overlapping or out-of-range gradient slot"),
-                format!("disjoint slots inside [{}]", consumed + rest.len()),
-                &[p.offset, p.len],
-            ));
-        }
         let (_, tail) = rest.split_at_mut(p.offset - consumed);
         let (slot, tail) = tail.split_at_mut(p.len);
         slots[i] = Some(slot);
@@ -158,35 +153,12 @@ impl Backend for CpuBackend {
         argument: Param,
         hidden: usize,
     ) -> Result<Tensor> {
-        let [batch, seq] = *tokens.shape() else {
-            return Err(Error::shape(
-                "embedding tokens",
-                "[batch, seq]",
-                tokens.shape(),
-            ));
-        };
+        let (batch, seq) = embedding_dims(tokens, instruction, argument, hidden)?;
         let ids = i32s(tokens, "embedding tokens")?;
         let p = f32s(params, "parameters")?;
         let vocab = token.len / hidden.max(1);
         let positions = instruction.len / hidden.max(1);
-        if seq > positions {
-            return Err(Error::SequenceTooLong {
-                length: seq,
-                max: positions,
-            });
-        }
-        if let Some((i, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id < 0 || **id as usize >= vocab)
-        {
-            return Err(Error::TokenOutOfRange {
-                id: id as i64,
-                row: i / seq,
-                position: i % seq,
-                vocab_size: vocab,
-            });
-        }
+        check_token_ids(ids, seq, vocab)?;
         let tables = [
             param(p, token, vocab * hidden, "embedding token table")?,
             param(
@@ -212,14 +184,8 @@ impl Backend for CpuBackend {
         instruction: Param,
         argument: Param,
     ) -> Result<()> {
-        let [_, seq] = *tokens.shape() else {
-            return Err(Error::shape(
-                "embedding tokens",
-                "[batch, seq]",
-                tokens.shape(),
-            ));
-        };
         let (rows, hidden) = rows_cols(dout, "embedding dout")?;
+        let (_, seq) = embedding_dims(tokens, instruction, argument, hidden)?;
         if rows != tokens.numel() {
             return Err(Error::shape(
                 "embedding dout",
@@ -228,6 +194,8 @@ impl Backend for CpuBackend {
             ));
         }
         let ids = i32s(tokens, "embedding tokens")?;
+        // The ids index the gradient tables: check them here too, not only in forward.
+        check_token_ids(ids, seq, token.len / hidden.max(1))?;
         let d = f32s(dout, "embedding dout")?;
         let g = f32s_mut(grads, "gradients")?;
         let tables = params_mut(g, [token, instruction, argument], "embedding")?;
@@ -526,16 +494,5 @@ impl Backend for CpuBackend {
             step,
         );
         Ok(())
-    }
-}
-
-fn check_rows(idx: &[i32], n: usize) -> Result<()> {
-    match idx.iter().find(|&&r| r < 0 || r as usize >= n) {
-        Some(&r) => Err(Error::shape(
-            "row index",
-            format!("an index below {n}"),
-            &[r.max(0) as usize],
-        )),
-        None => Ok(()),
     }
 }

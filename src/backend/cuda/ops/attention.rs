@@ -1,34 +1,160 @@
-//! Launch wrappers for `kernels/attention.cu`.
+//! Launch wrappers for `kernels/attention.cu`: fused multi-head attention with a key-padding mask,
+//! forward and backward (FlashAttention-2 on CUDA cores, f32).
+//!
+//! Each kernel exists once per head-dim capacity (16, 32, 64, 128); a call takes the smallest that
+//! holds its head_dim. Blocks own 64 rows of one (sequence, head) and the grid is one-dimensional,
+//! `ceil(seq / 64) * heads * batch` blocks with the row tile fastest. The backward is two kernels:
+//! dQ (which also saves `D_i = dO_i . out_i` in a scratch buffer) and then dK/dV, which reads it.
 
+use super::int;
 use crate::backend::AttentionOut;
+use crate::backend::checks::{AttentionDims, attention_dims, check_same_shape};
 use crate::backend::cuda::GpuBackend;
+use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
-    }
+/// Rows of one (sequence, head) per block: `Tiles<D>::ROWS` in the kernel file.
+const ROWS: usize = 64;
+
+/// The compiled head-dim capacities and each one's threads per block (`Tiles<D>::THREADS`: 64 rows
+/// times the `D / 16` lanes that share a row).
+const VARIANTS: [(usize, u32); 4] = [(16, 64), (32, 128), (64, 256), (128, 512)];
+
+/// The kernel variant for these sizes: its name suffix (`d64`), threads per block and grid size.
+struct Variant {
+    suffix: String,
+    config: LaunchConfig,
+}
+
+fn variant(dims: &AttentionDims) -> Result<Variant> {
+    let &(capacity, threads) = VARIANTS
+        .iter()
+        .find(|(capacity, _)| dims.head_dim <= *capacity)
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "attention head_dim {} exceeds the GPU kernels' maximum of {}",
+                dims.head_dim,
+                VARIANTS[VARIANTS.len() - 1].0
+            ))
+        })?;
+    let blocks = int(
+        dims.seq.div_ceil(ROWS) * dims.heads * dims.batch,
+        "attention blocks",
+    )?;
+    Ok(Variant {
+        suffix: format!("d{capacity}"),
+        config: LaunchConfig::linear(blocks as u32, threads, 0),
+    })
+}
+
+/// The sizes every kernel takes after its pointers: seq, heads, head_dim and the score scale
+/// `1 / sqrt(head_dim)`, computed exactly as the CPU backend computes it.
+fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
+    Ok(args
+        .i32(int(dims.seq, "sequence length")?)
+        .i32(int(dims.heads, "attention heads")?)
+        .i32(int(dims.head_dim, "head_dim")?)
+        .f32(1.0 / (dims.head_dim as f32).sqrt()))
 }
 
 pub fn forward(
-    _backend: &GpuBackend,
-    _qkv: &Tensor,
-    _mask: &Tensor,
-    _heads: usize,
+    backend: &GpuBackend,
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
 ) -> Result<AttentionOut> {
-    Err(pending("attention_forward"))
+    let dims = attention_dims(qkv, mask, heads)?;
+    let qkv_ptr = backend.ptr(qkv, DType::F32, "qkv")?;
+    let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
+    let variant = variant(&dims)?;
+    let out = backend.empty(&[dims.batch * dims.seq, heads * dims.head_dim], DType::F32)?;
+    let lse = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
+    if dims.batch * dims.seq == 0 {
+        return Ok(AttentionOut { out, lse });
+    }
+    let mut args = size_args(
+        KernelArgs::new()
+            .ptr(qkv_ptr)
+            .ptr(mask_ptr)
+            .ptr(backend.ptr(&out, DType::F32, "attention output")?)
+            .ptr(backend.ptr(&lse, DType::F32, "attention lse")?),
+        &dims,
+    )?;
+    backend.runtime().launch(
+        &format!("attention_forward_f32_{}", variant.suffix),
+        &variant.config,
+        &mut args,
+    )?;
+    Ok(AttentionOut { out, lse })
 }
 
 pub fn backward(
-    _backend: &GpuBackend,
-    _dout: &Tensor,
-    _qkv: &Tensor,
-    _mask: &Tensor,
-    _out: &Tensor,
-    _lse: &Tensor,
-    _heads: usize,
+    backend: &GpuBackend,
+    dout: &Tensor,
+    qkv: &Tensor,
+    mask: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    heads: usize,
 ) -> Result<Tensor> {
-    Err(pending("attention_backward"))
+    // The CPU backend's checks, in its order.
+    let dims = attention_dims(qkv, mask, heads)?;
+    check_same_shape(out, dout, "attention dout")?;
+    if out.numel() != dims.batch * dims.seq * heads * dims.head_dim
+        || lse.numel() != dims.batch * heads * dims.seq
+    {
+        return Err(Error::shape(
+            "attention saved output",
+            format!("[{}, {}]", dims.batch * dims.seq, heads * dims.head_dim),
+            out.shape(),
+        ));
+    }
+    let dout_ptr = backend.ptr(dout, DType::F32, "attention dout")?;
+    let qkv_ptr = backend.ptr(qkv, DType::F32, "qkv")?;
+    let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
+    let out_ptr = backend.ptr(out, DType::F32, "attention output")?;
+    let lse_ptr = backend.ptr(lse, DType::F32, "attention lse")?;
+    let variant = variant(&dims)?;
+    let dqkv = backend.empty(qkv.shape(), DType::F32)?;
+    if dims.batch * dims.seq == 0 {
+        return Ok(dqkv);
+    }
+    // D_i = dO_i . out_i for every (sequence, head, row): written by the dQ kernel, read by dK/dV.
+    let delta = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
+    let delta_ptr = backend.ptr(&delta, DType::F32, "attention delta")?;
+    let dqkv_ptr = backend.ptr(&dqkv, DType::F32, "attention dqkv")?;
+
+    let mut dq_args = size_args(
+        KernelArgs::new()
+            .ptr(dout_ptr)
+            .ptr(qkv_ptr)
+            .ptr(mask_ptr)
+            .ptr(out_ptr)
+            .ptr(lse_ptr)
+            .ptr(delta_ptr)
+            .ptr(dqkv_ptr),
+        &dims,
+    )?;
+    backend.runtime().launch(
+        &format!("attention_backward_dq_f32_{}", variant.suffix),
+        &variant.config,
+        &mut dq_args,
+    )?;
+    let mut dkv_args = size_args(
+        KernelArgs::new()
+            .ptr(dout_ptr)
+            .ptr(qkv_ptr)
+            .ptr(mask_ptr)
+            .ptr(lse_ptr)
+            .ptr(delta_ptr)
+            .ptr(dqkv_ptr),
+        &dims,
+    )?;
+    backend.runtime().launch(
+        &format!("attention_backward_dkv_f32_{}", variant.suffix),
+        &variant.config,
+        &mut dkv_args,
+    )?;
+    Ok(dqkv)
 }

@@ -1,22 +1,95 @@
-//! Launch wrappers for `kernels/cross_entropy.cu`.
+//! Launch wrapper for `kernels/cross_entropy.cu`: softmax cross-entropy with ignore index -100 and
+//! mean reduction, fused with its gradient.
+//!
+//! The labels are downloaded first (one `int` per row): the CPU backend's range check and its
+//! [`Error::LabelOutOfRange`] need them on the host, and so does the labelled count, which scales
+//! the gradient inside the kernel and must be known before the launch ([`Error::NoLabels`] when it
+//! is zero). After the kernel the per-row losses come back and are summed here in row order in f64,
+//! exactly as the CPU sums its row losses: the mean is deterministic and needs no second kernel.
+//! The caller reads the loss on the host anyway, so that download is the one synchronisation the
+//! call needs.
 
+use super::int;
 use crate::backend::CrossEntropyOut;
+use crate::backend::checks::rows_cols;
+use crate::backend::cpu::IGNORE_INDEX;
 use crate::backend::cuda::GpuBackend;
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
-    }
-}
+/// The most threads per row: enough to keep a large vocabulary's row in flight with coalesced loads.
+const MAX_THREADS: usize = 512;
 
 pub fn forward_backward(
-    _backend: &GpuBackend,
-    _logits: &Tensor,
-    _labels: &Tensor,
-    _want_grad: bool,
+    backend: &GpuBackend,
+    logits: &Tensor,
+    labels: &Tensor,
+    want_grad: bool,
 ) -> Result<CrossEntropyOut> {
-    Err(pending("cross_entropy"))
+    // The CPU backend's checks, in its order.
+    let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
+    if labels.numel() != rows {
+        return Err(Error::shape(
+            "cross-entropy labels",
+            format!("[{rows}]"),
+            labels.shape(),
+        ));
+    }
+    let labels_ptr = backend.ptr(labels, DType::I32, "cross-entropy labels")?;
+    let ls = labels.to_vec_i32()?;
+    if let Some((i, &l)) = ls
+        .iter()
+        .enumerate()
+        .find(|(_, l)| **l != IGNORE_INDEX && (**l < 0 || **l as usize >= vocab))
+    {
+        return Err(Error::LabelOutOfRange {
+            label: l as i64,
+            row: i,
+            position: 0,
+            vocab_size: vocab,
+        });
+    }
+    let logits_ptr = backend.ptr(logits, DType::F32, "cross-entropy logits")?;
+    let count = ls.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    if count == 0 {
+        return Err(Error::NoLabels);
+    }
+
+    // A labelled row has vocab >= 1 (its label is below vocab), and there is one: rows >= 1.
+    let losses = backend.empty(&[rows], DType::F32)?;
+    let dlogits = if want_grad {
+        Some(backend.empty(logits.shape(), DType::F32)?)
+    } else {
+        None
+    };
+    let dlogits_ptr = match &dlogits {
+        Some(d) => backend.ptr(d, DType::F32, "cross-entropy dlogits")?,
+        None => DevicePtr(0),
+    };
+    // The CPU scales by 1 / count in f64; the kernel multiplies in f32 by the rounded reciprocal.
+    let inv_count = (1.0 / count as f64) as f32;
+    let mut args = KernelArgs::new()
+        .ptr(logits_ptr)
+        .ptr(labels_ptr)
+        .ptr(backend.ptr(&losses, DType::F32, "cross-entropy losses")?)
+        .ptr(dlogits_ptr)
+        .i32(int(vocab, "vocabulary size")?)
+        .f32(inv_count);
+    let threads = vocab.next_multiple_of(32).min(MAX_THREADS) as u32;
+    let blocks = u32::try_from(rows)
+        .map_err(|_| Error::Config(format!("rows = {rows} exceeds the grid")))?;
+    backend.runtime().launch(
+        "cross_entropy_forward_backward",
+        &LaunchConfig::linear(blocks, threads, 0),
+        &mut args,
+    )?;
+
+    // Row order, f64, as the CPU: an ignored row adds 0.
+    let total: f64 = losses.to_vec_f32()?.iter().map(|&l| f64::from(l)).sum();
+    Ok(CrossEntropyOut {
+        loss: (total / count as f64) as f32,
+        count,
+        dlogits,
+    })
 }

@@ -1,17 +1,48 @@
-//! Launch wrappers for `kernels/dropout.cu`.
+//! Launch wrapper for `kernels/dropout.cu`: inverted dropout with Philox masks, bit-identical to the
+//! CPU backend's. Inverted dropout is its own adjoint (the same mask, the same scale), so forward and
+//! backward both call [`apply`] with the same key.
 
+use super::int;
 use crate::backend::DropoutKey;
+use crate::backend::checks::check_dropout_probability;
 use crate::backend::cuda::GpuBackend;
-use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::error::Result;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
+/// Threads per block; each thread handles four elements (one Philox call) per iteration.
+const THREADS: u32 = 256;
+/// Enough blocks to fill a large GPU several times over; the kernel loops over the rest.
+const MAX_BLOCKS: usize = 132 * 16;
+
+/// `y = x * mask / (1 - p)` with the mask of `key`.
+pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
+    check_dropout_probability(key.p)?;
+    let x_ptr = backend.ptr(x, DType::F32, "dropout input")?;
+    let y = backend.empty(x.shape(), DType::F32)?;
+    let n = x.numel();
+    if n == 0 {
+        return Ok(y);
     }
-}
-
-pub fn apply(_backend: &GpuBackend, _x: &Tensor, _key: DropoutKey) -> Result<Tensor> {
-    Err(pending("dropout"))
+    // In f32, as the CPU computes it, so that kept elements are scaled by the same number.
+    let scale = 1.0f32 / (1.0 - key.p);
+    let groups = n.div_ceil(4);
+    let blocks = groups.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS);
+    let mut args = KernelArgs::new()
+        .ptr(x_ptr)
+        .ptr(backend.ptr(&y, DType::F32, "dropout output")?)
+        .i32(int(n, "elements")?)
+        .f32(key.p)
+        .f32(scale)
+        .u32(key.seed as u32)
+        .u32((key.seed >> 32) as u32)
+        .u32(key.step as u32)
+        .u32((key.step >> 32) as u32)
+        .u32(key.site);
+    backend.runtime().launch(
+        "dropout_f32",
+        &LaunchConfig::linear(blocks as u32, THREADS, 0),
+        &mut args,
+    )?;
+    Ok(y)
 }

@@ -1,39 +1,153 @@
-//! Launch wrappers for `kernels/layernorm.cu`.
+//! Launch wrappers for `kernels/layernorm.cu`: LayerNorm over the last axis, one warp per row, and
+//! its parameter gradients as deterministic column sums.
 
+use super::linear::{RowChunks, check_grad_slots};
+use super::{int, param_ptr};
+use crate::backend::checks::{check_param, check_same_shape, rows_cols};
 use crate::backend::cuda::GpuBackend;
+use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::backend::{LayerNormOut, Param};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
-    }
+/// Warps (rows) per block of the one-warp-per-row kernels.
+const ROWS_PER_BLOCK: usize = 8;
+/// Threads per block of the one-thread-per-column kernel.
+const THREADS: u32 = 256;
+
+/// One warp per row, 8 rows per block.
+fn per_row(rows: usize) -> Result<LaunchConfig> {
+    let blocks = u32::try_from(rows.div_ceil(ROWS_PER_BLOCK))
+        .map_err(|_| Error::Config(format!("layernorm: {rows} rows exceed one grid")))?;
+    Ok(LaunchConfig::linear(blocks, 32 * ROWS_PER_BLOCK as u32, 0))
 }
 
 pub fn forward(
-    _backend: &GpuBackend,
-    _x: &Tensor,
-    _params: &Tensor,
-    _weight: Param,
-    _bias: Param,
-    _eps: f32,
+    backend: &GpuBackend,
+    x: &Tensor,
+    params: &Tensor,
+    weight: Param,
+    bias: Param,
+    eps: f32,
 ) -> Result<LayerNormOut> {
-    Err(pending("layernorm_forward"))
+    let (rows, c) = rows_cols(x, "layernorm input")?;
+    let p = backend.ptr(params, DType::F32, "parameters")?;
+    let w = param_ptr(p, params, weight, c, "layernorm weight")?;
+    let b = param_ptr(p, params, bias, c, "layernorm bias")?;
+    let x_ptr = backend.ptr(x, DType::F32, "layernorm input")?;
+    let out = LayerNormOut {
+        y: backend.empty(x.shape(), DType::F32)?,
+        mean: backend.empty(&[rows], DType::F32)?,
+        rstd: backend.empty(&[rows], DType::F32)?,
+    };
+    if rows == 0 {
+        return Ok(out);
+    }
+    let mut args = KernelArgs::new()
+        .ptr(x_ptr)
+        .ptr(w)
+        .ptr(b)
+        .ptr(backend.ptr(&out.y, DType::F32, "layernorm output")?)
+        .ptr(backend.ptr(&out.mean, DType::F32, "layernorm mean")?)
+        .ptr(backend.ptr(&out.rstd, DType::F32, "layernorm rstd")?)
+        .i32(int(rows, "layernorm rows")?)
+        .i32(int(c, "layernorm features")?)
+        .f32(eps);
+    backend
+        .runtime()
+        .launch("layernorm_forward_f32", &per_row(rows)?, &mut args)?;
+    Ok(out)
 }
 
+/// Returns `dx`; adds `dweight` and `dbias` into their slots of `grads`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
-    _backend: &GpuBackend,
-    _dy: &Tensor,
-    _x: &Tensor,
-    _mean: &Tensor,
-    _rstd: &Tensor,
-    _params: &Tensor,
-    _grads: &mut Tensor,
-    _weight: Param,
-    _bias: Param,
+    backend: &GpuBackend,
+    dy: &Tensor,
+    x: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+    params: &Tensor,
+    grads: &mut Tensor,
+    weight: Param,
+    bias: Param,
 ) -> Result<Tensor> {
-    Err(pending("layernorm_backward"))
+    // Every check before anything runs, in the CPU backend's order, so errors match; the bias
+    // slot's length is checked too (the CPU backend only checks that it lies in the buffer).
+    check_same_shape(x, dy, "layernorm dy")?;
+    let (rows, c) = rows_cols(x, "layernorm input")?;
+    if mean.numel() != rows || rstd.numel() != rows {
+        return Err(Error::shape(
+            "layernorm statistics",
+            format!("[{rows}]"),
+            mean.shape(),
+        ));
+    }
+    let p = backend.ptr(params, DType::F32, "parameters")?;
+    let w = param_ptr(p, params, weight, c, "layernorm weight")?;
+    backend.ptr(grads, DType::F32, "gradients")?;
+    check_grad_slots(&[weight, bias], grads.numel(), "layernorm")?;
+    check_param(bias, c, grads.numel(), "layernorm bias")?;
+    let dy_ptr = backend.ptr(dy, DType::F32, "layernorm dy")?;
+    let x_ptr = backend.ptr(x, DType::F32, "layernorm input")?;
+    let mean_ptr = backend.ptr(mean, DType::F32, "layernorm mean")?;
+    let rstd_ptr = backend.ptr(rstd, DType::F32, "layernorm rstd")?;
+
+    let dx = backend.empty(x.shape(), DType::F32)?;
+    if rows == 0 {
+        return Ok(dx);
+    }
+    let g = backend.ptr_mut(grads, DType::F32, "gradients")?;
+    let dw = param_ptr(g, grads, weight, c, "layernorm weight")?;
+    let db = param_ptr(g, grads, bias, c, "layernorm bias")?;
+    let (rows_i, c_i) = (int(rows, "layernorm rows")?, int(c, "layernorm features")?);
+    // The last kernel indexes [dweight | dbias] with one int.
+    int(2 * c, "twice the layernorm features")?;
+
+    // dx, one warp per row.
+    let mut args = KernelArgs::new()
+        .ptr(dy_ptr)
+        .ptr(x_ptr)
+        .ptr(mean_ptr)
+        .ptr(rstd_ptr)
+        .ptr(w)
+        .ptr(backend.ptr(&dx, DType::F32, "layernorm dx")?)
+        .i32(rows_i)
+        .i32(c_i);
+    backend
+        .runtime()
+        .launch("layernorm_backward_dx_f32", &per_row(rows)?, &mut args)?;
+
+    // dweight and dbias: per-chunk column sums into [chunks, 2, c] partials ...
+    let chunks = RowChunks::new(rows);
+    let partials = backend.empty(&[chunks.count, 2, c], DType::F32)?;
+    let partials_ptr = backend.ptr(&partials, DType::F32, "layernorm partials")?;
+    let mut args = KernelArgs::new()
+        .ptr(dy_ptr)
+        .ptr(x_ptr)
+        .ptr(mean_ptr)
+        .ptr(rstd_ptr)
+        .ptr(partials_ptr)
+        .i32(rows_i)
+        .i32(c_i)
+        .i32(int(chunks.rows_per_chunk, "rows per chunk")?);
+    backend.runtime().launch(
+        "layernorm_backward_partials_f32",
+        &chunks.launch_config(c, "layernorm parameter gradients")?,
+        &mut args,
+    )?;
+    // ... then the chunks summed in order and added into the gradient slots, one thread per
+    // entry of [dweight | dbias].
+    let mut args = KernelArgs::new()
+        .ptr(partials_ptr)
+        .ptr(dw)
+        .ptr(db)
+        .i32(int(chunks.count, "chunks")?)
+        .i32(c_i);
+    backend.runtime().launch(
+        "layernorm_backward_params_f32",
+        &LaunchConfig::for_elements(2 * c, THREADS),
+        &mut args,
+    )?;
+    Ok(dx)
 }

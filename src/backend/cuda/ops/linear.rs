@@ -1,36 +1,213 @@
-//! Launch wrappers for `kernels/linear.cu`.
+//! Launch wrappers for `kernels/linear.cu`: `y = x W^T + b` with `W` stored `[out, in]` like
+//! `torch.nn.Linear`. The products are GEMMs on the runtime (cuBLASLt on a GPU); the kernels write
+//! the bias into `y` before the forward GEMM and sum `dy` down its columns for `db`.
+//!
+//! Also the two helpers the other parameter-gradient wrappers share: the fixed row chunks of the
+//! deterministic column sums, and the gradient-slot check the CPU backend makes.
 
+use super::{int, param_ptr};
 use crate::backend::Param;
+use crate::backend::checks::{check_param, rows_cols};
 use crate::backend::cuda::GpuBackend;
+use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::backend::cuda::runtime::GemmSpec;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
+/// Most blocks the bias broadcast launches; its blocks loop over the remaining rows.
+const MAX_BLOCKS: usize = 132 * 16;
+/// Threads per block of the kernels with one thread per column.
+const THREADS: u32 = 256;
+
+/// How a column sum over `rows` rows is cut into chunks: each chunk's rows are added in order by
+/// one thread per column, then the chunks are added in order. This is the CPU backend's
+/// `sum_over_row_blocks` (src/backend/cpu/reduce.rs), chunk size included, so the GPU adds the same
+/// numbers in the same order: the same rounding on every run, every GPU, and the CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RowChunks {
+    pub rows_per_chunk: usize,
+    pub count: usize,
+}
+
+impl RowChunks {
+    /// The CPU's `reduce::ROWS_PER_BLOCK`.
+    const ROWS: usize = 64;
+
+    pub(super) fn new(rows: usize) -> Self {
+        RowChunks {
+            rows_per_chunk: Self::ROWS,
+            count: rows.div_ceil(Self::ROWS),
+        }
+    }
+
+    /// The partial-sum kernels' launch: x = chunk, y = block of up to 256 columns.
+    pub(super) fn launch_config(&self, columns: usize, what: &str) -> Result<LaunchConfig> {
+        let threads = columns.next_multiple_of(32).clamp(32, THREADS as usize);
+        let column_blocks = columns.div_ceil(threads);
+        // A grid's y dimension is at most 65535 blocks.
+        if column_blocks > 65535 {
+            return Err(Error::Config(format!(
+                "{what}: {columns} columns exceed the column-sum kernels' {}",
+                65535 * threads
+            )));
+        }
+        let chunks = u32::try_from(self.count).map_err(|_| {
+            Error::Config(format!("{what}: {} row chunks exceed one grid", self.count))
+        })?;
+        Ok(LaunchConfig {
+            grid: [chunks, column_blocks as u32, 1],
+            block: [threads as u32, 1, 1],
+            shared_bytes: 0,
+        })
     }
 }
 
-pub fn forward(
-    _backend: &GpuBackend,
-    _x: &Tensor,
-    _params: &Tensor,
-    _weight: Param,
-    _bias: Param,
-    _out_features: usize,
-) -> Result<Tensor> {
-    Err(pending("linear_forward"))
+/// The gradient slots of one op lie inside the buffer and do not overlap: the check (and the error)
+/// of the CPU backend's `params_mut`, so that both backends reject the same calls alike.
+pub(super) fn check_grad_slots(slots: &[Param], buffer_len: usize, what: &str) -> Result<()> {
+    let mut sorted = slots.to_vec();
+    sorted.sort_by_key(|p| p.offset);
+    let mut consumed = 0;
+    for p in sorted {
+        if p.offset < consumed || p.offset + p.len > buffer_len {
+            return Err(Error::shape(
+                format!("{what}: overlapping or out-of-range gradient slot"),
+                format!("disjoint slots inside [{buffer_len}]"),
+                &[p.offset, p.len],
+            ));
+        }
+        consumed = p.offset + p.len;
+    }
+    Ok(())
 }
 
-pub fn backward(
-    _backend: &GpuBackend,
-    _dy: &Tensor,
-    _x: &Tensor,
-    _params: &Tensor,
-    _grads: &mut Tensor,
-    _weight: Param,
-    _bias: Param,
+/// One thread per column for the sums over chunks.
+fn per_column(columns: usize) -> LaunchConfig {
+    LaunchConfig::for_elements(columns, THREADS)
+}
+
+/// `x`: `[.., in]`; returns `[.., out_features]`.
+pub fn forward(
+    backend: &GpuBackend,
+    x: &Tensor,
+    params: &Tensor,
+    weight: Param,
+    bias: Param,
+    out_features: usize,
 ) -> Result<Tensor> {
-    Err(pending("linear_backward"))
+    let (rows, inp) = rows_cols(x, "linear input")?;
+    let p = backend.ptr(params, DType::F32, "parameters")?;
+    let w = param_ptr(p, params, weight, out_features * inp, "linear weight")?;
+    let b = param_ptr(p, params, bias, out_features, "linear bias")?;
+    let x_ptr = backend.ptr(x, DType::F32, "linear input")?;
+    let mut shape = x.shape().to_vec();
+    *shape.last_mut().expect("rank checked by rows_cols") = out_features;
+    let y = backend.empty(&shape, DType::F32)?;
+    // A row count of zero also covers in = 0 (rows_cols counts no rows in an empty tensor).
+    if rows == 0 || out_features == 0 {
+        return Ok(y);
+    }
+    let y_ptr = backend.ptr(&y, DType::F32, "linear output")?;
+
+    // y = b in every row ...
+    let mut args = KernelArgs::new()
+        .ptr(b)
+        .ptr(y_ptr)
+        .i32(int(rows, "linear rows")?)
+        .i32(int(out_features, "linear out features")?);
+    let threads = out_features.next_multiple_of(32).min(THREADS as usize) as u32;
+    let config = LaunchConfig::linear(rows.min(MAX_BLOCKS) as u32, threads, 0);
+    backend
+        .runtime()
+        .launch("linear_bias_broadcast_f32", &config, &mut args)?;
+    // ... then y += x W^T: W is [out, in], so op(B) = W^T is W read transposed.
+    backend.runtime().gemm(&GemmSpec::dense(
+        rows,
+        out_features,
+        inp,
+        x_ptr,
+        false,
+        w,
+        true,
+        y_ptr,
+        1.0,
+        1.0,
+    ))?;
+    Ok(y)
+}
+
+/// `dx = dy W` (returned), `dW += dy^T x`, `db += sum_rows dy` (added into `grads`).
+pub fn backward(
+    backend: &GpuBackend,
+    dy: &Tensor,
+    x: &Tensor,
+    params: &Tensor,
+    grads: &mut Tensor,
+    weight: Param,
+    bias: Param,
+) -> Result<Tensor> {
+    // Every check before anything runs, in the CPU backend's order, so errors match; the bias
+    // slot's length is checked too (the CPU backend only checks that it lies in the buffer).
+    let (rows, inp) = rows_cols(x, "linear input")?;
+    let (dy_rows, out) = rows_cols(dy, "linear dy")?;
+    if dy_rows != rows {
+        return Err(Error::shape(
+            "linear dy",
+            format!("[{rows}, {out}]"),
+            dy.shape(),
+        ));
+    }
+    let p = backend.ptr(params, DType::F32, "parameters")?;
+    let w = param_ptr(p, params, weight, out * inp, "linear weight")?;
+    backend.ptr(grads, DType::F32, "gradients")?;
+    check_grad_slots(&[weight, bias], grads.numel(), "linear")?;
+    check_param(bias, out, grads.numel(), "linear bias")?;
+    let dy_ptr = backend.ptr(dy, DType::F32, "linear dy")?;
+    let x_ptr = backend.ptr(x, DType::F32, "linear input")?;
+
+    let dx = backend.empty(x.shape(), DType::F32)?;
+    // Zero rows: nothing to add (rows_cols counts no rows when in or out is 0, too).
+    if rows == 0 {
+        return Ok(dx);
+    }
+    let g = backend.ptr_mut(grads, DType::F32, "gradients")?;
+    let dw = param_ptr(g, grads, weight, out * inp, "linear weight")?;
+    let db = param_ptr(g, grads, bias, out, "linear bias")?;
+    let dx_ptr = backend.ptr(&dx, DType::F32, "linear dx")?;
+
+    // dx[rows, in] = dy[rows, out] W[out, in]; beta = 0, dx starts uninitialised.
+    backend.runtime().gemm(&GemmSpec::dense(
+        rows, inp, out, dy_ptr, false, w, false, dx_ptr, 1.0, 0.0,
+    ))?;
+    // dW[out, in] += dy^T x: dy is stored [rows, out] = [k, m], read transposed; beta = 1 adds
+    // into the gradient slice in place.
+    backend.runtime().gemm(&GemmSpec::dense(
+        out, inp, rows, dy_ptr, true, x_ptr, false, dw, 1.0, 1.0,
+    ))?;
+
+    // db += column sums of dy: chunk partials, then the chunks in order.
+    let chunks = RowChunks::new(rows);
+    let partials = backend.empty(&[chunks.count, out], DType::F32)?;
+    let partials_ptr = backend.ptr(&partials, DType::F32, "linear bias partials")?;
+    let (rows_i, out_i) = (int(rows, "linear rows")?, int(out, "linear out features")?);
+    let mut args = KernelArgs::new()
+        .ptr(dy_ptr)
+        .ptr(partials_ptr)
+        .i32(rows_i)
+        .i32(out_i)
+        .i32(int(chunks.rows_per_chunk, "rows per chunk")?);
+    backend.runtime().launch(
+        "linear_bias_backward_partials_f32",
+        &chunks.launch_config(out, "linear bias gradient")?,
+        &mut args,
+    )?;
+    let mut args = KernelArgs::new()
+        .ptr(partials_ptr)
+        .ptr(db)
+        .i32(int(chunks.count, "chunks")?)
+        .i32(out_i);
+    backend
+        .runtime()
+        .launch("linear_bias_backward_sum_f32", &per_column(out), &mut args)?;
+    Ok(dx)
 }

@@ -1,24 +1,123 @@
-//! Launch wrappers for `kernels/rows.cu`.
+//! Launch wrappers for `kernels/rows.cu`: gather, scatter-add and argmax over rows, one warp per
+//! row.
+//!
+//! Row indices are validated on the host, exactly as the CPU backend does it: the index tensor is
+//! small (one `int` per selected row) and the call must return a typed error, which needs the answer
+//! on the host anyway. Scatter uses the downloaded indices a second time, to plan a deterministic,
+//! atomic-free summation of repeated rows (see `scatter_rows` in the kernel file).
 
+use super::int;
+use crate::backend::Backend;
+use crate::backend::checks::{check_rows, rows_cols};
 use crate::backend::cuda::GpuBackend;
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
-fn pending(op: &str) -> Error {
-    Error::Kernel {
-        kernel: op.to_string(),
-        reason: "not written yet".into(),
+/// Warps (rows) per block.
+const WARPS_PER_BLOCK: usize = 8;
+
+/// One warp per row.
+fn rows_config(rows: usize) -> LaunchConfig {
+    LaunchConfig::for_elements(rows * 32, (WARPS_PER_BLOCK * 32) as u32)
+}
+
+/// The row indices on the host, checking the tensor's device and type under `what`.
+fn host_rows(backend: &GpuBackend, rows: &Tensor, what: &str) -> Result<Vec<i32>> {
+    backend.ptr(rows, DType::I32, what)?;
+    rows.to_vec_i32()
+}
+
+/// `out[i] = x[rows[i]]`: `[rows.numel(), width]`.
+pub fn gather(backend: &GpuBackend, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
+    let (n, width) = rows_cols(x, "gather input")?;
+    let idx = host_rows(backend, rows, "gather rows")?;
+    check_rows(&idx, n)?;
+    let x_ptr = backend.ptr(x, DType::F32, "gather input")?;
+    let m = idx.len();
+    let out = backend.empty(&[m, width], DType::F32)?;
+    if m * width == 0 {
+        return Ok(out);
     }
+    let mut args = KernelArgs::new()
+        .ptr(x_ptr)
+        .ptr(backend.ptr(rows, DType::I32, "gather rows")?)
+        .ptr(backend.ptr(&out, DType::F32, "gather output")?)
+        .i32(int(m, "gathered rows")?)
+        .i32(int(width, "row width")?);
+    backend
+        .runtime()
+        .launch("gather_rows", &rows_config(m), &mut args)?;
+    Ok(out)
 }
 
-pub fn gather(_backend: &GpuBackend, _x: &Tensor, _rows: &Tensor) -> Result<Tensor> {
-    Err(pending("gather_rows"))
+/// The summation plan for scatter: `heads` lists, in order, the first index of every distinct row;
+/// `next[i]` is the next index with the same row as `i`, or -1. Walking a chain from its head visits
+/// the repeats of one row in index order, the order in which the CPU adds them.
+fn chains(idx: &[i32], n: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut heads = Vec::new();
+    let mut next = vec![-1i32; idx.len()];
+    let mut tail = vec![-1i32; n];
+    for (i, &r) in idx.iter().enumerate() {
+        let last = &mut tail[r as usize];
+        if *last < 0 {
+            heads.push(i as i32);
+        } else {
+            next[*last as usize] = i as i32;
+        }
+        *last = i as i32;
+    }
+    (heads, next)
 }
 
-pub fn scatter(_backend: &GpuBackend, _dy: &Tensor, _rows: &Tensor, _n: usize) -> Result<Tensor> {
-    Err(pending("scatter_rows"))
+/// `[n, width]`, zero except `out[rows[i]] += dy[i]`, repeats added in index order (bit-identical
+/// to the CPU).
+pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
+    let (m, width) = rows_cols(dy, "scatter dy")?;
+    let idx = host_rows(backend, rows, "scatter rows")?;
+    if idx.len() != m {
+        return Err(Error::shape("scatter rows", format!("[{m}]"), rows.shape()));
+    }
+    check_rows(&idx, n)?;
+    let dy_ptr = backend.ptr(dy, DType::F32, "scatter dy")?;
+    let mut out = backend.empty(&[n, width], DType::F32)?;
+    backend.fill_zero(&mut out)?;
+    if m * width == 0 {
+        return Ok(out);
+    }
+    let (heads, next) = chains(&idx, n);
+    let plan = backend.upload_i32(&[heads.len() + m], &[heads.as_slice(), &next].concat())?;
+    let heads_ptr = backend.ptr(&plan, DType::I32, "scatter plan")?;
+    let next_ptr = DevicePtr(heads_ptr.0 + (heads.len() * 4) as u64);
+    let mut args = KernelArgs::new()
+        .ptr(dy_ptr)
+        .ptr(backend.ptr(rows, DType::I32, "scatter rows")?)
+        .ptr(heads_ptr)
+        .ptr(next_ptr)
+        .ptr(backend.ptr(&out, DType::F32, "scatter output")?)
+        .i32(int(heads.len(), "distinct rows")?)
+        .i32(int(width, "row width")?);
+    backend
+        .runtime()
+        .launch("scatter_rows", &rows_config(heads.len()), &mut args)?;
+    Ok(out)
 }
 
-pub fn argmax(_backend: &GpuBackend, _x: &Tensor) -> Result<Tensor> {
-    Err(pending("argmax_rows"))
+/// The first index of the largest element of each row (NaN handled as the CPU does), `[rows]` i32.
+pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
+    let (n, width) = rows_cols(x, "argmax input")?;
+    let x_ptr = backend.ptr(x, DType::F32, "argmax input")?;
+    let out = backend.empty(&[n], DType::I32)?;
+    if n == 0 {
+        return Ok(out);
+    }
+    let mut args = KernelArgs::new()
+        .ptr(x_ptr)
+        .ptr(backend.ptr(&out, DType::I32, "argmax output")?)
+        .i32(int(n, "rows")?)
+        .i32(int(width, "row width")?);
+    backend
+        .runtime()
+        .launch("argmax_rows", &rows_config(n), &mut args)?;
+    Ok(out)
 }

@@ -1,0 +1,71 @@
+// AdamW, as torch.optim.AdamW's single-tensor (non-fused) path, over the flat parameter, gradient
+// and moment buffers in one pass. CPU reference: src/backend/cpu/adamw.rs. Per element, at step t:
+//
+//   p *= 1 - lr * weight_decay                         (decoupled weight decay, before the update)
+//   m  = m + (1 - beta1) (g - m)                       (torch's lerp(m, g, 1 - beta1))
+//   v  = v * beta2 + (1 - beta2) g^2
+//   p -= lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+//
+// The step's scalars (1 - lr * wd, 1 - beta1, beta2, 1 - beta2, lr / (1 - beta1^t),
+// sqrt(1 - beta2^t), eps) are computed once on the host in f64 and rounded to f32, exactly as the
+// CPU backend computes them, and arrive as arguments; each element then does the CPU's f32
+// operations in the CPU's order. The emulator (no fused multiply-add) reproduces the CPU bit for
+// bit; on a GPU nvcc contracts some multiply-adds into FMAs, which round once instead of twice, so
+// results can differ from the CPU's in the last bit.
+//
+// Memory traffic: per element 4 floats read (p, g, m, v) and 3 written (p, m, v): 28 bytes, no
+// reuse, so the kernel is bound by memory bandwidth. A grid-stride loop over float4 vectors
+// (16-byte loads and stores) with a scalar tail keeps every access coalesced and wide. The four
+// pointers are whole allocations (256-byte aligned on a GPU, in the emulator too), never views at
+// an offset, so the float4 accesses are aligned.
+#include "common.cuh"
+
+// Internal linkage: the emulator links every kernel file into one library, where two files'
+// different inline definitions of the same name would silently become one.
+namespace {
+
+// One step's scalars, and the update of one element with them.
+struct AdamW {
+    float decay;                  // 1 - lr * weight_decay
+    float one_minus_beta1;        // 1 - beta1
+    float beta2;
+    float one_minus_beta2;        // 1 - beta2
+    float step_size;              // lr / (1 - beta1^t)
+    float bias_correction2_sqrt;  // sqrt(1 - beta2^t)
+    float eps;
+
+    __device__ __forceinline__ void update(float& p, float g, float& m, float& v) const {
+        p *= decay;
+        m += one_minus_beta1 * (g - m);
+        v = v * beta2 + one_minus_beta2 * g * g;
+        const float denom = sqrtf(v) / bias_correction2_sqrt + eps;
+        p -= step_size * m / denom;
+    }
+};
+
+}  // namespace
+
+extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
+                                     float* __restrict__ m, float* __restrict__ v, int n, float decay,
+                                     float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
+                                     float bias_correction2_sqrt, float eps) {
+    const AdamW adam{decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps};
+    const int vectors = n / 4;
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+        float4 p = reinterpret_cast<float4*>(params)[i];
+        const float4 g = reinterpret_cast<const float4*>(grads)[i];
+        float4 mi = reinterpret_cast<float4*>(m)[i];
+        float4 vi = reinterpret_cast<float4*>(v)[i];
+        adam.update(p.x, g.x, mi.x, vi.x);
+        adam.update(p.y, g.y, mi.y, vi.y);
+        adam.update(p.z, g.z, mi.z, vi.z);
+        adam.update(p.w, g.w, mi.w, vi.w);
+        reinterpret_cast<float4*>(params)[i] = p;
+        reinterpret_cast<float4*>(m)[i] = mi;
+        reinterpret_cast<float4*>(v)[i] = vi;
+    }
+    for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        adam.update(params[i], grads[i], m[i], v[i]);
+    }
+}

@@ -1,0 +1,68 @@
+// The bias half of a linear layer, y = x W^T + b (W stored [out, in] like torch.nn.Linear). CPU
+// reference: src/backend/cpu/linear.rs. The matrix products are GEMMs (cuBLASLt on a GPU, see
+// src/backend/cuda/ops/linear.rs); what is left for kernels is the bias:
+//
+//   forward:   y[r, j] = b[j] for every row r, then the GEMM adds x W^T on top (beta = 1)
+//   backward:  db[j] += sum over rows r of dy[r, j]
+//
+// Layout: y and dy are [rows, out] row-major; b and db are [out] views into the flat parameter and
+// gradient buffers.
+#include "common.cuh"
+
+// ---------------------------------------------------------------------------------------------
+// Forward: write the bias into every row of y.
+//
+// Blocks take rows blockIdx.x, blockIdx.x + gridDim.x, ...; a block's threads cover one row's
+// columns, so consecutive threads write consecutive floats (coalesced) and no thread divides its
+// flat index by `out`. Traffic: rows * out floats written; b (out floats) read by every row, from
+// L1/L2. The GEMM then reads y back once as its C operand: one extra read, instead of a fused
+// epilogue that would tie the bias to a particular GEMM implementation.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ bias, float* __restrict__ y, int rows,
+                                                     int out) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        float* yr = y + static_cast<size_t>(r) * out;
+        for (int j = threadIdx.x; j < out; j += blockDim.x) yr[j] = bias[j];
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, db, step 1 of 2: column sums of dy over one chunk of rows.
+//
+// A float atomicAdd per row into db would be simple, but its order, and so its rounding, would
+// change from run to run. Instead the sum follows the CPU's order exactly
+// (src/backend/cpu/reduce.rs): rows are cut into chunks of rows_per_chunk (64, the CPU's
+// ROWS_PER_BLOCK) rows, each chunk's rows are added one after another from zero into
+// partials[chunk], and step 2 adds the chunks in order. Only additions, in the CPU's order: the
+// result is the CPU's bit for bit, in the emulator and on a GPU.
+//
+// Grid: x = chunk, y = block of blockDim.x columns; one thread per (chunk, column). For each row a
+// warp reads 32 consecutive floats (coalesced); the rows' loads do not depend on one another, so
+// many are in flight at once. Traffic: dy read once; out floats written per chunk.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void linear_bias_backward_partials_f32(const float* __restrict__ dy,
+                                                             float* __restrict__ partials, int rows, int out,
+                                                             int rows_per_chunk) {
+    const int col = blockIdx.y * blockDim.x + threadIdx.x;
+    if (col >= out) return;  // no barrier in this kernel
+    const int first = blockIdx.x * rows_per_chunk;
+    const int end = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+    float sum = 0.0f;
+    for (int r = first; r < end; ++r) sum += dy[static_cast<size_t>(r) * out + col];
+    partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward, db, step 2 of 2: db[j] += sum over chunks k of partials[k][j], the chunks added in
+// order 0, 1, 2, ... from zero, as the CPU adds them. One thread per column; for each chunk a warp
+// reads 32 consecutive floats.
+// Traffic: chunks * out floats read, db read and written once.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void linear_bias_backward_sum_f32(const float* __restrict__ partials,
+                                                        float* __restrict__ dbias, int chunks, int out) {
+    const int j = blockIdx.x * blockDim.x + threadIdx.x;
+    if (j >= out) return;
+    float sum = 0.0f;
+    for (int k = 0; k < chunks; ++k) sum += partials[static_cast<size_t>(k) * out + j];
+    dbias[j] += sum;
+}

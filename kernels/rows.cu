@@ -1,0 +1,88 @@
+// Row selection: gather, its adjoint scatter-add, and argmax. CPU reference: src/backend/cpu/rows.rs.
+//
+// All three are one warp per row with the lanes striding over the row's `width` elements, so every
+// warp-wide access is a contiguous 128-byte segment; there is no shared memory and no barrier (a warp
+// past the last row leaves at once). Each is a single pass over memory: gather reads and writes
+// m * width floats, scatter reads m * width and writes the distinct rows once (the rest of the
+// output is zeroed by a memset beforehand), argmax reads n * width floats and writes n ints.
+// Row indices are validated on the host before launch (the same check and error as the CPU).
+#include "common.cuh"
+
+constexpr unsigned FULL_MASK = 0xffffffffu;
+
+// out[i] = x[rows[i]], i < m. A copy: bit-identical to the CPU.
+extern "C" __global__ void gather_rows(const float* __restrict__ x, const int* __restrict__ rows,
+                                       float* __restrict__ out, int m, int width) {
+    const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (i >= m) return;
+    const float* src = x + static_cast<size_t>(rows[i]) * width;
+    float* dst = out + static_cast<size_t>(i) * width;
+    for (int c = lane; c < width; c += 32) dst[c] = src[c];
+}
+
+// out[rows[i]] += dy[i] for every i, into an output that is zero elsewhere. Rows may repeat; the CPU
+// adds the repeats in index order starting from zero, and so does this kernel, deterministically and
+// without atomics: the host links the indices of each distinct row into a chain (`next[i]` is the
+// next index with the same row, -1 at the end) and lists the first index of every chain in `heads`.
+// One warp per chain sums 0 + dy[i0] + dy[i1] + ... in that order and writes the row once: the result
+// is bit-identical to the CPU's. (Atomic adds would make the last bits depend on scheduling.)
+extern "C" __global__ void scatter_rows(const float* __restrict__ dy, const int* __restrict__ rows,
+                                        const int* __restrict__ heads, const int* __restrict__ next,
+                                        float* __restrict__ out, int chains, int width) {
+    const int k = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (k >= chains) return;
+    const int head = heads[k];
+    float* dst = out + static_cast<size_t>(rows[head]) * width;
+    for (int c = lane; c < width; c += 32) {
+        float sum = 0.0f;
+        for (int i = head; i >= 0; i = next[i]) sum += dy[static_cast<size_t>(i) * width + c];
+        dst[c] = sum;
+    }
+}
+
+// Whether candidate (value a, index ia) beats (value b, index ib): larger value, then smaller index.
+// An index < 0 means "no candidate". Values are never NaN here. The order is total on candidates,
+// so the choice does not depend on which lane holds which candidate.
+__device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
+    if (ia < 0) return false;
+    if (ib < 0) return true;
+    return a > b || (a == b && ia < ib);
+}
+
+// out[r] = the first index of the largest element of row r, as the CPU's sequential loop
+//   best = 0; for j: if x[j] > x[best] then best = j
+// computes it, NaN included: a NaN never compares greater, so NaNs are skipped, and a NaN at index 0
+// is never replaced (every comparison against it is false): the answer is then 0. A row with no
+// non-NaN element also gives 0.
+// Each lane keeps its best (value, index) over columns lane, lane + 32, ...; in increasing index
+// order with a strict `>`, so ties keep the first. A butterfly of __shfl_xor_sync then combines
+// the 32 candidates (5 steps), leaving the winner in every lane.
+extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int n, int width) {
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= n) return;
+    const float* row = x + static_cast<size_t>(r) * width;
+    float best = 0.0f;
+    int best_index = -1;
+    for (int c = lane; c < width; c += 32) {
+        const float v = row[c];
+        if (v == v && (best_index < 0 || v > best)) {
+            best = v;
+            best_index = c;
+        }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float other = __shfl_xor_sync(FULL_MASK, best, offset);
+        const int other_index = __shfl_xor_sync(FULL_MASK, best_index, offset);
+        if (better(other, other_index, best, best_index)) {
+            best = other;
+            best_index = other_index;
+        }
+    }
+    if (lane == 0) {
+        const float first = row[0];
+        out[r] = (best_index < 0 || first != first) ? 0 : best_index;
+    }
+}
