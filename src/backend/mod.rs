@@ -82,6 +82,36 @@ pub struct AdamWStep {
     pub t: u64,
 }
 
+/// The per-step scalars of [`AdamWStep`], computed in f64 on the host as PyTorch does, then rounded
+/// to the f32 the element-wise update uses. Every backend applies exactly these.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamWCoefficients {
+    /// `1 - lr * weight_decay`.
+    pub decay: f32,
+    pub one_minus_beta1: f32,
+    pub beta2: f32,
+    pub one_minus_beta2: f32,
+    /// `lr / (1 - beta1^t)`.
+    pub step_size: f32,
+    /// `sqrt(1 - beta2^t)`.
+    pub bias_correction2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl AdamWStep {
+    pub fn coefficients(&self) -> AdamWCoefficients {
+        AdamWCoefficients {
+            decay: (1.0 - self.lr * self.weight_decay) as f32,
+            one_minus_beta1: (1.0 - self.beta1) as f32,
+            beta2: self.beta2 as f32,
+            one_minus_beta2: (1.0 - self.beta2) as f32,
+            step_size: (self.lr / (1.0 - self.beta1.powi(self.t as i32))) as f32,
+            bias_correction2_sqrt: (1.0 - self.beta2.powi(self.t as i32)).sqrt() as f32,
+            eps: self.eps as f32,
+        }
+    }
+}
+
 /// The op set. Every method validates the shapes it is given and returns a typed error.
 pub trait Backend: Send + Sync {
     fn device(&self) -> Device;

@@ -138,6 +138,17 @@ fn head_dim_16_with_padding_and_an_all_padding_sequence() {
         },
         1,
     );
+    // The tiny preset's shape: 4 heads of 16 over 128 positions, two whole tiles.
+    let seq = 128;
+    check(
+        &Case {
+            heads: 4,
+            head_dim: 16,
+            seq,
+            masks: vec![prefix(seq, 64), prefix(seq, 100)],
+        },
+        7,
+    );
 }
 
 #[test]

@@ -9,18 +9,20 @@
 
 use rayon::prelude::*;
 
-use crate::backend::AdamWStep;
+use crate::backend::{AdamWCoefficients, AdamWStep};
 
 const CHUNK: usize = 8192;
 
 pub fn step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
-    let decay = (1.0 - s.lr * s.weight_decay) as f32;
-    let one_minus_b1 = (1.0 - s.beta1) as f32;
-    let b2 = s.beta2 as f32;
-    let one_minus_b2 = (1.0 - s.beta2) as f32;
-    let step_size = (s.lr / (1.0 - s.beta1.powi(s.t as i32))) as f32;
-    let bc2_sqrt = (1.0 - s.beta2.powi(s.t as i32)).sqrt() as f32;
-    let eps = s.eps as f32;
+    let AdamWCoefficients {
+        decay,
+        one_minus_beta1: one_minus_b1,
+        beta2: b2,
+        one_minus_beta2: one_minus_b2,
+        step_size,
+        bias_correction2_sqrt: bc2_sqrt,
+        eps,
+    } = s.coefficients();
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))

@@ -12,7 +12,7 @@ mod gelu;
 pub mod gemm;
 mod layernorm;
 mod linear;
-mod reduce;
+pub(crate) mod reduce;
 mod rows;
 
 pub use cross_entropy::IGNORE_INDEX;
@@ -255,6 +255,7 @@ impl Backend for CpuBackend {
             ));
         }
         let w = param(f32s(params, "parameters")?, weight, c, "layernorm weight")?;
+        check_param(bias, c, grads.numel(), "layernorm bias")?;
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "layernorm")?;
         let mut dx = vec![0.0f32; rows * c];
         layernorm::backward(
@@ -313,6 +314,7 @@ impl Backend for CpuBackend {
             out * inp,
             "linear weight",
         )?;
+        check_param(bias, out, grads.numel(), "linear bias")?;
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "linear")?;
         let mut dx = vec![0.0f32; rows * inp];
         linear::backward(

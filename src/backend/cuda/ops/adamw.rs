@@ -36,14 +36,8 @@ pub fn step(
         return Ok(());
     }
 
-    // The step's scalars, in f64 then rounded to f32, exactly as src/backend/cpu/adamw.rs.
-    let decay = (1.0 - s.lr * s.weight_decay) as f32;
-    let one_minus_b1 = (1.0 - s.beta1) as f32;
-    let b2 = s.beta2 as f32;
-    let one_minus_b2 = (1.0 - s.beta2) as f32;
-    let step_size = (s.lr / (1.0 - s.beta1.powi(s.t as i32))) as f32;
-    let bc2_sqrt = (1.0 - s.beta2.powi(s.t as i32)).sqrt() as f32;
-    let eps = s.eps as f32;
+    // The step's scalars, the same for every backend.
+    let c = s.coefficients();
 
     let mut args = KernelArgs::new()
         .ptr(backend.ptr_mut(params, DType::F32, "adamw parameters")?)
@@ -51,13 +45,13 @@ pub fn step(
         .ptr(backend.ptr_mut(m, DType::F32, "adamw first moment")?)
         .ptr(backend.ptr_mut(v, DType::F32, "adamw second moment")?)
         .i32(n_i)
-        .f32(decay)
-        .f32(one_minus_b1)
-        .f32(b2)
-        .f32(one_minus_b2)
-        .f32(step_size)
-        .f32(bc2_sqrt)
-        .f32(eps);
+        .f32(c.decay)
+        .f32(c.one_minus_beta1)
+        .f32(c.beta2)
+        .f32(c.one_minus_beta2)
+        .f32(c.step_size)
+        .f32(c.bias_correction2_sqrt)
+        .f32(c.eps);
     // One thread per float4 (plus the tail), capped: the kernel uses a grid-stride loop.
     let blocks = n
         .div_ceil(4)

@@ -1,9 +1,9 @@
 //! Launch wrappers for `kernels/layernorm.cu`: LayerNorm over the last axis, one warp per row, and
 //! its parameter gradients as deterministic column sums.
 
-use super::linear::{RowChunks, check_grad_slots};
+use super::linear::RowChunks;
 use super::{int, param_ptr};
-use crate::backend::checks::{check_param, check_same_shape, rows_cols};
+use crate::backend::checks::{check_disjoint_slots, check_param, check_same_shape, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::backend::{LayerNormOut, Param};
@@ -86,7 +86,7 @@ pub fn backward(
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, c, "layernorm weight")?;
     backend.ptr(grads, DType::F32, "gradients")?;
-    check_grad_slots(&[weight, bias], grads.numel(), "layernorm")?;
+    check_disjoint_slots(&[weight, bias], grads.numel(), "layernorm")?;
     check_param(bias, c, grads.numel(), "layernorm bias")?;
     let dy_ptr = backend.ptr(dy, DType::F32, "layernorm dy")?;
     let x_ptr = backend.ptr(x, DType::F32, "layernorm input")?;

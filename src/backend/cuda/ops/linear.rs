@@ -7,7 +7,7 @@
 
 use super::{int, param_ptr};
 use crate::backend::Param;
-use crate::backend::checks::{check_param, rows_cols};
+use crate::backend::checks::{check_disjoint_slots, check_param, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::backend::cuda::runtime::GemmSpec;
@@ -30,8 +30,8 @@ pub(super) struct RowChunks {
 }
 
 impl RowChunks {
-    /// The CPU's `reduce::ROWS_PER_BLOCK`.
-    const ROWS: usize = 64;
+    /// The CPU's block of rows, so that both sum in the same order.
+    const ROWS: usize = crate::backend::cpu::reduce::ROWS_PER_BLOCK;
 
     pub(super) fn new(rows: usize) -> Self {
         RowChunks {
@@ -60,25 +60,6 @@ impl RowChunks {
             shared_bytes: 0,
         })
     }
-}
-
-/// The gradient slots of one op lie inside the buffer and do not overlap: the check (and the error)
-/// of the CPU backend's `params_mut`, so that both backends reject the same calls alike.
-pub(super) fn check_grad_slots(slots: &[Param], buffer_len: usize, what: &str) -> Result<()> {
-    let mut sorted = slots.to_vec();
-    sorted.sort_by_key(|p| p.offset);
-    let mut consumed = 0;
-    for p in sorted {
-        if p.offset < consumed || p.offset + p.len > buffer_len {
-            return Err(Error::shape(
-                format!("{what}: overlapping or out-of-range gradient slot"),
-                format!("disjoint slots inside [{buffer_len}]"),
-                &[p.offset, p.len],
-            ));
-        }
-        consumed = p.offset + p.len;
-    }
-    Ok(())
 }
 
 /// One thread per column for the sums over chunks.
@@ -160,7 +141,7 @@ pub fn backward(
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, out * inp, "linear weight")?;
     backend.ptr(grads, DType::F32, "gradients")?;
-    check_grad_slots(&[weight, bias], grads.numel(), "linear")?;
+    check_disjoint_slots(&[weight, bias], grads.numel(), "linear")?;
     check_param(bias, out, grads.numel(), "linear bias")?;
     let dy_ptr = backend.ptr(dy, DType::F32, "linear dy")?;
     let x_ptr = backend.ptr(x, DType::F32, "linear input")?;
