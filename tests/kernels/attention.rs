@@ -235,18 +235,21 @@ fn backward_is_deterministic() {
 
 #[test]
 fn empty_sizes() {
-    // seq 0: empty outputs and no launch. (The CPU backend is not compared: it panics on seq 0.)
-    let gpu = &gpus()[0].1;
-    let qkv = gpu.upload_f32(&[0, 12], &[]).unwrap();
-    let mask = gpu.upload_i32(&[2, 0], &[]).unwrap();
-    let fwd = gpu.attention_forward(&qkv, &mask, 2).unwrap();
-    assert_eq!(fwd.out.shape(), &[0, 4]);
-    assert_eq!(fwd.lse.shape(), &[2, 2, 0]);
-    let dout = gpu.upload_f32(&[0, 4], &[]).unwrap();
-    let dqkv = gpu
-        .attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, 2)
-        .unwrap();
-    assert_eq!(dqkv.shape(), &[0, 12]);
+    // seq 0: empty outputs (and no launch on the GPU), on every backend.
+    let cpu = cpu();
+    let gpu = gpus()[0].1.clone();
+    for backend in [&cpu as &dyn Backend, gpu.as_ref()] {
+        let qkv = backend.upload_f32(&[0, 12], &[]).unwrap();
+        let mask = backend.upload_i32(&[2, 0], &[]).unwrap();
+        let fwd = backend.attention_forward(&qkv, &mask, 2).unwrap();
+        assert_eq!(fwd.out.shape(), &[0, 4]);
+        assert_eq!(fwd.lse.shape(), &[2, 2, 0]);
+        let dout = backend.upload_f32(&[0, 4], &[]).unwrap();
+        let dqkv = backend
+            .attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, 2)
+            .unwrap();
+        assert_eq!(dqkv.shape(), &[0, 12]);
+    }
 }
 
 /// The same call on both backends: both fail with the same message.

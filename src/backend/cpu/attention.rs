@@ -80,6 +80,9 @@ fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
 
 /// Returns `(out, lse)`: out `[B*S, H]`, lse `[B, heads, S]`.
 pub fn forward(dims: &Dims, qkv: &[f32], mask: &[i32]) -> (Vec<f32>, Vec<f32>) {
+    if dims.seq == 0 || dims.batch == 0 {
+        return (Vec::new(), Vec::new()); // nothing to attend to (the slices below need a row)
+    }
     let (s, d, hidden) = (dims.seq, dims.head_dim, dims.hidden());
     let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..dims.batch * dims.heads)
         .into_par_iter()
@@ -125,6 +128,9 @@ pub fn backward(
     out: &[f32],
     lse: &[f32],
 ) -> Vec<f32> {
+    if dims.seq == 0 || dims.batch == 0 {
+        return Vec::new();
+    }
     let (s, d, hidden) = (dims.seq, dims.head_dim, dims.hidden());
     let scale = 1.0 / (d as f32).sqrt();
     let qkv_view = dims.head_view(3 * hidden);
