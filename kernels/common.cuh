@@ -96,3 +96,21 @@ inline void ldmatrix_x2_trans(uint32_t r[2], const void* row) { ::emu::ldmatrix(
 inline void ldmatrix_x4_trans(uint32_t r[4], const void* row) { ::emu::ldmatrix(4, true, row, r); }
 
 #endif
+
+// ---------------------------------------------------------------------------------------------
+// Both builds: element types of mixed precision. Kernels are templates over the activation type T
+// (float or __nv_bfloat16) and compute in float: load with to_float, store with from_float<T>.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) {
+    return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}

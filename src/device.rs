@@ -22,15 +22,56 @@ pub enum Device {
     Emulated(ScheduleOrder),
 }
 
+/// The arithmetic a backend runs the model in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// f32 everywhere: the reference's numbers, to rounding.
+    #[default]
+    F32,
+    /// bf16 mixed precision on a GPU: bf16 activations and GEMM operands, f32 accumulation,
+    /// statistics, loss, master weights and optimiser state.
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            other => Err(crate::Error::Config(format!(
+                "unknown precision {other:?}: expected f32 or bf16"
+            ))),
+        }
+    }
+}
+
 impl Device {
-    /// The backend that runs ops on this device.
+    /// The backend that runs ops on this device, in f32.
     pub fn backend(self) -> Result<Arc<dyn Backend>> {
-        match self {
-            Device::Cpu => Ok(Arc::new(CpuBackend::new())),
-            Device::Cuda(ordinal) => Ok(Arc::new(GpuBackend::cuda(ordinal)?)),
-            Device::Emulated(order) => Ok(Arc::new(GpuBackend::new(Arc::new(
-                EmulatedRuntime::new(order),
-            )))),
+        self.backend_with(Precision::F32)
+    }
+
+    /// The backend that runs ops on this device in the given precision (bf16 needs a GPU).
+    pub fn backend_with(self, precision: Precision) -> Result<Arc<dyn Backend>> {
+        match (self, precision) {
+            (Device::Cpu, Precision::F32) => Ok(Arc::new(CpuBackend::new())),
+            (Device::Cpu, Precision::Bf16) => Err(crate::Error::Config(
+                "bf16 mixed precision runs on a GPU (--device cuda); the CPU backend computes in f32".into(),
+            )),
+            (Device::Cuda(ordinal), _) => Ok(Arc::new(GpuBackend::cuda(ordinal)?.with_precision(precision))),
+            (Device::Emulated(order), _) => Ok(Arc::new(
+                GpuBackend::new(Arc::new(EmulatedRuntime::new(order))).with_precision(precision),
+            )),
         }
     }
 }

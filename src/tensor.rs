@@ -12,6 +12,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
     F32,
+    /// bfloat16 activations of the GPU backend's mixed precision (read back as f32).
+    BF16,
     /// Token ids, labels, masks and row indices.
     I32,
 }
@@ -117,11 +119,12 @@ impl Tensor {
         Ok(self)
     }
 
-    /// Copies an f32 tensor to host memory (from any device).
+    /// Copies an f32 tensor (or a bf16 one, widened exactly) to host memory, from any device.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::CpuF32(v) => Ok(v.clone()),
             Storage::Gpu(g) if g.dtype() == DType::F32 => g.download_f32(),
+            Storage::Gpu(g) if g.dtype() == DType::BF16 => g.download_bf16_as_f32(),
             _ => Err(self.dtype_error("to_vec_f32", DType::F32)),
         }
     }

@@ -63,3 +63,18 @@ fn shape_mismatches_and_foreign_tensors_are_errors() {
     let err = gpu.add(&a, &host).unwrap_err().to_string();
     assert!(err.contains("tensor is on cpu"), "{err}");
 }
+
+#[test]
+fn bf16_casts_round_to_nearest_even_and_widen_exactly() {
+    use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
+    use undertale_maskedlm::DType;
+    let mut rng = rng(2);
+    let values = random(&mut rng, 999, 3.0);
+    for (name, gpu) in gpus_bf16() {
+        let t = upload_bf16(&gpu, &[999], &values);
+        assert_eq!(t.to_vec_f32().unwrap(), round_bf16(&values), "{name}");
+        let back = gpu.cast(&t, DType::F32).unwrap();
+        assert_eq!(back.dtype(), DType::F32);
+        assert_eq!(back.to_vec_f32().unwrap(), round_bf16(&values), "{name}");
+    }
+}

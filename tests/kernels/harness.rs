@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use undertale_maskedlm::Device;
 use undertale_maskedlm::backend::Backend;
 use undertale_maskedlm::backend::cpu::CpuBackend;
+use undertale_maskedlm::backend::cuda::GpuBackend;
+use undertale_maskedlm::backend::cuda::emulated::EmulatedRuntime;
 use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
+use undertale_maskedlm::device::Precision;
+use undertale_maskedlm::{DType, Device, Tensor};
 
 /// The reference.
 pub fn cpu() -> CpuBackend {
@@ -26,6 +29,42 @@ pub fn gpus() -> Vec<(ScheduleOrder, Arc<dyn Backend>)> {
             )
         })
         .collect()
+}
+
+/// The same GPUs in bf16 mixed precision, as the concrete backend (for `cast`).
+pub fn gpus_bf16() -> Vec<(String, GpuBackend)> {
+    let mut backends: Vec<(String, GpuBackend)> = ScheduleOrder::TEST_ORDERS
+        .iter()
+        .map(|&order| {
+            let backend = GpuBackend::new(Arc::new(EmulatedRuntime::new(order)))
+                .with_precision(Precision::Bf16);
+            (format!("emulated bf16, {order:?} order"), backend)
+        })
+        .collect();
+    if let Ok(gpu) = GpuBackend::cuda(0) {
+        backends.push((
+            "cuda:0 bf16".to_string(),
+            gpu.with_precision(Precision::Bf16),
+        ));
+    }
+    backends
+}
+
+/// `values` rounded to bf16 (nearest even) and back: the inputs a bf16 kernel really sees, for
+/// the CPU reference.
+pub fn round_bf16(values: &[f32]) -> Vec<f32> {
+    values
+        .iter()
+        .map(|&v| half::bf16::from_f32(v).to_f32())
+        .collect()
+}
+
+/// Uploads `values` to the GPU as a bf16 tensor.
+pub fn upload_bf16(gpu: &GpuBackend, shape: &[usize], values: &[f32]) -> Tensor {
+    let t = gpu.upload_f32(shape, values).expect("upload");
+    let t = gpu.cast(&t, DType::BF16).expect("cast to bf16");
+    assert_eq!(t.dtype(), DType::BF16);
+    t
 }
 
 pub fn rng(seed: u64) -> ChaCha8Rng {

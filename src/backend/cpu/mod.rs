@@ -125,7 +125,7 @@ impl Backend for CpuBackend {
 
     fn to_device(&self, t: &Tensor) -> Result<Tensor> {
         match t.dtype() {
-            DType::F32 => Tensor::from_f32(t.shape(), t.to_vec_f32()?),
+            DType::F32 | DType::BF16 => Tensor::from_f32(t.shape(), t.to_vec_f32()?),
             DType::I32 => Tensor::from_i32(t.shape(), t.to_vec_i32()?),
         }
     }

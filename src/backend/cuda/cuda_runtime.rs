@@ -20,6 +20,7 @@ use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
 use super::runtime::{Allocation, GemmSpec, GpuRuntime};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 
 /// cuBLASLt's recommended workspace: 32 MiB on Hopper, 4 MiB before.
 fn workspace_bytes(major: i32) -> usize {
@@ -392,15 +393,30 @@ impl GpuRuntime for CudaRuntime {
         let (first_rows, first_cols) = if spec.transpose_b { (k, m) } else { (m, k) };
         let (second_rows, second_cols) = if spec.transpose_a { (n, k) } else { (k, n) };
         let f32_type = lt_sys::cudaDataType_t::CUDA_R_32F;
+        let data_type = |dtype: DType| match dtype {
+            DType::BF16 => lt_sys::cudaDataType_t::CUDA_R_16BF,
+            _ => lt_sys::cudaDataType_t::CUDA_R_32F,
+        };
         // SAFETY: descriptors are created, used on this runtime's stream, and destroyed below; the
         // spec's pointers and leading dimensions describe live device matrices.
         unsafe {
             let layouts = [
-                lt::create_matrix_layout(f32_type, first_rows, first_cols, spec.ldb as i64)
+                lt::create_matrix_layout(
+                    data_type(spec.b_type),
+                    first_rows,
+                    first_cols,
+                    spec.ldb as i64,
+                )
+                .map_err(cublas)?,
+                lt::create_matrix_layout(
+                    data_type(spec.a_type),
+                    second_rows,
+                    second_cols,
+                    spec.lda as i64,
+                )
+                .map_err(cublas)?,
+                lt::create_matrix_layout(data_type(spec.c_type), m, n, spec.ldc as i64)
                     .map_err(cublas)?,
-                lt::create_matrix_layout(f32_type, second_rows, second_cols, spec.lda as i64)
-                    .map_err(cublas)?,
-                lt::create_matrix_layout(f32_type, m, n, spec.ldc as i64).map_err(cublas)?,
             ];
             if spec.batch > 1 {
                 let strides = [
@@ -426,7 +442,8 @@ impl GpuRuntime for CudaRuntime {
                     .map_err(cublas)?;
                 }
             }
-            // Full f32 arithmetic (not TF32): the f32 mode is the one checked against the CPU.
+            // f32 accumulation, and full f32 (not TF32) products for f32 operands: the f32 mode is the
+            // one checked tightly against the CPU.
             let desc =
                 lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_type)
                     .map_err(cublas)?;

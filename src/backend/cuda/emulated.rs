@@ -6,9 +6,11 @@ use std::alloc::{Layout, alloc, dealloc};
 use super::emulator::{EmulatedDevice, ScheduleOrder};
 use super::launch::{DevicePtr, KernelArgs, KernelLauncher, LaunchConfig};
 use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use super::storage::dtype_bytes;
 use crate::backend::cpu::gemm::{MatLayout, matmul};
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::tensor::DType;
 
 /// Device memory alignment, as `cudaMalloc` guarantees (at least 256 bytes).
 const ALIGN: usize = 256;
@@ -50,13 +52,48 @@ impl EmulatedRuntime {
     }
 }
 
-/// A host slice over emulated device memory.
+/// `len` elements of emulated device memory as f32 (bf16 widened exactly).
 ///
 /// # Safety
-/// `ptr` must come from an `EmulatedRuntime` allocation holding at least `len` elements of `T`,
-/// alive and not written elsewhere for the lifetime of the slice.
-unsafe fn host_slice<'a, T>(ptr: DevicePtr, len: usize) -> &'a [T] {
-    unsafe { std::slice::from_raw_parts(ptr.0 as *const T, len) }
+/// `ptr` must come from an `EmulatedRuntime` allocation holding at least `len` elements of `dtype`.
+unsafe fn read_matrix(ptr: DevicePtr, len: usize, dtype: DType) -> Vec<f32> {
+    unsafe {
+        match dtype {
+            DType::BF16 => std::slice::from_raw_parts(ptr.0 as *const half::bf16, len)
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            _ => std::slice::from_raw_parts(ptr.0 as *const f32, len).to_vec(),
+        }
+    }
+}
+
+/// Writes the `rows x cols` elements of a row-major matrix (leading dimension `ld`) back, rounding
+/// to bf16 (nearest even, as the GPU's epilogue does) when `dtype` is bf16.
+///
+/// # Safety
+/// As for [`read_matrix`], for the matrix's extent.
+unsafe fn write_matrix(
+    ptr: DevicePtr,
+    values: &[f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    dtype: DType,
+) {
+    for r in 0..rows {
+        for c in 0..cols {
+            let v = values[r * ld + c];
+            unsafe {
+                match dtype {
+                    DType::BF16 => {
+                        *(ptr.0 as *mut half::bf16).add(r * ld + c) = half::bf16::from_f32(v)
+                    }
+                    _ => *(ptr.0 as *mut f32).add(r * ld + c) = v,
+                }
+            }
+        }
+    }
 }
 
 impl GpuRuntime for EmulatedRuntime {
@@ -139,20 +176,20 @@ impl GpuRuntime for EmulatedRuntime {
         };
         let c_len = extent(spec.m, spec.ldc, spec.n);
         for i in 0..spec.batch {
-            let a_ptr = DevicePtr(spec.a.0 + (i * spec.stride_a * 4) as u64);
-            let b_ptr = DevicePtr(spec.b.0 + (i * spec.stride_b * 4) as u64);
-            let c_ptr = (spec.c.0 + (i * spec.stride_c * 4) as u64) as *mut f32;
+            let at = |ptr: DevicePtr, stride: usize, dtype: DType| {
+                DevicePtr(ptr.0 + (i * stride * dtype_bytes(dtype)) as u64)
+            };
             // SAFETY: the caller's spec describes matrices inside live allocations; C does not overlap
             // A or B (as cuBLAS also requires).
-            let (a, b, c) = unsafe {
+            let (a, b, mut c) = unsafe {
                 (
-                    host_slice::<f32>(a_ptr, a_len),
-                    host_slice::<f32>(b_ptr, b_len),
-                    std::slice::from_raw_parts_mut(c_ptr, c_len),
+                    read_matrix(at(spec.a, spec.stride_a, spec.a_type), a_len, spec.a_type),
+                    read_matrix(at(spec.b, spec.stride_b, spec.b_type), b_len, spec.b_type),
+                    read_matrix(at(spec.c, spec.stride_c, spec.c_type), c_len, spec.c_type),
                 )
             };
             if spec.beta == 0.0 {
-                matmul(c, cl, a, al, b, bl, spec.alpha, false, true);
+                matmul(&mut c, cl, &a, al, &b, bl, spec.alpha, false, true);
             } else {
                 if spec.beta != 1.0 {
                     for r in 0..spec.m {
@@ -161,8 +198,19 @@ impl GpuRuntime for EmulatedRuntime {
                         }
                     }
                 }
-                matmul(c, cl, a, al, b, bl, spec.alpha, true, true);
+                matmul(&mut c, cl, &a, al, &b, bl, spec.alpha, true, true);
             }
+            // SAFETY: as above; only the m x n elements of C are written back.
+            unsafe {
+                write_matrix(
+                    at(spec.c, spec.stride_c, spec.c_type),
+                    &c,
+                    spec.m,
+                    spec.n,
+                    spec.ldc,
+                    spec.c_type,
+                )
+            };
         }
         Ok(())
     }

@@ -16,30 +16,121 @@ pub mod ptx;
 pub mod runtime;
 pub mod storage;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use runtime::GpuRuntime;
 
 use crate::backend::{
     AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
 };
-use crate::device::Device;
+use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::{DType, Storage, Tensor};
 
-/// The GPU backend over one runtime (one device).
+/// The GPU backend over one runtime (one device), in one precision.
+///
+/// In bf16 mixed precision the embedding produces bf16 activations and every op after it keeps the
+/// element type of its input: activations, their gradients and GEMM operands are bf16, while
+/// accumulation, LayerNorm and softmax statistics, the loss, parameters, their gradients and the
+/// optimiser state stay f32. GEMMs read the weights from a bf16 shadow of the flat parameter
+/// buffer, which AdamW rewrites in the same pass as it updates the f32 master weights.
 #[derive(Debug, Clone)]
 pub struct GpuBackend {
     runtime: Arc<dyn GpuRuntime>,
+    precision: Precision,
+    shadow: Arc<Mutex<Option<ParamShadow>>>,
+}
+
+/// The bf16 copy of one flat parameter buffer, as of one of its writes.
+#[derive(Debug)]
+struct ParamShadow {
+    source: launch::DevicePtr,
+    version: u64,
+    values: Tensor,
+}
+
+fn write_version(t: &Tensor) -> u64 {
+    match t.storage() {
+        Storage::Gpu(g) => g.write_version(),
+        _ => 0,
+    }
 }
 
 impl GpuBackend {
+    /// An f32 backend over this runtime.
     pub fn new(runtime: Arc<dyn GpuRuntime>) -> Self {
-        GpuBackend { runtime }
+        GpuBackend {
+            runtime,
+            precision: Precision::F32,
+            shadow: Arc::default(),
+        }
+    }
+
+    /// The same device in another precision.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The element type of activations: what the embedding produces.
+    pub fn activation_dtype(&self) -> DType {
+        match self.precision {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+
+    /// A copy of `t` as f32 or bf16 (the same tensor if it already is).
+    pub fn cast(&self, t: &Tensor, dtype: DType) -> Result<Tensor> {
+        ops::convert::cast(self, t, dtype)
+    }
+
+    /// The bf16 shadow of the flat f32 parameter buffer `params`, converted again only when the
+    /// buffer has been written since.
+    pub(crate) fn bf16_parameters(&self, params: &Tensor) -> Result<Tensor> {
+        let source = self.ptr(params, DType::F32, "parameters")?;
+        let version = write_version(params);
+        let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shadow
+            .as_ref()
+            .filter(|s| s.source == source && s.version == version)
+        {
+            return Ok(s.values.clone());
+        }
+        let values = self.cast(params, DType::BF16)?;
+        *shadow = Some(ParamShadow {
+            source,
+            version,
+            values: values.clone(),
+        });
+        Ok(values)
+    }
+
+    /// For AdamW: the shadow of `params` to rewrite in the same pass, if there is one (it becomes
+    /// current once the update has run: call [`Self::shadow_updated`]).
+    pub(crate) fn shadow_for_update(&self, params: &Tensor) -> Option<launch::DevicePtr> {
+        let source = self.ptr(params, DType::F32, "parameters").ok()?;
+        let shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        let s = shadow.as_ref().filter(|s| s.source == source)?;
+        self.ptr(&s.values, DType::BF16, "parameter shadow").ok()
+    }
+
+    /// Marks the shadow of `params` as matching its current contents.
+    pub(crate) fn shadow_updated(&self, params: &Tensor) {
+        let source = self.ptr(params, DType::F32, "parameters").ok();
+        let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = shadow.as_mut().filter(|s| Some(s.source) == source) {
+            s.version = write_version(params);
+        }
     }
 
     /// The backend of CUDA device `ordinal`.
     pub fn cuda(ordinal: usize) -> Result<Self> {
+        // (f32; see `with_precision`)
         Ok(GpuBackend::new(cuda_runtime::CudaRuntime::shared(ordinal)?))
     }
 
@@ -97,7 +188,7 @@ impl Backend for GpuBackend {
 
     fn to_device(&self, t: &Tensor) -> Result<Tensor> {
         match t.dtype() {
-            DType::F32 => self.upload_f32(t.shape(), &t.to_vec_f32()?),
+            DType::F32 | DType::BF16 => self.upload_f32(t.shape(), &t.to_vec_f32()?),
             DType::I32 => self.upload_i32(t.shape(), &t.to_vec_i32()?),
         }
     }

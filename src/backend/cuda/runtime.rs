@@ -7,10 +7,12 @@ use std::fmt::Debug;
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::device::Device;
 use crate::error::Result;
+use crate::tensor::DType;
 
-/// `C = alpha * op(A) op(B) + beta * C` on row-major f32 matrices, `batch` times with the given
-/// element strides between consecutive matrices. `op(A)` is `[m, k]`: A is stored `[m, k]` with
-/// leading dimension `lda`, or `[k, m]` when `transpose_a`. Likewise `op(B)` is `[k, n]`.
+/// `C = alpha * op(A) op(B) + beta * C` on row-major matrices, `batch` times with the given element
+/// strides between consecutive matrices. `op(A)` is `[m, k]`: A is stored `[m, k]` with leading
+/// dimension `lda`, or `[k, m]` when `transpose_a`. Likewise `op(B)` is `[k, n]`. Each matrix is f32
+/// or bf16 (`a_type`, `b_type`, `c_type`); products are always accumulated in f32.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GemmSpec {
     pub m: usize,
@@ -30,6 +32,9 @@ pub struct GemmSpec {
     pub batch: usize,
     pub alpha: f32,
     pub beta: f32,
+    pub a_type: DType,
+    pub b_type: DType,
+    pub c_type: DType,
 }
 
 impl GemmSpec {
@@ -65,7 +70,16 @@ impl GemmSpec {
             batch: 1,
             alpha,
             beta,
+            a_type: DType::F32,
+            b_type: DType::F32,
+            c_type: DType::F32,
         }
+    }
+
+    /// The same product with these element types.
+    pub fn with_types(mut self, a: DType, b: DType, c: DType) -> Self {
+        (self.a_type, self.b_type, self.c_type) = (a, b, c);
+        self
     }
 }
 
@@ -94,7 +108,7 @@ pub trait GpuRuntime: Send + Sync + Debug {
     /// Launches a kernel by its `extern "C"` name.
     fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()>;
 
-    /// An f32 GEMM (cuBLASLt on a GPU).
+    /// A GEMM with f32 accumulation (cuBLASLt on a GPU).
     fn gemm(&self, spec: &GemmSpec) -> Result<()>;
 }
 

@@ -1,6 +1,7 @@
 //! Tensors in device memory: a shared, reference-counted buffer and its element type.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::launch::DevicePtr;
 use super::runtime::{Allocation, GpuRuntime};
@@ -13,6 +14,9 @@ use crate::tensor::{DType, Storage, Tensor};
 pub struct GpuBuffer {
     allocation: Allocation,
     runtime: Arc<dyn GpuRuntime>,
+    /// Counts the writes handed out (`GpuStorage::write_version`), so that a derived copy (the bf16
+    /// shadow of the parameters) knows whether it is still current.
+    writes: AtomicU64,
 }
 
 /// A tensor's device memory: `len` elements of `dtype`.
@@ -26,6 +30,7 @@ pub struct GpuStorage {
 pub(crate) fn dtype_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::I32 => 4,
+        DType::BF16 => 2,
     }
 }
 
@@ -37,6 +42,7 @@ impl GpuStorage {
             buffer: Arc::new(GpuBuffer {
                 allocation,
                 runtime: runtime.clone(),
+                writes: AtomicU64::new(0),
             }),
             dtype,
             len,
@@ -72,7 +78,14 @@ impl GpuStorage {
         self.buffer.allocation.ptr
     }
 
-    /// Gives this storage a buffer no clone shares, copying if it was shared (copy on write).
+    /// Which write this buffer has seen last: every `make_unique` (the step before any kernel
+    /// writes it) counts one.
+    pub fn write_version(&self) -> u64 {
+        self.buffer.writes.load(Ordering::Acquire)
+    }
+
+    /// Gives this storage a buffer no clone shares, copying if it was shared (copy on write), and
+    /// counts a write.
     pub fn make_unique(&mut self) -> Result<()> {
         if Arc::strong_count(&self.buffer) > 1 {
             let fresh = GpuStorage::alloc(&self.buffer.runtime, self.dtype, self.len)?;
@@ -81,6 +94,7 @@ impl GpuStorage {
                 .copy(fresh.ptr(), self.ptr(), self.bytes())?;
             *self = fresh;
         }
+        self.buffer.writes.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 
@@ -90,6 +104,15 @@ impl GpuStorage {
             .runtime
             .download(self.ptr(), bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
+    }
+
+    /// A bf16 tensor widened to f32 (exact).
+    pub fn download_bf16_as_f32(&self) -> Result<Vec<f32>> {
+        let mut bits = vec![half::bf16::ZERO; self.len];
+        self.buffer
+            .runtime
+            .download(self.ptr(), bytemuck::cast_slice_mut(&mut bits))?;
+        Ok(bits.into_iter().map(half::bf16::to_f32).collect())
     }
 
     pub fn download_i32(&self) -> Result<Vec<i32>> {

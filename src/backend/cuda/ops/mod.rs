@@ -4,6 +4,7 @@
 
 pub mod adamw;
 pub mod attention;
+pub mod convert;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
