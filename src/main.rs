@@ -12,6 +12,7 @@ use undertale_maskedlm::checkpoint::load_model;
 use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
@@ -83,6 +84,9 @@ enum Command {
         json: bool,
         #[arg(long)]
         device: Option<String>,
+        /// f32, or bf16 mixed precision on a GPU
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         inputs: Vec<String>,
     },
     /// Masked-LM loss, accuracy and forward throughput of a checkpoint on a dataset.
@@ -96,6 +100,9 @@ enum Command {
         batch_size: usize,
         #[arg(long)]
         device: Option<String>,
+        /// f32, or bf16 mixed precision on a GPU
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         #[arg(long)]
         json: bool,
     },
@@ -150,6 +157,9 @@ struct PretrainArgs {
     config: Option<String>,
     #[arg(long)]
     device: Option<String>,
+    /// f32, or bf16 mixed precision on a GPU
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     /// [default: 0]
     #[arg(long)]
     seed: Option<u64>,
@@ -164,6 +174,9 @@ struct DemoArgs {
     /// cpu, cuda or cuda:N [default: a GPU if there is one, else cpu]
     #[arg(long)]
     device: Option<String>,
+    /// f32, or bf16 mixed precision on a GPU
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
     #[arg(long, default_value_t = 600)]
     steps: u64,
     #[arg(long, default_value_t = 16)]
@@ -280,6 +293,7 @@ fn run(command: Command) -> Result<()> {
                 warmup: args.warmup,
                 config: args.config,
                 device: device(&args.device)?,
+                precision: args.precision,
                 seed: args.seed,
                 max_steps: args.max_steps,
                 progress: true,
@@ -305,9 +319,10 @@ fn run(command: Command) -> Result<()> {
             top_k,
             json,
             device: dev,
+            precision,
             inputs,
         } => {
-            let model = load_model(&checkpoint, device(&dev)?)?;
+            let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             check_compatible(&model, &tokenizer)?;
             let inputs = if inputs.is_empty() {
@@ -348,9 +363,10 @@ fn run(command: Command) -> Result<()> {
             dataset,
             batch_size,
             device: dev,
+            precision,
             json,
         } => {
-            let model = load_model(&checkpoint, device(&dev)?)?;
+            let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             check_compatible(&model, &tokenizer)?;
             let rows: Vec<_> = read_tokenized(&dataset)?
@@ -392,11 +408,13 @@ fn demo(args: &DemoArgs) -> Result<()> {
     config.lr = args.learning_rate;
     let seq = config.sequence_length;
     let train = dataset(&vocab, args.functions, seq, args.seed);
-    let model = Model::new(config, device(&args.device)?, args.seed)?;
+    let model =
+        Model::new(config, device(&args.device)?, args.seed)?.with_precision(args.precision)?;
     println!(
-        "model: {} preset on {}, {} parameters; {} synthetic functions, {} steps of {}",
+        "model: {} preset on {} ({}), {} parameters; {} synthetic functions, {} steps of {}",
         args.config,
         model.device(),
+        model.precision(),
         model.num_parameters(),
         train.len(),
         args.steps,

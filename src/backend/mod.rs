@@ -116,6 +116,11 @@ impl AdamWStep {
 pub trait Backend: Send + Sync {
     fn device(&self) -> Device;
 
+    /// The arithmetic this backend runs the model in (f32 unless a GPU backend was asked for bf16).
+    fn precision(&self) -> crate::device::Precision {
+        crate::device::Precision::F32
+    }
+
     // ---- memory ----
     fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
     fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor>;

@@ -10,7 +10,7 @@ use super::inputs::{CheckedInputs, check_inputs, labelled_positions};
 use super::params::ParamLayout;
 use super::{Config, DropoutSchedule, MaskedLMHead};
 use crate::backend::Backend;
-use crate::device::Device;
+use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
@@ -94,6 +94,23 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The same model computing in `precision` (bf16 mixed precision needs a GPU device). The f32
+    /// parameters are kept as they are; only the arithmetic of the ops changes.
+    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+        if precision == self.backend.precision() {
+            return Ok(self);
+        }
+        let backend = self.device().backend_with(precision)?;
+        self.params = backend.to_device(&self.params)?;
+        self.backend = backend;
+        Ok(self)
+    }
+
+    /// The arithmetic the model runs in.
+    pub fn precision(&self) -> Precision {
+        self.backend.precision()
     }
 
     pub fn device(&self) -> Device {

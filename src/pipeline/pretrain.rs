@@ -20,7 +20,7 @@ use crate::checkpoint::save_model;
 use crate::data::parquet::read_tokenized;
 use crate::data::tokenizer::InstructionTokenizer;
 use crate::data::{Example, MaskedLMCollator};
-use crate::device::Device;
+use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
 use crate::train::metrics::{MetricsWriter, Record, read_records};
@@ -48,6 +48,8 @@ pub struct PretrainOptions {
     /// keeps its checkpoint's.
     pub config: Option<String>,
     pub device: Device,
+    /// f32, or bf16 mixed precision on a GPU. A resumed run may change it.
+    pub precision: Precision,
     /// Default 0; a resumed run keeps its checkpoint's.
     pub seed: Option<u64>,
     pub max_steps: Option<u64>,
@@ -73,6 +75,7 @@ impl PretrainOptions {
             warmup: None,
             config: None,
             device: Device::Cpu,
+            precision: Precision::F32,
             seed: None,
             max_steps: None,
             progress: true,
@@ -393,7 +396,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     // The dataset is read once, checked against the model's configuration.
     let (mut trainer, train) = match &options.checkpoint {
         Some(checkpoint) => {
-            let trainer = Trainer::resume(checkpoint, options.device)?;
+            let trainer = Trainer::resume_with(checkpoint, options.device, options.precision)?;
             check_tokenizer_matches(trainer.model.config(), &tokenizer).map_err(|reason| {
                 Error::checkpoint(
                     checkpoint,
@@ -418,7 +421,8 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
                 .checked_mul(batches_per_epoch(train.len(), batch_size))
                 .ok_or_else(|| Error::Config(format!("--epochs {epochs} is too large")))?;
             let seed = options.seed.unwrap_or(0);
-            let model = Model::new(config, options.device, seed)?;
+            let model =
+                Model::new(config, options.device, seed)?.with_precision(options.precision)?;
             (Trainer::new(model, batch_size, total, seed)?, train)
         }
     };

@@ -13,7 +13,7 @@ use crate::checkpoint::{
     load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files,
 };
 use crate::data::{CollatorState, Example, MaskedLMCollator, collator::DEFAULT_PROBABILITY};
-use crate::device::Device;
+use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{DropoutSchedule, InstructionTraceTransformerEncoderForMaskedLM as Model};
 use crate::tensor::Tensor;
@@ -298,7 +298,12 @@ impl Trainer {
 
     /// Restores a trainer from a training checkpoint, exactly where it stopped.
     pub fn resume(dir: &Path, device: Device) -> Result<Self> {
-        let model = load_model(dir, device)?;
+        Self::resume_with(dir, device, Precision::F32)
+    }
+
+    /// [`resume`](Self::resume) computing in `precision` (the checkpoint holds f32 values either way).
+    pub fn resume_with(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
+        let model = load_model(dir, device)?.with_precision(precision)?;
         let state_path = dir.join(STATE_FILE);
         let text = fs::read_to_string(&state_path).map_err(|e| {
             Error::checkpoint(

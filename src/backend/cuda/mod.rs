@@ -170,6 +170,10 @@ impl Backend for GpuBackend {
         self.runtime.device()
     }
 
+    fn precision(&self) -> Precision {
+        self.precision
+    }
+
     fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor> {
         check_len(shape, data.len())?;
         self.upload(shape, DType::F32, bytemuck::cast_slice(data))
