@@ -247,6 +247,34 @@ fn the_whole_workflow_on_real_disassembly() {
         "unknown device",
     );
     fails(
+        &[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "--tokenizer",
+            s(&tokenizer),
+            "--device",
+            "cpu",
+            "--precision",
+            "bf16",
+            "x",
+        ],
+        "bf16 mixed precision runs on a GPU",
+    );
+    fails(
+        &[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "--tokenizer",
+            s(&tokenizer),
+            "--precision",
+            "fp8",
+            "x",
+        ],
+        "unknown precision \"fp8\"",
+    );
+    fails(
         &["tokenize", not_elf, s(&tokenizer), s(&d.join("x.parquet"))],
         "Cargo.toml",
     );
