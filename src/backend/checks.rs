@@ -146,3 +146,83 @@ pub(crate) fn check_token_ids(ids: &[i32], seq: usize, vocab: usize) -> Result<(
         None => Ok(()),
     }
 }
+
+/// LayerNorm backward's inputs: `dy` like `x`, one mean and one rstd per row. Returns (rows, features).
+pub(crate) fn layernorm_backward_dims(
+    dy: &Tensor,
+    x: &Tensor,
+    mean: &Tensor,
+    rstd: &Tensor,
+) -> Result<(usize, usize)> {
+    check_same_shape(x, dy, "layernorm dy")?;
+    let (rows, c) = rows_cols(x, "layernorm input")?;
+    if mean.numel() != rows || rstd.numel() != rows {
+        return Err(Error::shape(
+            "layernorm statistics",
+            format!("[{rows}]"),
+            mean.shape(),
+        ));
+    }
+    Ok((rows, c))
+}
+
+/// Linear backward's inputs: `dy` has a row per row of `x`. Returns (rows, in, out).
+pub(crate) fn linear_backward_dims(dy: &Tensor, x: &Tensor) -> Result<(usize, usize, usize)> {
+    let (rows, inp) = rows_cols(x, "linear input")?;
+    let (dy_rows, out) = rows_cols(dy, "linear dy")?;
+    if dy_rows != rows {
+        return Err(Error::shape(
+            "linear dy",
+            format!("[{rows}, {out}]"),
+            dy.shape(),
+        ));
+    }
+    Ok((rows, inp, out))
+}
+
+/// What attention's forward saved, and `dout`, fit the call's sizes.
+pub(crate) fn check_attention_saved(
+    dims: &AttentionDims,
+    dout: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+) -> Result<()> {
+    check_same_shape(out, dout, "attention dout")?;
+    let (rows, hidden) = (dims.batch * dims.seq, dims.heads * dims.head_dim);
+    if out.numel() != rows * hidden || lse.numel() != dims.batch * dims.heads * dims.seq {
+        return Err(Error::shape(
+            "attention saved output",
+            format!("[{rows}, {hidden}]"),
+            out.shape(),
+        ));
+    }
+    Ok(())
+}
+
+/// Cross-entropy's labels: one per row of logits. Returns (rows, vocab).
+pub(crate) fn cross_entropy_dims(logits: &Tensor, labels: &Tensor) -> Result<(usize, usize)> {
+    let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
+    if labels.numel() != rows {
+        return Err(Error::shape(
+            "cross-entropy labels",
+            format!("[{rows}]"),
+            labels.shape(),
+        ));
+    }
+    Ok((rows, vocab))
+}
+
+/// Every label is ignored (-100) or a token id below `vocab`.
+pub(crate) fn check_labels(labels: &[i32], vocab: usize) -> Result<()> {
+    match labels.iter().enumerate().find(|(_, l)| {
+        **l != crate::backend::cpu::IGNORE_INDEX && (**l < 0 || **l as usize >= vocab)
+    }) {
+        Some((i, &l)) => Err(Error::LabelOutOfRange {
+            label: i64::from(l),
+            row: i,
+            position: 0,
+            vocab_size: vocab,
+        }),
+        None => Ok(()),
+    }
+}

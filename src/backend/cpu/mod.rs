@@ -18,8 +18,9 @@ mod rows;
 pub use cross_entropy::IGNORE_INDEX;
 
 use crate::backend::checks::{
-    attention_dims, check_disjoint_slots, check_dropout_probability, check_param, check_rows,
-    check_same_shape, check_token_ids, embedding_dims, rows_cols,
+    attention_dims, check_attention_saved, check_disjoint_slots, check_dropout_probability,
+    check_labels, check_param, check_rows, check_same_shape, check_token_ids, cross_entropy_dims,
+    embedding_dims, layernorm_backward_dims, linear_backward_dims, rows_cols,
 };
 use crate::backend::{
     AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
@@ -245,15 +246,7 @@ impl Backend for CpuBackend {
         weight: Param,
         bias: Param,
     ) -> Result<Tensor> {
-        check_same_shape(x, dy, "layernorm dy")?;
-        let (rows, c) = rows_cols(x, "layernorm input")?;
-        if mean.numel() != rows || rstd.numel() != rows {
-            return Err(Error::shape(
-                "layernorm statistics",
-                format!("[{rows}]"),
-                mean.shape(),
-            ));
-        }
+        let (rows, c) = layernorm_backward_dims(dy, x, mean, rstd)?;
         let w = param(f32s(params, "parameters")?, weight, c, "layernorm weight")?;
         check_param(bias, c, grads.numel(), "layernorm bias")?;
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias], "layernorm")?;
@@ -299,15 +292,7 @@ impl Backend for CpuBackend {
         weight: Param,
         bias: Param,
     ) -> Result<Tensor> {
-        let (rows, inp) = rows_cols(x, "linear input")?;
-        let (dy_rows, out) = rows_cols(dy, "linear dy")?;
-        if dy_rows != rows {
-            return Err(Error::shape(
-                "linear dy",
-                format!("[{rows}, {out}]"),
-                dy.shape(),
-            ));
-        }
+        let (rows, inp, out) = linear_backward_dims(dy, x)?;
         let w = param(
             f32s(params, "parameters")?,
             weight,
@@ -361,16 +346,7 @@ impl Backend for CpuBackend {
         heads: usize,
     ) -> Result<Tensor> {
         let dims = attention_dims(qkv, mask, heads)?;
-        check_same_shape(out, dout, "attention dout")?;
-        if out.numel() != dims.batch * dims.seq * heads * dims.head_dim
-            || lse.numel() != dims.batch * heads * dims.seq
-        {
-            return Err(Error::shape(
-                "attention saved output",
-                format!("[{}, {}]", dims.batch * dims.seq, heads * dims.head_dim),
-                out.shape(),
-            ));
-        }
+        check_attention_saved(&dims, dout, out, lse)?;
         let dqkv = attention::backward(
             &dims,
             f32s(dout, "attention dout")?,
@@ -415,27 +391,9 @@ impl Backend for CpuBackend {
         labels: &Tensor,
         want_grad: bool,
     ) -> Result<CrossEntropyOut> {
-        let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
-        if labels.numel() != rows {
-            return Err(Error::shape(
-                "cross-entropy labels",
-                format!("[{rows}]"),
-                labels.shape(),
-            ));
-        }
+        let (rows, vocab) = cross_entropy_dims(logits, labels)?;
         let ls = i32s(labels, "cross-entropy labels")?;
-        if let Some((i, &l)) = ls
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l != IGNORE_INDEX && (**l < 0 || **l as usize >= vocab))
-        {
-            return Err(Error::LabelOutOfRange {
-                label: l as i64,
-                row: i,
-                position: 0,
-                vocab_size: vocab,
-            });
-        }
+        check_labels(ls, vocab)?;
         let x = f32s(logits, "cross-entropy logits")?;
         let mut dlogits = want_grad.then(|| vec![0.0f32; rows * vocab]);
         let (total, count) = cross_entropy::forward_backward(x, ls, vocab, dlogits.as_deref_mut());
