@@ -7,12 +7,13 @@
 // where count is the number of labelled rows (the loss is their mean). Subtracting M keeps every
 // exponent <= 0, so nothing overflows.
 //
-// One block per row. Memory traffic per labelled row: V floats read to find M and S, V floats read
-// again for the gradient (usually from L2: the row was just read), V floats written; the [rows, V]
-// softmax is never materialised. Without a gradient, V floats read. The per-row loss is written to
-// `losses[row]`; the host sums those in row order in f64, as the CPU does, so the mean is
-// deterministic and matches the CPU's arithmetic. An ignored row costs one write of V zeros (its
-// gradient) and a zero loss.
+// One block per row. Memory traffic per labelled row: V logits read to find M and S, V read again for
+// the gradient (usually from L2: the row was just read), V written; the [rows, V] softmax is never
+// materialised. Without a gradient, V logits read. Logits and their gradient have the activation
+// type (f32, or bf16 in mixed precision: `cross_entropy_forward_backward_f32` / `_bf16`); the max,
+// the sum and the loss are f32 either way. The per-row loss is written to `losses[row]`; the host
+// sums those in row order in f64, as the CPU does, so the mean is deterministic and matches the
+// CPU's arithmetic. An ignored row costs one write of V zeros (its gradient) and a zero loss.
 #include "common.cuh"
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -49,23 +50,27 @@ __device__ float block_sum(float v, float* scratch) {
     return v;
 }
 
-// logits [rows, vocab], labels [rows] (validated on the host: -100 or in [0, vocab)).
-// losses [rows]: each row's loss, 0 for an ignored row. dlogits [rows, vocab] or null: the gradient,
-// written for every row (zero on ignored rows). inv_count = 1 / (number of labelled rows).
-extern "C" __global__ void cross_entropy_forward_backward(const float* __restrict__ logits,
-                                                          const int* __restrict__ labels, float* __restrict__ losses,
-                                                          float* __restrict__ dlogits, int vocab, float inv_count) {
+// logits [rows, vocab] of the activation type T, labels [rows] (validated on the host: -100 or in
+// [0, vocab)). losses [rows], f32 whatever T: each row's loss, 0 for an ignored row. dlogits
+// [rows, vocab] of type T, or null: the gradient, written for every row (zero on ignored rows).
+// inv_count = 1 / (number of labelled rows). Everything is computed in f32 from the (widened)
+// logits; a bf16 gradient is the f32 value rounded once.
+template <typename T>
+__device__ __forceinline__ void cross_entropy_forward_backward(const T* __restrict__ logits,
+                                                               const int* __restrict__ labels,
+                                                               float* __restrict__ losses, T* __restrict__ dlogits,
+                                                               int vocab, float inv_count) {
     SHARED_ARRAY(float, scratch, 32);
     const int row = blockIdx.x;
     const int label = labels[row];
-    const float* x = logits + static_cast<size_t>(row) * vocab;
-    float* dx = dlogits == nullptr ? nullptr : dlogits + static_cast<size_t>(row) * vocab;
+    const T* x = logits + static_cast<size_t>(row) * vocab;
+    T* dx = dlogits == nullptr ? nullptr : dlogits + static_cast<size_t>(row) * vocab;
 
     // `label` is the same for the whole block, so both branches are block-uniform and every thread
     // of the block reaches the barriers inside the labelled branch.
     if (label == IGNORE_INDEX) {
         if (dx != nullptr) {
-            for (int c = threadIdx.x; c < vocab; c += blockDim.x) dx[c] = 0.0f;
+            for (int c = threadIdx.x; c < vocab; c += blockDim.x) dx[c] = from_float<T>(0.0f);
         }
         if (threadIdx.x == 0) losses[row] = 0.0f;
     } else {
@@ -76,7 +81,7 @@ extern "C" __global__ void cross_entropy_forward_backward(const float* __restric
         float m = negative_infinity();
         float s = 0.0f;
         for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
-            const float v = x[c];
+            const float v = to_float(x[c]);
             if (v > m) {
                 s = s * expf(m - v) + 1.0f;
                 m = v;
@@ -89,13 +94,29 @@ extern "C" __global__ void cross_entropy_forward_backward(const float* __restric
         const float row_max = block_max(m, scratch);
         const float row_sum = block_sum(s == 0.0f ? 0.0f : s * expf(m - row_max), scratch);
 
-        if (threadIdx.x == 0) losses[row] = (row_max - x[label]) + logf(row_sum);
+        if (threadIdx.x == 0) losses[row] = (row_max - to_float(x[label])) + logf(row_sum);
         if (dx != nullptr) {
             const float inv_sum = 1.0f / row_sum;
             for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
-                const float p = expf(x[c] - row_max) * inv_sum;
-                dx[c] = (p - (c == label ? 1.0f : 0.0f)) * inv_count;
+                const float p = expf(to_float(x[c]) - row_max) * inv_sum;
+                dx[c] = from_float<T>((p - (c == label ? 1.0f : 0.0f)) * inv_count);
             }
         }
     }
+}
+
+extern "C" __global__ void cross_entropy_forward_backward_f32(const float* __restrict__ logits,
+                                                              const int* __restrict__ labels,
+                                                              float* __restrict__ losses,
+                                                              float* __restrict__ dlogits, int vocab,
+                                                              float inv_count) {
+    cross_entropy_forward_backward<float>(logits, labels, losses, dlogits, vocab, inv_count);
+}
+
+extern "C" __global__ void cross_entropy_forward_backward_bf16(const __nv_bfloat16* __restrict__ logits,
+                                                               const int* __restrict__ labels,
+                                                               float* __restrict__ losses,
+                                                               __nv_bfloat16* __restrict__ dlogits, int vocab,
+                                                               float inv_count) {
+    cross_entropy_forward_backward<__nv_bfloat16>(logits, labels, losses, dlogits, vocab, inv_count);
 }

@@ -5,14 +5,17 @@
 //   y_i = 0               otherwise     (dropped)
 // where u_i is the uniform of element i: Philox4x32-10 with counter (i / 4, site, step_lo, step_hi)
 // and key (seed_lo, seed_hi), output word i % 4, top 24 bits. One Philox call thus serves four
-// consecutive elements, and each thread takes exactly such a group: one call, one float4 load and one
-// float4 store (16-byte accesses; tensors start at 256-byte aligned allocations), with a scalar tail
-// for the last n % 4 elements. Backward regenerates the same mask from the key instead of storing it.
+// consecutive elements, and each thread takes exactly such a group: one call, one vector load and one
+// vector store (16 bytes of f32 or 8 of bf16; tensors start at 256-byte aligned allocations), with a
+// scalar tail for the last n % 4 elements. Backward regenerates the same mask from the key instead of
+// storing it.
 //
+// The element type follows the input: `dropout_f32` and `dropout_bf16` are the one template over T.
 // Bit-identical to the CPU: the uniform is exact (see philox.cuh), `u >= p` compares the same floats,
-// and `x * scale` is one correctly rounded multiply by the same f32 scale, computed on the host as
-// the CPU computes it. Memory traffic: n floats read, n written; ~10 integer multiply rounds per four
-// elements keep it bandwidth-bound.
+// and `x * scale` is one correctly rounded f32 multiply by the same f32 scale, computed on the host as
+// the CPU computes it; a bf16 element is widened exactly and the product rounded once to bf16, so the
+// mask is the same for both types and a kept bf16 element is round_bf16(x * scale). Memory traffic:
+// n elements read, n written; ~10 integer multiply rounds per four elements keep it bandwidth-bound.
 #include "common.cuh"
 #include "philox.cuh"
 
@@ -20,11 +23,45 @@ __device__ __forceinline__ float dropout_one(float x, unsigned word, float p, fl
     return philox_uniform(word) >= p ? x * scale : 0.0f;
 }
 
+// Group g of four consecutive elements, widened to f32, and back: one 16-byte access for f32, one
+// 8-byte access for bf16 (element k in bits 16k.. of the little-endian 64-bit word).
+__device__ __forceinline__ void load4(const float* __restrict__ x, int g, float v[4]) {
+    const float4 q = reinterpret_cast<const float4*>(x)[g];
+    v[0] = q.x;
+    v[1] = q.y;
+    v[2] = q.z;
+    v[3] = q.w;
+}
+__device__ __forceinline__ void store4(float* __restrict__ y, int g, const float v[4]) {
+    reinterpret_cast<float4*>(y)[g] = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ float bf16_half(unsigned word, int k) {
+    return to_float(__ushort_as_bfloat16(static_cast<unsigned short>(k == 0 ? word & 0xffffu : word >> 16)));
+}
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
+    return static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(lo))) |
+           (static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(hi))) << 16);
+}
+__device__ __forceinline__ void load4(const __nv_bfloat16* __restrict__ x, int g, float v[4]) {
+    const int2 q = reinterpret_cast<const int2*>(x)[g];
+    v[0] = bf16_half(static_cast<unsigned>(q.x), 0);
+    v[1] = bf16_half(static_cast<unsigned>(q.x), 1);
+    v[2] = bf16_half(static_cast<unsigned>(q.y), 0);
+    v[3] = bf16_half(static_cast<unsigned>(q.y), 1);
+}
+__device__ __forceinline__ void store4(__nv_bfloat16* __restrict__ y, int g, const float v[4]) {
+    int2 q;
+    q.x = static_cast<int>(bf16_pair(v[0], v[1]));
+    q.y = static_cast<int>(bf16_pair(v[2], v[3]));
+    reinterpret_cast<int2*>(y)[g] = q;
+}
+
 // A grid-stride loop over groups of four elements.
-extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, int n, float p,
-                                       float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
-                                       unsigned step_hi, unsigned site) {
-    const int full = n / 4;                       // groups of four elements
+template <typename T>
+__device__ __forceinline__ void dropout(const T* __restrict__ x, T* __restrict__ y, int n, float p, float scale,
+                                        unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
+                                        unsigned site) {
+    const int full = n / 4;                          // groups of four elements
     const int groups = full + (n % 4 != 0 ? 1 : 0);  // and a partial one (no overflow near INT_MAX)
     const int stride = gridDim.x * blockDim.x;
     for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
@@ -32,12 +69,26 @@ extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __res
         philox4x32_10(word, seed_lo, seed_hi);
         const int i = 4 * g;
         if (g < full) {
-            const float4 v = reinterpret_cast<const float4*>(x)[g];
-            reinterpret_cast<float4*>(y)[g] =
-                make_float4(dropout_one(v.x, word[0], p, scale), dropout_one(v.y, word[1], p, scale),
-                            dropout_one(v.z, word[2], p, scale), dropout_one(v.w, word[3], p, scale));
+            float v[4];
+            load4(x, g, v);
+            for (int k = 0; k < 4; ++k) v[k] = dropout_one(v[k], word[k], p, scale);
+            store4(y, g, v);
         } else {
-            for (int k = 0; k < n - i; ++k) y[i + k] = dropout_one(x[i + k], word[k], p, scale);
+            for (int k = 0; k < n - i; ++k) {
+                y[i + k] = from_float<T>(dropout_one(to_float(x[i + k]), word[k], p, scale));
+            }
         }
     }
+}
+
+extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, int n, float p,
+                                       float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
+                                       unsigned step_hi, unsigned site) {
+    dropout<float>(x, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+}
+
+extern "C" __global__ void dropout_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int n,
+                                        float p, float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
+                                        unsigned step_hi, unsigned site) {
+    dropout<__nv_bfloat16>(x, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }

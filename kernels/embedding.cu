@@ -16,14 +16,16 @@
 //   1. embedding_positions: one block per sequence. Reads the S token ids once, writes two ints per
 //      token; it also validates the ids (atomicMin of the first bad flat index into `first_bad`,
 //      which the host reads back to raise the CPU's TokenOutOfRange error before anything else runs).
-//   2. embedding_forward: reads 3 * H floats per token (table rows, mostly L2 hits: the position
-//      tables are small and every sequence uses their first rows) and writes H. Bandwidth-bound on
-//      the write of the [B*S, H] output and the token-table reads.
-//   3. embedding_backward: reads H floats of dout per token and issues 3 * H atomic adds into the
-//      gradient tables. Float atomics make the summation order depend on scheduling, so the last
-//      bits of the gradient vary between runs on a GPU (the CPU adds in row order). The position
-//      tables are hot spots (every sequence adds into argument row 0), which a deterministic
-//      bucketed reduction (llm.c's encoder_backward) would avoid at the cost of a sort.
+//   2. embedding_forward_{f32,bf16}: reads 3 * H floats per token (table rows, mostly L2 hits: the
+//      position tables are small and every sequence uses their first rows) and writes H elements of
+//      the activation type (f32, or bf16 in mixed precision). Bandwidth-bound on the write of the
+//      [B*S, H] output and the token-table reads.
+//   3. embedding_backward_{f32,bf16}: reads H elements of dout (f32 or bf16) per token and issues
+//      3 * H f32 atomic adds into the gradient tables (gradients stay f32 in mixed precision). Float
+//      atomics make the summation order depend on scheduling, so the last bits of the gradient vary
+//      between runs on a GPU (the CPU adds in row order). The position tables are hot spots (every
+//      sequence adds into argument row 0), which a deterministic bucketed reduction (llm.c's
+//      encoder_backward) would avoid at the cost of a sort.
 #include "common.cuh"
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -104,42 +106,83 @@ extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, i
 }
 
 // One warp per token row; lanes stride over the H features, so each warp-wide load or store is a
-// contiguous 128-byte segment. The sum is (token + instruction) + argument, the CPU's order, so the
-// result is bit-identical to it. The ids were validated by embedding_positions.
-extern "C" __global__ void embedding_forward(const int* __restrict__ tokens, const int* __restrict__ instruction,
-                                             const int* __restrict__ argument, const float* __restrict__ token_table,
-                                             const float* __restrict__ instruction_table,
-                                             const float* __restrict__ argument_table, float* __restrict__ out,
-                                             int rows, int hidden) {
+// contiguous segment. The tables are f32 parameters; the output is the activation type T. The sum is
+// (token + instruction) + argument in f32, the CPU's order, so an f32 result is bit-identical to the
+// CPU's and a bf16 one is that f32 sum rounded once. The ids were validated by embedding_positions.
+template <typename T>
+__device__ __forceinline__ void embedding_forward(const int* __restrict__ tokens, const int* __restrict__ instruction,
+                                                  const int* __restrict__ argument,
+                                                  const float* __restrict__ token_table,
+                                                  const float* __restrict__ instruction_table,
+                                                  const float* __restrict__ argument_table, T* __restrict__ out,
+                                                  int rows, int hidden) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (row >= rows) return;  // no barrier in this kernel: a whole warp leaves together
     const float* t = token_table + static_cast<size_t>(tokens[row]) * hidden;
     const float* i = instruction_table + static_cast<size_t>(instruction[row]) * hidden;
     const float* a = argument_table + static_cast<size_t>(argument[row]) * hidden;
-    float* o = out + static_cast<size_t>(row) * hidden;
-    for (int c = lane; c < hidden; c += 32) o[c] = t[c] + i[c] + a[c];
+    T* o = out + static_cast<size_t>(row) * hidden;
+    for (int c = lane; c < hidden; c += 32) o[c] = from_float<T>(t[c] + i[c] + a[c]);
 }
 
-// The adjoint of embedding_forward: dout's row is added into the three table rows it was gathered
-// from. Rows of one sequence share position-table rows and tokens repeat, so the adds collide:
-// atomicAdd (compiled to a fire-and-forget RED, since the old value is unused) resolves them in L2.
-// Summation order, and so the last bits of the gradient, vary between runs on a GPU.
-extern "C" __global__ void embedding_backward(const float* __restrict__ dout, const int* __restrict__ tokens,
-                                              const int* __restrict__ instruction, const int* __restrict__ argument,
-                                              float* dtoken, float* dinstruction, float* dargument, int rows,
-                                              int hidden) {
+extern "C" __global__ void embedding_forward_f32(const int* __restrict__ tokens, const int* __restrict__ instruction,
+                                                 const int* __restrict__ argument,
+                                                 const float* __restrict__ token_table,
+                                                 const float* __restrict__ instruction_table,
+                                                 const float* __restrict__ argument_table, float* __restrict__ out,
+                                                 int rows, int hidden) {
+    embedding_forward<float>(tokens, instruction, argument, token_table, instruction_table, argument_table, out, rows,
+                             hidden);
+}
+
+extern "C" __global__ void embedding_forward_bf16(const int* __restrict__ tokens, const int* __restrict__ instruction,
+                                                  const int* __restrict__ argument,
+                                                  const float* __restrict__ token_table,
+                                                  const float* __restrict__ instruction_table,
+                                                  const float* __restrict__ argument_table,
+                                                  __nv_bfloat16* __restrict__ out, int rows, int hidden) {
+    embedding_forward<__nv_bfloat16>(tokens, instruction, argument, token_table, instruction_table, argument_table,
+                                     out, rows, hidden);
+}
+
+// The adjoint of embedding_forward: dout's row (of the activation type T, widened to f32) is added
+// into the three f32 table rows it was gathered from. Rows of one sequence share position-table rows
+// and tokens repeat, so the adds collide: atomicAdd (compiled to a fire-and-forget RED, since the old
+// value is unused) resolves them in L2. Summation order, and so the last bits of the gradient, vary
+// between runs on a GPU.
+template <typename T>
+__device__ __forceinline__ void embedding_backward(const T* __restrict__ dout, const int* __restrict__ tokens,
+                                                   const int* __restrict__ instruction,
+                                                   const int* __restrict__ argument, float* dtoken,
+                                                   float* dinstruction, float* dargument, int rows, int hidden) {
     const int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (row >= rows) return;  // no barrier in this kernel
-    const float* d = dout + static_cast<size_t>(row) * hidden;
+    const T* d = dout + static_cast<size_t>(row) * hidden;
     float* t = dtoken + static_cast<size_t>(tokens[row]) * hidden;
     float* i = dinstruction + static_cast<size_t>(instruction[row]) * hidden;
     float* a = dargument + static_cast<size_t>(argument[row]) * hidden;
     for (int c = lane; c < hidden; c += 32) {
-        const float g = d[c];
+        const float g = to_float(d[c]);
         atomicAdd(t + c, g);
         atomicAdd(i + c, g);
         atomicAdd(a + c, g);
     }
+}
+
+extern "C" __global__ void embedding_backward_f32(const float* __restrict__ dout, const int* __restrict__ tokens,
+                                                  const int* __restrict__ instruction,
+                                                  const int* __restrict__ argument, float* dtoken,
+                                                  float* dinstruction, float* dargument, int rows, int hidden) {
+    embedding_backward<float>(dout, tokens, instruction, argument, dtoken, dinstruction, dargument, rows, hidden);
+}
+
+extern "C" __global__ void embedding_backward_bf16(const __nv_bfloat16* __restrict__ dout,
+                                                   const int* __restrict__ tokens,
+                                                   const int* __restrict__ instruction,
+                                                   const int* __restrict__ argument, float* dtoken,
+                                                   float* dinstruction, float* dargument, int rows, int hidden) {
+    embedding_backward<__nv_bfloat16>(dout, tokens, instruction, argument, dtoken, dinstruction, dargument, rows,
+                                      hidden);
 }

@@ -1,45 +1,73 @@
 // Row selection: gather, its adjoint scatter-add, and argmax. CPU reference: src/backend/cpu/rows.rs.
 //
 // All three are one warp per row with the lanes striding over the row's `width` elements, so every
-// warp-wide access is a contiguous 128-byte segment; there is no shared memory and no barrier (a warp
-// past the last row leaves at once). Each is a single pass over memory: gather reads and writes
-// m * width floats, scatter reads m * width and writes the distinct rows once (the rest of the
-// output is zeroed by a memset beforehand), argmax reads n * width floats and writes n ints.
-// Row indices are validated on the host before launch (the same check and error as the CPU).
+// warp-wide access is a contiguous segment (128 bytes of f32, 64 of bf16); there is no shared memory
+// and no barrier (a warp past the last row leaves at once). Each is a single pass over memory:
+// gather reads and writes m * width elements, scatter reads m * width and writes the distinct rows
+// once (the rest of the output is zeroed by a memset beforehand), argmax reads n * width elements
+// and writes n ints. Each kernel is a template over the activation type T (float or __nv_bfloat16)
+// with one entry point per type, `<name>_f32` and `<name>_bf16`; arithmetic is in f32 (scatter sums
+// in f32 and rounds once). Row indices are validated on the host before launch (the same check and
+// error as the CPU).
 #include "common.cuh"
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
 
-// out[i] = x[rows[i]], i < m. A copy: bit-identical to the CPU.
-extern "C" __global__ void gather_rows(const float* __restrict__ x, const int* __restrict__ rows,
-                                       float* __restrict__ out, int m, int width) {
+// out[i] = x[rows[i]], i < m. A copy: bit-identical to the CPU (for bf16, to the rounded input).
+template <typename T>
+__device__ __forceinline__ void gather_rows(const T* __restrict__ x, const int* __restrict__ rows,
+                                            T* __restrict__ out, int m, int width) {
     const int i = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (i >= m) return;
-    const float* src = x + static_cast<size_t>(rows[i]) * width;
-    float* dst = out + static_cast<size_t>(i) * width;
+    const T* src = x + static_cast<size_t>(rows[i]) * width;
+    T* dst = out + static_cast<size_t>(i) * width;
     for (int c = lane; c < width; c += 32) dst[c] = src[c];
+}
+
+extern "C" __global__ void gather_rows_f32(const float* __restrict__ x, const int* __restrict__ rows,
+                                           float* __restrict__ out, int m, int width) {
+    gather_rows<float>(x, rows, out, m, width);
+}
+
+extern "C" __global__ void gather_rows_bf16(const __nv_bfloat16* __restrict__ x, const int* __restrict__ rows,
+                                            __nv_bfloat16* __restrict__ out, int m, int width) {
+    gather_rows<__nv_bfloat16>(x, rows, out, m, width);
 }
 
 // out[rows[i]] += dy[i] for every i, into an output that is zero elsewhere. Rows may repeat; the CPU
 // adds the repeats in index order starting from zero, and so does this kernel, deterministically and
 // without atomics: the host links the indices of each distinct row into a chain (`next[i]` is the
 // next index with the same row, -1 at the end) and lists the first index of every chain in `heads`.
-// One warp per chain sums 0 + dy[i0] + dy[i1] + ... in that order and writes the row once: the result
-// is bit-identical to the CPU's. (Atomic adds would make the last bits depend on scheduling.)
-extern "C" __global__ void scatter_rows(const float* __restrict__ dy, const int* __restrict__ rows,
-                                        const int* __restrict__ heads, const int* __restrict__ next,
-                                        float* __restrict__ out, int chains, int width) {
+// One warp per chain sums 0 + dy[i0] + dy[i1] + ... in that order in f32 and writes the row once:
+// an f32 result is bit-identical to the CPU's, a bf16 one is the CPU's sum of the rounded dy rounded
+// once. (Atomic adds would make the last bits depend on scheduling.)
+template <typename T>
+__device__ __forceinline__ void scatter_rows(const T* __restrict__ dy, const int* __restrict__ rows,
+                                             const int* __restrict__ heads, const int* __restrict__ next,
+                                             T* __restrict__ out, int chains, int width) {
     const int k = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (k >= chains) return;
     const int head = heads[k];
-    float* dst = out + static_cast<size_t>(rows[head]) * width;
+    T* dst = out + static_cast<size_t>(rows[head]) * width;
     for (int c = lane; c < width; c += 32) {
         float sum = 0.0f;
-        for (int i = head; i >= 0; i = next[i]) sum += dy[static_cast<size_t>(i) * width + c];
-        dst[c] = sum;
+        for (int i = head; i >= 0; i = next[i]) sum += to_float(dy[static_cast<size_t>(i) * width + c]);
+        dst[c] = from_float<T>(sum);
     }
+}
+
+extern "C" __global__ void scatter_rows_f32(const float* __restrict__ dy, const int* __restrict__ rows,
+                                            const int* __restrict__ heads, const int* __restrict__ next,
+                                            float* __restrict__ out, int chains, int width) {
+    scatter_rows<float>(dy, rows, heads, next, out, chains, width);
+}
+
+extern "C" __global__ void scatter_rows_bf16(const __nv_bfloat16* __restrict__ dy, const int* __restrict__ rows,
+                                             const int* __restrict__ heads, const int* __restrict__ next,
+                                             __nv_bfloat16* __restrict__ out, int chains, int width) {
+    scatter_rows<__nv_bfloat16>(dy, rows, heads, next, out, chains, width);
 }
 
 // Whether candidate (value a, index ia) beats (value b, index ib): larger value, then smaller index.
@@ -58,16 +86,18 @@ __device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
 // non-NaN element also gives 0.
 // Each lane keeps its best (value, index) over columns lane, lane + 32, ...; in increasing index
 // order with a strict `>`, so ties keep the first. A butterfly of __shfl_xor_sync then combines
-// the 32 candidates (5 steps), leaving the winner in every lane.
-extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restrict__ out, int n, int width) {
+// the 32 candidates (5 steps), leaving the winner in every lane. bf16 values are compared as the
+// floats they widen to exactly, so the answer is the CPU's on the rounded row.
+template <typename T>
+__device__ __forceinline__ void argmax_rows(const T* __restrict__ x, int* __restrict__ out, int n, int width) {
     const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
     const int lane = threadIdx.x % 32;
     if (r >= n) return;
-    const float* row = x + static_cast<size_t>(r) * width;
+    const T* row = x + static_cast<size_t>(r) * width;
     float best = 0.0f;
     int best_index = -1;
     for (int c = lane; c < width; c += 32) {
-        const float v = row[c];
+        const float v = to_float(row[c]);
         if (v == v && (best_index < 0 || v > best)) {
             best = v;
             best_index = c;
@@ -82,7 +112,16 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ x, int* __restr
         }
     }
     if (lane == 0) {
-        const float first = row[0];
+        const float first = to_float(row[0]);
         out[r] = (best_index < 0 || first != first) ? 0 : best_index;
     }
+}
+
+extern "C" __global__ void argmax_rows_f32(const float* __restrict__ x, int* __restrict__ out, int n, int width) {
+    argmax_rows<float>(x, out, n, width);
+}
+
+extern "C" __global__ void argmax_rows_bf16(const __nv_bfloat16* __restrict__ x, int* __restrict__ out, int n,
+                                            int width) {
+    argmax_rows<__nv_bfloat16>(x, out, n, width);
 }

@@ -1,11 +1,12 @@
 // Kernel tests for kernels/cross_entropy.cu: the fused loss and gradient against the CPU backend
-// (ignored labels, -inf logits, a vocabulary spanning many warps), plus the label errors.
+// (ignored labels, -inf logits, a vocabulary spanning many warps), plus the label errors; bf16 logits
+// against the CPU on the rounded logits.
 
-use crate::harness::{assert_close, cpu, gpus, random, rng};
+use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use rand::Rng;
-use undertale_maskedlm::Error;
 use undertale_maskedlm::backend::Backend;
 use undertale_maskedlm::backend::cpu::IGNORE_INDEX;
+use undertale_maskedlm::{DType, Error};
 
 /// Random labels below `vocab`, every third one ignored.
 fn labels(seed: u64, rows: usize, vocab: usize) -> Vec<i32> {
@@ -129,4 +130,68 @@ fn bad_labels_and_no_labels_are_the_cpus_errors() {
         assert_eq!(errors[0], errors[1], "{labels:?}");
         assert!(errors[1].1, "{labels:?}: {}", errors[1].0);
     }
+}
+
+/// bf16 logits: the CPU on the rounded logits is the reference. The loss is f32 from exactly those
+/// values (f32 on the device, f64 on the CPU: ulps apart); the gradient is bf16, within its rounding.
+fn check_bf16_matches_cpu(rows: usize, vocab: usize, logits: &[f32], labels: &[i32]) {
+    let cpu = cpu();
+    let shape = [rows, vocab];
+    let want = cpu
+        .cross_entropy(
+            &cpu.upload_f32(&shape, &round_bf16(logits)).unwrap(),
+            &cpu.upload_i32(&[rows], labels).unwrap(),
+            true,
+        )
+        .unwrap();
+    let want_dlogits = want.dlogits.as_ref().unwrap().to_vec_f32().unwrap();
+    for (name, gpu) in gpus_bf16() {
+        let x = upload_bf16(&gpu, &shape, logits);
+        let l = gpu.upload_i32(&[rows], labels).unwrap();
+        let got = gpu.cross_entropy(&x, &l, true).unwrap();
+        assert_eq!(got.count, want.count);
+        assert_close(
+            &format!("bf16 loss {name}"),
+            &[got.loss],
+            &[want.loss],
+            1e-5,
+            0.0,
+        );
+        let d = got.dlogits.as_ref().unwrap();
+        assert_eq!(d.dtype(), DType::BF16, "{name}");
+        assert_eq!(d.shape(), &shape);
+        let dlogits = d.to_vec_f32().unwrap();
+        assert_close(
+            &format!("bf16 dlogits {name}"),
+            &dlogits,
+            &want_dlogits,
+            1e-2,
+            0.0,
+        );
+        for (r, &label) in labels.iter().enumerate() {
+            if label == IGNORE_INDEX {
+                assert!(dlogits[r * vocab..][..vocab].iter().all(|&d| d == 0.0));
+            }
+        }
+        let loss_only = gpu.cross_entropy(&x, &l, false).unwrap();
+        assert!(loss_only.dlogits.is_none());
+        assert_eq!(loss_only.loss.to_bits(), got.loss.to_bits());
+    }
+}
+
+#[test]
+fn bf16_loss_and_gradient_match_the_cpu_on_rounded_logits() {
+    // The f32 tests' shapes: 103 logits (a partial warp), -inf logits, a confident row; 1000 logits
+    // on 512 threads; a three-logit vocabulary.
+    let (rows, vocab) = (29, 103);
+    let mut logits = random(&mut rng(121), rows * vocab, 4.0);
+    logits[..40].fill(f32::NEG_INFINITY);
+    let mut first = labels(122, rows, vocab);
+    first[0] = 77;
+    logits[2 * vocab + first[2] as usize] = 30.0;
+    check_bf16_matches_cpu(rows, vocab, &logits, &first);
+    let logits = random(&mut rng(123), 5 * 1000, 6.0);
+    check_bf16_matches_cpu(5, 1000, &logits, &labels(124, 5, 1000));
+    let logits = random(&mut rng(125), 7 * 3, 2.0);
+    check_bf16_matches_cpu(7, 3, &logits, &[0, 2, IGNORE_INDEX, 1, 1, 0, 2]);
 }

@@ -1,7 +1,9 @@
 // Kernel tests for kernels/dropout.cu and kernels/philox.cuh: masks bit-identical to the CPU's, for
-// keys with high bits set, sizes that are not multiples of four, forward and backward.
+// keys with high bits set, sizes that are not multiples of four, forward and backward; in bf16, the
+// same masks with every kept element rounded once.
 
-use crate::harness::{cpu, gpus, random, rng};
+use crate::harness::{cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
+use undertale_maskedlm::DType;
 use undertale_maskedlm::backend::{Backend, DropoutKey};
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -134,5 +136,107 @@ fn probabilities_outside_zero_to_one_are_the_cpus_error() {
             .collect();
         assert_eq!(errors[0], errors[1]);
         assert!(errors[1].contains("dropout probability"), "{}", errors[1]);
+    }
+}
+
+/// The CPU's dropout of the rounded `x`, rounded to bf16: what a bf16 kernel must produce exactly.
+fn want_bf16(x: &[f32], shape: &[usize], key: DropoutKey, backward: bool) -> Vec<f32> {
+    let cpu = cpu();
+    let t = cpu.upload_f32(shape, &round_bf16(x)).unwrap();
+    let y = if backward {
+        cpu.dropout_backward(&t, key)
+    } else {
+        cpu.dropout_forward(&t, key)
+    };
+    round_bf16(&y.unwrap().to_vec_f32().unwrap())
+}
+
+#[test]
+fn bf16_masks_are_the_cpus_and_kept_elements_are_rounded_once() {
+    let shape = [37, 53];
+    let n = 37 * 53;
+    let x = random(&mut rng(131), n, 2.0);
+    let dy = random(&mut rng(132), n, 2.0);
+    let keys = [
+        DropoutKey {
+            p: 0.1,
+            seed: 1234,
+            step: 7,
+            site: 0,
+        },
+        DropoutKey {
+            p: 0.5,
+            seed: 0xdead_beef_0123_4567,
+            step: (5 << 32) | 3,
+            site: 0x8000_0011,
+        },
+        // Scale 1 / 0.7 is not a power of two: kept elements really are rounded.
+        DropoutKey {
+            p: 0.3,
+            seed: 5,
+            step: 2,
+            site: 3,
+        },
+        DropoutKey {
+            p: 0.0,
+            seed: 9,
+            step: 1,
+            site: 2,
+        },
+    ];
+    for key in keys {
+        let want_y = want_bf16(&x, &shape, key, false);
+        let want_dx = want_bf16(&dy, &shape, key, true);
+        // The f32 mask: the inputs are never zero, so an element is kept iff its output is not.
+        let cpu = cpu();
+        let mask_f32: Vec<bool> = cpu
+            .dropout_forward(&cpu.upload_f32(&shape, &x).unwrap(), key)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap()
+            .iter()
+            .map(|&v| v != 0.0)
+            .collect();
+        for (name, gpu) in gpus_bf16() {
+            let y = gpu
+                .dropout_forward(&upload_bf16(&gpu, &shape, &x), key)
+                .unwrap();
+            assert_eq!(y.dtype(), DType::BF16, "{name}");
+            assert_eq!(y.shape(), &shape);
+            let y = y.to_vec_f32().unwrap();
+            assert_eq!(bits(&y), bits(&want_y), "forward {key:?} {name}");
+            let mask: Vec<bool> = y.iter().map(|&v| v != 0.0).collect();
+            assert_eq!(mask, mask_f32, "the f32 mask {key:?} {name}");
+            let dx = gpu
+                .dropout_backward(&upload_bf16(&gpu, &shape, &dy), key)
+                .unwrap();
+            assert_eq!(dx.dtype(), DType::BF16, "{name}");
+            assert_eq!(
+                bits(&dx.to_vec_f32().unwrap()),
+                bits(&want_dx),
+                "backward {key:?} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_every_tail_length() {
+    let key = DropoutKey {
+        p: 0.3,
+        seed: 77,
+        step: 4,
+        site: 1,
+    };
+    for (name, gpu) in gpus_bf16() {
+        for n in 1..10 {
+            let x = random(&mut rng(133 + n as u64), n, 1.0);
+            let want = want_bf16(&x, &[n], key, false);
+            let got = gpu
+                .dropout_forward(&upload_bf16(&gpu, &[n], &x), key)
+                .unwrap();
+            assert_eq!(got.dtype(), DType::BF16);
+            assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "{n} {name}");
+        }
     }
 }

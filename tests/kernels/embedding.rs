@@ -1,10 +1,11 @@
 // Kernel tests for kernels/embedding.cu: the [NEXT] position scan, the three-table gather and its
-// atomic adjoint, against the CPU backend, plus the typed errors.
+// atomic adjoint, against the CPU backend, plus the typed errors; in bf16 mixed precision, the bf16
+// output and the bf16 dout against the CPU on rounded values.
 
-use crate::harness::{assert_close, cpu, gpus, random, rng};
+use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use rand::Rng;
-use undertale_maskedlm::Error;
 use undertale_maskedlm::backend::{Backend, Param};
+use undertale_maskedlm::{DType, Error};
 
 const NEXT: i32 = 5;
 const PAD: i32 = 0;
@@ -263,4 +264,63 @@ fn sequences_longer_than_the_tables_and_bad_shapes_are_the_cpus_errors() {
         .collect();
     assert_eq!(errors[0], errors[1]);
     assert!(errors[1].contains("embedding tokens"), "{}", errors[1]);
+}
+
+/// One bf16 ulp at `w` (a normal f32): the spacing of bf16 values in `w`'s binade.
+fn bf16_ulp(w: f32) -> f32 {
+    let exponent = (w.to_bits() >> 23) & 0xff;
+    f32::from_bits(exponent.saturating_sub(7).max(1) << 23)
+}
+
+fn check_bf16_matches_cpu(case: &Case, seed: u64) {
+    let mut rng = rng(seed);
+    let dout = random(&mut rng, case.batch * case.seq * case.hidden, 1.0);
+    let start = random(&mut rng, case.params.len(), 1.0);
+    let cpu = cpu();
+    // The forward's inputs are f32 parameters: the reference is the CPU's f32 sum, rounded once.
+    let want_out = round_bf16(&case.forward(&cpu).unwrap());
+    // The backward's dout is bf16: the reference sees the rounded values, into f32 gradients.
+    let dout_rounded = round_bf16(&dout);
+    let want_grads = case.backward(&cpu, &dout_rounded, &start).unwrap();
+    let [t, i, a] = case.tables;
+    let rows = case.batch * case.seq;
+    for (name, gpu) in gpus_bf16() {
+        assert_eq!(gpu.activation_dtype(), DType::BF16);
+        let tokens = gpu
+            .upload_i32(&[case.batch, case.seq], &case.tokens)
+            .unwrap();
+        let params = gpu.upload_f32(&[case.params.len()], &case.params).unwrap();
+        let out = gpu
+            .embedding_forward(&tokens, NEXT, &params, t, i, a, case.hidden)
+            .unwrap();
+        assert_eq!(out.dtype(), DType::BF16, "{name}");
+        assert_eq!(out.shape(), &[rows, case.hidden]);
+        let got = out.to_vec_f32().unwrap();
+        for (k, (&g, &w)) in got.iter().zip(&want_out).enumerate() {
+            assert!(
+                (g - w).abs() <= bf16_ulp(w),
+                "embedding forward {name}[{k}]: got {g}, want {w}"
+            );
+        }
+
+        let d = upload_bf16(&gpu, &[rows, case.hidden], &dout);
+        let mut grads = gpu.upload_f32(&[start.len()], &start).unwrap();
+        gpu.embedding_backward(&d, &tokens, NEXT, &mut grads, t, i, a)
+            .unwrap();
+        assert_eq!(grads.dtype(), DType::F32, "{name}");
+        // Atomic f32 adds of the same (exactly widened) values: only the order differs.
+        assert_close(
+            &format!("embedding backward {name}"),
+            &gpu.download_f32(&grads).unwrap(),
+            &want_grads,
+            1e-6,
+            1e-6,
+        );
+    }
+}
+
+#[test]
+fn bf16_forward_and_backward_match_the_cpu_on_rounded_values() {
+    check_bf16_matches_cpu(&Case::new(11, 3, 37, 45, 29, 40), 12);
+    check_bf16_matches_cpu(&Case::new(13, 2, 300, 7, 11, 300), 14);
 }

@@ -1,9 +1,11 @@
 // Kernel tests for kernels/rows.cu: gather, scatter-add (with repeated rows) and argmax (ties, NaN,
-// infinities), against the CPU backend, plus the row-index errors.
+// infinities), against the CPU backend, plus the row-index errors; in bf16, against the CPU on the
+// rounded inputs.
 
-use crate::harness::{cpu, gpus, random, rng};
+use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use rand::Rng;
 use undertale_maskedlm::backend::Backend;
+use undertale_maskedlm::{DType, Error};
 
 /// `m` row indices below `n` with repeats: every third one copies an earlier index.
 fn indices_with_repeats(seed: u64, m: usize, n: usize) -> Vec<i32> {
@@ -199,4 +201,138 @@ fn bad_row_indices_are_the_cpus_errors() {
         .collect();
     assert_eq!(errors[0], errors[1]);
     assert!(errors[1].contains("scatter rows"), "{}", errors[1]);
+}
+
+#[test]
+fn bf16_gather_and_scatter_match_the_cpu_on_rounded_values() {
+    // The sizes of the f32 test; bf16 in, bf16 out.
+    let (n, width, m) = (53, 19, 41);
+    let mut rng = rng(41);
+    let x = random(&mut rng, n * width, 3.0);
+    let dy = random(&mut rng, m * width, 3.0);
+    let idx = indices_with_repeats(42, m, n);
+    let cpu = cpu();
+    let crows = cpu.upload_i32(&[m], &idx).unwrap();
+    let want_gather = cpu
+        .gather_rows(
+            &cpu.upload_f32(&[n, width], &round_bf16(&x)).unwrap(),
+            &crows,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want_scatter = cpu
+        .scatter_rows(
+            &cpu.upload_f32(&[m, width], &round_bf16(&dy)).unwrap(),
+            &crows,
+            n,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let picked: std::collections::HashSet<i32> = idx.iter().copied().collect();
+    for (name, gpu) in gpus_bf16() {
+        let grows = gpu.upload_i32(&[m], &idx).unwrap();
+        // A copy: exactly the rounded rows.
+        let gathered = gpu
+            .gather_rows(&upload_bf16(&gpu, &[1, n, width], &x), &grows)
+            .unwrap();
+        assert_eq!(gathered.dtype(), DType::BF16, "{name}");
+        assert_eq!(gathered.shape(), &[m, width]);
+        assert_eq!(gathered.to_vec_f32().unwrap(), want_gather, "gather {name}");
+        // Summed in f32 in the CPU's order, rounded once: within the bf16 output rounding (in fact
+        // the CPU's sum rounded, exactly).
+        let scattered = gpu
+            .scatter_rows(&upload_bf16(&gpu, &[m, width], &dy), &grows, n)
+            .unwrap();
+        assert_eq!(scattered.dtype(), DType::BF16, "{name}");
+        assert_eq!(scattered.shape(), &[n, width]);
+        let got = scattered.to_vec_f32().unwrap();
+        assert_close(&format!("scatter {name}"), &got, &want_scatter, 1e-2, 0.0);
+        assert_eq!(got, round_bf16(&want_scatter), "scatter {name}");
+        for r in (0..n as i32).filter(|r| !picked.contains(r)) {
+            let r = r as usize;
+            assert!(
+                got[r * width..][..width].iter().all(|&v| v == 0.0),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn bf16_argmax_is_the_cpus_on_the_rounded_rows() {
+    let (rows, width) = (19, 77);
+    let mut x = random(&mut rng(43), rows * width, 5.0);
+    let row = |r: usize| r * width;
+    // Row 0: distinct in f32 (column 70 is larger) but equal in bf16: the first, 3, wins.
+    x[row(0) + 3] = 9.0;
+    x[row(0) + 70] = 9.01;
+    // Row 1: a tie within one lane's columns (5 and 37), exact in bf16.
+    x[row(1) + 37] = 9.5;
+    x[row(1) + 5] = 9.5;
+    // Row 2: NaN at column 0; row 3: NaN elsewhere, the max at 60.
+    x[row(2)] = f32::NAN;
+    x[row(3) + 10] = f32::NAN;
+    x[row(3) + 60] = 7.5;
+    // Row 4: all NaN; row 5: -inf but one NaN; row 6: +inf twice; row 7: the last column.
+    x[row(4)..row(5)].fill(f32::NAN);
+    x[row(5)..row(6)].fill(f32::NEG_INFINITY);
+    x[row(5) + 40] = f32::NAN;
+    x[row(6) + 50] = f32::INFINITY;
+    x[row(6) + 51] = f32::INFINITY;
+    x[row(7) + 76] = 8.0;
+    // Row 8: 1.001 at 30 and 1.002 at 12 round to the same bf16: 12 wins.
+    x[row(8)..row(9)].fill(-1.0);
+    x[row(8) + 30] = 1.002;
+    x[row(8) + 12] = 1.001;
+    let rounded = round_bf16(&x);
+    assert_ne!(x[row(0) + 3], x[row(0) + 70]);
+    assert_eq!(rounded[row(0) + 3], rounded[row(0) + 70]);
+    let cpu = cpu();
+    let want = cpu
+        .argmax_rows(&cpu.upload_f32(&[rows, width], &rounded).unwrap())
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
+    assert_eq!(&want[..9], &[3, 5, 0, 60, 0, 0, 50, 76, 12]);
+    let narrow = random(&mut rng(44), 9 * 3, 1.0);
+    let want_narrow = cpu
+        .argmax_rows(&cpu.upload_f32(&[9, 3], &round_bf16(&narrow)).unwrap())
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
+    for (name, gpu) in gpus_bf16() {
+        let got = gpu
+            .argmax_rows(&upload_bf16(&gpu, &[rows, width], &x))
+            .unwrap();
+        assert_eq!(got.dtype(), DType::I32);
+        assert_eq!(got.shape(), &[rows]);
+        assert_eq!(gpu.download_i32(&got).unwrap(), want, "argmax {name}");
+        let got = gpu
+            .argmax_rows(&upload_bf16(&gpu, &[9, 3], &narrow))
+            .unwrap();
+        assert_eq!(
+            gpu.download_i32(&got).unwrap(),
+            want_narrow,
+            "narrow {name}"
+        );
+    }
+}
+
+#[test]
+fn integer_rows_are_a_dtype_error() {
+    let (_, gpu) = &gpus_bf16()[0];
+    let x = gpu.upload_i32(&[2, 3], &[1, 2, 3, 4, 5, 6]).unwrap();
+    let rows = gpu.upload_i32(&[1], &[1]).unwrap();
+    assert!(matches!(gpu.argmax_rows(&x), Err(Error::DType { .. })));
+    assert!(matches!(
+        gpu.gather_rows(&x, &rows),
+        Err(Error::DType { .. })
+    ));
+    let both = gpu.upload_i32(&[2], &[1, 0]).unwrap();
+    assert!(matches!(
+        gpu.scatter_rows(&x, &both, 2),
+        Err(Error::DType { .. })
+    ));
 }

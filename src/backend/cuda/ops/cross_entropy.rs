@@ -8,6 +8,10 @@
 //! exactly as the CPU sums its row losses: the mean is deterministic and needs no second kernel.
 //! The caller reads the loss on the host anyway, so that download is the one synchronisation the
 //! call needs.
+//!
+//! Mixed precision: the logits are f32 or bf16 and the gradient has their element type; the max,
+//! the sum and the per-row losses are f32 either way (`cross_entropy_forward_backward_f32` /
+//! `_bf16`).
 
 use super::int;
 use crate::backend::CrossEntropyOut;
@@ -50,7 +54,12 @@ pub fn forward_backward(
             vocab_size: vocab,
         });
     }
-    let logits_ptr = backend.ptr(logits, DType::F32, "cross-entropy logits")?;
+    // f32, or bf16 in mixed precision; any other tensor gets the f32 path's error.
+    let dtype = match logits.dtype() {
+        DType::BF16 => DType::BF16,
+        _ => DType::F32,
+    };
+    let logits_ptr = backend.ptr(logits, dtype, "cross-entropy logits")?;
     let count = ls.iter().filter(|&&l| l != IGNORE_INDEX).count();
     if count == 0 {
         return Err(Error::NoLabels);
@@ -59,12 +68,12 @@ pub fn forward_backward(
     // A labelled row has vocab >= 1 (its label is below vocab), and there is one: rows >= 1.
     let losses = backend.empty(&[rows], DType::F32)?;
     let dlogits = if want_grad {
-        Some(backend.empty(logits.shape(), DType::F32)?)
+        Some(backend.empty(logits.shape(), dtype)?)
     } else {
         None
     };
     let dlogits_ptr = match &dlogits {
-        Some(d) => backend.ptr(d, DType::F32, "cross-entropy dlogits")?,
+        Some(d) => backend.ptr(d, dtype, "cross-entropy dlogits")?,
         None => DevicePtr(0),
     };
     // The CPU scales by 1 / count in f64; the kernel multiplies in f32 by the rounded reciprocal.
@@ -79,11 +88,13 @@ pub fn forward_backward(
     let threads = vocab.next_multiple_of(32).min(MAX_THREADS) as u32;
     let blocks = u32::try_from(rows)
         .map_err(|_| Error::Config(format!("rows = {rows} exceeds the grid")))?;
-    backend.runtime().launch(
-        "cross_entropy_forward_backward",
-        &LaunchConfig::linear(blocks, threads, 0),
-        &mut args,
-    )?;
+    let kernel = match dtype {
+        DType::BF16 => "cross_entropy_forward_backward_bf16",
+        _ => "cross_entropy_forward_backward_f32",
+    };
+    backend
+        .runtime()
+        .launch(kernel, &LaunchConfig::linear(blocks, threads, 0), &mut args)?;
 
     // Row order, f64, as the CPU: an ignored row adds 0.
     let total: f64 = losses.to_vec_f32()?.iter().map(|&l| f64::from(l)).sum();

@@ -1,6 +1,9 @@
 //! Launch wrapper for `kernels/dropout.cu`: inverted dropout with Philox masks, bit-identical to the
 //! CPU backend's. Inverted dropout is its own adjoint (the same mask, the same scale), so forward and
 //! backward both call [`apply`] with the same key.
+//!
+//! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with the
+//! same mask and each kept element `x * scale` formed in f32 and rounded once.
 
 use super::int;
 use crate::backend::DropoutKey;
@@ -15,11 +18,16 @@ const THREADS: u32 = 256;
 /// Enough blocks to fill a large GPU several times over; the kernel loops over the rest.
 const MAX_BLOCKS: usize = 132 * 16;
 
-/// `y = x * mask / (1 - p)` with the mask of `key`.
+/// `y = x * mask / (1 - p)` with the mask of `key`, of `x`'s element type (f32 or bf16).
 pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
     check_dropout_probability(key.p)?;
-    let x_ptr = backend.ptr(x, DType::F32, "dropout input")?;
-    let y = backend.empty(x.shape(), DType::F32)?;
+    // Any tensor but f32 or bf16 gets the f32 path's error.
+    let dtype = match x.dtype() {
+        DType::BF16 => DType::BF16,
+        _ => DType::F32,
+    };
+    let x_ptr = backend.ptr(x, dtype, "dropout input")?;
+    let y = backend.empty(x.shape(), dtype)?;
     let n = x.numel();
     if n == 0 {
         return Ok(y);
@@ -30,7 +38,7 @@ pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor
     let blocks = groups.div_ceil(THREADS as usize).clamp(1, MAX_BLOCKS);
     let mut args = KernelArgs::new()
         .ptr(x_ptr)
-        .ptr(backend.ptr(&y, DType::F32, "dropout output")?)
+        .ptr(backend.ptr(&y, dtype, "dropout output")?)
         .i32(int(n, "elements")?)
         .f32(key.p)
         .f32(scale)
@@ -39,8 +47,12 @@ pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor
         .u32(key.step as u32)
         .u32((key.step >> 32) as u32)
         .u32(key.site);
+    let kernel = match dtype {
+        DType::BF16 => "dropout_bf16",
+        _ => "dropout_f32",
+    };
     backend.runtime().launch(
-        "dropout_f32",
+        kernel,
         &LaunchConfig::linear(blocks as u32, THREADS, 0),
         &mut args,
     )?;

@@ -5,6 +5,11 @@
 //! give every token its instruction and argument index, and the token-id check), then the gather
 //! or its atomic adjoint, one warp per token row.
 //!
+//! Mixed precision: the tables are f32 parameters either way. The forward's output has the
+//! backend's activation type ([`GpuBackend::activation_dtype`]: in bf16, the three rows are summed
+//! in f32 and rounded once); the backward takes an f32 or bf16 `dout` and adds it into the f32
+//! gradient buffer.
+//!
 //! Token ids are checked on the device: the positions kernel reads every id anyway, and lowers a
 //! flag to the flat index of the first bad one with `atomicMin`. The host then reads back that one
 //! `int` (4 bytes instead of the whole `[batch, seq]` tensor, and no host loop over it) and, when it
@@ -24,6 +29,14 @@ use crate::tensor::{DType, Tensor};
 const WARPS_PER_BLOCK: usize = 8;
 /// The largest block of the positions scan; longer sequences are scanned in chunks of this many.
 const MAX_SCAN_THREADS: usize = 256;
+
+/// The kernel `name` for element type `dtype`: `<name>_f32` or `<name>_bf16`.
+fn kernel(name: &str, dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => format!("{name}_bf16"),
+        _ => format!("{name}_f32"),
+    }
+}
 
 /// One warp per row.
 fn rows_config(rows: usize) -> LaunchConfig {
@@ -132,7 +145,8 @@ pub fn forward(
         "embedding argument table",
     )?;
 
-    let out = backend.empty(&[rows, hidden], DType::F32)?;
+    let dtype = backend.activation_dtype();
+    let out = backend.empty(&[rows, hidden], dtype)?;
     let Some(indices) = indices else {
         return Ok(out);
     };
@@ -147,16 +161,18 @@ pub fn forward(
         .ptr(token_table)
         .ptr(instruction_table)
         .ptr(argument_table)
-        .ptr(backend.ptr(&out, DType::F32, "embedding output")?)
+        .ptr(backend.ptr(&out, dtype, "embedding output")?)
         .i32(int(rows, "token rows")?)
         .i32(int(hidden, "hidden size")?);
-    backend
-        .runtime()
-        .launch("embedding_forward", &rows_config(rows), &mut args)?;
+    backend.runtime().launch(
+        &kernel("embedding_forward", dtype),
+        &rows_config(rows),
+        &mut args,
+    )?;
     Ok(out)
 }
 
-/// Adds `dout` into the three tables' gradients. Unlike the CPU backend, which trusts the ids its
+/// Adds `dout` (f32 or bf16) into the three tables' f32 gradients. Unlike the CPU backend, which trusts the ids its
 /// forward checked (and would panic on a bad one), this checks them again, and the sequence length,
 /// because a bad index here would write outside the gradient buffer; the gradients are untouched
 /// when it returns an error.
@@ -179,7 +195,12 @@ pub fn backward(
         ));
     }
     let tokens_ptr = backend.ptr(tokens, DType::I32, "embedding tokens")?;
-    let dout_ptr = backend.ptr(dout, DType::F32, "embedding dout")?;
+    // An activation gradient: f32, or bf16 in mixed precision (anything else is the f32 error).
+    let dtype = match dout.dtype() {
+        DType::BF16 => DType::BF16,
+        _ => DType::F32,
+    };
+    let dout_ptr = backend.ptr(dout, dtype, "embedding dout")?;
     backend.ptr(grads, DType::F32, "gradients")?;
     check_disjoint_slots(&tables, grads.numel(), "embedding")?;
     let vocab = token.len / hidden.max(1);
@@ -200,7 +221,9 @@ pub fn backward(
         .ptr(slot(argument))
         .i32(int(rows, "token rows")?)
         .i32(int(hidden, "hidden size")?);
-    backend
-        .runtime()
-        .launch("embedding_backward", &rows_config(rows), &mut args)
+    backend.runtime().launch(
+        &kernel("embedding_backward", dtype),
+        &rows_config(rows),
+        &mut args,
+    )
 }

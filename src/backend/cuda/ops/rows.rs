@@ -5,12 +5,16 @@
 //! small (one `int` per selected row) and the call must return a typed error, which needs the answer
 //! on the host anyway. Scatter uses the downloaded indices a second time, to plan a deterministic,
 //! atomic-free summation of repeated rows (see `scatter_rows` in the kernel file).
+//!
+//! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with
+//! scatter's sums formed in f32 and rounded once. Argmax reads f32 or bf16 rows.
 
 use super::int;
 use crate::backend::Backend;
 use crate::backend::checks::{check_rows, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
+use crate::backend::cuda::storage::dtype_bytes;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -22,32 +26,50 @@ fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig::for_elements(rows * 32, (WARPS_PER_BLOCK * 32) as u32)
 }
 
+/// The address and element type of activation input `t`: f32, or bf16 in mixed precision. Any
+/// other tensor gets the f32 path's error (its device first, then its element type).
+fn activation(backend: &GpuBackend, t: &Tensor, what: &str) -> Result<(DevicePtr, DType)> {
+    let dtype = match t.dtype() {
+        DType::BF16 => DType::BF16,
+        _ => DType::F32,
+    };
+    Ok((backend.ptr(t, dtype, what)?, dtype))
+}
+
+/// The kernel `name` for element type `dtype`: `<name>_f32` or `<name>_bf16`.
+fn kernel(name: &str, dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => format!("{name}_bf16"),
+        _ => format!("{name}_f32"),
+    }
+}
+
 /// The row indices on the host, checking the tensor's device and type under `what`.
 fn host_rows(backend: &GpuBackend, rows: &Tensor, what: &str) -> Result<Vec<i32>> {
     backend.ptr(rows, DType::I32, what)?;
     rows.to_vec_i32()
 }
 
-/// `out[i] = x[rows[i]]`: `[rows.numel(), width]`.
+/// `out[i] = x[rows[i]]`: `[rows.numel(), width]`, of `x`'s element type.
 pub fn gather(backend: &GpuBackend, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
     let (n, width) = rows_cols(x, "gather input")?;
     let idx = host_rows(backend, rows, "gather rows")?;
     check_rows(&idx, n)?;
-    let x_ptr = backend.ptr(x, DType::F32, "gather input")?;
+    let (x_ptr, dtype) = activation(backend, x, "gather input")?;
     let m = idx.len();
-    let out = backend.empty(&[m, width], DType::F32)?;
+    let out = backend.empty(&[m, width], dtype)?;
     if m * width == 0 {
         return Ok(out);
     }
     let mut args = KernelArgs::new()
         .ptr(x_ptr)
         .ptr(backend.ptr(rows, DType::I32, "gather rows")?)
-        .ptr(backend.ptr(&out, DType::F32, "gather output")?)
+        .ptr(backend.ptr(&out, dtype, "gather output")?)
         .i32(int(m, "gathered rows")?)
         .i32(int(width, "row width")?);
     backend
         .runtime()
-        .launch("gather_rows", &rows_config(m), &mut args)?;
+        .launch(&kernel("gather_rows", dtype), &rows_config(m), &mut args)?;
     Ok(out)
 }
 
@@ -70,8 +92,8 @@ fn chains(idx: &[i32], n: usize) -> (Vec<i32>, Vec<i32>) {
     (heads, next)
 }
 
-/// `[n, width]`, zero except `out[rows[i]] += dy[i]`, repeats added in index order (bit-identical
-/// to the CPU).
+/// `[n, width]` of `dy`'s element type, zero except `out[rows[i]] += dy[i]`, repeats added in index
+/// order in f32 (bit-identical to the CPU for f32; for bf16, the CPU's sum rounded once).
 pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
     let (m, width) = rows_cols(dy, "scatter dy")?;
     let idx = host_rows(backend, rows, "scatter rows")?;
@@ -79,9 +101,13 @@ pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Re
         return Err(Error::shape("scatter rows", format!("[{m}]"), rows.shape()));
     }
     check_rows(&idx, n)?;
-    let dy_ptr = backend.ptr(dy, DType::F32, "scatter dy")?;
-    let mut out = backend.empty(&[n, width], DType::F32)?;
-    backend.fill_zero(&mut out)?;
+    let (dy_ptr, dtype) = activation(backend, dy, "scatter dy")?;
+    let mut out = backend.empty(&[n, width], dtype)?;
+    // Zero bits are zero in f32 and bf16 alike.
+    let out_ptr = backend.ptr_mut(&mut out, dtype, "scatter output")?;
+    backend
+        .runtime()
+        .memset_zero(out_ptr, n * width * dtype_bytes(dtype))?;
     if m * width == 0 {
         return Ok(out);
     }
@@ -94,19 +120,22 @@ pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Re
         .ptr(backend.ptr(rows, DType::I32, "scatter rows")?)
         .ptr(heads_ptr)
         .ptr(next_ptr)
-        .ptr(backend.ptr(&out, DType::F32, "scatter output")?)
+        .ptr(out_ptr)
         .i32(int(heads.len(), "distinct rows")?)
         .i32(int(width, "row width")?);
-    backend
-        .runtime()
-        .launch("scatter_rows", &rows_config(heads.len()), &mut args)?;
+    backend.runtime().launch(
+        &kernel("scatter_rows", dtype),
+        &rows_config(heads.len()),
+        &mut args,
+    )?;
     Ok(out)
 }
 
-/// The first index of the largest element of each row (NaN handled as the CPU does), `[rows]` i32.
+/// The first index of the largest element of each row (NaN handled as the CPU does), `[rows]` i32;
+/// the rows are f32 or bf16.
 pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
     let (n, width) = rows_cols(x, "argmax input")?;
-    let x_ptr = backend.ptr(x, DType::F32, "argmax input")?;
+    let (x_ptr, dtype) = activation(backend, x, "argmax input")?;
     let out = backend.empty(&[n], DType::I32)?;
     if n == 0 {
         return Ok(out);
@@ -118,6 +147,6 @@ pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
         .i32(int(width, "row width")?);
     backend
         .runtime()
-        .launch("argmax_rows", &rows_config(n), &mut args)?;
+        .launch(&kernel("argmax_rows", dtype), &rows_config(n), &mut args)?;
     Ok(out)
 }
