@@ -13,11 +13,18 @@
 // bit; on a GPU nvcc contracts some multiply-adds into FMAs, which round once instead of twice, so
 // results can differ from the CPU's in the last bit.
 //
-// Memory traffic: per element 4 floats read (p, g, m, v) and 3 written (p, m, v): 28 bytes, no
-// reuse, so the kernel is bound by memory bandwidth. A grid-stride loop over float4 vectors
-// (16-byte loads and stores) with a scalar tail keeps every access coalesced and wide. The four
-// pointers are whole allocations (256-byte aligned on a GPU, in the emulator too), never views at
-// an offset, so the float4 accesses are aligned.
+// bf16 mixed precision changes nothing here but one output: parameters, gradients and moments stay
+// f32, and when `shadow` is not null (the GEMMs' bf16 copy of the parameters, one bf16 per f32
+// parameter) the same pass also stores each updated parameter there, rounded to nearest even.
+// The shadow then matches the new parameters exactly without a second pass over them. A null
+// shadow (an f32 model, or no shadow made yet) is skipped; the test is the same for every thread.
+//
+// Memory traffic: per element 4 floats read (p, g, m, v) and 3 written (p, m, v): 28 bytes, plus 2
+// for the shadow, no reuse, so the kernel is bound by memory bandwidth. A grid-stride loop over
+// float4 vectors (16-byte loads and stores; 8-byte stores of 4 bf16 into the shadow) with a scalar
+// tail keeps every access coalesced and wide. The five pointers are whole allocations (256-byte
+// aligned on a GPU, in the emulator too), never views at an offset, so the vector accesses are
+// aligned.
 #include "common.cuh"
 
 // Internal linkage: the emulator links every kernel file into one library, where two files'
@@ -43,10 +50,17 @@ struct AdamW {
     }
 };
 
+// Two parameters rounded to bf16 and packed into one 32-bit word: lo at the lower address.
+__device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
+    return static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(lo))) |
+           (static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(hi))) << 16);
+}
+
 }  // namespace
 
 extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
-                                     float* __restrict__ m, float* __restrict__ v, int n, float decay,
+                                     float* __restrict__ m, float* __restrict__ v,
+                                     __nv_bfloat16* __restrict__ shadow, int n, float decay,
                                      float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
                                      float bias_correction2_sqrt, float eps) {
     const AdamW adam{decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps};
@@ -64,8 +78,15 @@ extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __
         reinterpret_cast<float4*>(params)[i] = p;
         reinterpret_cast<float4*>(m)[i] = mi;
         reinterpret_cast<float4*>(v)[i] = vi;
+        if (shadow != nullptr) {
+            int2 packed;
+            packed.x = static_cast<int>(bf16_pair(p.x, p.y));
+            packed.y = static_cast<int>(bf16_pair(p.z, p.w));
+            reinterpret_cast<int2*>(shadow)[i] = packed;
+        }
     }
     for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
         adam.update(params[i], grads[i], m[i], v[i]);
+        if (shadow != nullptr) shadow[i] = from_float<__nv_bfloat16>(params[i]);
     }
 }

@@ -1,38 +1,77 @@
-// Elementwise kernels: residual adds and exact (erf) GELU, forward and backward.
+// Elementwise kernels: residual adds and exact (erf) GELU, forward and backward, over f32 or bf16
+// activations (`<op>_f32`, `<op>_bf16`; inputs and output of one type). Every element is computed
+// in float from its inputs and rounded once when stored: for bf16 that is the one rounding the op
+// adds. CPU references: src/backend/cpu/{gelu.rs, mod.rs (add)}.
 //
-// Each is one pass over memory: n floats read per input, n written; no reuse, so they are bound by
-// memory bandwidth. A grid-stride loop over float4 vectors (16-byte loads and stores) with a scalar
-// tail keeps every load coalesced and wide. CPU references: src/backend/cpu/{gelu.rs, mod.rs (add)}.
+// Each is one pass over memory: n elements read per input, n written; no reuse, so they are bound
+// by memory bandwidth. A grid-stride loop over 16-byte vectors (4 floats or 8 bf16) with a scalar
+// tail keeps every load coalesced and wide. The pointers are whole allocations (256-byte aligned on
+// a GPU and in the emulator), never views at an offset, so the vector accesses are aligned.
 #include "common.cuh"
 
-// y = a + b
-extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
-                                   int n) {
-    const int vectors = n / 4;
-    const int stride = gridDim.x * blockDim.x;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-        const float4 x = reinterpret_cast<const float4*>(a)[i];
-        const float4 z = reinterpret_cast<const float4*>(b)[i];
-        reinterpret_cast<float4*>(y)[i] = make_float4(x.x + z.x, x.y + z.y, x.z + z.z, x.w + z.w);
-    }
-    for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = a[i] + b[i];
-}
+// Internal linkage: the emulator links every kernel file into one library, where two files'
+// different inline definitions of the same name would silently become one.
+namespace {
 
-// acc += x
-extern "C" __global__ void add_assign_f32(float* __restrict__ acc, const float* __restrict__ x, int n) {
-    const int vectors = n / 4;
-    const int stride = gridDim.x * blockDim.x;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-        float4 s = reinterpret_cast<float4*>(acc)[i];
-        const float4 z = reinterpret_cast<const float4*>(x)[i];
-        s.x += z.x;
-        s.y += z.y;
-        s.z += z.z;
-        s.w += z.w;
-        reinterpret_cast<float4*>(acc)[i] = s;
+// 16 bytes of T, loaded and stored as one vector and handed out as floats.
+template <typename T>
+struct Pack;
+
+template <>
+struct Pack<float> {
+    static constexpr int N = 4;
+    __device__ __forceinline__ static void load(const float* __restrict__ p, int i, float v[N]) {
+        const float4 x = reinterpret_cast<const float4*>(p)[i];
+        v[0] = x.x;
+        v[1] = x.y;
+        v[2] = x.z;
+        v[3] = x.w;
     }
-    for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) acc[i] += x[i];
-}
+    __device__ __forceinline__ static void store(float* __restrict__ p, int i, const float v[N]) {
+        reinterpret_cast<float4*>(p)[i] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+};
+
+// Eight bf16 as one uint4: element 2w is the low half of word w, element 2w + 1 the high half
+// (little endian, as the memory holds them).
+template <>
+struct Pack<__nv_bfloat16> {
+    static constexpr int N = 8;
+    __device__ __forceinline__ static float low(unsigned w) {
+        return to_float(__ushort_as_bfloat16(static_cast<unsigned short>(w & 0xffffu)));
+    }
+    __device__ __forceinline__ static float high(unsigned w) {
+        return to_float(__ushort_as_bfloat16(static_cast<unsigned short>(w >> 16)));
+    }
+    __device__ __forceinline__ static unsigned pair(float lo, float hi) {
+        return static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(lo))) |
+               (static_cast<unsigned>(__bfloat16_as_ushort(from_float<__nv_bfloat16>(hi))) << 16);
+    }
+    __device__ __forceinline__ static void load(const __nv_bfloat16* __restrict__ p, int i, float v[N]) {
+        const uint4 x = reinterpret_cast<const uint4*>(p)[i];
+        v[0] = low(x.x);
+        v[1] = high(x.x);
+        v[2] = low(x.y);
+        v[3] = high(x.y);
+        v[4] = low(x.z);
+        v[5] = high(x.z);
+        v[6] = low(x.w);
+        v[7] = high(x.w);
+    }
+    __device__ __forceinline__ static void store(__nv_bfloat16* __restrict__ p, int i, const float v[N]) {
+        uint4 x;
+        x.x = pair(v[0], v[1]);
+        x.y = pair(v[2], v[3]);
+        x.z = pair(v[4], v[5]);
+        x.w = pair(v[6], v[7]);
+        reinterpret_cast<uint4*>(p)[i] = x;
+    }
+};
+
+// y = a + b
+struct Add {
+    __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
+};
 
 // GELU(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as torch.nn.GELU() (not the tanh approximation).
 __device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
@@ -42,27 +81,106 @@ __device__ __forceinline__ float gelu_grad(float x) {
     return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
 }
 
-extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* __restrict__ y, int n) {
-    const int vectors = n / 4;
+struct Gelu {
+    __device__ __forceinline__ float operator()(float x) const { return gelu(x); }
+};
+
+// dx = dy GELU'(x), with (dy, x) as the arguments.
+struct GeluBackward {
+    __device__ __forceinline__ float operator()(float dy, float x) const { return dy * gelu_grad(x); }
+};
+
+// y[i] = f(x[i]) over n elements.
+template <typename T, typename F>
+__device__ __forceinline__ void unary(const T* __restrict__ x, T* __restrict__ y, int n, F f) {
+    using P = Pack<T>;
+    const int vectors = n / P::N;
     const int stride = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-        const float4 v = reinterpret_cast<const float4*>(x)[i];
-        reinterpret_cast<float4*>(y)[i] = make_float4(gelu(v.x), gelu(v.y), gelu(v.z), gelu(v.w));
+        float v[P::N];
+        P::load(x, i, v);
+#pragma unroll
+        for (int k = 0; k < P::N; ++k) v[k] = f(v[k]);
+        P::store(y, i, v);
     }
-    for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) y[i] = gelu(x[i]);
+    for (int i = vectors * P::N + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        y[i] = from_float<T>(f(to_float(x[i])));
+    }
+}
+
+// y[i] = f(a[i], b[i]) over n elements; y may not alias a or b.
+template <typename T, typename F>
+__device__ __forceinline__ void binary(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ y, int n,
+                                       F f) {
+    using P = Pack<T>;
+    const int vectors = n / P::N;
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+        float u[P::N], v[P::N];
+        P::load(a, i, u);
+        P::load(b, i, v);
+#pragma unroll
+        for (int k = 0; k < P::N; ++k) u[k] = f(u[k], v[k]);
+        P::store(y, i, u);
+    }
+    for (int i = vectors * P::N + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        y[i] = from_float<T>(f(to_float(a[i]), to_float(b[i])));
+    }
+}
+
+// acc[i] = f(acc[i], x[i]) over n elements, in place.
+template <typename T, typename F>
+__device__ __forceinline__ void update(T* __restrict__ acc, const T* __restrict__ x, int n, F f) {
+    using P = Pack<T>;
+    const int vectors = n / P::N;
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
+        float s[P::N], v[P::N];
+        P::load(acc, i, s);
+        P::load(x, i, v);
+#pragma unroll
+        for (int k = 0; k < P::N; ++k) s[k] = f(s[k], v[k]);
+        P::store(acc, i, s);
+    }
+    for (int i = vectors * P::N + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        acc[i] = from_float<T>(f(to_float(acc[i]), to_float(x[i])));
+    }
+}
+
+}  // namespace
+
+// y = a + b
+extern "C" __global__ void add_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ y,
+                                   int n) {
+    binary(a, b, y, n, Add{});
+}
+extern "C" __global__ void add_bf16(const __nv_bfloat16* __restrict__ a, const __nv_bfloat16* __restrict__ b,
+                                    __nv_bfloat16* __restrict__ y, int n) {
+    binary(a, b, y, n, Add{});
+}
+
+// acc += x
+extern "C" __global__ void add_assign_f32(float* __restrict__ acc, const float* __restrict__ x, int n) {
+    update(acc, x, n, Add{});
+}
+extern "C" __global__ void add_assign_bf16(__nv_bfloat16* __restrict__ acc, const __nv_bfloat16* __restrict__ x,
+                                           int n) {
+    update(acc, x, n, Add{});
+}
+
+extern "C" __global__ void gelu_forward_f32(const float* __restrict__ x, float* __restrict__ y, int n) {
+    unary(x, y, n, Gelu{});
+}
+extern "C" __global__ void gelu_forward_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y,
+                                             int n) {
+    unary(x, y, n, Gelu{});
 }
 
 extern "C" __global__ void gelu_backward_f32(const float* __restrict__ dy, const float* __restrict__ x,
                                              float* __restrict__ dx, int n) {
-    const int vectors = n / 4;
-    const int stride = gridDim.x * blockDim.x;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < vectors; i += stride) {
-        const float4 d = reinterpret_cast<const float4*>(dy)[i];
-        const float4 v = reinterpret_cast<const float4*>(x)[i];
-        reinterpret_cast<float4*>(dx)[i] =
-            make_float4(d.x * gelu_grad(v.x), d.y * gelu_grad(v.y), d.z * gelu_grad(v.z), d.w * gelu_grad(v.w));
-    }
-    for (int i = vectors * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        dx[i] = dy[i] * gelu_grad(x[i]);
-    }
+    binary(dy, x, dx, n, GeluBackward{});
+}
+extern "C" __global__ void gelu_backward_bf16(const __nv_bfloat16* __restrict__ dy, const __nv_bfloat16* __restrict__ x,
+                                              __nv_bfloat16* __restrict__ dx, int n) {
+    binary(dy, x, dx, n, GeluBackward{});
 }

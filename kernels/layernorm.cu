@@ -1,4 +1,4 @@
-// LayerNorm over the last axis, forward and backward, in f32. CPU reference:
+// LayerNorm over the last axis, forward and backward, over f32 or bf16 activations. CPU reference:
 // src/backend/cpu/layernorm.rs. For one row x of C features:
 //
 //   mean = sum(x) / C
@@ -15,17 +15,24 @@
 // Layout: x, y, dy and dx are [rows, C] row-major; mean and rstd are [rows]; weight, bias and their
 // gradients are [C] views into the flat parameter and gradient buffers.
 //
+// Element types: x, y, dy and dx have the activation type T, f32 or bf16 (kernels `<name>_f32` and
+// `<name>_bf16`, one template each); everything else is f32 whatever T is: the statistics, the
+// parameters and their gradients, the partial sums, and all arithmetic. Elements are widened to
+// float as they are loaded, and y and dx rounded to T once as they are stored: in bf16 the op adds
+// one rounding to each output element, none to the statistics or the parameter gradients.
+//
 // Work split. Forward and dx reduce along a row: one warp per row, lane l owning features
-// l, l + 32, l + 64, ..., so every load instruction of a warp reads 32 consecutive floats
-// (coalesced 128-byte lines) and the row sums finish in registers with five shuffles. dweight and
-// dbias reduce down the columns, across rows: a warp per row cannot produce them without atomics
-// (whose order, and so whose rounding, changes from run to run), so they get their own two kernels:
-// per-chunk column partial sums, then a fixed-order sum of the partials into the gradient slices,
-// in the CPU backend's order. The result is bit-identical on every run.
+// l, l + 32, l + 64, ..., so every load instruction of a warp reads 32 consecutive elements
+// (128 bytes in f32, 64 in bf16: whole 32-byte sectors either way) and the row sums finish in
+// registers with five shuffles. dweight and dbias reduce down the columns, across rows: a warp per
+// row cannot produce them without atomics (whose order, and so whose rounding, changes from run to
+// run), so they get their own two kernels: per-chunk column partial sums, then a fixed-order sum of
+// the partials into the gradient slices, in the CPU backend's order. The result is bit-identical on
+// every run.
 #include "common.cuh"
 
-// Helpers have internal linkage: the emulator links every kernel file into one library, where two
-// files' different inline functions of the same name would silently become one.
+// Helpers and kernel bodies have internal linkage: the emulator links every kernel file into one
+// library, where two files' different inline functions of the same name would silently become one.
 namespace {
 
 constexpr int WARP = 32;
@@ -39,45 +46,44 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-}  // namespace
-
 // ---------------------------------------------------------------------------------------------
 // Forward: one warp per row, blockDim.x a multiple of 32 (the wrapper launches 8 warps per block).
 //
-// Memory traffic: x is read three times (mean, variance, output), but a row is C * 4 bytes (4 KiB
-// at C = 1024), so the second and third reads hit L1; DRAM sees one read of x, one write of y and
-// 8 bytes of statistics per row. weight and bias are read by every row and stay in L1/L2.
+// Memory traffic: x is read three times (mean, variance, output), but a row is C * sizeof(T) bytes
+// (4 KiB at C = 1024 in f32, 2 KiB in bf16), so the second and third reads hit L1; DRAM sees one
+// read of x, one write of y and 8 bytes of statistics per row. weight and bias are read by every
+// row and stay in L1/L2.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, const float* __restrict__ weight,
-                                                 const float* __restrict__ bias, float* __restrict__ y,
-                                                 float* __restrict__ mean, float* __restrict__ rstd, int rows,
-                                                 int C, float eps) {
+template <typename T>
+__device__ __forceinline__ void forward(const T* __restrict__ x, const float* __restrict__ weight,
+                                        const float* __restrict__ bias, T* __restrict__ y, float* __restrict__ mean,
+                                        float* __restrict__ rstd, int rows, int C, float eps) {
     const int lane = threadIdx.x % WARP;
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     // A warp past the last row leaves as a whole: this kernel has no __syncthreads() and the
     // shuffles below involve only this warp's own lanes.
     if (row >= rows) return;
-    const float* xr = x + static_cast<size_t>(row) * C;
-    float* yr = y + static_cast<size_t>(row) * C;
+    const T* xr = x + static_cast<size_t>(row) * C;
+    T* yr = y + static_cast<size_t>(row) * C;
 
     // Pass 1: the mean.
     float sum = 0.0f;
-    for (int i = lane; i < C; i += WARP) sum += xr[i];
+    for (int i = lane; i < C; i += WARP) sum += to_float(xr[i]);
     const float m = warp_sum(sum) / C;
 
     // Pass 2: the variance, as the mean squared deviation from m. One pass computing
     // E[x^2] - E[x]^2 would cancel catastrophically in f32 when |mean| >> std.
     float squares = 0.0f;
     for (int i = lane; i < C; i += WARP) {
-        const float d = xr[i] - m;
+        const float d = to_float(xr[i]) - m;
         squares += d * d;
     }
     // 1 / sqrtf as the CPU computes it: nvcc's sqrtf and division are correctly rounded (its
     // defaults -prec-sqrt=true, -prec-div=true), while rsqrtf is an approximation.
     const float s = 1.0f / sqrtf(warp_sum(squares) / C + eps);
 
-    // Pass 3: normalise, scale and shift, in the CPU's order of operations.
-    for (int i = lane; i < C; i += WARP) yr[i] = (xr[i] - m) * s * weight[i] + bias[i];
+    // Pass 3: normalise, scale and shift, in the CPU's order of operations; round once to T.
+    for (int i = lane; i < C; i += WARP) yr[i] = from_float<T>((to_float(xr[i]) - m) * s * weight[i] + bias[i]);
     if (lane == 0) {
         mean[row] = m;
         rstd[row] = s;
@@ -91,25 +97,24 @@ extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, co
 // rstd instead of storing it), the second writes dx. Traffic per row: dy and x read (the second
 // pass from L1), dx written; weight from cache.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void layernorm_backward_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
-                                                     const float* __restrict__ mean,
-                                                     const float* __restrict__ rstd,
-                                                     const float* __restrict__ weight, float* __restrict__ dx,
-                                                     int rows, int C) {
+template <typename T>
+__device__ __forceinline__ void backward_dx(const T* __restrict__ dy, const T* __restrict__ x,
+                                            const float* __restrict__ mean, const float* __restrict__ rstd,
+                                            const float* __restrict__ weight, T* __restrict__ dx, int rows, int C) {
     const int lane = threadIdx.x % WARP;
     const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
     if (row >= rows) return;  // whole warps only, as in the forward
-    const float* dyr = dy + static_cast<size_t>(row) * C;
-    const float* xr = x + static_cast<size_t>(row) * C;
-    float* dxr = dx + static_cast<size_t>(row) * C;
+    const T* dyr = dy + static_cast<size_t>(row) * C;
+    const T* xr = x + static_cast<size_t>(row) * C;
+    T* dxr = dx + static_cast<size_t>(row) * C;
     const float m = mean[row];
     const float s = rstd[row];
 
     float sum_g = 0.0f;
     float sum_gx = 0.0f;
     for (int i = lane; i < C; i += WARP) {
-        const float xhat = (xr[i] - m) * s;
-        const float g = dyr[i] * weight[i];
+        const float xhat = (to_float(xr[i]) - m) * s;
+        const float g = to_float(dyr[i]) * weight[i];
         sum_g += g;
         sum_gx += g * xhat;
     }
@@ -117,8 +122,8 @@ extern "C" __global__ void layernorm_backward_dx_f32(const float* __restrict__ d
     const float mean_gx = warp_sum(sum_gx) / C;
 
     for (int i = lane; i < C; i += WARP) {
-        const float xhat = (xr[i] - m) * s;
-        dxr[i] = s * (dyr[i] * weight[i] - mean_g - xhat * mean_gx);
+        const float xhat = (to_float(xr[i]) - m) * s;
+        dxr[i] = from_float<T>(s * (to_float(dyr[i]) * weight[i] - mean_g - xhat * mean_gx));
     }
 }
 
@@ -129,21 +134,20 @@ extern "C" __global__ void layernorm_backward_dx_f32(const float* __restrict__ d
 // chunks of rows_per_chunk (64, the CPU's ROWS_PER_BLOCK) rows, each chunk's rows are added one
 // after another from zero, and step 2 adds the chunks in order. The same operations in the same
 // order: the emulator reproduces the CPU bit for bit (dbias on a GPU too; dweight there up to nvcc
-// contracting `dw + a * s` into one fused multiply-add).
+// contracting `dw + a * s` into one fused multiply-add). In bf16 the partials are f32 sums of the
+// widened bf16 elements: the CPU given the same (bf16-valued) dy and x gets the same bits.
 //
 // Grid: x = chunk, y = block of blockDim.x features; one thread per (chunk, feature), writing
 // partials[chunk] = [dweight partial (C) | dbias partial (C)]. For each row a warp reads 32
-// consecutive floats of dy and of x (coalesced); the rows' loads do not depend on one another, so
+// consecutive elements of dy and of x (coalesced); the rows' loads do not depend on one another, so
 // many are in flight at once. Traffic: dy and x read once more (the dx kernel read them too; fusing
 // the two would need a C-wide accumulator per warp in shared memory, or atomics), mean and rstd
 // broadcast, 2C floats written per chunk.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void layernorm_backward_partials_f32(const float* __restrict__ dy,
-                                                           const float* __restrict__ x,
-                                                           const float* __restrict__ mean,
-                                                           const float* __restrict__ rstd,
-                                                           float* __restrict__ partials, int rows, int C,
-                                                           int rows_per_chunk) {
+template <typename T>
+__device__ __forceinline__ void backward_partials(const T* __restrict__ dy, const T* __restrict__ x,
+                                                  const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                  float* __restrict__ partials, int rows, int C, int rows_per_chunk) {
     const int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= C) return;  // no barrier in this kernel
     const int first = blockIdx.x * rows_per_chunk;
@@ -152,8 +156,8 @@ extern "C" __global__ void layernorm_backward_partials_f32(const float* __restri
     float db = 0.0f;
     for (int r = first; r < end; ++r) {
         const size_t at = static_cast<size_t>(r) * C + col;
-        const float d = dy[at];
-        dw += d * (x[at] - mean[r]) * rstd[r];
+        const float d = to_float(dy[at]);
+        dw += d * (to_float(x[at]) - mean[r]) * rstd[r];
         db += d;
     }
     float* out = partials + static_cast<size_t>(blockIdx.x) * 2 * C;
@@ -161,9 +165,58 @@ extern "C" __global__ void layernorm_backward_partials_f32(const float* __restri
     out[C + col] = db;
 }
 
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// The kernels: each template above for f32 and for bf16 activations.
+// ---------------------------------------------------------------------------------------------
+extern "C" __global__ void layernorm_forward_f32(const float* __restrict__ x, const float* __restrict__ weight,
+                                                 const float* __restrict__ bias, float* __restrict__ y,
+                                                 float* __restrict__ mean, float* __restrict__ rstd, int rows,
+                                                 int C, float eps) {
+    forward(x, weight, bias, y, mean, rstd, rows, C, eps);
+}
+extern "C" __global__ void layernorm_forward_bf16(const __nv_bfloat16* __restrict__ x,
+                                                  const float* __restrict__ weight, const float* __restrict__ bias,
+                                                  __nv_bfloat16* __restrict__ y, float* __restrict__ mean,
+                                                  float* __restrict__ rstd, int rows, int C, float eps) {
+    forward(x, weight, bias, y, mean, rstd, rows, C, eps);
+}
+
+extern "C" __global__ void layernorm_backward_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                     const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                     const float* __restrict__ weight, float* __restrict__ dx,
+                                                     int rows, int C) {
+    backward_dx(dy, x, mean, rstd, weight, dx, rows, C);
+}
+extern "C" __global__ void layernorm_backward_dx_bf16(const __nv_bfloat16* __restrict__ dy,
+                                                      const __nv_bfloat16* __restrict__ x,
+                                                      const float* __restrict__ mean, const float* __restrict__ rstd,
+                                                      const float* __restrict__ weight,
+                                                      __nv_bfloat16* __restrict__ dx, int rows, int C) {
+    backward_dx(dy, x, mean, rstd, weight, dx, rows, C);
+}
+
+extern "C" __global__ void layernorm_backward_partials_f32(const float* __restrict__ dy, const float* __restrict__ x,
+                                                           const float* __restrict__ mean,
+                                                           const float* __restrict__ rstd,
+                                                           float* __restrict__ partials, int rows, int C,
+                                                           int rows_per_chunk) {
+    backward_partials(dy, x, mean, rstd, partials, rows, C, rows_per_chunk);
+}
+extern "C" __global__ void layernorm_backward_partials_bf16(const __nv_bfloat16* __restrict__ dy,
+                                                            const __nv_bfloat16* __restrict__ x,
+                                                            const float* __restrict__ mean,
+                                                            const float* __restrict__ rstd,
+                                                            float* __restrict__ partials, int rows, int C,
+                                                            int rows_per_chunk) {
+    backward_partials(dy, x, mean, rstd, partials, rows, C, rows_per_chunk);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Backward, dweight and dbias, step 2 of 2: dweight += the sum of the chunks' dweight partials,
-// dbias likewise, the chunks added in order 0, 1, 2, ... from zero, as the CPU adds them.
+// dbias likewise, the chunks added in order 0, 1, 2, ... from zero, as the CPU adds them. All f32,
+// whatever the activation type: one kernel serves both.
 //
 // One thread per entry of [dweight | dbias] (2 * C threads): for each chunk the threads of a warp
 // read consecutive floats of partials. Traffic: chunks * 2C floats read, 2C read and written.

@@ -7,22 +7,31 @@
 //
 // Layout: y and dy are [rows, out] row-major; b and db are [out] views into the flat parameter and
 // gradient buffers.
+//
+// Element types: y and dy have the activation type T, f32 or bf16 (kernels `<name>_f32` and
+// `<name>_bf16`); b, db and the partial sums are f32 whatever T is. In bf16 the forward stores b
+// rounded to bf16 into y (the GEMM then reads y as its bf16 C operand and rounds once more when it
+// writes the sum), and the backward sums the widened bf16 dy in f32.
 #include "common.cuh"
+
+// Kernel bodies have internal linkage: the emulator links every kernel file into one library,
+// where two files' different inline functions of the same name would silently become one.
+namespace {
 
 // ---------------------------------------------------------------------------------------------
 // Forward: write the bias into every row of y.
 //
 // Blocks take rows blockIdx.x, blockIdx.x + gridDim.x, ...; a block's threads cover one row's
-// columns, so consecutive threads write consecutive floats (coalesced) and no thread divides its
-// flat index by `out`. Traffic: rows * out floats written; b (out floats) read by every row, from
+// columns, so consecutive threads write consecutive elements (coalesced) and no thread divides its
+// flat index by `out`. Traffic: rows * out elements written; b (out floats) read by every row, from
 // L1/L2. The GEMM then reads y back once as its C operand: one extra read, instead of a fused
 // epilogue that would tie the bias to a particular GEMM implementation.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ bias, float* __restrict__ y, int rows,
-                                                     int out) {
+template <typename T>
+__device__ __forceinline__ void bias_broadcast(const float* __restrict__ bias, T* __restrict__ y, int rows, int out) {
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        float* yr = y + static_cast<size_t>(r) * out;
-        for (int j = threadIdx.x; j < out; j += blockDim.x) yr[j] = bias[j];
+        T* yr = y + static_cast<size_t>(r) * out;
+        for (int j = threadIdx.x; j < out; j += blockDim.x) yr[j] = from_float<T>(bias[j]);
     }
 }
 
@@ -34,28 +43,51 @@ extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ b
 // (src/backend/cpu/reduce.rs): rows are cut into chunks of rows_per_chunk (64, the CPU's
 // ROWS_PER_BLOCK) rows, each chunk's rows are added one after another from zero into
 // partials[chunk], and step 2 adds the chunks in order. Only additions, in the CPU's order: the
-// result is the CPU's bit for bit, in the emulator and on a GPU.
+// result is the CPU's bit for bit, in the emulator and on a GPU (in bf16, the CPU's given the same
+// bf16-valued dy).
 //
 // Grid: x = chunk, y = block of blockDim.x columns; one thread per (chunk, column). For each row a
-// warp reads 32 consecutive floats (coalesced); the rows' loads do not depend on one another, so
+// warp reads 32 consecutive elements (coalesced); the rows' loads do not depend on one another, so
 // many are in flight at once. Traffic: dy read once; out floats written per chunk.
 // ---------------------------------------------------------------------------------------------
-extern "C" __global__ void linear_bias_backward_partials_f32(const float* __restrict__ dy,
-                                                             float* __restrict__ partials, int rows, int out,
-                                                             int rows_per_chunk) {
+template <typename T>
+__device__ __forceinline__ void bias_backward_partials(const T* __restrict__ dy, float* __restrict__ partials,
+                                                       int rows, int out, int rows_per_chunk) {
     const int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= out) return;  // no barrier in this kernel
     const int first = blockIdx.x * rows_per_chunk;
     const int end = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
     float sum = 0.0f;
-    for (int r = first; r < end; ++r) sum += dy[static_cast<size_t>(r) * out + col];
+    for (int r = first; r < end; ++r) sum += to_float(dy[static_cast<size_t>(r) * out + col]);
     partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
+}
+
+}  // namespace
+
+extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ bias, float* __restrict__ y, int rows,
+                                                     int out) {
+    bias_broadcast(bias, y, rows, out);
+}
+extern "C" __global__ void linear_bias_broadcast_bf16(const float* __restrict__ bias, __nv_bfloat16* __restrict__ y,
+                                                      int rows, int out) {
+    bias_broadcast(bias, y, rows, out);
+}
+
+extern "C" __global__ void linear_bias_backward_partials_f32(const float* __restrict__ dy,
+                                                             float* __restrict__ partials, int rows, int out,
+                                                             int rows_per_chunk) {
+    bias_backward_partials(dy, partials, rows, out, rows_per_chunk);
+}
+extern "C" __global__ void linear_bias_backward_partials_bf16(const __nv_bfloat16* __restrict__ dy,
+                                                              float* __restrict__ partials, int rows, int out,
+                                                              int rows_per_chunk) {
+    bias_backward_partials(dy, partials, rows, out, rows_per_chunk);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Backward, db, step 2 of 2: db[j] += sum over chunks k of partials[k][j], the chunks added in
-// order 0, 1, 2, ... from zero, as the CPU adds them. One thread per column; for each chunk a warp
-// reads 32 consecutive floats.
+// order 0, 1, 2, ... from zero, as the CPU adds them. f32 whatever the activation type: one kernel
+// serves both. One thread per column; for each chunk a warp reads 32 consecutive floats.
 // Traffic: chunks * out floats read, db read and written once.
 // ---------------------------------------------------------------------------------------------
 extern "C" __global__ void linear_bias_backward_sum_f32(const float* __restrict__ partials,

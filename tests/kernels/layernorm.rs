@@ -206,3 +206,198 @@ fn layernorm_rejects_what_the_cpu_rejects() {
     };
     both(&|b| backward(b, 5, 5, overlapping));
 }
+
+/// Half a bf16 ulp relative to a value's magnitude: bf16 keeps 8 significant bits, so rounding to
+/// nearest moves a value by at most 2^-8 of its magnitude.
+const BF16_HALF_ULP: f32 = 1.0 / 256.0;
+
+/// bf16 activations: x and dy bf16 -> y and dx bf16; mean, rstd, dweight and dbias f32. The
+/// reference is the CPU given the same inputs as bf16 values (x and dy rounded; the parameters are
+/// f32 on both sides, LayerNorm reads them as they are). Tolerances:
+///
+/// - mean, rstd, dweight, dbias (f32): computed in f32 from exactly the values the CPU gets, so no
+///   bf16 rounding enters them and they differ from the CPU's only where the f32 test's results do
+///   (the warp's summation order): the f32 tolerance REL. dbias is even the same bits (additions of
+///   the same values in the CPU's order), and so is every gradient across scheduling orders.
+/// - y, dx (bf16): the same f32 value as above, then rounded once to bf16: REL + half a bf16 ulp of
+///   the element, which is at most 2^-8 of the largest magnitude.
+fn check_bf16(seed: u64, shape: &[usize]) {
+    use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
+    use undertale_maskedlm::DType;
+    let c = *shape.last().unwrap();
+    let n: usize = shape.iter().product();
+    let rows = n / c;
+    let (weight, bias, len) = slots(c);
+    let mut rng = rng(seed);
+    // A mean far from zero (about 3, spread 2), as in the f32 check.
+    let x: Vec<f32> = random(&mut rng, n, 2.0).iter().map(|v| v + 3.0).collect();
+    let dy = random(&mut rng, n, 1.0);
+    let mut params = random(&mut rng, len, 1.0);
+    for w in &mut params[weight.offset..weight.offset + c] {
+        *w += 1.0;
+    }
+    let grads = random(&mut rng, len, 1.0);
+    let eps = 1e-5;
+    let (rx, rdy) = (round_bf16(&x), round_bf16(&dy));
+
+    let cpu = cpu();
+    let (cx, cp) = (
+        cpu.upload_f32(shape, &rx).unwrap(),
+        cpu.upload_f32(&[len], &params).unwrap(),
+    );
+    let want = cpu.layernorm_forward(&cx, &cp, weight, bias, eps).unwrap();
+    let (want_y, want_mean, want_rstd) = (
+        want.y.to_vec_f32().unwrap(),
+        want.mean.to_vec_f32().unwrap(),
+        want.rstd.to_vec_f32().unwrap(),
+    );
+    let mut cg = cpu.upload_f32(&[len], &grads).unwrap();
+    let want_dx = cpu
+        .layernorm_backward(
+            &cpu.upload_f32(shape, &rdy).unwrap(),
+            &cx,
+            &want.mean,
+            &want.rstd,
+            &cp,
+            &mut cg,
+            weight,
+            bias,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want_grads = cg.to_vec_f32().unwrap();
+
+    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+    for (name, gpu) in gpus_bf16() {
+        let what = |part: &str| format!("layernorm bf16 {shape:?} {part} {name}");
+        let (gx, gp) = (
+            upload_bf16(&gpu, shape, &x),
+            gpu.upload_f32(&[len], &params).unwrap(),
+        );
+        let out = gpu.layernorm_forward(&gx, &gp, weight, bias, eps).unwrap();
+        assert_eq!(out.y.shape(), shape);
+        assert_eq!(out.y.dtype(), DType::BF16, "{}", what("y dtype"));
+        assert_eq!(out.mean.dtype(), DType::F32, "{}", what("mean dtype"));
+        assert_eq!(out.rstd.dtype(), DType::F32, "{}", what("rstd dtype"));
+        assert_eq!(out.mean.shape(), [rows]);
+        assert_eq!(out.rstd.shape(), [rows]);
+        assert_close(
+            &what("y"),
+            &out.y.to_vec_f32().unwrap(),
+            &want_y,
+            REL + BF16_HALF_ULP,
+            0.0,
+        );
+        assert_close(
+            &what("mean"),
+            &out.mean.to_vec_f32().unwrap(),
+            &want_mean,
+            REL,
+            0.0,
+        );
+        assert_close(
+            &what("rstd"),
+            &out.rstd.to_vec_f32().unwrap(),
+            &want_rstd,
+            REL,
+            0.0,
+        );
+
+        // Backward from the CPU's statistics (f32), so that dx and the gradients are compared on
+        // the same inputs.
+        let (gmean, grstd) = (
+            gpu.upload_f32(&[rows], &want_mean).unwrap(),
+            gpu.upload_f32(&[rows], &want_rstd).unwrap(),
+        );
+        let gdy = upload_bf16(&gpu, shape, &dy);
+        let mut gg = gpu.upload_f32(&[len], &grads).unwrap();
+        let dx = gpu
+            .layernorm_backward(&gdy, &gx, &gmean, &grstd, &gp, &mut gg, weight, bias)
+            .unwrap();
+        assert_eq!(dx.shape(), shape);
+        assert_eq!(dx.dtype(), DType::BF16, "{}", what("dx dtype"));
+        assert_eq!(gg.dtype(), DType::F32, "{}", what("grads dtype"));
+        let dx = dx.to_vec_f32().unwrap();
+        assert_close(&what("dx"), &dx, &want_dx, REL + BF16_HALF_ULP, 0.0);
+        let got_grads = gg.to_vec_f32().unwrap();
+        let (slot, pad): (Vec<usize>, Vec<usize>) =
+            (0..len).partition(|&i| !outside(i, &[weight, bias]));
+        let pick = |v: &[f32], at: &[usize]| at.iter().map(|&i| v[i]).collect::<Vec<_>>();
+        assert_close(
+            &what("dweight, dbias"),
+            &pick(&got_grads, &slot),
+            &pick(&want_grads, &slot),
+            REL,
+            0.0,
+        );
+        assert_eq!(
+            pick(&got_grads, &pad),
+            pick(&grads, &pad),
+            "{}",
+            what("padding")
+        );
+        let bias_range = bias.offset..bias.offset + c;
+        assert_eq!(
+            got_grads[bias_range.clone()],
+            want_grads[bias_range],
+            "{}",
+            what("dbias bits")
+        );
+        if name.starts_with("emulated") {
+            match &first {
+                None => first = Some((dx, got_grads)),
+                Some((dx0, grads0)) => {
+                    assert_eq!(&dx, dx0, "{}", what("dx bits"));
+                    assert_eq!(&got_grads, grads0, "{}", what("gradient bits"));
+                }
+            }
+        }
+
+        // Mixed element types are errors, and write nothing: dy must have x's type, and the
+        // statistics are f32 whatever the activations are.
+        let fdy = gpu.upload_f32(shape, &rdy).unwrap();
+        let fx = gpu.upload_f32(shape, &rx).unwrap();
+        let bf16_mean = upload_bf16(&gpu, &[rows], &want_mean);
+        for (dy, x, mean) in [
+            (&fdy, &gx, &gmean),
+            (&gdy, &fx, &gmean),
+            (&gdy, &gx, &bf16_mean),
+        ] {
+            let mut g = gpu.upload_f32(&[len], &grads).unwrap();
+            let err = gpu
+                .layernorm_backward(dy, x, mean, &grstd, &gp, &mut g, weight, bias)
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::DType { .. }),
+                "{}: {err}",
+                what("mixed")
+            );
+            assert_eq!(g.to_vec_f32().unwrap(), grads, "{}", what("no write"));
+        }
+
+        // f32 activations on the same backend take the f32 path.
+        let y32 = gpu.layernorm_forward(&fx, &gp, weight, bias, eps).unwrap();
+        assert_eq!(y32.y.dtype(), DType::F32, "{}", what("f32 y dtype"));
+        assert_close(
+            &what("f32 y"),
+            &y32.y.to_vec_f32().unwrap(),
+            &want_y,
+            REL,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn layernorm_in_bf16_matches_the_cpu_on_bf16_inputs() {
+    // 37 rows of 45, as the f32 check.
+    check_bf16(5, &[37, 45]);
+}
+
+#[test]
+fn layernorm_in_bf16_over_several_row_chunks_and_wide_rows_matches_the_cpu() {
+    // 201 rows (4 chunks of the parameter gradients), then rows of 1100 features.
+    check_bf16(6, &[3, 67, 45]);
+    check_bf16(7, &[2, 9, 1100]);
+}

@@ -170,3 +170,178 @@ fn linear_rejects_what_the_cpu_rejects() {
             .unwrap_err()
     });
 }
+
+/// Half a bf16 ulp relative to a value's magnitude: bf16 keeps 8 significant bits, so rounding to
+/// nearest moves a value by at most 2^-8 of its magnitude.
+const BF16_HALF_ULP: f32 = 1.0 / 256.0;
+/// bf16 outputs (y, dx): the GPU rounds its f32 result once to bf16, at most half an ulp, and that
+/// f32 result differs from the CPU's only in the order of the f32 sums (REL). Relative to the
+/// largest magnitude, as every comparison here is, that bound holds for every element.
+const REL_BF16_OUT: f32 = BF16_HALF_ULP + REL;
+/// dW, an f32 output from bf16 operands: both sides multiply the same bf16 values (each product is
+/// exact in f32) and add them in f32, in different orders, over `rows` terms (213 at most here).
+/// The emulator's order differs from the CPU's by no more than the f32 GEMMs do (REL); a GPU's
+/// tensor cores may also truncate instead of rounding inside their adders, about 2^-23 of the
+/// running sum per addition, which over a couple of hundred terms of mixed signs stays well below
+/// 1e-4 of the largest magnitude. No bf16 rounding enters: the grads are f32 and C is f32.
+const REL_BF16_DW: f32 = 1e-4;
+
+/// bf16 activations: x and dy bf16 -> y and dx bf16, W read from the parameters' bf16 shadow,
+/// dW and db added into the f32 gradients. The reference is the CPU on the inputs as the GPU sees
+/// them: x and dy rounded to bf16, and the parameters rounded to bf16 too (the GEMMs read W from
+/// the shadow, and the bias is rounded when it is written into the bf16 y that the GEMM adds onto).
+fn check_bf16(seed: u64, x_shape: &[usize], out: usize) {
+    use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
+    use undertale_maskedlm::DType;
+    let inp = *x_shape.last().unwrap();
+    let n: usize = x_shape.iter().product();
+    let rows = n / inp;
+    let mut y_shape = x_shape.to_vec();
+    *y_shape.last_mut().unwrap() = out;
+    let (weight, bias, len) = slots(inp, out);
+    let mut rng = rng(seed);
+    let x = random(&mut rng, n, 1.0);
+    let dy = random(&mut rng, rows * out, 1.0);
+    let params = random(&mut rng, len, 0.5);
+    let grads = random(&mut rng, len, 1.0);
+    let (rx, rdy, rparams) = (round_bf16(&x), round_bf16(&dy), round_bf16(&params));
+
+    let cpu = cpu();
+    let (cx, cp) = (
+        cpu.upload_f32(x_shape, &rx).unwrap(),
+        cpu.upload_f32(&[len], &rparams).unwrap(),
+    );
+    let want_y = cpu
+        .linear_forward(&cx, &cp, weight, bias, out)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let mut cg = cpu.upload_f32(&[len], &grads).unwrap();
+    let want_dx = cpu
+        .linear_backward(
+            &cpu.upload_f32(&y_shape, &rdy).unwrap(),
+            &cx,
+            &cp,
+            &mut cg,
+            weight,
+            bias,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let want_grads = cg.to_vec_f32().unwrap();
+
+    let mut first: Option<Vec<f32>> = None;
+    for (name, gpu) in gpus_bf16() {
+        let what = |part: &str| format!("linear bf16 {x_shape:?} -> {out} {part} {name}");
+        // The parameters are f32 (the master weights): the GPU rounds them itself.
+        let (gx, gp) = (
+            upload_bf16(&gpu, x_shape, &x),
+            gpu.upload_f32(&[len], &params).unwrap(),
+        );
+        let y = gpu.linear_forward(&gx, &gp, weight, bias, out).unwrap();
+        assert_eq!(y.shape(), y_shape);
+        assert_eq!(y.dtype(), DType::BF16, "{}", what("y dtype"));
+        assert_close(
+            &what("y"),
+            &y.to_vec_f32().unwrap(),
+            &want_y,
+            REL_BF16_OUT,
+            0.0,
+        );
+
+        let gdy = upload_bf16(&gpu, &y_shape, &dy);
+        let mut gg = gpu.upload_f32(&[len], &grads).unwrap();
+        let dx = gpu
+            .linear_backward(&gdy, &gx, &gp, &mut gg, weight, bias)
+            .unwrap();
+        assert_eq!(dx.shape(), x_shape);
+        assert_eq!(dx.dtype(), DType::BF16, "{}", what("dx dtype"));
+        assert_eq!(gg.dtype(), DType::F32, "{}", what("grads dtype"));
+        assert_close(
+            &what("dx"),
+            &dx.to_vec_f32().unwrap(),
+            &want_dx,
+            REL_BF16_OUT,
+            0.0,
+        );
+        let got = gg.to_vec_f32().unwrap();
+        let range = |p: Param| p.offset..p.offset + p.len;
+        assert_close(
+            &what("dW"),
+            &got[range(weight)],
+            &want_grads[range(weight)],
+            REL_BF16_DW,
+            0.0,
+        );
+        // db: f32 additions of the same bf16 values in the CPU's order: the same bits.
+        assert_eq!(
+            got[range(bias)],
+            want_grads[range(bias)],
+            "{}",
+            what("db bits")
+        );
+        for i in (0..len).filter(|i| !range(weight).contains(i) && !range(bias).contains(i)) {
+            assert_eq!(got[i], grads[i], "{}[{i}]", what("padding"));
+        }
+        // Deterministic: every emulated scheduling order gives the same bits.
+        if name.starts_with("emulated") {
+            match &first {
+                None => first = Some(got),
+                Some(got0) => assert_eq!(&got, got0, "{}", what("gradient bits")),
+            }
+        }
+
+        // Mixed element types are errors: dy must have x's type.
+        let fdy = gpu.upload_f32(&y_shape, &rdy).unwrap();
+        let fx = gpu.upload_f32(x_shape, &rx).unwrap();
+        for (dy, x) in [(&fdy, &gx), (&gdy, &fx)] {
+            let mut g = gpu.upload_f32(&[len], &grads).unwrap();
+            let err = gpu
+                .linear_backward(dy, x, &gp, &mut g, weight, bias)
+                .unwrap_err();
+            assert!(
+                matches!(err, Error::DType { .. }),
+                "{}: {err}",
+                what("mixed")
+            );
+            assert_eq!(g.to_vec_f32().unwrap(), grads, "{}", what("no write"));
+        }
+
+        // f32 activations on the same backend take the f32 path: f32 out, f32 weights (not the
+        // shadow), as close to the CPU's f32 result as the f32 test asks.
+        let want_f32 = cpu
+            .linear_forward(
+                &cpu.upload_f32(x_shape, &rx).unwrap(),
+                &cpu.upload_f32(&[len], &params).unwrap(),
+                weight,
+                bias,
+                out,
+            )
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let y32 = gpu.linear_forward(&fx, &gp, weight, bias, out).unwrap();
+        assert_eq!(y32.dtype(), DType::F32, "{}", what("f32 y dtype"));
+        assert_close(
+            &what("f32 y"),
+            &y32.to_vec_f32().unwrap(),
+            &want_f32,
+            REL,
+            0.0,
+        );
+    }
+}
+
+#[test]
+fn linear_in_bf16_matches_the_cpu_on_bf16_inputs() {
+    // 37 rows, 45 in, 29 out: no multiple of a warp, a tile or a vector; the weight at an odd
+    // offset of the shadow.
+    check_bf16(4, &[37, 45], 29);
+}
+
+#[test]
+fn linear_in_bf16_over_several_row_chunks_matches_the_cpu_on_bf16_inputs() {
+    // 213 rows: db in 4 chunks of 64 rows; 300 outputs: 2 blocks of 256 columns.
+    check_bf16(5, &[3, 71, 19], 300);
+}

@@ -18,6 +18,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
 use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use super::storage;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -476,6 +477,35 @@ impl GpuRuntime for CudaRuntime {
                 std::mem::size_of::<usize>(),
             )
             .map_err(cublas)?;
+            // cuBLASLt assumes 256-byte-aligned operands unless told otherwise; weight slices sit at
+            // any element offset of the parameter buffer, so state each operand's real alignment
+            // (of its address and of its rows) and let the heuristic pick a kernel that allows it.
+            let alignment = |ptr: DevicePtr, ld: usize, dtype: DType| -> u32 {
+                let row_bytes = (ld * storage::dtype_bytes(dtype)) as u64;
+                let combined = ptr.0 | row_bytes | 256;
+                1u32 << combined.trailing_zeros().min(8)
+            };
+            for (attribute, align) in [
+                (
+                    lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                    alignment(spec.b, spec.ldb, spec.b_type),
+                ),
+                (
+                    lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                    alignment(spec.a, spec.lda, spec.a_type),
+                ),
+                (
+                    lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                    alignment(spec.c, spec.ldc, spec.c_type),
+                ),
+                (
+                    lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                    alignment(spec.c, spec.ldc, spec.c_type),
+                ),
+            ] {
+                lt::set_matmul_pref_attribute(preference, attribute, (&align) as *const u32 as *const _, 4)
+                    .map_err(cublas)?;
+            }
             let heuristic = lt::get_matmul_algo_heuristic(
                 self.blas, desc, layouts[0], layouts[1], layouts[2], layouts[2], preference,
             )

@@ -16,7 +16,7 @@ pub mod ptx;
 pub mod runtime;
 pub mod storage;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use runtime::GpuRuntime;
 
@@ -44,16 +44,27 @@ pub struct GpuBackend {
 /// The bf16 copy of one flat parameter buffer, as of one of its writes.
 #[derive(Debug)]
 struct ParamShadow {
-    source: launch::DevicePtr,
+    /// The buffer it shadows: a weak reference, so that a new buffer at a reused address is never
+    /// taken for it.
+    source: Weak<storage::GpuBuffer>,
     version: u64,
     values: Tensor,
 }
 
-fn write_version(t: &Tensor) -> u64 {
+fn gpu_storage(t: &Tensor) -> Option<&storage::GpuStorage> {
     match t.storage() {
-        Storage::Gpu(g) => g.write_version(),
-        _ => 0,
+        Storage::Gpu(g) => Some(g),
+        _ => None,
     }
+}
+
+/// Whether `shadow` was made from `params`'s buffer.
+fn shadows(shadow: &ParamShadow, params: &Tensor) -> bool {
+    gpu_storage(params).is_some_and(|g| Weak::ptr_eq(&shadow.source, &g.buffer_id()))
+}
+
+fn write_version(t: &Tensor) -> u64 {
+    gpu_storage(t).map_or(0, storage::GpuStorage::write_version)
 }
 
 impl GpuBackend {
@@ -89,19 +100,22 @@ impl GpuBackend {
         ops::convert::cast(self, t, dtype)
     }
 
-    /// The bf16 shadow of the flat f32 parameter buffer `params`, converted again only when the
-    /// buffer has been written since.
-    pub(crate) fn bf16_parameters(&self, params: &Tensor) -> Result<Tensor> {
-        let source = self.ptr(params, DType::F32, "parameters")?;
+    /// The bf16 shadow of the flat f32 parameter buffer `params` (element for element), converted
+    /// again only when the buffer has been written since.
+    pub fn bf16_parameters(&self, params: &Tensor) -> Result<Tensor> {
+        self.ptr(params, DType::F32, "parameters")?;
         let version = write_version(params);
         let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = shadow
             .as_ref()
-            .filter(|s| s.source == source && s.version == version)
+            .filter(|s| shadows(s, params) && s.version == version)
         {
             return Ok(s.values.clone());
         }
         let values = self.cast(params, DType::BF16)?;
+        let source = gpu_storage(params)
+            .map(storage::GpuStorage::buffer_id)
+            .unwrap_or_default();
         *shadow = Some(ParamShadow {
             source,
             version,
@@ -113,17 +127,15 @@ impl GpuBackend {
     /// For AdamW: the shadow of `params` to rewrite in the same pass, if there is one (it becomes
     /// current once the update has run: call [`Self::shadow_updated`]).
     pub(crate) fn shadow_for_update(&self, params: &Tensor) -> Option<launch::DevicePtr> {
-        let source = self.ptr(params, DType::F32, "parameters").ok()?;
         let shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
-        let s = shadow.as_ref().filter(|s| s.source == source)?;
+        let s = shadow.as_ref().filter(|s| shadows(s, params))?;
         self.ptr(&s.values, DType::BF16, "parameter shadow").ok()
     }
 
     /// Marks the shadow of `params` as matching its current contents.
     pub(crate) fn shadow_updated(&self, params: &Tensor) {
-        let source = self.ptr(params, DType::F32, "parameters").ok();
         let mut shadow = self.shadow.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = shadow.as_mut().filter(|s| Some(s.source) == source) {
+        if let Some(s) = shadow.as_mut().filter(|s| shadows(s, params)) {
             s.version = write_version(params);
         }
     }
@@ -209,9 +221,14 @@ impl Backend for GpuBackend {
 
     fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
         // f32 or bf16: zero is all-zero bytes in both.
-        let dtype = if t.dtype() == DType::BF16 { DType::BF16 } else { DType::F32 };
+        let dtype = if t.dtype() == DType::BF16 {
+            DType::BF16
+        } else {
+            DType::F32
+        };
         let dst = self.ptr_mut(t, dtype, "fill_zero")?;
-        self.runtime.memset_zero(dst, t.numel() * storage::dtype_bytes(dtype))
+        self.runtime
+            .memset_zero(dst, t.numel() * storage::dtype_bytes(dtype))
     }
 
     fn embedding_forward(

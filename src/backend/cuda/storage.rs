@@ -1,7 +1,7 @@
 //! Tensors in device memory: a shared, reference-counted buffer and its element type.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use super::launch::DevicePtr;
 use super::runtime::{Allocation, GpuRuntime};
@@ -71,6 +71,12 @@ impl GpuStorage {
 
     pub fn runtime(&self) -> &Arc<dyn GpuRuntime> {
         &self.buffer.runtime
+    }
+
+    /// Identifies the buffer (not just its address, which a later buffer may reuse): for caches of
+    /// values derived from it.
+    pub(crate) fn buffer_id(&self) -> Weak<GpuBuffer> {
+        Arc::downgrade(&self.buffer)
     }
 
     /// The address kernels receive.

@@ -1,11 +1,11 @@
 //! Launch wrapper for `kernels/adamw.cu`: one fused AdamW pass over the flat parameter, gradient
-//! and moment buffers.
+//! and moment buffers, which also keeps the parameters' bf16 shadow current when there is one.
 
 use super::int;
 use crate::backend::AdamWStep;
 use crate::backend::checks::check_same_shape;
 use crate::backend::cuda::GpuBackend;
-use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::Result;
 use crate::tensor::{DType, Tensor};
 
@@ -39,11 +39,17 @@ pub fn step(
     // The step's scalars, the same for every backend.
     let c = s.coefficients();
 
+    let p = backend.ptr_mut(params, DType::F32, "adamw parameters")?;
+    // The bf16 shadow of the parameters (bf16 mixed precision), asked for after `ptr_mut`: if that
+    // had to copy a buffer shared with a clone, the shadow belongs to the clone's buffer, is not
+    // offered, and is left alone. Null when there is none: the kernel then skips it.
+    let shadow = backend.shadow_for_update(params);
     let mut args = KernelArgs::new()
-        .ptr(backend.ptr_mut(params, DType::F32, "adamw parameters")?)
+        .ptr(p)
         .ptr(g)
         .ptr(backend.ptr_mut(m, DType::F32, "adamw first moment")?)
         .ptr(backend.ptr_mut(v, DType::F32, "adamw second moment")?)
+        .ptr(shadow.unwrap_or(DevicePtr(0)))
         .i32(n_i)
         .f32(c.decay)
         .f32(c.one_minus_beta1)
@@ -61,5 +67,10 @@ pub fn step(
         "adamw_f32",
         &LaunchConfig::linear(blocks as u32, THREADS, 0),
         &mut args,
-    )
+    )?;
+    if shadow.is_some() {
+        // The same pass rewrote the shadow: it matches this write of the parameters.
+        backend.shadow_updated(params);
+    }
+    Ok(())
 }

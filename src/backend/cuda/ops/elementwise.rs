@@ -1,4 +1,7 @@
-//! Launch wrappers for `kernels/elementwise.cu`: residual adds and GELU.
+//! Launch wrappers for `kernels/elementwise.cu`: residual adds and GELU, in f32 or bf16.
+//!
+//! Also the rule the activation ops of this crate share: an op's element type follows its
+//! activation inputs ([`activation_dtype`]).
 
 use super::int;
 use crate::backend::checks::check_same_shape;
@@ -12,10 +15,33 @@ const THREADS: u32 = 256;
 /// Enough blocks to fill a large GPU several times over; the kernels loop over the rest.
 const MAX_BLOCKS: usize = 132 * 16;
 
-/// One thread per float4 (plus the tail), capped: the kernels use grid-stride loops.
-fn config(n: usize) -> LaunchConfig {
+/// The element type of an op whose first activation input is `t`: f32 or bf16 (its other activation
+/// inputs must then have the same type, checked when their addresses are taken). Any other type is
+/// an error that asks for f32.
+pub(crate) fn activation_dtype(t: &Tensor, what: &str) -> Result<DType> {
+    match t.dtype() {
+        dtype @ (DType::F32 | DType::BF16) => Ok(dtype),
+        DType::I32 => Err(t.dtype_error(what, DType::F32)),
+    }
+}
+
+/// The kernel of `op` for this element type: `<op>_f32` or `<op>_bf16`.
+pub(crate) fn kernel_name(op: &str, dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => format!("{op}_bf16"),
+        _ => format!("{op}_f32"),
+    }
+}
+
+/// One thread per 16-byte vector (4 floats or 8 bf16, plus the tail), capped: the kernels use
+/// grid-stride loops.
+fn config(n: usize, dtype: DType) -> LaunchConfig {
+    let per_vector = match dtype {
+        DType::BF16 => 8,
+        _ => 4,
+    };
     let blocks = n
-        .div_ceil(4)
+        .div_ceil(per_vector)
         .div_ceil(THREADS as usize)
         .clamp(1, MAX_BLOCKS);
     LaunchConfig::linear(blocks as u32, THREADS, 0)
@@ -23,54 +49,71 @@ fn config(n: usize) -> LaunchConfig {
 
 pub fn add(backend: &GpuBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     check_same_shape(a, b, "add")?;
-    let y = backend.empty(a.shape(), DType::F32)?;
+    let dtype = activation_dtype(a, "add")?;
+    let (a_ptr, b_ptr) = (backend.ptr(a, dtype, "add")?, backend.ptr(b, dtype, "add")?);
+    let y = backend.empty(a.shape(), dtype)?;
     let n = a.numel();
     let mut args = KernelArgs::new()
-        .ptr(backend.ptr(a, DType::F32, "add")?)
-        .ptr(backend.ptr(b, DType::F32, "add")?)
-        .ptr(backend.ptr(&y, DType::F32, "add output")?)
+        .ptr(a_ptr)
+        .ptr(b_ptr)
+        .ptr(backend.ptr(&y, dtype, "add output")?)
         .i32(int(n, "elements")?);
-    backend.runtime().launch("add_f32", &config(n), &mut args)?;
+    backend
+        .runtime()
+        .launch(&kernel_name("add", dtype), &config(n, dtype), &mut args)?;
     Ok(y)
 }
 
 pub fn add_assign(backend: &GpuBackend, acc: &mut Tensor, x: &Tensor) -> Result<()> {
     check_same_shape(acc, x, "add")?;
+    let dtype = activation_dtype(acc, "add")?;
     let n = acc.numel();
-    let x_ptr = backend.ptr(x, DType::F32, "add")?;
+    let x_ptr = backend.ptr(x, dtype, "add")?;
     let mut args = KernelArgs::new()
-        .ptr(backend.ptr_mut(acc, DType::F32, "add")?)
+        .ptr(backend.ptr_mut(acc, dtype, "add")?)
         .ptr(x_ptr)
         .i32(int(n, "elements")?);
-    backend
-        .runtime()
-        .launch("add_assign_f32", &config(n), &mut args)
+    backend.runtime().launch(
+        &kernel_name("add_assign", dtype),
+        &config(n, dtype),
+        &mut args,
+    )
 }
 
 pub fn gelu_forward(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
-    let y = backend.empty(x.shape(), DType::F32)?;
+    let dtype = activation_dtype(x, "gelu input")?;
+    let x_ptr = backend.ptr(x, dtype, "gelu input")?;
+    let y = backend.empty(x.shape(), dtype)?;
     let n = x.numel();
     let mut args = KernelArgs::new()
-        .ptr(backend.ptr(x, DType::F32, "gelu input")?)
-        .ptr(backend.ptr(&y, DType::F32, "gelu output")?)
+        .ptr(x_ptr)
+        .ptr(backend.ptr(&y, dtype, "gelu output")?)
         .i32(int(n, "elements")?);
-    backend
-        .runtime()
-        .launch("gelu_forward_f32", &config(n), &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("gelu_forward", dtype),
+        &config(n, dtype),
+        &mut args,
+    )?;
     Ok(y)
 }
 
 pub fn gelu_backward(backend: &GpuBackend, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
     check_same_shape(x, dy, "gelu dy")?;
-    let dx = backend.empty(x.shape(), DType::F32)?;
+    // The activation x sets the type; its gradient dy has the same.
+    let dtype = activation_dtype(x, "gelu input")?;
+    let dy_ptr = backend.ptr(dy, dtype, "gelu dy")?;
+    let x_ptr = backend.ptr(x, dtype, "gelu input")?;
+    let dx = backend.empty(x.shape(), dtype)?;
     let n = x.numel();
     let mut args = KernelArgs::new()
-        .ptr(backend.ptr(dy, DType::F32, "gelu dy")?)
-        .ptr(backend.ptr(x, DType::F32, "gelu input")?)
-        .ptr(backend.ptr(&dx, DType::F32, "gelu dx")?)
+        .ptr(dy_ptr)
+        .ptr(x_ptr)
+        .ptr(backend.ptr(&dx, dtype, "gelu dx")?)
         .i32(int(n, "elements")?);
-    backend
-        .runtime()
-        .launch("gelu_backward_f32", &config(n), &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("gelu_backward", dtype),
+        &config(n, dtype),
+        &mut args,
+    )?;
     Ok(dx)
 }

@@ -1,6 +1,10 @@
 //! Launch wrappers for `kernels/layernorm.cu`: LayerNorm over the last axis, one warp per row, and
 //! its parameter gradients as deterministic column sums.
+//!
+//! f32 or bf16 activations: x (and dy) set the type of y (and dx); the statistics, parameters and
+//! parameter gradients are f32 either way.
 
+use super::elementwise::{activation_dtype, kernel_name};
 use super::linear::RowChunks;
 use super::{int, param_ptr};
 use crate::backend::checks::{check_disjoint_slots, check_param, check_same_shape, rows_cols};
@@ -34,9 +38,10 @@ pub fn forward(
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, c, "layernorm weight")?;
     let b = param_ptr(p, params, bias, c, "layernorm bias")?;
-    let x_ptr = backend.ptr(x, DType::F32, "layernorm input")?;
+    let dtype = activation_dtype(x, "layernorm input")?;
+    let x_ptr = backend.ptr(x, dtype, "layernorm input")?;
     let out = LayerNormOut {
-        y: backend.empty(x.shape(), DType::F32)?,
+        y: backend.empty(x.shape(), dtype)?,
         mean: backend.empty(&[rows], DType::F32)?,
         rstd: backend.empty(&[rows], DType::F32)?,
     };
@@ -47,15 +52,17 @@ pub fn forward(
         .ptr(x_ptr)
         .ptr(w)
         .ptr(b)
-        .ptr(backend.ptr(&out.y, DType::F32, "layernorm output")?)
+        .ptr(backend.ptr(&out.y, dtype, "layernorm output")?)
         .ptr(backend.ptr(&out.mean, DType::F32, "layernorm mean")?)
         .ptr(backend.ptr(&out.rstd, DType::F32, "layernorm rstd")?)
         .i32(int(rows, "layernorm rows")?)
         .i32(int(c, "layernorm features")?)
         .f32(eps);
-    backend
-        .runtime()
-        .launch("layernorm_forward_f32", &per_row(rows)?, &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("layernorm_forward", dtype),
+        &per_row(rows)?,
+        &mut args,
+    )?;
     Ok(out)
 }
 
@@ -88,12 +95,14 @@ pub fn backward(
     backend.ptr(grads, DType::F32, "gradients")?;
     check_disjoint_slots(&[weight, bias], grads.numel(), "layernorm")?;
     check_param(bias, c, grads.numel(), "layernorm bias")?;
-    let dy_ptr = backend.ptr(dy, DType::F32, "layernorm dy")?;
-    let x_ptr = backend.ptr(x, DType::F32, "layernorm input")?;
+    // x sets the activation type; dy, its gradient, must have the same.
+    let dtype = activation_dtype(x, "layernorm input")?;
+    let dy_ptr = backend.ptr(dy, dtype, "layernorm dy")?;
+    let x_ptr = backend.ptr(x, dtype, "layernorm input")?;
     let mean_ptr = backend.ptr(mean, DType::F32, "layernorm mean")?;
     let rstd_ptr = backend.ptr(rstd, DType::F32, "layernorm rstd")?;
 
-    let dx = backend.empty(x.shape(), DType::F32)?;
+    let dx = backend.empty(x.shape(), dtype)?;
     if rows == 0 {
         return Ok(dx);
     }
@@ -111,14 +120,16 @@ pub fn backward(
         .ptr(mean_ptr)
         .ptr(rstd_ptr)
         .ptr(w)
-        .ptr(backend.ptr(&dx, DType::F32, "layernorm dx")?)
+        .ptr(backend.ptr(&dx, dtype, "layernorm dx")?)
         .i32(rows_i)
         .i32(c_i);
-    backend
-        .runtime()
-        .launch("layernorm_backward_dx_f32", &per_row(rows)?, &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("layernorm_backward_dx", dtype),
+        &per_row(rows)?,
+        &mut args,
+    )?;
 
-    // dweight and dbias: per-chunk column sums into [chunks, 2, c] partials ...
+    // dweight and dbias: per-chunk column sums into [chunks, 2, c] f32 partials ...
     let chunks = RowChunks::new(rows);
     let partials = backend.empty(&[chunks.count, 2, c], DType::F32)?;
     let partials_ptr = backend.ptr(&partials, DType::F32, "layernorm partials")?;
@@ -132,12 +143,12 @@ pub fn backward(
         .i32(c_i)
         .i32(int(chunks.rows_per_chunk, "rows per chunk")?);
     backend.runtime().launch(
-        "layernorm_backward_partials_f32",
+        &kernel_name("layernorm_backward_partials", dtype),
         &chunks.launch_config(c, "layernorm parameter gradients")?,
         &mut args,
     )?;
     // ... then the chunks summed in order and added into the gradient slots, one thread per
-    // entry of [dweight | dbias].
+    // entry of [dweight | dbias] (f32 throughout, one kernel for both activation types).
     let mut args = KernelArgs::new()
         .ptr(partials_ptr)
         .ptr(dw)

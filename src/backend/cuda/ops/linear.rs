@@ -2,14 +2,20 @@
 //! `torch.nn.Linear`. The products are GEMMs on the runtime (cuBLASLt on a GPU); the kernels write
 //! the bias into `y` before the forward GEMM and sum `dy` down its columns for `db`.
 //!
+//! f32 or bf16 activations: x (and dy) set the type of y (and dx). With bf16 activations the GEMMs
+//! read `W` from the parameters' bf16 shadow ([`GpuBackend::bf16_parameters`]) and accumulate in
+//! f32; `dW` and `db` go into the f32 gradient buffer, `dW` straight from a GEMM with bf16 operands
+//! and an f32 C.
+//!
 //! Also the two helpers the other parameter-gradient wrappers share: the fixed row chunks of the
 //! deterministic column sums, and the gradient-slot check the CPU backend makes.
 
+use super::elementwise::{activation_dtype, kernel_name};
 use super::{int, param_ptr};
 use crate::backend::Param;
 use crate::backend::checks::{check_disjoint_slots, check_param, rows_cols};
 use crate::backend::cuda::GpuBackend;
-use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::backend::cuda::runtime::GemmSpec;
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
@@ -67,7 +73,27 @@ fn per_column(columns: usize) -> LaunchConfig {
     LaunchConfig::for_elements(columns, THREADS)
 }
 
-/// `x`: `[.., in]`; returns `[.., out_features]`.
+/// The weight matrix as the GEMMs read it for activations of `dtype`: the f32 slot `w` of the
+/// parameters, or for bf16 the same slot of their bf16 shadow, which is aligned element for element
+/// with the f32 buffer. The shadow tensor comes back too, to keep it alive while the GEMMs run.
+fn gemm_weight(
+    backend: &GpuBackend,
+    params: &Tensor,
+    weight: Param,
+    w: DevicePtr,
+    dtype: DType,
+) -> Result<(DevicePtr, Option<Tensor>)> {
+    match dtype {
+        DType::BF16 => {
+            let shadow = backend.bf16_parameters(params)?;
+            let base = backend.ptr(&shadow, DType::BF16, "parameter shadow")?;
+            Ok((DevicePtr(base.0 + (weight.offset * 2) as u64), Some(shadow)))
+        }
+        _ => Ok((w, None)),
+    }
+}
+
+/// `x`: `[.., in]`; returns `[.., out_features]`, of `x`'s element type.
 pub fn forward(
     backend: &GpuBackend,
     x: &Tensor,
@@ -80,17 +106,19 @@ pub fn forward(
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, out_features * inp, "linear weight")?;
     let b = param_ptr(p, params, bias, out_features, "linear bias")?;
-    let x_ptr = backend.ptr(x, DType::F32, "linear input")?;
+    let dtype = activation_dtype(x, "linear input")?;
+    let x_ptr = backend.ptr(x, dtype, "linear input")?;
     let mut shape = x.shape().to_vec();
     *shape.last_mut().expect("rank checked by rows_cols") = out_features;
-    let y = backend.empty(&shape, DType::F32)?;
+    let y = backend.empty(&shape, dtype)?;
     // A row count of zero also covers in = 0 (rows_cols counts no rows in an empty tensor).
     if rows == 0 || out_features == 0 {
         return Ok(y);
     }
-    let y_ptr = backend.ptr(&y, DType::F32, "linear output")?;
+    let y_ptr = backend.ptr(&y, dtype, "linear output")?;
+    let (w, _shadow) = gemm_weight(backend, params, weight, w, dtype)?;
 
-    // y = b in every row ...
+    // y = b in every row (rounded to bf16 for bf16 activations) ...
     let mut args = KernelArgs::new()
         .ptr(b)
         .ptr(y_ptr)
@@ -98,26 +126,33 @@ pub fn forward(
         .i32(int(out_features, "linear out features")?);
     let threads = out_features.next_multiple_of(32).min(THREADS as usize) as u32;
     let config = LaunchConfig::linear(rows.min(MAX_BLOCKS) as u32, threads, 0);
-    backend
-        .runtime()
-        .launch("linear_bias_broadcast_f32", &config, &mut args)?;
-    // ... then y += x W^T: W is [out, in], so op(B) = W^T is W read transposed.
-    backend.runtime().gemm(&GemmSpec::dense(
-        rows,
-        out_features,
-        inp,
-        x_ptr,
-        false,
-        w,
-        true,
-        y_ptr,
-        1.0,
-        1.0,
-    ))?;
+    backend.runtime().launch(
+        &kernel_name("linear_bias_broadcast", dtype),
+        &config,
+        &mut args,
+    )?;
+    // ... then y += x W^T: W is [out, in], so op(B) = W^T is W read transposed. Every operand has
+    // the activation type.
+    backend.runtime().gemm(
+        &GemmSpec::dense(
+            rows,
+            out_features,
+            inp,
+            x_ptr,
+            false,
+            w,
+            true,
+            y_ptr,
+            1.0,
+            1.0,
+        )
+        .with_types(dtype, dtype, dtype),
+    )?;
     Ok(y)
 }
 
-/// `dx = dy W` (returned), `dW += dy^T x`, `db += sum_rows dy` (added into `grads`).
+/// `dx = dy W` (returned, of the activations' element type), `dW += dy^T x`, `db += sum_rows dy`
+/// (added into the f32 `grads`).
 pub fn backward(
     backend: &GpuBackend,
     dy: &Tensor,
@@ -143,10 +178,12 @@ pub fn backward(
     backend.ptr(grads, DType::F32, "gradients")?;
     check_disjoint_slots(&[weight, bias], grads.numel(), "linear")?;
     check_param(bias, out, grads.numel(), "linear bias")?;
-    let dy_ptr = backend.ptr(dy, DType::F32, "linear dy")?;
-    let x_ptr = backend.ptr(x, DType::F32, "linear input")?;
+    // x sets the activation type; dy, its gradient, must have the same.
+    let dtype = activation_dtype(x, "linear input")?;
+    let dy_ptr = backend.ptr(dy, dtype, "linear dy")?;
+    let x_ptr = backend.ptr(x, dtype, "linear input")?;
 
-    let dx = backend.empty(x.shape(), DType::F32)?;
+    let dx = backend.empty(x.shape(), dtype)?;
     // Zero rows: nothing to add (rows_cols counts no rows when in or out is 0, too).
     if rows == 0 {
         return Ok(dx);
@@ -154,19 +191,26 @@ pub fn backward(
     let g = backend.ptr_mut(grads, DType::F32, "gradients")?;
     let dw = param_ptr(g, grads, weight, out * inp, "linear weight")?;
     let db = param_ptr(g, grads, bias, out, "linear bias")?;
-    let dx_ptr = backend.ptr(&dx, DType::F32, "linear dx")?;
+    let dx_ptr = backend.ptr(&dx, dtype, "linear dx")?;
+    let (w, _shadow) = gemm_weight(backend, params, weight, w, dtype)?;
 
-    // dx[rows, in] = dy[rows, out] W[out, in]; beta = 0, dx starts uninitialised.
-    backend.runtime().gemm(&GemmSpec::dense(
-        rows, inp, out, dy_ptr, false, w, false, dx_ptr, 1.0, 0.0,
-    ))?;
+    // dx[rows, in] = dy[rows, out] W[out, in]; beta = 0, dx starts uninitialised. Every operand
+    // has the activation type.
+    backend.runtime().gemm(
+        &GemmSpec::dense(rows, inp, out, dy_ptr, false, w, false, dx_ptr, 1.0, 0.0)
+            .with_types(dtype, dtype, dtype),
+    )?;
     // dW[out, in] += dy^T x: dy is stored [rows, out] = [k, m], read transposed; beta = 1 adds
-    // into the gradient slice in place.
-    backend.runtime().gemm(&GemmSpec::dense(
-        out, inp, rows, dy_ptr, true, x_ptr, false, dw, 1.0, 1.0,
-    ))?;
+    // into the f32 gradient slice in place (from bf16 operands too: products accumulate in f32).
+    backend.runtime().gemm(
+        &GemmSpec::dense(out, inp, rows, dy_ptr, true, x_ptr, false, dw, 1.0, 1.0).with_types(
+            dtype,
+            dtype,
+            DType::F32,
+        ),
+    )?;
 
-    // db += column sums of dy: chunk partials, then the chunks in order.
+    // db += column sums of dy: f32 chunk partials, then the chunks in order.
     let chunks = RowChunks::new(rows);
     let partials = backend.empty(&[chunks.count, out], DType::F32)?;
     let partials_ptr = backend.ptr(&partials, DType::F32, "linear bias partials")?;
@@ -178,7 +222,7 @@ pub fn backward(
         .i32(out_i)
         .i32(int(chunks.rows_per_chunk, "rows per chunk")?);
     backend.runtime().launch(
-        "linear_bias_backward_partials_f32",
+        &kernel_name("linear_bias_backward_partials", dtype),
         &chunks.launch_config(out, "linear bias gradient")?,
         &mut args,
     )?;
