@@ -13,9 +13,9 @@
 //! the sum and the per-row losses are f32 either way (`cross_entropy_forward_backward_f32` /
 //! `_bf16`).
 
-use super::int;
+use super::{activation, int, kernel_name};
 use crate::backend::CrossEntropyOut;
-use crate::backend::checks::rows_cols;
+use crate::backend::checks::{check_labels, cross_entropy_dims};
 use crate::backend::cpu::IGNORE_INDEX;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
@@ -32,34 +32,11 @@ pub fn forward_backward(
     want_grad: bool,
 ) -> Result<CrossEntropyOut> {
     // The CPU backend's checks, in its order.
-    let (rows, vocab) = rows_cols(logits, "cross-entropy logits")?;
-    if labels.numel() != rows {
-        return Err(Error::shape(
-            "cross-entropy labels",
-            format!("[{rows}]"),
-            labels.shape(),
-        ));
-    }
+    let (rows, vocab) = cross_entropy_dims(logits, labels)?;
     let labels_ptr = backend.ptr(labels, DType::I32, "cross-entropy labels")?;
     let ls = labels.to_vec_i32()?;
-    if let Some((i, &l)) = ls
-        .iter()
-        .enumerate()
-        .find(|(_, l)| **l != IGNORE_INDEX && (**l < 0 || **l as usize >= vocab))
-    {
-        return Err(Error::LabelOutOfRange {
-            label: l as i64,
-            row: i,
-            position: 0,
-            vocab_size: vocab,
-        });
-    }
-    // f32, or bf16 in mixed precision; any other tensor gets the f32 path's error.
-    let dtype = match logits.dtype() {
-        DType::BF16 => DType::BF16,
-        _ => DType::F32,
-    };
-    let logits_ptr = backend.ptr(logits, dtype, "cross-entropy logits")?;
+    check_labels(&ls, vocab)?;
+    let (logits_ptr, dtype) = activation(backend, logits, "cross-entropy logits")?;
     let count = ls.iter().filter(|&&l| l != IGNORE_INDEX).count();
     if count == 0 {
         return Err(Error::NoLabels);
@@ -88,13 +65,12 @@ pub fn forward_backward(
     let threads = vocab.next_multiple_of(32).min(MAX_THREADS) as u32;
     let blocks = u32::try_from(rows)
         .map_err(|_| Error::Config(format!("rows = {rows} exceeds the grid")))?;
-    let kernel = match dtype {
-        DType::BF16 => "cross_entropy_forward_backward_bf16",
-        _ => "cross_entropy_forward_backward_f32",
-    };
-    backend
-        .runtime()
-        .launch(kernel, &LaunchConfig::linear(blocks, threads, 0), &mut args)?;
+    let kernel = kernel_name("cross_entropy_forward_backward", dtype);
+    backend.runtime().launch(
+        &kernel,
+        &LaunchConfig::linear(blocks, threads, 0),
+        &mut args,
+    )?;
 
     // Row order, f64, as the CPU: an ignored row adds 0.
     let total: f64 = losses.to_vec_f32()?.iter().map(|&l| f64::from(l)).sum();

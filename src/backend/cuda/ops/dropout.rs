@@ -5,13 +5,13 @@
 //! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with the
 //! same mask and each kept element `x * scale` formed in f32 and rounded once.
 
-use super::int;
+use super::{activation, int, kernel_name};
 use crate::backend::DropoutKey;
 use crate::backend::checks::check_dropout_probability;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::Result;
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 /// Threads per block; each thread handles four elements (one Philox call) per iteration.
 const THREADS: u32 = 256;
@@ -21,12 +21,7 @@ const MAX_BLOCKS: usize = 132 * 16;
 /// `y = x * mask / (1 - p)` with the mask of `key`, of `x`'s element type (f32 or bf16).
 pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
     check_dropout_probability(key.p)?;
-    // Any tensor but f32 or bf16 gets the f32 path's error.
-    let dtype = match x.dtype() {
-        DType::BF16 => DType::BF16,
-        _ => DType::F32,
-    };
-    let x_ptr = backend.ptr(x, dtype, "dropout input")?;
+    let (x_ptr, dtype) = activation(backend, x, "dropout input")?;
     let y = backend.empty(x.shape(), dtype)?;
     let n = x.numel();
     if n == 0 {
@@ -47,12 +42,8 @@ pub fn apply(backend: &GpuBackend, x: &Tensor, key: DropoutKey) -> Result<Tensor
         .u32(key.step as u32)
         .u32((key.step >> 32) as u32)
         .u32(key.site);
-    let kernel = match dtype {
-        DType::BF16 => "dropout_bf16",
-        _ => "dropout_f32",
-    };
     backend.runtime().launch(
-        kernel,
+        &kernel_name("dropout", dtype),
         &LaunchConfig::linear(blocks as u32, THREADS, 0),
         &mut args,
     )?;

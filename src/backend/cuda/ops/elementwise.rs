@@ -3,7 +3,7 @@
 //! Also the rule the activation ops of this crate share: an op's element type follows its
 //! activation inputs ([`activation_dtype`]).
 
-use super::int;
+use super::{activation_dtype, int, kernel_name};
 use crate::backend::checks::check_same_shape;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
@@ -14,24 +14,6 @@ use crate::tensor::{DType, Tensor};
 const THREADS: u32 = 256;
 /// Enough blocks to fill a large GPU several times over; the kernels loop over the rest.
 const MAX_BLOCKS: usize = 132 * 16;
-
-/// The element type of an op whose first activation input is `t`: f32 or bf16 (its other activation
-/// inputs must then have the same type, checked when their addresses are taken). Any other type is
-/// an error that asks for f32.
-pub(crate) fn activation_dtype(t: &Tensor, what: &str) -> Result<DType> {
-    match t.dtype() {
-        dtype @ (DType::F32 | DType::BF16) => Ok(dtype),
-        DType::I32 => Err(t.dtype_error(what, DType::F32)),
-    }
-}
-
-/// The kernel of `op` for this element type: `<op>_f32` or `<op>_bf16`.
-pub(crate) fn kernel_name(op: &str, dtype: DType) -> String {
-    match dtype {
-        DType::BF16 => format!("{op}_bf16"),
-        _ => format!("{op}_f32"),
-    }
-}
 
 /// One thread per 16-byte vector (4 floats or 8 bf16, plus the tail), capped: the kernels use
 /// grid-stride loops.

@@ -17,7 +17,7 @@
 //! row and position, before the gather or the gradient update runs. Reading the flag waits for the
 //! positions kernel (a synchronisation point), the price of returning a typed error from the call.
 
-use super::{int, param_ptr};
+use super::{int, kernel_name, param_ptr};
 use crate::backend::checks::{check_disjoint_slots, embedding_dims, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
@@ -29,14 +29,6 @@ use crate::tensor::{DType, Tensor};
 const WARPS_PER_BLOCK: usize = 8;
 /// The largest block of the positions scan; longer sequences are scanned in chunks of this many.
 const MAX_SCAN_THREADS: usize = 256;
-
-/// The kernel `name` for element type `dtype`: `<name>_f32` or `<name>_bf16`.
-fn kernel(name: &str, dtype: DType) -> String {
-    match dtype {
-        DType::BF16 => format!("{name}_bf16"),
-        _ => format!("{name}_f32"),
-    }
-}
 
 /// One warp per row.
 fn rows_config(rows: usize) -> LaunchConfig {
@@ -165,7 +157,7 @@ pub fn forward(
         .i32(int(rows, "token rows")?)
         .i32(int(hidden, "hidden size")?);
     backend.runtime().launch(
-        &kernel("embedding_forward", dtype),
+        &kernel_name("embedding_forward", dtype),
         &rows_config(rows),
         &mut args,
     )?;
@@ -222,7 +214,7 @@ pub fn backward(
         .i32(int(rows, "token rows")?)
         .i32(int(hidden, "hidden size")?);
     backend.runtime().launch(
-        &kernel("embedding_backward", dtype),
+        &kernel_name("embedding_backward", dtype),
         &rows_config(rows),
         &mut args,
     )

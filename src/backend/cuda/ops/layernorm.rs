@@ -4,10 +4,11 @@
 //! f32 or bf16 activations: x (and dy) set the type of y (and dx); the statistics, parameters and
 //! parameter gradients are f32 either way.
 
-use super::elementwise::{activation_dtype, kernel_name};
 use super::linear::RowChunks;
-use super::{int, param_ptr};
-use crate::backend::checks::{check_disjoint_slots, check_param, check_same_shape, rows_cols};
+use super::{activation_dtype, int, kernel_name, param_ptr};
+use crate::backend::checks::{
+    check_disjoint_slots, check_param, layernorm_backward_dims, rows_cols,
+};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::backend::{LayerNormOut, Param};
@@ -81,15 +82,7 @@ pub fn backward(
 ) -> Result<Tensor> {
     // Every check before anything runs, in the CPU backend's order, so errors match; the bias
     // slot's length is checked too (the CPU backend only checks that it lies in the buffer).
-    check_same_shape(x, dy, "layernorm dy")?;
-    let (rows, c) = rows_cols(x, "layernorm input")?;
-    if mean.numel() != rows || rstd.numel() != rows {
-        return Err(Error::shape(
-            "layernorm statistics",
-            format!("[{rows}]"),
-            mean.shape(),
-        ));
-    }
+    let (rows, c) = layernorm_backward_dims(dy, x, mean, rstd)?;
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, c, "layernorm weight")?;
     backend.ptr(grads, DType::F32, "gradients")?;

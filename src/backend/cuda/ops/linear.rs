@@ -10,10 +10,9 @@
 //! Also the two helpers the other parameter-gradient wrappers share: the fixed row chunks of the
 //! deterministic column sums, and the gradient-slot check the CPU backend makes.
 
-use super::elementwise::{activation_dtype, kernel_name};
-use super::{int, param_ptr};
+use super::{activation_dtype, int, kernel_name, param_ptr};
 use crate::backend::Param;
-use crate::backend::checks::{check_disjoint_slots, check_param, rows_cols};
+use crate::backend::checks::{check_disjoint_slots, check_param, linear_backward_dims, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::backend::cuda::runtime::GemmSpec;
@@ -164,15 +163,7 @@ pub fn backward(
 ) -> Result<Tensor> {
     // Every check before anything runs, in the CPU backend's order, so errors match; the bias
     // slot's length is checked too (the CPU backend only checks that it lies in the buffer).
-    let (rows, inp) = rows_cols(x, "linear input")?;
-    let (dy_rows, out) = rows_cols(dy, "linear dy")?;
-    if dy_rows != rows {
-        return Err(Error::shape(
-            "linear dy",
-            format!("[{rows}, {out}]"),
-            dy.shape(),
-        ));
-    }
+    let (rows, inp, out) = linear_backward_dims(dy, x)?;
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, out * inp, "linear weight")?;
     backend.ptr(grads, DType::F32, "gradients")?;

@@ -13,6 +13,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod rows;
 
+use super::GpuBackend;
 use super::launch::DevicePtr;
 use crate::backend::Param;
 use crate::backend::checks::check_param;
@@ -51,6 +52,39 @@ pub(crate) fn ptr_mut(
             Ok(g.ptr())
         }
         _ => unreachable!("checked to be GPU storage above"),
+    }
+}
+
+/// The element type of an op whose first activation input is `t`: f32, or bf16 in mixed precision
+/// (its other activation inputs must then have the same type, checked when their addresses are
+/// taken). Any other type is an error that asks for f32.
+pub(crate) fn activation_dtype(t: &Tensor, what: &str) -> Result<DType> {
+    match t.dtype() {
+        dtype @ (DType::F32 | DType::BF16) => Ok(dtype),
+        DType::I32 => Err(t.dtype_error(what, DType::F32)),
+    }
+}
+
+/// The address and element type of activation input `t`: f32, or bf16 in mixed precision. Any
+/// other tensor gets the f32 path's error (its device first, then its element type).
+pub(crate) fn activation(
+    backend: &GpuBackend,
+    t: &Tensor,
+    what: &str,
+) -> Result<(DevicePtr, DType)> {
+    let dtype = if t.dtype() == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    Ok((backend.ptr(t, dtype, what)?, dtype))
+}
+
+/// The kernel of `op` for this element type: `<op>_f32` or `<op>_bf16`.
+pub(crate) fn kernel_name(op: &str, dtype: DType) -> String {
+    match dtype {
+        DType::BF16 => format!("{op}_bf16"),
+        _ => format!("{op}_f32"),
     }
 }
 

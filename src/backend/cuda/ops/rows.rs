@@ -9,7 +9,7 @@
 //! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with
 //! scatter's sums formed in f32 and rounded once. Argmax reads f32 or bf16 rows.
 
-use super::int;
+use super::{activation, int, kernel_name};
 use crate::backend::Backend;
 use crate::backend::checks::{check_rows, rows_cols};
 use crate::backend::cuda::GpuBackend;
@@ -24,24 +24,6 @@ const WARPS_PER_BLOCK: usize = 8;
 /// One warp per row.
 fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig::for_elements(rows * 32, (WARPS_PER_BLOCK * 32) as u32)
-}
-
-/// The address and element type of activation input `t`: f32, or bf16 in mixed precision. Any
-/// other tensor gets the f32 path's error (its device first, then its element type).
-fn activation(backend: &GpuBackend, t: &Tensor, what: &str) -> Result<(DevicePtr, DType)> {
-    let dtype = match t.dtype() {
-        DType::BF16 => DType::BF16,
-        _ => DType::F32,
-    };
-    Ok((backend.ptr(t, dtype, what)?, dtype))
-}
-
-/// The kernel `name` for element type `dtype`: `<name>_f32` or `<name>_bf16`.
-fn kernel(name: &str, dtype: DType) -> String {
-    match dtype {
-        DType::BF16 => format!("{name}_bf16"),
-        _ => format!("{name}_f32"),
-    }
 }
 
 /// The row indices on the host, checking the tensor's device and type under `what`.
@@ -67,9 +49,11 @@ pub fn gather(backend: &GpuBackend, x: &Tensor, rows: &Tensor) -> Result<Tensor>
         .ptr(backend.ptr(&out, dtype, "gather output")?)
         .i32(int(m, "gathered rows")?)
         .i32(int(width, "row width")?);
-    backend
-        .runtime()
-        .launch(&kernel("gather_rows", dtype), &rows_config(m), &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("gather_rows", dtype),
+        &rows_config(m),
+        &mut args,
+    )?;
     Ok(out)
 }
 
@@ -124,7 +108,7 @@ pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Re
         .i32(int(heads.len(), "distinct rows")?)
         .i32(int(width, "row width")?);
     backend.runtime().launch(
-        &kernel("scatter_rows", dtype),
+        &kernel_name("scatter_rows", dtype),
         &rows_config(heads.len()),
         &mut args,
     )?;
@@ -145,8 +129,10 @@ pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
         .ptr(backend.ptr(&out, DType::I32, "argmax output")?)
         .i32(int(n, "rows")?)
         .i32(int(width, "row width")?);
-    backend
-        .runtime()
-        .launch(&kernel("argmax_rows", dtype), &rows_config(n), &mut args)?;
+    backend.runtime().launch(
+        &kernel_name("argmax_rows", dtype),
+        &rows_config(n),
+        &mut args,
+    )?;
     Ok(out)
 }
