@@ -242,3 +242,62 @@ fn the_model_on_a_real_gpu_matches_the_cpu() {
         }
     }
 }
+
+/// The reference's own size on a real GPU: `medium` (12 layers of 768) forward against the CPU,
+/// and a short training run whose losses must follow the CPU's. Skipped without a GPU (on the CPU
+/// alone this would take minutes).
+#[test]
+fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
+    if let Err(e) = Device::Cuda(0).backend() {
+        println!("skipped: no usable GPU ({e})");
+        return;
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let config = Config::new(Size::MEDIUM, 4096, NEXT as usize, MASK as usize);
+    let seq = 128; // shorter than the 512 positions: the forward and the loss do not depend on it
+    let (tokens, mask) = batch(&mut rng, 4, seq);
+    let t = |v: &[i32]| Tensor::from_i32(&[4, seq], v.to_vec()).unwrap();
+    let cpu = Model::new(config.clone(), Device::Cpu, 1).unwrap();
+    for precision in [Precision::F32, Precision::Bf16] {
+        let gpu = Model::new(config.clone(), Device::Cuda(0), 1)
+            .unwrap()
+            .with_precision(precision)
+            .unwrap();
+        let want = cpu
+            .forward(&t(&tokens), Some(&t(&mask)))
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let got = gpu
+            .forward(&t(&tokens), Some(&t(&mask)))
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
+        let rel = if precision == Precision::F32 {
+            1e-3
+        } else {
+            1e-1
+        };
+        assert_close(&format!("medium logits in {precision}"), &got, &want, rel);
+    }
+    let examples: Vec<Example> = tokens
+        .chunks(seq)
+        .zip(mask.chunks(seq))
+        .map(|(t, m)| Example {
+            tokens: t.to_vec(),
+            mask: m.to_vec(),
+        })
+        .collect();
+    let mut cpu = Trainer::new(cpu, 4, 3, 2).unwrap();
+    let mut gpu = Trainer::new(Model::new(config, Device::Cuda(0), 1).unwrap(), 4, 3, 2).unwrap();
+    for step in 0..3 {
+        let (w, g) = (
+            cpu.step(&examples).unwrap().loss,
+            gpu.step(&examples).unwrap().loss,
+        );
+        assert!(
+            (g - w).abs() <= 1e-3 * w.abs(),
+            "medium step {step} loss: {g} on the GPU, {w} on the CPU"
+        );
+    }
+}
