@@ -1,6 +1,12 @@
-// Multi-head attention with a key-padding mask, forward and backward, in f32 on CUDA cores: the
-// algorithm of FlashAttention-2 (Dao, 2023), with the [seq, seq] score matrix never written to memory.
+// Multi-head attention with a key-padding mask, forward and backward: the algorithm of
+// FlashAttention-2 (Dao, 2023), with the [seq, seq] score matrix never written to memory.
 // CPU reference: src/backend/cpu/attention.rs; launch wrappers: src/backend/cuda/ops/attention.rs.
+//
+// Element types. The CUDA-core kernels are templates over the activation type E (float or
+// __nv_bfloat16: qkv, out, dout, dqkv) and compute in f32 either way; lse and the backward's delta
+// scratch are always f32. bf16 has a second forward on tensor cores (mma.sync m16n8k16, at the end of
+// the file), which the wrapper uses by default; the bf16 backward stays on CUDA cores for now (bf16
+// in and out, f32 inside), as do the f32 kernels.
 //
 // ---- The math --------------------------------------------------------------------------------------
 // For one (sequence b, head h), with q, k, v the [S, d] slices of the fused QKV activation (row i of
@@ -87,10 +93,9 @@
 // lengths cost. (Padded query rows still get their gradients: the reference computes them.)
 //
 // On CUDA cores each broadcast float4 from shared memory feeds four FMAs, so shared-memory
-// bandwidth and FMA issue, not DRAM, should bound these kernels (not yet measured on a GPU). A bf16
-// tensor-core variant (mma.sync m16n8k16 with ldmatrix, common.cuh) would sit beside these as
-// `attention_*_bf16_*`, with warps owning 16-row fragments instead of lane groups owning rows; the
-// decomposition, the online softmax and the padding handling stay the same.
+// bandwidth and FMA issue, not DRAM, should bound these kernels (not yet measured on a GPU). The
+// bf16 tensor-core forward (end of the file) keeps the decomposition, the online softmax and the
+// padding handling, with warps owning 16-row fragments instead of lane groups owning rows.
 #include "common.cuh"
 
 namespace attention {
@@ -135,29 +140,29 @@ __device__ __forceinline__ int feature(int lane, int t, int e) {
 
 // Loads this lane's features of a global row into registers; features >= d, and every feature of a
 // row that does not exist (`valid` false), read as 0. Scalar loads: d need not be a multiple of 4.
-template <int D>
-__device__ __forceinline__ void load_row(float (&r)[Tiles<D>::FEATURES], const float* __restrict__ row, bool valid,
-                                         int d, int lane) {
+template <int D, typename E>
+__device__ __forceinline__ void load_row(float (&r)[Tiles<D>::FEATURES], const E* __restrict__ row, bool valid, int d,
+                                         int lane) {
 #pragma unroll
     for (int t = 0; t < Tiles<D>::CHUNKS; ++t) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int c = feature<D>(lane, t, e);
-            r[4 * t + e] = valid && c < d ? row[c] : 0.0f;
+            r[4 * t + e] = valid && c < d ? to_float(row[c]) : 0.0f;
         }
     }
 }
 
 // Stores this lane's features c < d of a row, each multiplied by `scale`.
-template <int D>
-__device__ __forceinline__ void store_row(float* __restrict__ row, const float (&r)[Tiles<D>::FEATURES], float scale,
-                                          int d, int lane) {
+template <int D, typename E>
+__device__ __forceinline__ void store_row(E* __restrict__ row, const float (&r)[Tiles<D>::FEATURES], float scale, int d,
+                                          int lane) {
 #pragma unroll
     for (int t = 0; t < Tiles<D>::CHUNKS; ++t) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int c = feature<D>(lane, t, e);
-            if (c < d) row[c] = r[4 * t + e] * scale;
+            if (c < d) row[c] = from_float<E>(r[4 * t + e] * scale);
         }
     }
 }
@@ -197,8 +202,8 @@ __device__ __forceinline__ void axpy(float (&acc)[Tiles<D>::FEATURES], float a, 
 // so each thread copies one fixed feature of every fourth row; consecutive threads take consecutive
 // features, so a warp reads runs of up to d contiguous floats (coalesced whenever d >= 32). A partial
 // unroll keeps a few loads in flight per thread without tying up registers the compute loops need.
-template <int D>
-__device__ __forceinline__ void load_tile(float* __restrict__ tile, const float* __restrict__ src, size_t stride,
+template <int D, typename E>
+__device__ __forceinline__ void load_tile(float* __restrict__ tile, const E* __restrict__ src, size_t stride,
                                           int first, int end, int d) {
     using T = Tiles<D>;
     constexpr int ROWS_PER_PASS = T::THREADS / D;
@@ -207,19 +212,19 @@ __device__ __forceinline__ void load_tile(float* __restrict__ tile, const float*
 #pragma unroll 4
     for (int r = threadIdx.x / D; r < T::STREAM; r += ROWS_PER_PASS) {
         const int row = first + r;
-        tile[r * D + c] = row < end && feature_real ? src[row * stride + c] : 0.0f;
+        tile[r * D + c] = row < end && feature_real ? to_float(src[row * stride + c]) : 0.0f;
     }
 }
 
 // One past the sequence's last real key (0 for a sequence that is all padding). Keys from there on
 // are padding, so the key loops stop there. An integer max through shared memory: the result does
 // not depend on the order of the atomics. Ends with a barrier, so `end` may be read at once.
-template <int D>
+template <int THREADS>
 __device__ __forceinline__ int real_key_end(const int* __restrict__ key_mask, int seq, int* end) {
     if (threadIdx.x == 0) *end = 0;
     __syncthreads();
     int last = 0;
-    for (int j = threadIdx.x; j < seq; j += Tiles<D>::THREADS) {
+    for (int j = threadIdx.x; j < seq; j += THREADS) {
         if (key_mask[j] != 0) last = j + 1;
     }
     if (last > 0) atomicMax(end, last);
@@ -240,10 +245,9 @@ __device__ __forceinline__ BlockCoords block_coords(int seq, int heads, int rows
 
 // ---- forward --------------------------------------------------------------------------------------
 
-template <int D>
-__device__ __forceinline__ void forward(const float* __restrict__ qkv, const int* __restrict__ mask,
-                                        float* __restrict__ out, float* __restrict__ lse, int seq, int heads, int d,
-                                        float scale) {
+template <int D, typename E>
+__device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __restrict__ mask, E* __restrict__ out,
+                                        float* __restrict__ lse, int seq, int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, k_tile, T::STREAM * D);
     SHARED_ARRAY(float, v_tile, T::STREAM * D);
@@ -256,15 +260,15 @@ __device__ __forceinline__ void forward(const float* __restrict__ qkv, const int
     const int lane = threadIdx.x % T::LANES;
     const int i = at.tile * T::ROWS + threadIdx.x / T::LANES;  // this group's query row
     const bool row_exists = i < seq;
-    const float* q = qkv + static_cast<size_t>(at.batch) * seq * stride + at.head * d;  // row 0 of q
-    const float* k = q + hidden;
-    const float* v = q + 2 * hidden;
+    const E* q = qkv + static_cast<size_t>(at.batch) * seq * stride + at.head * d;  // row 0 of q
+    const E* k = q + hidden;
+    const E* v = q + 2 * hidden;
     const int* key_mask = mask + static_cast<size_t>(at.batch) * seq;
 
-    const int key_end = real_key_end<D>(key_mask, seq, key_end_shared);
+    const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
 
     float qi[T::FEATURES];
-    load_row<D>(qi, q + i * stride, row_exists, d, lane);
+    load_row<D, E>(qi, q + i * stride, row_exists, d, lane);
     float o[T::FEATURES];
 #pragma unroll
     for (int f = 0; f < T::FEATURES; ++f) o[f] = 0.0f;
@@ -273,8 +277,8 @@ __device__ __forceinline__ void forward(const float* __restrict__ qkv, const int
 
     for (int first = 0; first < key_end; first += T::STREAM) {
         __syncthreads();  // every group is done with the previous tile
-        load_tile<D>(k_tile, k, stride, first, key_end, d);
-        load_tile<D>(v_tile, v, stride, first, key_end, d);
+        load_tile<D, E>(k_tile, k, stride, first, key_end, d);
+        load_tile<D, E>(v_tile, v, stride, first, key_end, d);
         for (int j = threadIdx.x; j < T::STREAM; j += T::THREADS) {
             key_real[j] = first + j < key_end && key_mask[first + j] != 0;
         }
@@ -312,7 +316,7 @@ __device__ __forceinline__ void forward(const float* __restrict__ qkv, const int
     const bool any_key = l > 0.0f;
     if (row_exists) {
         const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-        store_row<D>(out + (static_cast<size_t>(at.batch) * seq + i) * hidden + at.head * d, o,
+        store_row<D, E>(out + (static_cast<size_t>(at.batch) * seq + i) * hidden + at.head * d, o,
                      any_key ? 1.0f / l : 0.0f, d, lane);
         if (lane == 0) lse[bh * seq + i] = any_key ? m + logf(l) : NEG_INF;
     }
@@ -320,11 +324,11 @@ __device__ __forceinline__ void forward(const float* __restrict__ qkv, const int
 
 // ---- backward: dQ (and D) -------------------------------------------------------------------------
 
-template <int D>
-__device__ __forceinline__ void backward_dq(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                            const int* __restrict__ mask, const float* __restrict__ out,
+template <int D, typename E>
+__device__ __forceinline__ void backward_dq(const E* __restrict__ dout, const E* __restrict__ qkv,
+                                            const int* __restrict__ mask, const E* __restrict__ out,
                                             const float* __restrict__ lse, float* __restrict__ delta,
-                                            float* __restrict__ dqkv, int seq, int heads, int d, float scale) {
+                                            E* __restrict__ dqkv, int seq, int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, k_tile, T::STREAM * D);
     SHARED_ARRAY(float, v_tile, T::STREAM * D);
@@ -338,19 +342,19 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ dout, cons
     const int i = at.tile * T::ROWS + threadIdx.x / T::LANES;
     const bool row_exists = i < seq;
     const size_t first_row = static_cast<size_t>(at.batch) * seq;  // this sequence's first token row
-    const float* q = qkv + first_row * stride + at.head * d;
-    const float* k = q + hidden;
-    const float* v = q + 2 * hidden;
+    const E* q = qkv + first_row * stride + at.head * d;
+    const E* k = q + hidden;
+    const E* v = q + 2 * hidden;
     const size_t out_at = (first_row + i) * hidden + at.head * d;  // row i in out and dout
     const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
     const int* key_mask = mask + first_row;
 
-    const int key_end = real_key_end<D>(key_mask, seq, key_end_shared);
+    const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
 
     float qi[T::FEATURES], doi[T::FEATURES], dqi[T::FEATURES];
-    load_row<D>(qi, q + i * stride, row_exists, d, lane);
-    load_row<D>(dqi, out + out_at, row_exists, d, lane);  // out_i, in dqi until D_i is taken
-    load_row<D>(doi, dout + out_at, row_exists, d, lane);
+    load_row<D, E>(qi, q + i * stride, row_exists, d, lane);
+    load_row<D, E>(dqi, out + out_at, row_exists, d, lane);  // out_i, in dqi until D_i is taken
+    load_row<D, E>(doi, dout + out_at, row_exists, d, lane);
     float partial = 0.0f;
 #pragma unroll
     for (int f = 0; f < T::FEATURES; ++f) {
@@ -364,8 +368,8 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ dout, cons
 
     for (int first = 0; first < key_end; first += T::STREAM) {
         __syncthreads();
-        load_tile<D>(k_tile, k, stride, first, key_end, d);
-        load_tile<D>(v_tile, v, stride, first, key_end, d);
+        load_tile<D, E>(k_tile, k, stride, first, key_end, d);
+        load_tile<D, E>(v_tile, v, stride, first, key_end, d);
         for (int j = threadIdx.x; j < T::STREAM; j += T::THREADS) {
             key_real[j] = first + j < key_end && key_mask[first + j] != 0;
         }
@@ -381,15 +385,15 @@ __device__ __forceinline__ void backward_dq(const float* __restrict__ dout, cons
             axpy<D>(dqi, p * (dp - delta_i), kj, lane);  // dQ_i += dS_ij k_j
         }
     }
-    if (row_exists) store_row<D>(dqkv + (first_row + i) * stride + at.head * d, dqi, scale, d, lane);
+    if (row_exists) store_row<D, E>(dqkv + (first_row + i) * stride + at.head * d, dqi, scale, d, lane);
 }
 
 // ---- backward: dK, dV -----------------------------------------------------------------------------
 
-template <int D>
-__device__ __forceinline__ void backward_dkv(const float* __restrict__ dout, const float* __restrict__ qkv,
+template <int D, typename E>
+__device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E* __restrict__ qkv,
                                              const int* __restrict__ mask, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, float* __restrict__ dqkv, int seq,
+                                             const float* __restrict__ delta, E* __restrict__ dqkv, int seq,
                                              int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, q_tile, T::STREAM * D);
@@ -405,17 +409,17 @@ __device__ __forceinline__ void backward_dkv(const float* __restrict__ dout, con
     const int j = at.tile * T::ROWS + threadIdx.x / T::LANES;  // this group's key row
     const bool key_exists = j < seq;
     const size_t first_row = static_cast<size_t>(at.batch) * seq;
-    const float* q = qkv + first_row * stride + at.head * d;
-    const float* do_rows = dout + first_row * hidden + at.head * d;  // row 0 of this head's dO
+    const E* q = qkv + first_row * stride + at.head * d;
+    const E* do_rows = dout + first_row * hidden + at.head * d;  // row 0 of this head's dO
     const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
     const int* key_mask = mask + first_row;
 
-    const int key_end = real_key_end<D>(key_mask, seq, key_end_shared);
+    const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
     const bool key_real = key_exists && key_mask[j] != 0;
 
     float kj[T::FEATURES], vj[T::FEATURES], dk[T::FEATURES], dv[T::FEATURES];
-    load_row<D>(kj, q + hidden + j * stride, key_exists, d, lane);
-    load_row<D>(vj, q + 2 * hidden + j * stride, key_exists, d, lane);
+    load_row<D, E>(kj, q + hidden + j * stride, key_exists, d, lane);
+    load_row<D, E>(vj, q + 2 * hidden + j * stride, key_exists, d, lane);
 #pragma unroll
     for (int f = 0; f < T::FEATURES; ++f) dk[f] = dv[f] = 0.0f;
 
@@ -424,8 +428,8 @@ __device__ __forceinline__ void backward_dkv(const float* __restrict__ dout, con
     if (at.tile * T::ROWS < key_end) {
         for (int first = 0; first < seq; first += T::STREAM) {
             __syncthreads();
-            load_tile<D>(q_tile, q, stride, first, seq, d);
-            load_tile<D>(do_tile, do_rows, hidden, first, seq, d);
+            load_tile<D, E>(q_tile, q, stride, first, seq, d);
+            load_tile<D, E>(do_tile, do_rows, hidden, first, seq, d);
             for (int r = threadIdx.x; r < T::STREAM; r += T::THREADS) {
                 const bool exists = first + r < seq;
                 lse_tile[r] = exists ? lse[bh * seq + first + r] : NEG_INF;
@@ -447,43 +451,282 @@ __device__ __forceinline__ void backward_dkv(const float* __restrict__ dout, con
         }
     }
     if (key_exists) {
-        float* row = dqkv + (first_row + j) * stride + at.head * d;
-        store_row<D>(row + hidden, dk, scale, d, lane);
-        store_row<D>(row + 2 * hidden, dv, 1.0f, d, lane);
+        E* row = dqkv + (first_row + j) * stride + at.head * d;
+        store_row<D, E>(row + hidden, dk, scale, d, lane);
+        store_row<D, E>(row + 2 * hidden, dv, 1.0f, d, lane);
+    }
+}
+
+
+// ---- forward in bf16 on tensor cores ----------------------------------------------------------------
+// `attention_forward_bf16_mma_d*`, for head-dim capacities D = 16, 32, 64, 128: the same grid as the
+// CUDA-core kernels (one block per (batch, head, tile of 64 query rows)), but the block is 4 warps and
+// each warp owns 16 query rows as tensor-core fragments (mma.sync m16n8k16, bf16 in, f32 accumulate).
+//
+//   Q    the block's 64 rows are staged once through shared memory (in the K tile's space) and each
+//        warp keeps its 16 x D slice as D / 16 A fragments (ldmatrix.x4) for the whole key loop.
+//   K, V tiles of KEYS = 64 keys in shared memory as bf16, rows padded to D + 8 elements (16-byte
+//        aligned rows whose 8-row ldmatrix phases fall on distinct banks).
+//   S    = Q K^T per warp: 16 x 64 f32 in 8 accumulator tiles of 16 x 8. K^T is the col-major B
+//        operand, so K's rows are loaded as they are (ldmatrix.x4, two key tiles per load).
+//   softmax  each lane holds two rows' scores (rows g and g + 8 of its warp's 16, keys 2t, 2t + 1 of
+//        every 8); the row max is the lane's max and two butterfly shuffles over the quad of lanes that
+//        share the row. The running max m, the per-lane partial sums l (added up over the quad only at
+//        the end) and the rescaling of O are those of the CUDA-core kernel; padding keys get -inf.
+//   P V  the accumulator layout of S is the A-fragment layout of P, so P is rounded to bf16 and packed
+//        in registers, with no trip through shared memory; V (k-major) is loaded with ldmatrix.x4.trans.
+//   O    16 x D f32 per warp in D / 8 accumulator tiles, normalised by 1 / l and rounded to bf16.
+//
+// Registers per lane: Q fragments D / 4, S 32, P fragments 16, O D / 2. Shared memory per block:
+// 2 * 64 * (D + 8) bf16 + 64 ints: 18.3 KiB for D = 64, 34.3 KiB for D = 128. ptxas: 122, 123, 128
+// and 168 registers for D = 16, 32, 64, 128 on sm_90 (122, 125, 168, 239 on sm_80), no spills.
+// Exponentials use __expf: bf16 outputs do not need the accurate expf.
+
+template <int D>
+struct MmaTiles {
+    static_assert(D == 16 || D == 32 || D == 64 || D == 128, "head-dim capacity");
+    static constexpr int WARPS = 4;
+    static constexpr int ROWS = 16 * WARPS;  // query rows per block: Tiles<D>::ROWS, so the grid is the same
+    static constexpr int THREADS = 32 * WARPS;
+    static constexpr int KEYS = 64;           // keys per shared-memory tile
+    static constexpr int STRIDE = D + 8;      // bf16 elements per shared row
+    static constexpr int K_STEPS = D / 16;    // mma k-steps of Q K^T
+    static constexpr int S_TILES = KEYS / 8;  // 8-key accumulator tiles of S
+    static constexpr int O_TILES = D / 8;     // 8-feature accumulator tiles of O
+    // Blocks per SM the registers must allow (4: at most 128 registers, 3: 168, 2: 255): as many as
+    // ptxas meets without spilling. Left free it spends registers on loading fragments early and
+    // reaches 178 (D = 64) and 220 (D = 128): 2 blocks. sm_80's ptxas spills a few words at 128
+    // registers for D = 64 and at 168 for D = 128, so it gets one block less there. (The host pass,
+    // which never reads the value, takes the sm_90 branch.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    static constexpr int MIN_BLOCKS = D <= 32 ? 4 : D == 64 ? 3 : 2;
+#else
+    static constexpr int MIN_BLOCKS = D <= 64 ? 4 : 3;
+#endif
+    static_assert(ROWS == Tiles<D>::ROWS, "the launch wrapper uses one grid for both forwards");
+    static_assert((STRIDE * 2) % 16 == 0, "ldmatrix rows are 16-byte aligned");
+    static_assert(2 * KEYS * STRIDE * 2 + KEYS * 4 + 16 <= 48 * 1024, "static shared memory");
+};
+
+// Two floats as one register of two bf16 (round to nearest even), `lo` in the low half.
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(lo))) |
+           (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(hi))) << 16);
+}
+
+// Copies rows [first, first + KEYS) of a [rows, d] bf16 matrix (row i at src + i * stride) into a
+// [KEYS][STRIDE] shared tile, zero-filling features d..D and rows from `end` on (the pad columns
+// D..STRIDE are never read). With `chunks` (d == D and qkv 16-byte aligned) every row is whole
+// 16-byte chunks at 16-byte aligned addresses (hidden = heads * D is a multiple of 8), copied as
+// such; otherwise element by element.
+template <int D>
+__device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* __restrict__ tile, const __nv_bfloat16* __restrict__ src,
+                                               size_t stride, int first, int end, int d, bool chunks) {
+    using M = MmaTiles<D>;
+    if (chunks) {
+        constexpr int CHUNKS = D / 8;
+#pragma unroll 4
+        for (int x = threadIdx.x; x < M::KEYS * CHUNKS; x += M::THREADS) {
+            const int r = x / CHUNKS, c = 8 * (x % CHUNKS);
+            uint4 chunk = {0u, 0u, 0u, 0u};
+            if (first + r < end) chunk = *reinterpret_cast<const uint4*>(src + (first + r) * stride + c);
+            *reinterpret_cast<uint4*>(tile + r * M::STRIDE + c) = chunk;
+        }
+    } else {
+        const __nv_bfloat16 zero = __float2bfloat16(0.0f);
+#pragma unroll 4
+        for (int x = threadIdx.x; x < M::KEYS * D; x += M::THREADS) {
+            const int r = x / D, c = x % D;
+            tile[r * M::STRIDE + c] = first + r < end && c < d ? src[(first + r) * stride + c] : zero;
+        }
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                            __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq,
+                                            int heads, int d, float scale) {
+    using M = MmaTiles<D>;
+    SHARED_ARRAY(__nv_bfloat16, k_tile, M::KEYS * M::STRIDE);  // the block's Q rows first
+    SHARED_ARRAY(__nv_bfloat16, v_tile, M::KEYS * M::STRIDE);
+    SHARED_ARRAY(int, key_real, M::KEYS);
+    SHARED_ARRAY(int, key_end_shared, 1);
+
+    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const int hidden = heads * d;
+    const size_t stride = 3 * static_cast<size_t>(hidden);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;  // this lane's rows g, g + 8 and column pair 2t, 2t + 1 of a tile
+    const __nv_bfloat16* q = qkv + static_cast<size_t>(at.batch) * seq * stride + at.head * d;  // row 0 of q
+    const __nv_bfloat16* k = q + hidden;
+    const __nv_bfloat16* v = q + 2 * hidden;
+    const int* key_mask = mask + static_cast<size_t>(at.batch) * seq;
+
+    const int key_end = real_key_end<M::THREADS>(key_mask, seq, key_end_shared);
+    const bool chunks = d == D && reinterpret_cast<size_t>(qkv) % 16 == 0;  // 16-byte loads (and 4-byte stores)
+
+    // The warp's 16 query rows as A fragments: ldmatrix.x4 matrices are rows 0-7 / 8-15 of features
+    // 0-7, then of features 8-15 of each k-step; lane l addresses row l % 16, feature half l / 16.
+    load_tile_bf16<D>(k_tile, q, stride, at.tile * M::ROWS, seq, d, chunks);
+    __syncthreads();
+    uint32_t qf[M::K_STEPS][4];
+#pragma unroll
+    for (int ks = 0; ks < M::K_STEPS; ++ks) {
+        ldmatrix_x4(qf[ks], k_tile + (16 * warp + lane % 16) * M::STRIDE + 16 * ks + (lane / 16) * 8);
+    }
+
+    float o[M::O_TILES][4];
+#pragma unroll
+    for (int n = 0; n < M::O_TILES; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m[2] = {NEG_INF, NEG_INF};  // running max of rows g and g + 8
+    float l[2] = {0.0f, 0.0f};        // this lane's share of their running sums
+
+    for (int first = 0; first < key_end; first += M::KEYS) {
+        __syncthreads();  // every warp is done with the previous tile (or with the Q rows)
+        load_tile_bf16<D>(k_tile, k, stride, first, key_end, d, chunks);
+        load_tile_bf16<D>(v_tile, v, stride, first, key_end, d, chunks);
+        for (int j = threadIdx.x; j < M::KEYS; j += M::THREADS) {
+            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+        }
+        __syncthreads();
+
+        // S = Q K^T. One ldmatrix.x4 gives the B fragments of two 8-key tiles for one k-step:
+        // matrices (keys 0-7, features 0-7), (keys 0-7, features 8-15), then keys 8-15.
+        float s[M::S_TILES][4];
+#pragma unroll
+        for (int n = 0; n < M::S_TILES; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int ks = 0; ks < M::K_STEPS; ++ks) {
+#pragma unroll
+            for (int n = 0; n < M::S_TILES; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4(b, k_tile + (8 * n + (lane / 16) * 8 + lane % 8) * M::STRIDE + 16 * ks +
+                                   ((lane / 8) % 2) * 8);
+                mma_m16n8k16_bf16(s[n], qf[ks], b, s[n]);
+                mma_m16n8k16_bf16(s[n + 1], qf[ks], b + 2, s[n + 1]);
+            }
+        }
+
+        // Online softmax on the accumulators: s[n][h * 2 + e] is row g + 8 h, key 8 n + 2 t + e.
+        float tile_max[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int n = 0; n < M::S_TILES; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[n][e] = key_real[8 * n + 2 * t + e % 2] ? s[n][e] * scale : NEG_INF;
+                tile_max[e / 2] = fmaxf(tile_max[e / 2], s[n][e]);
+            }
+        }
+        float m_ref[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 1));
+            tile_max[h] = fmaxf(tile_max[h], __shfl_xor_sync(0xffffffffu, tile_max[h], 2));
+            // As in the CUDA-core kernel: against 0 while every key so far is padding.
+            const float m_new = fmaxf(m[h], tile_max[h]);
+            m_ref[h] = m_new == NEG_INF ? 0.0f : m_new;
+            const float alpha = __expf(m[h] - m_ref[h]);
+            l[h] *= alpha;
+#pragma unroll
+            for (int n = 0; n < M::O_TILES; ++n) {
+                o[n][2 * h] *= alpha;
+                o[n][2 * h + 1] *= alpha;
+            }
+            m[h] = m_new;
+        }
+        // P in bf16 A fragments: k-step c covers keys 16 c .. 16 c + 15, that is S tiles 2 c (a0, a1)
+        // and 2 c + 1 (a2, a3).
+        uint32_t pf[M::S_TILES / 2][4];
+#pragma unroll
+        for (int n = 0; n < M::S_TILES; ++n) {
+            float p[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                p[e] = __expf(s[n][e] - m_ref[e / 2]);
+                l[e / 2] += p[e];
+            }
+            pf[n / 2][2 * (n % 2)] = pack_bf16(p[0], p[1]);
+            pf[n / 2][2 * (n % 2) + 1] = pack_bf16(p[2], p[3]);
+        }
+
+        // O += P V. ldmatrix.x4.trans gives the B fragments of two 8-feature tiles for one k-step of
+        // 16 keys: matrices (keys 0-7, features 0-7), (keys 8-15, features 0-7), then features 8-15.
+#pragma unroll
+        for (int c = 0; c < M::S_TILES / 2; ++c) {
+#pragma unroll
+            for (int n = 0; n < M::O_TILES; n += 2) {
+                uint32_t b[4];
+                ldmatrix_x4_trans(b, v_tile + (16 * c + ((lane / 8) % 2) * 8 + lane % 8) * M::STRIDE + 8 * n +
+                                         (lane / 16) * 8);
+                mma_m16n8k16_bf16(o[n], pf[c], b, o[n]);
+                mma_m16n8k16_bf16(o[n + 1], pf[c], b + 2, o[n + 1]);
+            }
+        }
+    }
+
+    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
+        l[h] += __shfl_xor_sync(0xffffffffu, l[h], 2);
+        const int i = at.tile * M::ROWS + 16 * warp + g + 8 * h;
+        if (i >= seq) continue;
+        // l >= 1 once any key was real; l == 0 means no real key: out = 0, lse = -inf.
+        const bool any_key = l[h] > 0.0f;
+        const float inv = any_key ? 1.0f / l[h] : 0.0f;
+        __nv_bfloat16* row = out + (static_cast<size_t>(at.batch) * seq + i) * hidden + at.head * d;
+#pragma unroll
+        for (int n = 0; n < M::O_TILES; ++n) {
+            const int c = 8 * n + 2 * t;
+            const float lo = o[n][2 * h] * inv, hi = o[n][2 * h + 1] * inv;
+            if (chunks && reinterpret_cast<size_t>(out) % 4 == 0) {
+                *reinterpret_cast<uint32_t*>(row + c) = pack_bf16(lo, hi);  // c even, row 4-byte aligned
+            } else {
+                if (c < d) row[c] = __float2bfloat16(lo);
+                if (c + 1 < d) row[c + 1] = __float2bfloat16(hi);
+            }
+        }
+        if (t == 0) lse[bh * seq + i] = any_key ? m[h] + logf(l[h]) : NEG_INF;
     }
 }
 
 }  // namespace attention
 
 // ---- entry points ---------------------------------------------------------------------------------
-// One per kernel and head-dim capacity D in {16, 32, 64, 128}; the wrapper launches the smallest
-// D >= head_dim with Tiles<D>::THREADS threads and ceil(seq / 64) * heads * batch blocks.
+// One per kernel, element type (f32, bf16) and head-dim capacity D in {16, 32, 64, 128}; the wrapper
+// launches the smallest D >= head_dim with Tiles<D>::THREADS threads and ceil(seq / 64) * heads * batch
+// blocks. The element type is that of qkv, dout, out and dqkv; lse and delta are always f32.
 //
 // forward:       qkv [batch*seq, 3 hidden], mask [batch, seq] -> out [batch*seq, hidden], lse [batch, heads, seq]
 // backward_dq:   dout, qkv, mask, out, lse -> delta [batch, heads, seq] (scratch), dQ part of dqkv
 // backward_dkv:  dout, qkv, mask, lse, delta -> dK and dV parts of dqkv (launch after backward_dq)
 // `scale` is 1 / sqrt(head_dim), computed by the caller exactly as the CPU backend does.
 
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
     attention_forward_f32_d16(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
                               float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
     attention::forward<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
     attention_forward_f32_d32(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
                               float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
     attention::forward<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
     attention_forward_f32_d64(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
                               float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
     attention::forward<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
     attention_forward_f32_d128(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
                                float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
     attention::forward<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
 }
+
 
 extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
     attention_backward_dq_f32_d16(const float* __restrict__ dout, const float* __restrict__ qkv,
@@ -492,6 +735,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, atte
                                   int seq, int heads, int head_dim, float scale) {
     attention::backward_dq<16>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
     attention_backward_dq_f32_d32(const float* __restrict__ dout, const float* __restrict__ qkv,
                                   const int* __restrict__ mask, const float* __restrict__ out,
@@ -499,6 +743,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, atte
                                   int seq, int heads, int head_dim, float scale) {
     attention::backward_dq<32>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
     attention_backward_dq_f32_d64(const float* __restrict__ dout, const float* __restrict__ qkv,
                                   const int* __restrict__ mask, const float* __restrict__ out,
@@ -506,6 +751,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, atte
                                   int seq, int heads, int head_dim, float scale) {
     attention::backward_dq<64>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
     attention_backward_dq_f32_d128(const float* __restrict__ dout, const float* __restrict__ qkv,
                                    const int* __restrict__ mask, const float* __restrict__ out,
@@ -514,6 +760,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, att
     attention::backward_dq<128>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
 
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
     attention_backward_dkv_f32_d16(const float* __restrict__ dout, const float* __restrict__ qkv,
                                    const int* __restrict__ mask, const float* __restrict__ lse,
@@ -521,6 +768,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, atte
                                    int head_dim, float scale) {
     attention::backward_dkv<16>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
     attention_backward_dkv_f32_d32(const float* __restrict__ dout, const float* __restrict__ qkv,
                                    const int* __restrict__ mask, const float* __restrict__ lse,
@@ -528,6 +776,7 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, atte
                                    int head_dim, float scale) {
     attention::backward_dkv<32>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
     attention_backward_dkv_f32_d64(const float* __restrict__ dout, const float* __restrict__ qkv,
                                    const int* __restrict__ mask, const float* __restrict__ lse,
@@ -535,10 +784,133 @@ extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, atte
                                    int head_dim, float scale) {
     attention::backward_dkv<64>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
 }
+
 extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
     attention_backward_dkv_f32_d128(const float* __restrict__ dout, const float* __restrict__ qkv,
                                     const int* __restrict__ mask, const float* __restrict__ lse,
                                     const float* __restrict__ delta, float* __restrict__ dqkv, int seq, int heads,
                                     int head_dim, float scale) {
     attention::backward_dkv<128>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
+    attention_forward_bf16_d16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                               int head_dim, float scale) {
+    attention::forward<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
+    attention_forward_bf16_d32(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                               int head_dim, float scale) {
+    attention::forward<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
+    attention_forward_bf16_d64(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                               int head_dim, float scale) {
+    attention::forward<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
+    attention_forward_bf16_d128(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                                int head_dim, float scale) {
+    attention::forward<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
+    attention_backward_dq_bf16_d16(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
+                                   const float* __restrict__ lse, float* __restrict__ delta,
+                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
+    attention::backward_dq<16>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
+    attention_backward_dq_bf16_d32(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
+                                   const float* __restrict__ lse, float* __restrict__ delta,
+                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
+    attention::backward_dq<32>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
+    attention_backward_dq_bf16_d64(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
+                                   const float* __restrict__ lse, float* __restrict__ delta,
+                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
+    attention::backward_dq<64>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
+    attention_backward_dq_bf16_d128(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                    const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
+                                    const float* __restrict__ lse, float* __restrict__ delta,
+                                    __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
+    attention::backward_dq<128>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
+    attention_backward_dkv_bf16_d16(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                    const int* __restrict__ mask, const float* __restrict__ lse,
+                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                    int heads, int head_dim, float scale) {
+    attention::backward_dkv<16>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
+    attention_backward_dkv_bf16_d32(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                    const int* __restrict__ mask, const float* __restrict__ lse,
+                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                    int heads, int head_dim, float scale) {
+    attention::backward_dkv<32>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
+    attention_backward_dkv_bf16_d64(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                    const int* __restrict__ mask, const float* __restrict__ lse,
+                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                    int heads, int head_dim, float scale) {
+    attention::backward_dkv<64>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
+    attention_backward_dkv_bf16_d128(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
+                                     const int* __restrict__ mask, const float* __restrict__ lse,
+                                     const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                     int heads, int head_dim, float scale) {
+    attention::backward_dkv<128>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
+}
+
+// forward on tensor cores, bf16 only: the forward's arguments; MmaTiles<D>::THREADS (128) threads and
+// the same ceil(seq / 64) * heads * batch blocks.
+extern "C" __global__ void __launch_bounds__(attention::MmaTiles<16>::THREADS, attention::MmaTiles<16>::MIN_BLOCKS)
+    attention_forward_bf16_mma_d16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                                   int head_dim, float scale) {
+    attention::forward_mma<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+extern "C" __global__ void __launch_bounds__(attention::MmaTiles<32>::THREADS, attention::MmaTiles<32>::MIN_BLOCKS)
+    attention_forward_bf16_mma_d32(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                                   int head_dim, float scale) {
+    attention::forward_mma<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+extern "C" __global__ void __launch_bounds__(attention::MmaTiles<64>::THREADS, attention::MmaTiles<64>::MIN_BLOCKS)
+    attention_forward_bf16_mma_d64(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                                   int head_dim, float scale) {
+    attention::forward_mma<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
+}
+extern "C" __global__ void __launch_bounds__(attention::MmaTiles<128>::THREADS, attention::MmaTiles<128>::MIN_BLOCKS)
+    attention_forward_bf16_mma_d128(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
+                                    int head_dim, float scale) {
+    attention::forward_mma<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
 }

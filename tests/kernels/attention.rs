@@ -1,11 +1,12 @@
 //! Kernel tests for kernels/attention.cu: forward (out, lse) and backward (dqkv) against the CPU
 //! backend, for every head-dim capacity the kernels are compiled for, with sizes that are no multiple
-//! of any tile, padding at the end of sequences, holes in masks and sequences that are all padding.
+//! of any tile, padding at the end of sequences, holes in masks and sequences that are all padding;
+//! and the bf16 kernels against the CPU run on the same bf16-rounded inputs.
 
-use crate::harness::{assert_close, cpu, gpus, random, rng};
-use undertale_maskedlm::Error;
-use undertale_maskedlm::Tensor;
+use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::backend::Backend;
+use undertale_maskedlm::backend::cuda::ops::attention::{ForwardKernel, forward_on};
+use undertale_maskedlm::{DType, Error, Tensor};
 
 /// One attention call: sizes and, per sequence, which keys are real.
 struct Case {
@@ -335,4 +336,213 @@ fn head_dims_past_128_are_a_clear_error() {
         .unwrap();
     let c_mask = cpu.upload_i32(&[1, 2], &[1, 1]).unwrap();
     assert!(cpu.attention_forward(&c_qkv, &c_mask, 1).is_ok());
+}
+
+// ---- bf16 -------------------------------------------------------------------------------------------
+
+/// Forward and backward of `case` with bf16 activations, in every bf16 backend, against the CPU run
+/// on the bf16-rounded qkv and dout: out and dqkv are bf16 (within 1e-2 of the largest magnitude),
+/// lse is f32 (within 1e-3: the scores are sums of bf16 products in f32). The forward runs on
+/// tensor cores (the default) and on CUDA cores; the two agree within the same tolerances.
+fn check_bf16(case: &Case, seed: u64) {
+    let Case {
+        heads,
+        head_dim,
+        seq,
+        ref masks,
+    } = *case;
+    let batch = masks.len();
+    let hidden = heads * head_dim;
+    let mut rng = rng(seed);
+    let qkv = round_bf16(&random(&mut rng, batch * seq * 3 * hidden, 2.0));
+    let dout = round_bf16(&random(&mut rng, batch * seq * hidden, 1.0));
+    let mask: Vec<i32> = masks.concat();
+    let (qkv_shape, out_shape, mask_shape) = (
+        [batch * seq, 3 * hidden],
+        [batch * seq, hidden],
+        [batch, seq],
+    );
+    let what = format!("bf16 batch {batch} seq {seq} heads {heads} head_dim {head_dim}");
+
+    let cpu = cpu();
+    let c_qkv = cpu.upload_f32(&qkv_shape, &qkv).unwrap();
+    let c_mask = cpu.upload_i32(&mask_shape, &mask).unwrap();
+    let c_dout = cpu.upload_f32(&out_shape, &dout).unwrap();
+    let want = cpu.attention_forward(&c_qkv, &c_mask, heads).unwrap();
+    let want_dqkv = cpu
+        .attention_backward(&c_dout, &c_qkv, &c_mask, &want.out, &want.lse, heads)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let (want_out, want_lse) = (
+        want.out.to_vec_f32().unwrap(),
+        want.lse.to_vec_f32().unwrap(),
+    );
+
+    for (name, gpu) in gpus_bf16() {
+        let g_qkv = upload_bf16(&gpu, &qkv_shape, &qkv);
+        let g_mask = gpu.upload_i32(&mask_shape, &mask).unwrap();
+        let g_dout = upload_bf16(&gpu, &out_shape, &dout);
+        let got = gpu.attention_forward(&g_qkv, &g_mask, heads).unwrap();
+        assert_eq!(got.out.shape(), want.out.shape());
+        assert_eq!(got.lse.shape(), want.lse.shape());
+        assert_eq!(got.out.dtype(), DType::BF16, "{what} out dtype");
+        assert_eq!(got.lse.dtype(), DType::F32, "{what} lse dtype");
+        let out = got.out.to_vec_f32().unwrap();
+        let lse = got.lse.to_vec_f32().unwrap();
+        assert_close(&format!("{what} out {name}"), &out, &want_out, 1e-2, 0.0);
+        assert_lse(&format!("{what} lse {name}"), &lse, &want_lse, 1e-3);
+
+        let cores = forward_on(&gpu, &g_qkv, &g_mask, heads, ForwardKernel::CudaCores).unwrap();
+        assert_eq!(cores.out.dtype(), DType::BF16, "{what} CUDA-core out dtype");
+        assert_eq!(cores.lse.dtype(), DType::F32, "{what} CUDA-core lse dtype");
+        let cores_out = cores.out.to_vec_f32().unwrap();
+        let cores_lse = cores.lse.to_vec_f32().unwrap();
+        assert_close(
+            &format!("{what} CUDA-core out {name}"),
+            &cores_out,
+            &want_out,
+            1e-2,
+            0.0,
+        );
+        assert_lse(
+            &format!("{what} CUDA-core lse {name}"),
+            &cores_lse,
+            &want_lse,
+            1e-3,
+        );
+        assert_close(
+            &format!("{what} tensor-core vs CUDA-core out {name}"),
+            &out,
+            &cores_out,
+            1e-2,
+            0.0,
+        );
+        assert_lse(
+            &format!("{what} tensor-core vs CUDA-core lse {name}"),
+            &lse,
+            &cores_lse,
+            1e-3,
+        );
+
+        let dqkv = gpu
+            .attention_backward(&g_dout, &g_qkv, &g_mask, &got.out, &got.lse, heads)
+            .unwrap();
+        assert_eq!(dqkv.shape(), &qkv_shape);
+        assert_eq!(dqkv.dtype(), DType::BF16, "{what} dqkv dtype");
+        let dqkv = dqkv.to_vec_f32().unwrap();
+        assert_close(&format!("{what} dqkv {name}"), &dqkv, &want_dqkv, 1e-2, 0.0);
+        eprintln!(
+            "{what} {name}: worst relative difference out {:.1e} (CUDA cores {:.1e}), \
+             lse {:.1e} ({:.1e}), dqkv {:.1e}",
+            worst(&out, &want_out),
+            worst(&cores_out, &want_out),
+            worst(&lse, &want_lse),
+            worst(&cores_lse, &want_lse),
+            worst(&dqkv, &want_dqkv)
+        );
+    }
+}
+
+#[test]
+fn bf16_head_dim_16_with_padding_and_an_all_padding_sequence() {
+    let seq = 37;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 16,
+            seq,
+            masks: vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        },
+        11,
+    );
+}
+
+#[test]
+fn bf16_head_dim_64_over_more_than_two_tiles() {
+    let seq = 150;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 64,
+            seq,
+            masks: vec![
+                with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
+                prefix(seq, 0),
+            ],
+        },
+        12,
+    );
+}
+
+#[test]
+fn bf16_odd_head_dims() {
+    // head_dim 32, and 27 and 100 (capacities 32 and 128), whose padding features the kernels
+    // zero-fill.
+    let seq = 45;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 32,
+            seq,
+            masks: vec![prefix(seq, 1), with_holes(seq, seq, &[1, 2, 44])],
+        },
+        13,
+    );
+    let seq = 41;
+    check_bf16(
+        &Case {
+            heads: 1,
+            head_dim: 27,
+            seq,
+            masks: vec![prefix(seq, 33), prefix(seq, 0)],
+        },
+        14,
+    );
+    check_bf16(
+        &Case {
+            heads: 1,
+            head_dim: 100,
+            seq,
+            masks: vec![prefix(seq, 30)],
+        },
+        15,
+    );
+}
+
+#[test]
+fn mixed_element_types_are_a_dtype_error() {
+    let (name, gpu) = &gpus_bf16()[0];
+    let (batch, seq, heads, head_dim) = (1, 5, 1, 16);
+    let values = vec![0.25; batch * seq * 3 * heads * head_dim];
+    let qkv = upload_bf16(gpu, &[batch * seq, 3 * heads * head_dim], &values);
+    let qkv_f32 = gpu
+        .upload_f32(&[batch * seq, 3 * heads * head_dim], &values)
+        .unwrap();
+    let mask = gpu.upload_i32(&[batch, seq], &[1; 5]).unwrap();
+    let fwd = gpu.attention_forward(&qkv, &mask, heads).unwrap();
+    let dout_f32 = gpu
+        .upload_f32(&[batch * seq, heads * head_dim], &values[..seq * head_dim])
+        .unwrap();
+    let dout = upload_bf16(
+        gpu,
+        &[batch * seq, heads * head_dim],
+        &values[..seq * head_dim],
+    );
+    for (what, result) in [
+        (
+            "f32 dout",
+            gpu.attention_backward(&dout_f32, &qkv, &mask, &fwd.out, &fwd.lse, heads),
+        ),
+        (
+            "f32 qkv",
+            gpu.attention_backward(&dout, &qkv_f32, &mask, &fwd.out, &fwd.lse, heads),
+        ),
+    ] {
+        let error = result.expect_err(what);
+        assert!(
+            matches!(error, Error::DType { .. }),
+            "{name} {what}: {error}"
+        );
+    }
 }

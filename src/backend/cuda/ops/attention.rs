@@ -1,14 +1,22 @@
 //! Launch wrappers for `kernels/attention.cu`: fused multi-head attention with a key-padding mask,
-//! forward and backward (FlashAttention-2 on CUDA cores, f32).
+//! forward and backward (FlashAttention-2 on CUDA cores), in f32 or bf16.
+//!
+//! The element type follows qkv: bf16 qkv gives a bf16 output and needs bf16 dout and out in the
+//! backward, which returns a bf16 dqkv; lse (and the backward's delta scratch) are f32 either way,
+//! and every kernel computes in f32.
 //!
 //! Each kernel exists once per head-dim capacity (16, 32, 64, 128); a call takes the smallest that
 //! holds its head_dim. Blocks own 64 rows of one (sequence, head) and the grid is one-dimensional,
 //! `ceil(seq / 64) * heads * batch` blocks with the row tile fastest. The backward is two kernels:
 //! dQ (which also saves `D_i = dO_i . out_i` in a scratch buffer) and then dK/dV, which reads it.
+//!
+//! A bf16 forward runs on tensor cores (`attention_forward_bf16_mma_d*`: 4 warps of 16 query rows
+//! per block, the same grid); [`forward_on`] can ask for the CUDA-core bf16 kernel instead, the
+//! reference the tests hold the tensor-core one to. The bf16 backward runs on CUDA cores.
 
-use super::int;
+use super::{activation, int};
 use crate::backend::AttentionOut;
-use crate::backend::checks::{AttentionDims, attention_dims, check_same_shape};
+use crate::backend::checks::{AttentionDims, attention_dims, check_attention_saved};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
@@ -21,10 +29,35 @@ const ROWS: usize = 64;
 /// times the `D / 16` lanes that share a row).
 const VARIANTS: [(usize, u32); 4] = [(16, 64), (32, 128), (64, 256), (128, 512)];
 
+/// Threads per block of the bf16 tensor-core forward, for every capacity (`MmaTiles<D>::THREADS`:
+/// 4 warps of 16 query rows).
+const MMA_THREADS: u32 = 128;
+
+/// Which kernels run a bf16 forward. An f32 forward always runs on CUDA cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardKernel {
+    /// `attention_forward_bf16_mma_d*` (mma.sync m16n8k16): the default.
+    TensorCores,
+    /// `attention_forward_bf16_d*`, the CUDA-core kernel templated over the element type.
+    CudaCores,
+}
+
 /// The kernel variant for these sizes: its name suffix (`d64`), threads per block and grid size.
 struct Variant {
     suffix: String,
-    config: LaunchConfig,
+    blocks: u32,
+    threads: u32,
+}
+
+impl Variant {
+    fn config(&self) -> LaunchConfig {
+        LaunchConfig::linear(self.blocks, self.threads, 0)
+    }
+}
+
+/// The element type's part of a kernel name.
+fn type_name(dtype: DType) -> &'static str {
+    if dtype == DType::BF16 { "bf16" } else { "f32" }
 }
 
 fn variant(dims: &AttentionDims) -> Result<Variant> {
@@ -44,7 +77,8 @@ fn variant(dims: &AttentionDims) -> Result<Variant> {
     )?;
     Ok(Variant {
         suffix: format!("d{capacity}"),
-        config: LaunchConfig::linear(blocks as u32, threads, 0),
+        blocks: blocks as u32,
+        threads,
     })
 }
 
@@ -64,11 +98,27 @@ pub fn forward(
     mask: &Tensor,
     heads: usize,
 ) -> Result<AttentionOut> {
+    forward_on(backend, qkv, mask, heads, ForwardKernel::TensorCores)
+}
+
+/// The forward on the kernels `kernel` names (for bf16; f32 runs on CUDA cores either way).
+pub fn forward_on(
+    backend: &GpuBackend,
+    qkv: &Tensor,
+    mask: &Tensor,
+    heads: usize,
+    kernel: ForwardKernel,
+) -> Result<AttentionOut> {
     let dims = attention_dims(qkv, mask, heads)?;
-    let qkv_ptr = backend.ptr(qkv, DType::F32, "qkv")?;
+    let (qkv_ptr, dtype) = activation(backend, qkv, "qkv")?;
     let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
-    let variant = variant(&dims)?;
-    let out = backend.empty(&[dims.batch * dims.seq, heads * dims.head_dim], DType::F32)?;
+    let mut variant = variant(&dims)?;
+    let mut name = type_name(dtype).to_string();
+    if dtype == DType::BF16 && kernel == ForwardKernel::TensorCores {
+        name.push_str("_mma");
+        variant.threads = MMA_THREADS;
+    }
+    let out = backend.empty(&[dims.batch * dims.seq, heads * dims.head_dim], dtype)?;
     let lse = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
     if dims.batch * dims.seq == 0 {
         return Ok(AttentionOut { out, lse });
@@ -77,13 +127,13 @@ pub fn forward(
         KernelArgs::new()
             .ptr(qkv_ptr)
             .ptr(mask_ptr)
-            .ptr(backend.ptr(&out, DType::F32, "attention output")?)
+            .ptr(backend.ptr(&out, dtype, "attention output")?)
             .ptr(backend.ptr(&lse, DType::F32, "attention lse")?),
         &dims,
     )?;
     backend.runtime().launch(
-        &format!("attention_forward_f32_{}", variant.suffix),
-        &variant.config,
+        &format!("attention_forward_{name}_{}", variant.suffix),
+        &variant.config(),
         &mut args,
     )?;
     Ok(AttentionOut { out, lse })
@@ -100,30 +150,22 @@ pub fn backward(
 ) -> Result<Tensor> {
     // The CPU backend's checks, in its order.
     let dims = attention_dims(qkv, mask, heads)?;
-    check_same_shape(out, dout, "attention dout")?;
-    if out.numel() != dims.batch * dims.seq * heads * dims.head_dim
-        || lse.numel() != dims.batch * heads * dims.seq
-    {
-        return Err(Error::shape(
-            "attention saved output",
-            format!("[{}, {}]", dims.batch * dims.seq, heads * dims.head_dim),
-            out.shape(),
-        ));
-    }
-    let dout_ptr = backend.ptr(dout, DType::F32, "attention dout")?;
-    let qkv_ptr = backend.ptr(qkv, DType::F32, "qkv")?;
+    check_attention_saved(&dims, dout, out, lse)?;
+    let (qkv_ptr, dtype) = activation(backend, qkv, "qkv")?;
+    let name = type_name(dtype);
+    let dout_ptr = backend.ptr(dout, dtype, "attention dout")?;
     let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
-    let out_ptr = backend.ptr(out, DType::F32, "attention output")?;
+    let out_ptr = backend.ptr(out, dtype, "attention output")?;
     let lse_ptr = backend.ptr(lse, DType::F32, "attention lse")?;
     let variant = variant(&dims)?;
-    let dqkv = backend.empty(qkv.shape(), DType::F32)?;
+    let dqkv = backend.empty(qkv.shape(), dtype)?;
     if dims.batch * dims.seq == 0 {
         return Ok(dqkv);
     }
     // D_i = dO_i . out_i for every (sequence, head, row): written by the dQ kernel, read by dK/dV.
     let delta = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
     let delta_ptr = backend.ptr(&delta, DType::F32, "attention delta")?;
-    let dqkv_ptr = backend.ptr(&dqkv, DType::F32, "attention dqkv")?;
+    let dqkv_ptr = backend.ptr(&dqkv, dtype, "attention dqkv")?;
 
     let mut dq_args = size_args(
         KernelArgs::new()
@@ -137,8 +179,8 @@ pub fn backward(
         &dims,
     )?;
     backend.runtime().launch(
-        &format!("attention_backward_dq_f32_{}", variant.suffix),
-        &variant.config,
+        &format!("attention_backward_dq_{name}_{}", variant.suffix),
+        &variant.config(),
         &mut dq_args,
     )?;
     let mut dkv_args = size_args(
@@ -152,8 +194,8 @@ pub fn backward(
         &dims,
     )?;
     backend.runtime().launch(
-        &format!("attention_backward_dkv_f32_{}", variant.suffix),
-        &variant.config,
+        &format!("attention_backward_dkv_{name}_{}", variant.suffix),
+        &variant.config(),
         &mut dkv_args,
     )?;
     Ok(dqkv)
