@@ -10,12 +10,18 @@ mkdir -p "$OUT"
 BIN="$HERE/bin"
 SUMMARY="$OUT/summary.md"
 
-# cuBLASLt: the toolkit's, or the one PyTorch's wheels bring.
+# cuBLASLt and NVRTC: the toolkit's, or the ones PyTorch's wheels bring (found wherever they are).
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$dir" ] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
 done
-PY_CUBLAS="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)"
-[ -n "$PY_CUBLAS" ] && export LD_LIBRARY_PATH="$PY_CUBLAS:${LD_LIBRARY_PATH:-}"
+SITE="$(python3 -c 'import site; print(" ".join(site.getsitepackages()))' 2>/dev/null || true)"
+for lib in libcublasLt.so libnvrtc.so; do
+    if ! ldconfig -p 2>/dev/null | grep -q "$lib"; then
+        found="$(find $SITE /usr/local/cuda* -name "$lib*" 2>/dev/null | head -n 1)"
+        [ -n "$found" ] && export LD_LIBRARY_PATH="$(dirname "$found"):${LD_LIBRARY_PATH:-}"
+    fi
+done
+echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}" > "$OUT/environment.txt"
 # Fresh device memory is poisoned (NaN bytes) so unwritten outputs fail, as in the emulator; every
 # launch is synchronised so a fault names its kernel.
 export MASKEDLM_POISON=1 MASKEDLM_SYNC_LAUNCHES=1
