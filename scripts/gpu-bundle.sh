@@ -27,10 +27,13 @@ for line in sys.stdin:
 }
 cargo build --release --bin maskedlm
 cp target/release/maskedlm "$BUNDLE/bin/maskedlm"
-cargo test --release --no-run --test kernels --test gpu_model --test emulator --message-format=json 2>/dev/null | artifacts |
-    while read -r name kind path; do cp "$path" "$BUNDLE/bin/test-$name"; done
-cargo bench --no-run --message-format=json 2>/dev/null | artifacts |
-    while read -r name kind path; do [ "$kind" = bench ] && cp "$path" "$BUNDLE/bin/bench-$name"; done
+cargo test --release --no-run --test kernels --test gpu_model --test emulator --message-format=json 2>/dev/null |
+    artifacts | while read -r name kind path; do
+        if [ "$kind" = test ]; then cp "$path" "$BUNDLE/bin/test-$name"; fi
+    done
+cargo bench --no-run --message-format=json 2>/dev/null | artifacts | while read -r name kind path; do
+    if [ "$kind" = bench ]; then cp "$path" "$BUNDLE/bin/bench-$name"; fi
+done
 strip "$BUNDLE"/bin/*
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
