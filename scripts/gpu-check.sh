@@ -51,7 +51,7 @@ step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, adds a row to 
     local tally
     tally="$(grep -E '^test result:' "$OUT/$name.log" | tail -1 | sed 's/test result: //')"
     [ -n "$tally" ] && result="$result: $tally"
-    printf '| %s | %s | %.1f |\n' "$name" "$result" "$(echo "$end - $start" | bc)" >> "$SUMMARY"
+    printf "| %s | %s | %s |\n" "$name" "$result" "$(awk -v a="$start" -v b="$end" 'BEGIN { printf "%.1f", b - a }')" >> "$SUMMARY"
     echo "$name: $result"
 }
 
