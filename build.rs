@@ -51,14 +51,26 @@ fn main() {
     for file in ["runtime.cpp", "context.cpp", "tensor_core.cpp"] {
         library.file(kernel_dir.join("emulator").join(file));
     }
-    for file in glue_files(&out, "kernels", &kernels, "emu_library_kernels") {
+    for file in glue_files(
+        &out,
+        &kernel_dir,
+        "kernels",
+        &kernels,
+        "emu_library_kernels",
+    ) {
         library.file(file);
     }
     library.compile("maskedlm_emulator");
 
     // The self-test kernels, linked into test binaries only.
     let mut selftest = emulator_build(&kernel_dir);
-    for file in glue_files(&out, "selftest", &selftests, "emu_selftest_kernels") {
+    for file in glue_files(
+        &out,
+        &kernel_dir,
+        "selftest",
+        &selftests,
+        "emu_selftest_kernels",
+    ) {
         selftest.file(file);
     }
     selftest
@@ -99,39 +111,48 @@ fn emulator_build(kernel_dir: &Path) -> cc::Build {
     build
 }
 
-/// The `extern "C" __global__` kernel names in a `.cu` source, in order.
-fn kernel_names(source: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut rest = source;
-    while let Some(at) = rest.find("__global__") {
-        let after = &rest[at + "__global__".len()..];
-        let is_extern_c = rest[..at].trim_end().ends_with("extern \"C\"");
-        rest = after;
-        if !is_extern_c {
-            continue;
-        }
-        let Some(open) = after.find('(') else { break };
-        let mut head = after[..open].trim();
-        // Skip `__launch_bounds__(...)` between the return type and the name.
-        if let Some(bounds) = head.find("__launch_bounds__") {
-            let close = after[bounds..]
-                .find(')')
-                .map(|c| bounds + c + 1)
-                .unwrap_or(open);
-            let tail = &after[close..];
-            let open2 = tail.find('(').unwrap_or(0);
-            head = tail[..open2].trim();
-        }
-        if let Some(name) = head.split_whitespace().last() {
-            names.push(name.to_string());
-        }
-    }
-    names
+/// How the emulator spells `__global__` (kernels/emulator/emulator.h), which marks kernels in
+/// preprocessed source.
+const GLOBAL_MARKER: &str = "__attribute__((used))";
+
+/// The `extern "C" __global__` kernels of a `.cu` file, in order, including those that macros
+/// instantiate: read from the file as the host preprocessor expands it for the emulator.
+fn kernel_names(file: &Path, kernel_dir: &Path, out: &Path) -> Vec<String> {
+    let scan = out.join(format!(
+        "scan_{}.cpp",
+        file.file_stem().unwrap().to_string_lossy()
+    ));
+    write_if_changed(
+        &scan,
+        &format!("#include \"common.cuh\"\n#include \"{}\"\n", file.display()),
+    );
+    let expanded = emulator_build(kernel_dir)
+        .file(&scan)
+        .cargo_metadata(false)
+        .try_expand()
+        .unwrap_or_else(|e| panic!("preprocessing {} for the emulator: {e}", file.display()));
+    let text = String::from_utf8_lossy(&expanded);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let marker = format!("extern \"C\" {GLOBAL_MARKER} void ");
+    flat.match_indices(&marker)
+        .filter_map(|(at, _)| {
+            let rest = &flat[at + marker.len()..];
+            let name = rest[..rest.find('(')?].trim();
+            (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+                .then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// One glue translation unit per `.cu` file (the file itself plus a table of its kernels), and one
 /// that lists the tables under `registry` (a C function returning a null-terminated array).
-fn glue_files(out: &Path, group: &str, files: &[PathBuf], registry: &str) -> Vec<PathBuf> {
+fn glue_files(
+    out: &Path,
+    kernel_dir: &Path,
+    group: &str,
+    files: &[PathBuf],
+    registry: &str,
+) -> Vec<PathBuf> {
     let dir = out.join(format!("emulator_{group}"));
     fs::create_dir_all(&dir).unwrap();
     let mut generated = Vec::new();
@@ -142,7 +163,6 @@ fn glue_files(out: &Path, group: &str, files: &[PathBuf], registry: &str) -> Vec
             .unwrap()
             .to_string_lossy()
             .replace(['-', '.'], "_");
-        let source = fs::read_to_string(file).unwrap();
         let table = format!("emu_{group}_{stem}");
         let namespace = format!("emu_source_{group}_{stem}");
         let file_name = file.file_name().unwrap().to_string_lossy();
@@ -156,7 +176,7 @@ fn glue_files(out: &Path, group: &str, files: &[PathBuf], registry: &str) -> Vec
              extern \"C\" const ::emu::KernelEntry {table}[] = {{\n",
             file.display()
         );
-        for name in kernel_names(&source) {
+        for name in kernel_names(file, kernel_dir, out) {
             writeln!(
                 glue,
                 "    {{\"{name}\", [](void** args) {{ ::emu::invoke(&{namespace}::{name}, args); }}}},"
@@ -235,11 +255,11 @@ fn ptxas_figures(nvcc: &Path, ptx: &Path, arch: &str) -> Vec<String> {
 
 /// For loading kernels at run time: which file each kernel is in (`KERNEL_FILES`), and the sources
 /// of `kernels/*.cu` and `kernels/*.cuh` (`KERNEL_SOURCES`), compiled by NVRTC when no PTX was built.
-fn source_listing(listing: &mut String, kernel_dir: &Path, kernels: &[PathBuf]) {
+fn source_listing(listing: &mut String, kernel_dir: &Path, out: &Path, kernels: &[PathBuf]) {
     listing.push_str("pub const KERNEL_FILES: &[(&str, &str)] = &[\n");
     for file in kernels {
         let stem = file.file_stem().unwrap().to_string_lossy();
-        for name in kernel_names(&fs::read_to_string(file).unwrap()) {
+        for name in kernel_names(file, kernel_dir, out) {
             writeln!(listing, "    (\"{name}\", \"{stem}\"),").unwrap();
         }
     }
@@ -296,7 +316,7 @@ fn compile_ptx(
     let ptx_dir = out.join("ptx");
     fs::create_dir_all(&ptx_dir).unwrap();
     let mut listing = String::from("// Generated by build.rs.\n");
-    source_listing(&mut listing, kernel_dir, kernels);
+    source_listing(&mut listing, kernel_dir, out, kernels);
     let Some(nvcc) = nvcc else {
         if required {
             panic!(

@@ -700,217 +700,55 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 // forward:       qkv [batch*seq, 3 hidden], mask [batch, seq] -> out [batch*seq, hidden], lse [batch, heads, seq]
 // backward_dq:   dout, qkv, mask, out, lse -> delta [batch, heads, seq] (scratch), dQ part of dqkv
 // backward_dkv:  dout, qkv, mask, lse, delta -> dK and dV parts of dqkv (launch after backward_dq)
+// forward_mma:   the forward on tensor cores, bf16 only; MmaTiles<D>::THREADS (128) threads and the
+//                same blocks.
 // `scale` is 1 / sqrt(head_dim), computed by the caller exactly as the CPU backend does.
+#define ATTENTION_FORWARD(E, NAME, D)                                                                          \
+    extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
+        attention_forward_##NAME##_d##D(const E* __restrict__ qkv, const int* __restrict__ mask,                \
+                                        E* __restrict__ out, float* __restrict__ lse, int seq, int heads,       \
+                                        int head_dim, float scale) {                                            \
+        attention::forward<D>(qkv, mask, out, lse, seq, heads, head_dim, scale);                                \
+    }
+#define ATTENTION_BACKWARD_DQ(E, NAME, D)                                                                      \
+    extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
+        attention_backward_dq_##NAME##_d##D(const E* __restrict__ dout, const E* __restrict__ qkv,              \
+                                            const int* __restrict__ mask, const E* __restrict__ out,            \
+                                            const float* __restrict__ lse, float* __restrict__ delta,           \
+                                            E* __restrict__ dqkv, int seq, int heads, int head_dim,             \
+                                            float scale) {                                                      \
+        attention::backward_dq<D>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);         \
+    }
+#define ATTENTION_BACKWARD_DKV(E, NAME, D)                                                                     \
+    extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
+        attention_backward_dkv_##NAME##_d##D(const E* __restrict__ dout, const E* __restrict__ qkv,             \
+                                             const int* __restrict__ mask, const float* __restrict__ lse,       \
+                                             const float* __restrict__ delta, E* __restrict__ dqkv, int seq,    \
+                                             int heads, int head_dim, float scale) {                            \
+        attention::backward_dkv<D>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);             \
+    }
+#define ATTENTION_FORWARD_MMA(D)                                                                                \
+    extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
+                                                 attention::MmaTiles<D>::MIN_BLOCKS)                            \
+        attention_forward_bf16_mma_d##D(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,    \
+                                        __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq,      \
+                                        int heads, int head_dim, float scale) {                                 \
+        attention::forward_mma<D>(qkv, mask, out, lse, seq, heads, head_dim, scale);                            \
+    }
+#define ATTENTION_ENTRY_POINTS(E, NAME, D) \
+    ATTENTION_FORWARD(E, NAME, D)          \
+    ATTENTION_BACKWARD_DQ(E, NAME, D)      \
+    ATTENTION_BACKWARD_DKV(E, NAME, D)
 
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_forward_f32_d16(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
-                              float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
-    attention::forward<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_forward_f32_d32(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
-                              float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
-    attention::forward<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_forward_f32_d64(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
-                              float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
-    attention::forward<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_forward_f32_d128(const float* __restrict__ qkv, const int* __restrict__ mask, float* __restrict__ out,
-                               float* __restrict__ lse, int seq, int heads, int head_dim, float scale) {
-    attention::forward<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_backward_dq_f32_d16(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                  const int* __restrict__ mask, const float* __restrict__ out,
-                                  const float* __restrict__ lse, float* __restrict__ delta, float* __restrict__ dqkv,
-                                  int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<16>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_backward_dq_f32_d32(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                  const int* __restrict__ mask, const float* __restrict__ out,
-                                  const float* __restrict__ lse, float* __restrict__ delta, float* __restrict__ dqkv,
-                                  int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<32>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_backward_dq_f32_d64(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                  const int* __restrict__ mask, const float* __restrict__ out,
-                                  const float* __restrict__ lse, float* __restrict__ delta, float* __restrict__ dqkv,
-                                  int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<64>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_backward_dq_f32_d128(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                   const int* __restrict__ mask, const float* __restrict__ out,
-                                   const float* __restrict__ lse, float* __restrict__ delta, float* __restrict__ dqkv,
-                                   int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<128>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_backward_dkv_f32_d16(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                   const int* __restrict__ mask, const float* __restrict__ lse,
-                                   const float* __restrict__ delta, float* __restrict__ dqkv, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::backward_dkv<16>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_backward_dkv_f32_d32(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                   const int* __restrict__ mask, const float* __restrict__ lse,
-                                   const float* __restrict__ delta, float* __restrict__ dqkv, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::backward_dkv<32>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_backward_dkv_f32_d64(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                   const int* __restrict__ mask, const float* __restrict__ lse,
-                                   const float* __restrict__ delta, float* __restrict__ dqkv, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::backward_dkv<64>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_backward_dkv_f32_d128(const float* __restrict__ dout, const float* __restrict__ qkv,
-                                    const int* __restrict__ mask, const float* __restrict__ lse,
-                                    const float* __restrict__ delta, float* __restrict__ dqkv, int seq, int heads,
-                                    int head_dim, float scale) {
-    attention::backward_dkv<128>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_forward_bf16_d16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                               int head_dim, float scale) {
-    attention::forward<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_forward_bf16_d32(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                               int head_dim, float scale) {
-    attention::forward<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_forward_bf16_d64(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                               __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                               int head_dim, float scale) {
-    attention::forward<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_forward_bf16_d128(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                                int head_dim, float scale) {
-    attention::forward<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_backward_dq_bf16_d16(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
-                                   const float* __restrict__ lse, float* __restrict__ delta,
-                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<16>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_backward_dq_bf16_d32(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
-                                   const float* __restrict__ lse, float* __restrict__ delta,
-                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<32>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_backward_dq_bf16_d64(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                   const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
-                                   const float* __restrict__ lse, float* __restrict__ delta,
-                                   __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<64>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_backward_dq_bf16_d128(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                    const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out,
-                                    const float* __restrict__ lse, float* __restrict__ delta,
-                                    __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {
-    attention::backward_dq<128>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<16>::THREADS, attention::Tiles<16>::MIN_BLOCKS)
-    attention_backward_dkv_bf16_d16(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                    const int* __restrict__ mask, const float* __restrict__ lse,
-                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
-                                    int heads, int head_dim, float scale) {
-    attention::backward_dkv<16>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<32>::THREADS, attention::Tiles<32>::MIN_BLOCKS)
-    attention_backward_dkv_bf16_d32(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                    const int* __restrict__ mask, const float* __restrict__ lse,
-                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
-                                    int heads, int head_dim, float scale) {
-    attention::backward_dkv<32>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<64>::THREADS, attention::Tiles<64>::MIN_BLOCKS)
-    attention_backward_dkv_bf16_d64(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                    const int* __restrict__ mask, const float* __restrict__ lse,
-                                    const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
-                                    int heads, int head_dim, float scale) {
-    attention::backward_dkv<64>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-extern "C" __global__ void __launch_bounds__(attention::Tiles<128>::THREADS, attention::Tiles<128>::MIN_BLOCKS)
-    attention_backward_dkv_bf16_d128(const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,
-                                     const int* __restrict__ mask, const float* __restrict__ lse,
-                                     const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
-                                     int heads, int head_dim, float scale) {
-    attention::backward_dkv<128>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);
-}
-
-// forward on tensor cores, bf16 only: the forward's arguments; MmaTiles<D>::THREADS (128) threads and
-// the same ceil(seq / 64) * heads * batch blocks.
-extern "C" __global__ void __launch_bounds__(attention::MmaTiles<16>::THREADS, attention::MmaTiles<16>::MIN_BLOCKS)
-    attention_forward_bf16_mma_d16(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::forward_mma<16>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-extern "C" __global__ void __launch_bounds__(attention::MmaTiles<32>::THREADS, attention::MmaTiles<32>::MIN_BLOCKS)
-    attention_forward_bf16_mma_d32(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::forward_mma<32>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-extern "C" __global__ void __launch_bounds__(attention::MmaTiles<64>::THREADS, attention::MmaTiles<64>::MIN_BLOCKS)
-    attention_forward_bf16_mma_d64(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                   __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                                   int head_dim, float scale) {
-    attention::forward_mma<64>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
-extern "C" __global__ void __launch_bounds__(attention::MmaTiles<128>::THREADS, attention::MmaTiles<128>::MIN_BLOCKS)
-    attention_forward_bf16_mma_d128(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                    __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq, int heads,
-                                    int head_dim, float scale) {
-    attention::forward_mma<128>(qkv, mask, out, lse, seq, heads, head_dim, scale);
-}
+ATTENTION_ENTRY_POINTS(float, f32, 16)
+ATTENTION_ENTRY_POINTS(float, f32, 32)
+ATTENTION_ENTRY_POINTS(float, f32, 64)
+ATTENTION_ENTRY_POINTS(float, f32, 128)
+ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 16)
+ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 32)
+ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 64)
+ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 128)
+ATTENTION_FORWARD_MMA(16)
+ATTENTION_FORWARD_MMA(32)
+ATTENTION_FORWARD_MMA(64)
+ATTENTION_FORWARD_MMA(128)

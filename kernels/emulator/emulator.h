@@ -21,7 +21,9 @@
 // ---------------------------------------------------------------------------------------------
 // Function qualifiers: device functions are ordinary host functions.
 // ---------------------------------------------------------------------------------------------
-#define __global__
+// A kernel entry point. `used` keeps it emitted, and marks it for build.rs, which finds the kernels
+// (including those that macros instantiate) in the preprocessed source by this spelling.
+#define __global__ __attribute__((used))
 #define __device__
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
