@@ -54,21 +54,13 @@ __device__ __forceinline__ float warp_sum(float v) {
 // read of x, one write of y and 8 bytes of statistics per row. weight and bias are read by every
 // row and stay in L1/L2.
 // ---------------------------------------------------------------------------------------------
+// Passes 2 and 3 of the forward over one row whose sum (pass 1) is known: the variance, then the
+// output and the statistics. Each lane reads only its own features l, l + 32, ... of `xr`.
 template <typename T>
-__device__ __forceinline__ void forward(const T* __restrict__ x, const float* __restrict__ weight,
-                                        const float* __restrict__ bias, T* __restrict__ y, float* __restrict__ mean,
-                                        float* __restrict__ rstd, int rows, int C, float eps) {
-    const int lane = threadIdx.x % WARP;
-    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
-    // A warp past the last row leaves as a whole: this kernel has no __syncthreads() and the
-    // shuffles below involve only this warp's own lanes.
-    if (row >= rows) return;
-    const T* xr = x + static_cast<size_t>(row) * C;
-    T* yr = y + static_cast<size_t>(row) * C;
-
-    // Pass 1: the mean.
-    float sum = 0.0f;
-    for (int i = lane; i < C; i += WARP) sum += to_float(xr[i]);
+__device__ __forceinline__ void normalize_row(const T* __restrict__ xr, float sum, const float* __restrict__ weight,
+                                              const float* __restrict__ bias, T* __restrict__ yr,
+                                              float* __restrict__ mean, float* __restrict__ rstd, int row, int C,
+                                              float eps, int lane) {
     const float m = warp_sum(sum) / C;
 
     // Pass 2: the variance, as the mean squared deviation from m. One pass computing
@@ -88,6 +80,52 @@ __device__ __forceinline__ void forward(const T* __restrict__ x, const float* __
         mean[row] = m;
         rstd[row] = s;
     }
+}
+
+template <typename T>
+__device__ __forceinline__ void forward(const T* __restrict__ x, const float* __restrict__ weight,
+                                        const float* __restrict__ bias, T* __restrict__ y, float* __restrict__ mean,
+                                        float* __restrict__ rstd, int rows, int C, float eps) {
+    const int lane = threadIdx.x % WARP;
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    // A warp past the last row leaves as a whole: this kernel has no __syncthreads() and the
+    // shuffles below involve only this warp's own lanes.
+    if (row >= rows) return;
+    const T* xr = x + static_cast<size_t>(row) * C;
+
+    // Pass 1: the sum, for the mean.
+    float sum = 0.0f;
+    for (int i = lane; i < C; i += WARP) sum += to_float(xr[i]);
+    normalize_row(xr, sum, weight, bias, y + static_cast<size_t>(row) * C, mean, rstd, row, C, eps, lane);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The residual add fused into the forward: s = a + b (rounded once to T, as the add kernel stores
+// it), y = LayerNorm(s). The pre-LN encoder layer does exactly this after its attention block, and
+// its backward is that of the two ops apart (s is what LayerNorm's backward reads).
+//
+// Memory traffic: a and b read once, s and y written once, 8 bytes of statistics per row; the
+// unfused pair reads a, b, then s again, and writes s and y: one full read of the activations
+// fewer. Pass 1 writes each lane's own elements of s and passes 2 and 3 read only those back (from
+// L1), so no lane waits for another.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void add_forward(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ s,
+                                            const float* __restrict__ weight, const float* __restrict__ bias,
+                                            T* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd,
+                                            int rows, int C, float eps) {
+    const int lane = threadIdx.x % WARP;
+    const int row = blockIdx.x * (blockDim.x / WARP) + threadIdx.x / WARP;
+    if (row >= rows) return;  // whole warps only, as in the forward
+    const size_t offset = static_cast<size_t>(row) * C;
+    T* sr = s + offset;
+    float sum = 0.0f;
+    for (int i = lane; i < C; i += WARP) {
+        const T v = from_float<T>(to_float(a[offset + i]) + to_float(b[offset + i]));
+        sr[i] = v;
+        sum += to_float(v);
+    }
+    normalize_row(sr, sum, weight, bias, y + offset, mean, rstd, row, C, eps, lane);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,6 +219,22 @@ extern "C" __global__ void layernorm_forward_bf16(const __nv_bfloat16* __restric
                                                   __nv_bfloat16* __restrict__ y, float* __restrict__ mean,
                                                   float* __restrict__ rstd, int rows, int C, float eps) {
     forward(x, weight, bias, y, mean, rstd, rows, C, eps);
+}
+
+extern "C" __global__ void add_layernorm_forward_f32(const float* __restrict__ a, const float* __restrict__ b,
+                                                     float* __restrict__ s, const float* __restrict__ weight,
+                                                     const float* __restrict__ bias, float* __restrict__ y,
+                                                     float* __restrict__ mean, float* __restrict__ rstd, int rows,
+                                                     int C, float eps) {
+    add_forward(a, b, s, weight, bias, y, mean, rstd, rows, C, eps);
+}
+extern "C" __global__ void add_layernorm_forward_bf16(const __nv_bfloat16* __restrict__ a,
+                                                      const __nv_bfloat16* __restrict__ b,
+                                                      __nv_bfloat16* __restrict__ s, const float* __restrict__ weight,
+                                                      const float* __restrict__ bias, __nv_bfloat16* __restrict__ y,
+                                                      float* __restrict__ mean, float* __restrict__ rstd, int rows,
+                                                      int C, float eps) {
+    add_forward(a, b, s, weight, bias, y, mean, rstd, rows, C, eps);
 }
 
 extern "C" __global__ void layernorm_backward_dx_f32(const float* __restrict__ dy, const float* __restrict__ x,

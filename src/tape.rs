@@ -183,6 +183,38 @@ impl<'a> Tape<'a> {
         Ok(out)
     }
 
+    /// `s = a + b` then `LayerNorm(s)`, computed by the backend in one call (a fused kernel on the
+    /// GPU) and recorded as the two ops. Returns `(s, LayerNorm(s))`.
+    pub fn add_layernorm(
+        &mut self,
+        a: Var,
+        b: Var,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+    ) -> Result<(Var, Var)> {
+        let (sum, r) = self.backend.add_layernorm_forward(
+            self.value(a)?,
+            self.value(b)?,
+            self.params,
+            weight,
+            bias,
+            eps,
+        )?;
+        let s = self.push(sum);
+        self.record(Node::Add { a, b, out: s });
+        let out = self.push(r.y);
+        self.record(Node::LayerNorm {
+            x: s,
+            out,
+            mean: r.mean,
+            rstd: r.rstd,
+            weight,
+            bias,
+        });
+        Ok((s, out))
+    }
+
     pub fn linear(
         &mut self,
         x: Var,

@@ -185,6 +185,24 @@ pub trait Backend: Send + Sync {
         bias: Param,
     ) -> Result<Tensor>;
 
+    /// `s = a + b` and `LayerNorm(s)`: the residual add and the LayerNorm after it, which a backend
+    /// may fuse into one pass. Returns `s` (LayerNorm's input, kept for its backward) and the
+    /// LayerNorm output. The backward is that of the two ops apart.
+    #[allow(clippy::too_many_arguments)]
+    fn add_layernorm_forward(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+    ) -> Result<(Tensor, LayerNormOut)> {
+        let s = self.add(a, b)?;
+        let out = self.layernorm_forward(&s, params, weight, bias, eps)?;
+        Ok((s, out))
+    }
+
     // ---- linear: y = x W^T + b, W is [out, in] like torch.nn.Linear ----
     fn linear_forward(
         &self,

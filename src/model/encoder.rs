@@ -86,9 +86,9 @@ impl EncoderLayer {
         let qkv = tape.linear(h, self.qkv[0], self.qkv[1], 3 * self.hidden)?;
         let heads = tape.attention(qkv, mask, self.heads)?;
         let attended = tape.linear(heads, self.output[0], self.output[1], self.hidden)?;
-        let x = tape.add(x, attended)?;
-
-        let h = tape.layernorm(x, self.norm2[0], self.norm2[1], LAYER_NORM_EPS)?;
+        // x + attended, then norm2 of it: one fused pass on the GPU.
+        let (x, h) =
+            tape.add_layernorm(x, attended, self.norm2[0], self.norm2[1], LAYER_NORM_EPS)?;
         let h = tape.linear(h, self.linear1[0], self.linear1[1], self.intermediate)?;
         let h = tape.gelu(h)?;
         let h = tape.linear(h, self.linear2[0], self.linear2[1], self.hidden)?;

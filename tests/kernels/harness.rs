@@ -18,17 +18,20 @@ pub fn cpu() -> CpuBackend {
     CpuBackend::new()
 }
 
-/// The emulated GPU in every test order.
-pub fn gpus() -> Vec<(ScheduleOrder, Arc<dyn Backend>)> {
-    ScheduleOrder::TEST_ORDERS
+/// The GPU backends to check: the emulated GPU in every test order, and a real GPU when there is
+/// one (run with `MASKEDLM_POISON=1` so its fresh outputs are poisoned like the emulator's).
+pub fn gpus() -> Vec<(String, Arc<dyn Backend>)> {
+    let mut backends: Vec<(String, Arc<dyn Backend>)> = ScheduleOrder::TEST_ORDERS
         .iter()
         .map(|&order| {
-            (
-                order,
-                Device::Emulated(order).backend().expect("emulated backend"),
-            )
+            let backend = Device::Emulated(order).backend().expect("emulated backend");
+            (format!("emulated, {order:?} order"), backend)
         })
-        .collect()
+        .collect();
+    if let Ok(gpu) = Device::Cuda(0).backend() {
+        backends.push(("cuda:0".to_string(), gpu));
+    }
+    backends
 }
 
 /// The same GPUs in bf16 mixed precision, as the concrete backend (for `cast`).

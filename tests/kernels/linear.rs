@@ -104,10 +104,13 @@ fn check(seed: u64, x_shape: &[usize], out: usize) {
         for i in (0..len).filter(|i| !range(weight).contains(i) && !range(bias).contains(i)) {
             assert_eq!(got[i], grads[i], "{}[{i}]", what("padding"));
         }
-        // Deterministic: every scheduling order gives the same bits.
-        match &first {
-            None => first = Some(got),
-            Some(got0) => assert_eq!(&got, got0, "{}", what("gradient bits")),
+        // Deterministic: every emulated scheduling order gives the same bits (a GPU's cuBLAS sums
+        // in its own order, held to the tolerances only).
+        if order.starts_with("emulated") {
+            match &first {
+                None => first = Some(got),
+                Some(got0) => assert_eq!(&got, got0, "{}", what("gradient bits")),
+            }
         }
     }
 }

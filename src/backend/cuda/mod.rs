@@ -282,6 +282,18 @@ impl Backend for GpuBackend {
         ops::layernorm::forward(self, x, params, weight, bias, eps)
     }
 
+    fn add_layernorm_forward(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+    ) -> Result<(Tensor, LayerNormOut)> {
+        ops::layernorm::add_forward(self, a, b, params, weight, bias, eps)
+    }
+
     fn layernorm_backward(
         &self,
         dy: &Tensor,

@@ -7,7 +7,7 @@
 use super::linear::RowChunks;
 use super::{activation_dtype, int, kernel_name, param_ptr};
 use crate::backend::checks::{
-    check_disjoint_slots, check_param, layernorm_backward_dims, rows_cols,
+    check_disjoint_slots, check_param, check_same_shape, layernorm_backward_dims, rows_cols,
 };
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
@@ -35,22 +35,58 @@ pub fn forward(
     bias: Param,
     eps: f32,
 ) -> Result<LayerNormOut> {
+    Ok(forward_after_add(backend, x, None, params, weight, bias, eps)?.1)
+}
+
+/// `s = a + b` and `LayerNorm(s)` in one kernel (`add_layernorm_forward`): the residual add fused
+/// into the LayerNorm that follows it. Returns `s` and LayerNorm's output.
+pub fn add_forward(
+    backend: &GpuBackend,
+    a: &Tensor,
+    b: &Tensor,
+    params: &Tensor,
+    weight: Param,
+    bias: Param,
+    eps: f32,
+) -> Result<(Tensor, LayerNormOut)> {
+    check_same_shape(a, b, "add")?;
+    let (sum, out) = forward_after_add(backend, a, Some(b), params, weight, bias, eps)?;
+    Ok((sum.expect("a sum is made when there is a residual"), out))
+}
+
+/// LayerNorm of `x`, or of `x + residual` (then also returned).
+fn forward_after_add(
+    backend: &GpuBackend,
+    x: &Tensor,
+    residual: Option<&Tensor>,
+    params: &Tensor,
+    weight: Param,
+    bias: Param,
+    eps: f32,
+) -> Result<(Option<Tensor>, LayerNormOut)> {
     let (rows, c) = rows_cols(x, "layernorm input")?;
     let p = backend.ptr(params, DType::F32, "parameters")?;
     let w = param_ptr(p, params, weight, c, "layernorm weight")?;
     let b = param_ptr(p, params, bias, c, "layernorm bias")?;
     let dtype = activation_dtype(x, "layernorm input")?;
     let x_ptr = backend.ptr(x, dtype, "layernorm input")?;
+    let residual_ptr = residual.map(|r| backend.ptr(r, dtype, "add")).transpose()?;
+    let sum = residual
+        .map(|_| backend.empty(x.shape(), dtype))
+        .transpose()?;
     let out = LayerNormOut {
         y: backend.empty(x.shape(), dtype)?,
         mean: backend.empty(&[rows], DType::F32)?,
         rstd: backend.empty(&[rows], DType::F32)?,
     };
     if rows == 0 {
-        return Ok(out);
+        return Ok((sum, out));
     }
-    let mut args = KernelArgs::new()
-        .ptr(x_ptr)
+    let mut args = KernelArgs::new().ptr(x_ptr);
+    if let (Some(r), Some(s)) = (residual_ptr, &sum) {
+        args = args.ptr(r).ptr(backend.ptr(s, dtype, "add output")?);
+    }
+    let mut args = args
         .ptr(w)
         .ptr(b)
         .ptr(backend.ptr(&out.y, dtype, "layernorm output")?)
@@ -59,12 +95,15 @@ pub fn forward(
         .i32(int(rows, "layernorm rows")?)
         .i32(int(c, "layernorm features")?)
         .f32(eps);
-    backend.runtime().launch(
-        &kernel_name("layernorm_forward", dtype),
-        &per_row(rows)?,
-        &mut args,
-    )?;
-    Ok(out)
+    let kernel = if residual.is_some() {
+        "add_layernorm_forward"
+    } else {
+        "layernorm_forward"
+    };
+    backend
+        .runtime()
+        .launch(&kernel_name(kernel, dtype), &per_row(rows)?, &mut args)?;
+    Ok((sum, out))
 }
 
 /// Returns `dx`; adds `dweight` and `dbias` into their slots of `grads`.
