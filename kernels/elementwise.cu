@@ -8,6 +8,7 @@
 // tail keeps every load coalesced and wide. The pointers are whole allocations (256-byte aligned on
 // a GPU and in the emulator), never views at an offset, so the vector accesses are aligned.
 #include "common.cuh"
+#include "gelu.cuh"
 
 // Internal linkage: the emulator links every kernel file into one library, where two files'
 // different inline definitions of the same name would silently become one.
@@ -72,14 +73,6 @@ struct Pack<__nv_bfloat16> {
 struct Add {
     __device__ __forceinline__ float operator()(float a, float b) const { return a + b; }
 };
-
-// GELU(x) = x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as torch.nn.GELU() (not the tanh approximation).
-__device__ __forceinline__ float gelu(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
-
-// d/dx [x Phi(x)] = Phi(x) + x phi(x), phi the standard normal density.
-__device__ __forceinline__ float gelu_grad(float x) {
-    return 0.5f * (1.0f + erff(x * 0.70710678118654752f)) + x * 0.3989422804014327f * expf(-0.5f * x * x);
-}
 
 struct Gelu {
     __device__ __forceinline__ float operator()(float x) const { return gelu(x); }

@@ -13,6 +13,7 @@
 // rounded to bf16 into y (the GEMM then reads y as its bf16 C operand and rounds once more when it
 // writes the sum), and the backward sums the widened bf16 dy in f32.
 #include "common.cuh"
+#include "gelu.cuh"
 
 // Kernel bodies have internal linkage: the emulator links every kernel file into one library,
 // where two files' different inline functions of the same name would silently become one.
@@ -32,6 +33,27 @@ __device__ __forceinline__ void bias_broadcast(const float* __restrict__ bias, T
     for (int r = blockIdx.x; r < rows; r += gridDim.x) {
         T* yr = y + static_cast<size_t>(r) * out;
         for (int j = threadIdx.x; j < out; j += blockDim.x) yr[j] = from_float<T>(bias[j]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward with GELU, the feed-forward block's first layer: after a GEMM that wrote z = x W^T with
+// no bias, one pass adds the bias and applies GELU: z += b (kept: GELU's backward reads it), y =
+// GELU(z). Each element of z is read once and written once, y written once; the unfused path writes
+// the bias into z, has the GEMM read it back, then reads z again for GELU: two passes more. In bf16
+// z is rounded once before GELU reads it, as the unfused path stores it.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void bias_gelu(const float* __restrict__ bias, T* __restrict__ z, T* __restrict__ y, int rows,
+                                          int out) {
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        T* zr = z + static_cast<size_t>(r) * out;
+        T* yr = y + static_cast<size_t>(r) * out;
+        for (int j = threadIdx.x; j < out; j += blockDim.x) {
+            const T v = from_float<T>(to_float(zr[j]) + bias[j]);
+            zr[j] = v;
+            yr[j] = from_float<T>(gelu(to_float(v)));
+        }
     }
 }
 
@@ -71,6 +93,15 @@ extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ b
 extern "C" __global__ void linear_bias_broadcast_bf16(const float* __restrict__ bias, __nv_bfloat16* __restrict__ y,
                                                       int rows, int out) {
     bias_broadcast(bias, y, rows, out);
+}
+
+extern "C" __global__ void linear_bias_gelu_f32(const float* __restrict__ bias, float* __restrict__ z,
+                                                float* __restrict__ y, int rows, int out) {
+    bias_gelu(bias, z, y, rows, out);
+}
+extern "C" __global__ void linear_bias_gelu_bf16(const float* __restrict__ bias, __nv_bfloat16* __restrict__ z,
+                                                 __nv_bfloat16* __restrict__ y, int rows, int out) {
+    bias_gelu(bias, z, y, rows, out);
 }
 
 extern "C" __global__ void linear_bias_backward_partials_f32(const float* __restrict__ dy,

@@ -235,6 +235,34 @@ impl<'a> Tape<'a> {
         Ok(out)
     }
 
+    /// `GELU(x W^T + b)`, computed by the backend in one call (the bias and GELU fused after the
+    /// GEMM on the GPU) and recorded as the two ops.
+    pub fn linear_gelu(
+        &mut self,
+        x: Var,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<Var> {
+        let (z, y) = self.backend.linear_gelu_forward(
+            self.value(x)?,
+            self.params,
+            weight,
+            bias,
+            out_features,
+        )?;
+        let z = self.push(z);
+        self.record(Node::Linear {
+            x,
+            out: z,
+            weight,
+            bias,
+        });
+        let out = self.push(y);
+        self.record(Node::Gelu { x: z, out });
+        Ok(out)
+    }
+
     pub fn gelu(&mut self, x: Var) -> Result<Var> {
         let y = self.backend.gelu_forward(self.value(x)?)?;
         let out = self.push(y);

@@ -213,6 +213,22 @@ pub trait Backend: Send + Sync {
         out_features: usize,
     ) -> Result<Tensor>;
 
+    /// `z = x W^T + b` and `GELU(z)`, the feed-forward block's first layer, which a backend may
+    /// fuse (the bias and GELU in one pass after the GEMM). Returns `(z, GELU(z))`; the backward is
+    /// that of the two ops apart.
+    fn linear_gelu_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        let z = self.linear_forward(x, params, weight, bias, out_features)?;
+        let y = self.gelu_forward(&z)?;
+        Ok((z, y))
+    }
+
     /// Returns dx; adds dW and db into `grads`.
     fn linear_backward(
         &self,

@@ -348,3 +348,103 @@ fn linear_in_bf16_over_several_row_chunks_matches_the_cpu_on_bf16_inputs() {
     // 213 rows: db in 4 chunks of 64 rows; 300 outputs: 2 blocks of 256 columns.
     check_bf16(5, &[3, 71, 19], 300);
 }
+
+/// The bias and GELU fused after the GEMM: the same `z` and `GELU(z)` as the two ops the CPU backend
+/// runs one after the other (its default `linear_gelu_forward`), in f32 and in bf16.
+#[test]
+fn linear_with_the_bias_and_gelu_fused_matches_the_two_ops() {
+    use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
+    use undertale_maskedlm::DType;
+    let (rows, inp, out) = (37, 45, 29);
+    let weight = Param {
+        offset: 3,
+        len: out * inp,
+    };
+    let bias = Param {
+        offset: 3 + out * inp + 5,
+        len: out,
+    };
+    let len = bias.offset + out + 2;
+    let mut rng = rng(77);
+    let x = random(&mut rng, rows * inp, 1.0);
+    let params = random(&mut rng, len, 0.5);
+    let cpu = cpu();
+    let (cx, cp) = (
+        cpu.upload_f32(&[rows, inp], &x).unwrap(),
+        cpu.upload_f32(&[len], &params).unwrap(),
+    );
+    let (z, y) = cpu
+        .linear_gelu_forward(&cx, &cp, weight, bias, out)
+        .unwrap();
+    let (want_z, want_y) = (z.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+    for (name, gpu) in gpus() {
+        let (gx, gp) = (
+            gpu.upload_f32(&[rows, inp], &x).unwrap(),
+            gpu.upload_f32(&[len], &params).unwrap(),
+        );
+        let (z, y) = gpu
+            .linear_gelu_forward(&gx, &gp, weight, bias, out)
+            .unwrap();
+        assert_close(
+            &format!("z on {name}"),
+            &z.to_vec_f32().unwrap(),
+            &want_z,
+            1e-5,
+            0.0,
+        );
+        assert_close(
+            &format!("gelu on {name}"),
+            &y.to_vec_f32().unwrap(),
+            &want_y,
+            1e-5,
+            0.0,
+        );
+    }
+    // bf16: x and W rounded (the GEMM reads the bf16 shadow), the bias f32. z is the bf16 GEMM output
+    // plus the bias, rounded again: two roundings of at most 2^-8 of the value each; GELU (slope at
+    // most about 1.13) carries them into y, which is rounded once more.
+    let rounded_params: Vec<f32> = params
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| {
+            if (weight.offset..weight.offset + weight.len).contains(&i) {
+                round_bf16(&[v])[0]
+            } else {
+                v
+            }
+        })
+        .collect();
+    let (z, y) = cpu
+        .linear_gelu_forward(
+            &cpu.upload_f32(&[rows, inp], &round_bf16(&x)).unwrap(),
+            &cpu.upload_f32(&[len], &rounded_params).unwrap(),
+            weight,
+            bias,
+            out,
+        )
+        .unwrap();
+    let (want_z, want_y) = (z.to_vec_f32().unwrap(), y.to_vec_f32().unwrap());
+    let scale_z = want_z.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale_y = want_y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    for (name, gpu) in gpus_bf16() {
+        let gp = gpu.upload_f32(&[len], &params).unwrap();
+        let (z, y) = gpu
+            .linear_gelu_forward(&upload_bf16(&gpu, &[rows, inp], &x), &gp, weight, bias, out)
+            .unwrap();
+        assert_eq!((z.dtype(), y.dtype()), (DType::BF16, DType::BF16));
+        assert_close(
+            &format!("bf16 z on {name}"),
+            &z.to_vec_f32().unwrap(),
+            &want_z,
+            0.0,
+            2.0 * scale_z / 256.0 + 1e-5,
+        );
+        assert_close(
+            &format!("bf16 gelu on {name}"),
+            &y.to_vec_f32().unwrap(),
+            &want_y,
+            0.0,
+            4.0 * scale_y / 256.0 + 1e-5,
+        );
+    }
+}

@@ -319,6 +319,17 @@ impl Backend for GpuBackend {
         ops::linear::forward(self, x, params, weight, bias, out_features)
     }
 
+    fn linear_gelu_forward(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<(Tensor, Tensor)> {
+        ops::linear::gelu_forward(self, x, params, weight, bias, out_features)
+    }
+
     fn linear_backward(
         &self,
         dy: &Tensor,

@@ -101,53 +101,135 @@ pub fn forward(
     bias: Param,
     out_features: usize,
 ) -> Result<Tensor> {
-    let (rows, inp) = rows_cols(x, "linear input")?;
-    let p = backend.ptr(params, DType::F32, "parameters")?;
-    let w = param_ptr(p, params, weight, out_features * inp, "linear weight")?;
-    let b = param_ptr(p, params, bias, out_features, "linear bias")?;
-    let dtype = activation_dtype(x, "linear input")?;
-    let x_ptr = backend.ptr(x, dtype, "linear input")?;
-    let mut shape = x.shape().to_vec();
-    *shape.last_mut().expect("rank checked by rows_cols") = out_features;
-    let y = backend.empty(&shape, dtype)?;
+    let g = Gemm::new(backend, x, params, weight, bias, out_features)?;
+    let y = backend.empty(&g.shape, g.dtype)?;
     // A row count of zero also covers in = 0 (rows_cols counts no rows in an empty tensor).
-    if rows == 0 || out_features == 0 {
+    if g.rows == 0 || out_features == 0 {
         return Ok(y);
     }
-    let y_ptr = backend.ptr(&y, dtype, "linear output")?;
-    let (w, _shadow) = gemm_weight(backend, params, weight, w, dtype)?;
-
+    let y_ptr = backend.ptr(&y, g.dtype, "linear output")?;
     // y = b in every row (rounded to bf16 for bf16 activations) ...
     let mut args = KernelArgs::new()
-        .ptr(b)
+        .ptr(g.b)
         .ptr(y_ptr)
-        .i32(int(rows, "linear rows")?)
+        .i32(int(g.rows, "linear rows")?)
         .i32(int(out_features, "linear out features")?);
-    let threads = out_features.next_multiple_of(32).min(THREADS as usize) as u32;
-    let config = LaunchConfig::linear(rows.min(MAX_BLOCKS) as u32, threads, 0);
     backend.runtime().launch(
-        &kernel_name("linear_bias_broadcast", dtype),
-        &config,
+        &kernel_name("linear_bias_broadcast", g.dtype),
+        &per_row(g.rows, out_features),
         &mut args,
     )?;
-    // ... then y += x W^T: W is [out, in], so op(B) = W^T is W read transposed. Every operand has
-    // the activation type.
-    backend.runtime().gemm(
-        &GemmSpec::dense(
-            rows,
-            out_features,
-            inp,
-            x_ptr,
-            false,
-            w,
-            true,
-            y_ptr,
-            1.0,
-            1.0,
-        )
-        .with_types(dtype, dtype, dtype),
-    )?;
+    // ... then y += x W^T.
+    g.run(backend, y_ptr, 1.0)?;
     Ok(y)
+}
+
+/// `z = x W^T + b` and `GELU(z)`: the GEMM without the bias, then one pass that adds the bias and
+/// applies GELU (`linear_bias_gelu`). Returns `(z, GELU(z))`, both of `x`'s element type.
+pub fn gelu_forward(
+    backend: &GpuBackend,
+    x: &Tensor,
+    params: &Tensor,
+    weight: Param,
+    bias: Param,
+    out_features: usize,
+) -> Result<(Tensor, Tensor)> {
+    let g = Gemm::new(backend, x, params, weight, bias, out_features)?;
+    let z = backend.empty(&g.shape, g.dtype)?;
+    let y = backend.empty(&g.shape, g.dtype)?;
+    if g.rows == 0 || out_features == 0 {
+        return Ok((z, y));
+    }
+    let z_ptr = backend.ptr(&z, g.dtype, "linear output")?;
+    g.run(backend, z_ptr, 0.0)?;
+    let mut args = KernelArgs::new()
+        .ptr(g.b)
+        .ptr(z_ptr)
+        .ptr(backend.ptr(&y, g.dtype, "gelu output")?)
+        .i32(int(g.rows, "linear rows")?)
+        .i32(int(out_features, "linear out features")?);
+    backend.runtime().launch(
+        &kernel_name("linear_bias_gelu", g.dtype),
+        &per_row(g.rows, out_features),
+        &mut args,
+    )?;
+    Ok((z, y))
+}
+
+/// Blocks over rows (capped; the kernels loop over the rest), threads over a row's columns.
+fn per_row(rows: usize, columns: usize) -> LaunchConfig {
+    let threads = columns.next_multiple_of(32).min(THREADS as usize) as u32;
+    LaunchConfig::linear(rows.min(MAX_BLOCKS) as u32, threads, 0)
+}
+
+/// A forward GEMM `x W^T`, checked and ready to run into an output of `shape`.
+struct Gemm {
+    rows: usize,
+    inp: usize,
+    out_features: usize,
+    dtype: DType,
+    x: DevicePtr,
+    w: DevicePtr,
+    b: DevicePtr,
+    shape: Vec<usize>,
+    /// Keeps the bf16 weights alive while the GEMM runs.
+    _shadow: Option<Tensor>,
+}
+
+impl Gemm {
+    fn new(
+        backend: &GpuBackend,
+        x: &Tensor,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        out_features: usize,
+    ) -> Result<Self> {
+        let (rows, inp) = rows_cols(x, "linear input")?;
+        let p = backend.ptr(params, DType::F32, "parameters")?;
+        let w = param_ptr(p, params, weight, out_features * inp, "linear weight")?;
+        let b = param_ptr(p, params, bias, out_features, "linear bias")?;
+        let dtype = activation_dtype(x, "linear input")?;
+        let x_ptr = backend.ptr(x, dtype, "linear input")?;
+        let mut shape = x.shape().to_vec();
+        *shape.last_mut().expect("rank checked by rows_cols") = out_features;
+        let (w, shadow) = if rows == 0 || out_features == 0 {
+            (w, None)
+        } else {
+            gemm_weight(backend, params, weight, w, dtype)?
+        };
+        Ok(Gemm {
+            rows,
+            inp,
+            out_features,
+            dtype,
+            x: x_ptr,
+            w,
+            b,
+            shape,
+            _shadow: shadow,
+        })
+    }
+
+    /// `y = x W^T + beta y`: W is [out, in], so op(B) = W^T is W read transposed. Every operand has
+    /// the activation type.
+    fn run(&self, backend: &GpuBackend, y: DevicePtr, beta: f32) -> Result<()> {
+        backend.runtime().gemm(
+            &GemmSpec::dense(
+                self.rows,
+                self.out_features,
+                self.inp,
+                self.x,
+                false,
+                self.w,
+                true,
+                y,
+                1.0,
+                beta,
+            )
+            .with_types(self.dtype, self.dtype, self.dtype),
+        )
+    }
 }
 
 /// `dx = dy W` (returned, of the activations' element type), `dW += dy^T x`, `db += sum_rows dy`
