@@ -57,10 +57,14 @@ __device__ __forceinline__ void store4(__nv_bfloat16* __restrict__ y, int g, con
 }
 
 // A grid-stride loop over groups of four elements.
+// With `residual` (not null) the add that follows dropout in the encoder layer is fused in:
+// y = residual + dropout(x), the dropped value rounded to T first as the unfused dropout stores it,
+// then the sum rounded once. One read of x and of residual and one write of y, where the unfused
+// pair writes dropout(x) and reads it back.
 template <typename T>
-__device__ __forceinline__ void dropout(const T* __restrict__ x, T* __restrict__ y, int n, float p, float scale,
-                                        unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
-                                        unsigned site) {
+__device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
+                                        int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
+                                        unsigned step_lo, unsigned step_hi, unsigned site) {
     const int full = n / 4;                          // groups of four elements
     const int groups = full + (n % 4 != 0 ? 1 : 0);  // and a partial one (no overflow near INT_MAX)
     const int stride = gridDim.x * blockDim.x;
@@ -72,10 +76,17 @@ __device__ __forceinline__ void dropout(const T* __restrict__ x, T* __restrict__
             float v[4];
             load4(x, g, v);
             for (int k = 0; k < 4; ++k) v[k] = dropout_one(v[k], word[k], p, scale);
+            if (residual) {
+                float r[4];
+                load4(residual, g, r);
+                for (int k = 0; k < 4; ++k) v[k] = r[k] + to_float(from_float<T>(v[k]));
+            }
             store4(y, g, v);
         } else {
             for (int k = 0; k < n - i; ++k) {
-                y[i + k] = from_float<T>(dropout_one(to_float(x[i + k]), word[k], p, scale));
+                float v = dropout_one(to_float(x[i + k]), word[k], p, scale);
+                if (residual) v = to_float(residual[i + k]) + to_float(from_float<T>(v));
+                y[i + k] = from_float<T>(v);
             }
         }
     }
@@ -84,11 +95,25 @@ __device__ __forceinline__ void dropout(const T* __restrict__ x, T* __restrict__
 extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, int n, float p,
                                        float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
                                        unsigned step_hi, unsigned site) {
-    dropout<float>(x, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<float>(x, nullptr, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 extern "C" __global__ void dropout_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int n,
                                         float p, float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
                                         unsigned step_hi, unsigned site) {
-    dropout<__nv_bfloat16>(x, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<__nv_bfloat16>(x, nullptr, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+}
+
+// y = residual + dropout(x).
+extern "C" __global__ void dropout_add_f32(const float* __restrict__ x, const float* __restrict__ residual,
+                                           float* __restrict__ y, int n, float p, float scale, unsigned seed_lo,
+                                           unsigned seed_hi, unsigned step_lo, unsigned step_hi, unsigned site) {
+    dropout<float>(x, residual, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+}
+
+extern "C" __global__ void dropout_add_bf16(const __nv_bfloat16* __restrict__ x,
+                                            const __nv_bfloat16* __restrict__ residual, __nv_bfloat16* __restrict__ y,
+                                            int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
+                                            unsigned step_lo, unsigned step_hi, unsigned site) {
+    dropout<__nv_bfloat16>(x, residual, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }

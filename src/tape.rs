@@ -303,6 +303,32 @@ impl<'a> Tape<'a> {
         Ok(out)
     }
 
+    /// `residual + dropout(x)`: with dropout active, computed by the backend in one call (one fused
+    /// pass on the GPU) and recorded as the two ops; the dropped values themselves are never
+    /// stored, since neither backward reads them. Without dropout, a plain add.
+    pub fn dropout_add(&mut self, residual: Var, x: Var, key: Option<DropoutKey>) -> Result<Var> {
+        let Some(key) = key.filter(|k| k.p > 0.0) else {
+            return self.add(residual, x);
+        };
+        let y = self
+            .backend
+            .dropout_add_forward(self.value(residual)?, self.value(x)?, key)?;
+        self.values.push(None);
+        let dropped = Var(self.values.len() - 1);
+        self.record(Node::Dropout {
+            x,
+            out: dropped,
+            key,
+        });
+        let out = self.push(y);
+        self.record(Node::Add {
+            a: residual,
+            b: dropped,
+            out,
+        });
+        Ok(out)
+    }
+
     /// Rows `rows` (an I32 input) of `x`.
     pub fn gather_rows(&mut self, x: Var, rows: Var) -> Result<Var> {
         let xv = self.value(x)?;

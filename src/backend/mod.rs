@@ -268,6 +268,18 @@ pub trait Backend: Send + Sync {
     fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor>;
     fn dropout_backward(&self, dy: &Tensor, key: DropoutKey) -> Result<Tensor>;
 
+    /// `residual + dropout(x)`: a dropout and the residual add after it, which a backend may fuse
+    /// into one pass. The backward is that of the two ops apart.
+    fn dropout_add_forward(
+        &self,
+        residual: &Tensor,
+        x: &Tensor,
+        key: DropoutKey,
+    ) -> Result<Tensor> {
+        let dropped = self.dropout_forward(x, key)?;
+        self.add(residual, &dropped)
+    }
+
     // ---- loss ----
     /// Softmax cross-entropy of `logits` `[rows, vocab]` against `labels` `[rows]`, ignoring
     /// label -100, mean over the labelled rows; with `want_grad` also d(loss)/d(logits).

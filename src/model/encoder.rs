@@ -91,8 +91,7 @@ impl EncoderLayer {
             tape.add_layernorm(x, attended, self.norm2[0], self.norm2[1], LAYER_NORM_EPS)?;
         let h = tape.linear_gelu(h, self.linear1[0], self.linear1[1], self.intermediate)?;
         let h = tape.linear(h, self.linear2[0], self.linear2[1], self.hidden)?;
-        let h = tape.dropout(h, dropout.map(|d| d.key(site_feed_forward(self.index))))?;
-        tape.add(x, h)
+        tape.dropout_add(x, h, dropout.map(|d| d.key(site_feed_forward(self.index))))
     }
 }
 

@@ -240,3 +240,69 @@ fn bf16_every_tail_length() {
         }
     }
 }
+
+/// Dropout fused into the residual add after it: bit for bit the two ops the CPU backend runs one
+/// after the other (its default `dropout_add_forward`) in f32; in bf16, the dropped value rounded as
+/// the unfused dropout stores it, then the sum rounded once.
+#[test]
+fn dropout_fused_into_the_residual_add_matches_the_two_ops() {
+    let n = 37 * 53;
+    let shape = [37, 53];
+    let x = random(&mut rng(41), n, 2.0);
+    let residual = random(&mut rng(42), n, 2.0);
+    let key = DropoutKey {
+        p: 0.3,
+        seed: 0x1234_5678_9abc,
+        step: 11,
+        site: 5,
+    };
+    let cpu = cpu();
+    let want = cpu
+        .dropout_add_forward(
+            &cpu.upload_f32(&shape, &residual).unwrap(),
+            &cpu.upload_f32(&shape, &x).unwrap(),
+            key,
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    for (name, gpu) in gpus() {
+        let got = gpu
+            .dropout_add_forward(
+                &gpu.upload_f32(&shape, &residual).unwrap(),
+                &gpu.upload_f32(&shape, &x).unwrap(),
+                key,
+            )
+            .unwrap();
+        assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "{name}");
+        let wrong = gpu.upload_f32(&[53, 37], &x).unwrap();
+        assert!(
+            gpu.dropout_add_forward(&wrong, &gpu.upload_f32(&shape, &x).unwrap(), key)
+                .is_err()
+        );
+    }
+    let dropped = round_bf16(
+        &cpu.dropout_forward(&cpu.upload_f32(&shape, &round_bf16(&x)).unwrap(), key)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap(),
+    );
+    let want: Vec<f32> = round_bf16(
+        &round_bf16(&residual)
+            .iter()
+            .zip(&dropped)
+            .map(|(r, d)| r + d)
+            .collect::<Vec<_>>(),
+    );
+    for (name, gpu) in gpus_bf16() {
+        let got = gpu
+            .dropout_add_forward(
+                &upload_bf16(&gpu, &shape, &residual),
+                &upload_bf16(&gpu, &shape, &x),
+                key,
+            )
+            .unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "bf16 {name}");
+    }
+}

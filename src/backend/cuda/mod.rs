@@ -383,6 +383,15 @@ impl Backend for GpuBackend {
         ops::dropout::apply(self, dy, key)
     }
 
+    fn dropout_add_forward(
+        &self,
+        residual: &Tensor,
+        x: &Tensor,
+        key: DropoutKey,
+    ) -> Result<Tensor> {
+        ops::dropout::apply_and_add(self, residual, x, key)
+    }
+
     fn cross_entropy(
         &self,
         logits: &Tensor,
