@@ -56,9 +56,9 @@ __device__ float block_sum(float v, float* scratch) {
 // inv_count = 1 / (number of labelled rows). Everything is computed in f32 from the (widened)
 // logits; a bf16 gradient is the f32 value rounded once.
 template <typename T>
-__device__ __forceinline__ void cross_entropy_forward_backward(const T* __restrict__ logits,
+__device__ __forceinline__ void cross_entropy_forward_backward(const T* logits,
                                                                const int* __restrict__ labels,
-                                                               float* __restrict__ losses, T* __restrict__ dlogits,
+                                                               float* __restrict__ losses, T* dlogits,
                                                                int vocab, float inv_count) {
     SHARED_ARRAY(float, scratch, 32);
     const int row = blockIdx.x;
@@ -78,6 +78,10 @@ __device__ __forceinline__ void cross_entropy_forward_backward(const T* __restri
         // keeps the max m of the logits it has seen and s = sum of e^(x - m) over them, rescaling s
         // by e^(m_old - m_new) when the max grows. A -inf logit adds e^-inf = 0 and is skipped, so a
         // thread whose first logits are -inf does not form e^(-inf - -inf) = NaN.
+        // dlogits may be the logits buffer itself (written over, as llm.c does): the label's logit is
+        // read here, before the barriers of the reductions below, since after them other threads
+        // overwrite the row. Each thread otherwise reads and then writes only its own elements.
+        const float label_logit = threadIdx.x == 0 ? to_float(x[label]) : 0.0f;
         float m = negative_infinity();
         float s = 0.0f;
         for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
@@ -94,7 +98,7 @@ __device__ __forceinline__ void cross_entropy_forward_backward(const T* __restri
         const float row_max = block_max(m, scratch);
         const float row_sum = block_sum(s == 0.0f ? 0.0f : s * expf(m - row_max), scratch);
 
-        if (threadIdx.x == 0) losses[row] = (row_max - to_float(x[label])) + logf(row_sum);
+        if (threadIdx.x == 0) losses[row] = (row_max - label_logit) + logf(row_sum);
         if (dx != nullptr) {
             const float inv_sum = 1.0f / row_sum;
             for (int c = threadIdx.x; c < vocab; c += blockDim.x) {
@@ -105,18 +109,19 @@ __device__ __forceinline__ void cross_entropy_forward_backward(const T* __restri
     }
 }
 
-extern "C" __global__ void cross_entropy_forward_backward_f32(const float* __restrict__ logits,
+// `dlogits` may equal `logits` (the gradient written over the logits), so neither is __restrict__.
+extern "C" __global__ void cross_entropy_forward_backward_f32(const float* logits,
                                                               const int* __restrict__ labels,
                                                               float* __restrict__ losses,
-                                                              float* __restrict__ dlogits, int vocab,
+                                                              float* dlogits, int vocab,
                                                               float inv_count) {
     cross_entropy_forward_backward<float>(logits, labels, losses, dlogits, vocab, inv_count);
 }
 
-extern "C" __global__ void cross_entropy_forward_backward_bf16(const __nv_bfloat16* __restrict__ logits,
+extern "C" __global__ void cross_entropy_forward_backward_bf16(const __nv_bfloat16* logits,
                                                                const int* __restrict__ labels,
                                                                float* __restrict__ losses,
-                                                               __nv_bfloat16* __restrict__ dlogits, int vocab,
+                                                               __nv_bfloat16* dlogits, int vocab,
                                                                float inv_count) {
     cross_entropy_forward_backward<__nv_bfloat16>(logits, labels, losses, dlogits, vocab, inv_count);
 }

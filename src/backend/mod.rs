@@ -290,6 +290,13 @@ pub trait Backend: Send + Sync {
         want_grad: bool,
     ) -> Result<CrossEntropyOut>;
 
+    /// [`cross_entropy`](Self::cross_entropy) with the gradient, taking the logits by value: a
+    /// backend may write d(loss)/d(logits) over them (llm.c's fused classifier) instead of
+    /// allocating a second `[rows, vocab]` buffer. `dlogits` is always returned.
+    fn cross_entropy_in_place(&self, logits: Tensor, labels: &Tensor) -> Result<CrossEntropyOut> {
+        self.cross_entropy(&logits, labels, true)
+    }
+
     // ---- row selection ----
     /// `out[i] = x[rows[i]]`.
     fn gather_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;

@@ -239,9 +239,11 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         let picked = tape.gather_rows(state, rows)?;
         let logits = self.head.forward(&mut tape, picked)?;
         let targets = self.backend.upload_i32(&[targets.len()], &targets)?;
+        // The logits are not needed after the loss: hand them over, so that the GPU writes the
+        // gradient over them.
         let ce = self
             .backend
-            .cross_entropy(tape.value(logits)?, &targets, true)?;
+            .cross_entropy_in_place(tape.take(logits)?, &targets)?;
         let dlogits = ce
             .dlogits
             .expect("cross_entropy was asked for the gradient");

@@ -6,7 +6,7 @@ use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16
 use rand::Rng;
 use undertale_maskedlm::backend::Backend;
 use undertale_maskedlm::backend::cpu::IGNORE_INDEX;
-use undertale_maskedlm::{DType, Error};
+use undertale_maskedlm::{DType, Error, Tensor};
 
 /// Random labels below `vocab`, every third one ignored.
 fn labels(seed: u64, rows: usize, vocab: usize) -> Vec<i32> {
@@ -194,4 +194,55 @@ fn bf16_loss_and_gradient_match_the_cpu_on_rounded_logits() {
     check_bf16_matches_cpu(5, 1000, &logits, &labels(124, 5, 1000));
     let logits = random(&mut rng(125), 7 * 3, 2.0);
     check_bf16_matches_cpu(7, 3, &logits, &[0, 2, IGNORE_INDEX, 1, 1, 0, 2]);
+}
+
+/// The gradient written over the logits gives the same loss and the same gradient, bit for bit, as
+/// the out-of-place call; a clone of the logits is left as it was (the buffer is copied first).
+#[test]
+fn the_gradient_written_over_the_logits_matches_the_out_of_place_call() {
+    let (rows, vocab) = (23, 301);
+    let mut rng = rng(61);
+    let logits = random(&mut rng, rows * vocab, 4.0);
+    let labels: Vec<i32> = (0..rows as i32)
+        .map(|r| {
+            if r % 5 == 0 {
+                -100
+            } else {
+                (r * 37) % vocab as i32
+            }
+        })
+        .collect();
+    let check = |name: &str, gpu: &dyn Backend, logits: Tensor| {
+        let labels = gpu.upload_i32(&[rows], &labels).unwrap();
+        let want = gpu.cross_entropy(&logits, &labels, true).unwrap();
+        let kept = logits.clone();
+        let before = kept.to_vec_f32().unwrap();
+        let got = gpu.cross_entropy_in_place(logits, &labels).unwrap();
+        assert_eq!(got.loss.to_bits(), want.loss.to_bits(), "loss on {name}");
+        assert_eq!(got.count, want.count);
+        let (got, want) = (got.dlogits.unwrap(), want.dlogits.unwrap());
+        assert_eq!(got.dtype(), want.dtype());
+        assert_eq!(
+            got.to_vec_f32().unwrap(),
+            want.to_vec_f32().unwrap(),
+            "dlogits on {name}"
+        );
+        assert_eq!(
+            kept.to_vec_f32().unwrap(),
+            before,
+            "the clone's logits on {name}"
+        );
+    };
+    for (name, gpu) in gpus() {
+        let t = gpu.upload_f32(&[rows, vocab], &logits).unwrap();
+        check(&name, gpu.as_ref(), t);
+    }
+    for (name, gpu) in gpus_bf16() {
+        let t = upload_bf16(&gpu, &[rows, vocab], &logits);
+        check(&name, &gpu, t);
+    }
+    // The CPU backend's default: the same as its out-of-place call.
+    let cpu = cpu();
+    let t = cpu.upload_f32(&[rows, vocab], &logits).unwrap();
+    check("cpu", &cpu, t);
 }

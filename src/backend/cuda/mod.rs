@@ -401,6 +401,10 @@ impl Backend for GpuBackend {
         ops::cross_entropy::forward_backward(self, logits, labels, want_grad)
     }
 
+    fn cross_entropy_in_place(&self, logits: Tensor, labels: &Tensor) -> Result<CrossEntropyOut> {
+        ops::cross_entropy::forward_backward_in_place(self, logits, labels)
+    }
+
     fn gather_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
         ops::rows::gather(self, x, rows)
     }

@@ -31,6 +31,47 @@ pub fn forward_backward(
     labels: &Tensor,
     want_grad: bool,
 ) -> Result<CrossEntropyOut> {
+    let gradient = if want_grad {
+        Gradient::New
+    } else {
+        Gradient::None
+    };
+    run(backend, logits, labels, gradient)
+}
+
+/// The loss, with d(loss)/d(logits) written over the logits (llm.c's fused classifier): no second
+/// `[rows, vocab]` buffer. The returned `dlogits` is the logits tensor itself.
+pub fn forward_backward_in_place(
+    backend: &GpuBackend,
+    mut logits: Tensor,
+    labels: &Tensor,
+) -> Result<CrossEntropyOut> {
+    // A buffer shared with a clone is copied first: the clone keeps the logits.
+    let dtype = if logits.dtype() == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    };
+    backend.ptr_mut(&mut logits, dtype, "cross-entropy logits")?;
+    let mut out = run(backend, &logits, labels, Gradient::OverLogits)?;
+    out.dlogits = Some(logits);
+    Ok(out)
+}
+
+/// Where the gradient goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gradient {
+    None,
+    New,
+    OverLogits,
+}
+
+fn run(
+    backend: &GpuBackend,
+    logits: &Tensor,
+    labels: &Tensor,
+    gradient: Gradient,
+) -> Result<CrossEntropyOut> {
     // The CPU backend's checks, in its order.
     let (rows, vocab) = cross_entropy_dims(logits, labels)?;
     let labels_ptr = backend.ptr(labels, DType::I32, "cross-entropy labels")?;
@@ -44,14 +85,14 @@ pub fn forward_backward(
 
     // A labelled row has vocab >= 1 (its label is below vocab), and there is one: rows >= 1.
     let losses = backend.empty(&[rows], DType::F32)?;
-    let dlogits = if want_grad {
-        Some(backend.empty(logits.shape(), dtype)?)
-    } else {
-        None
+    let dlogits = match gradient {
+        Gradient::New => Some(backend.empty(logits.shape(), dtype)?),
+        Gradient::None | Gradient::OverLogits => None,
     };
-    let dlogits_ptr = match &dlogits {
-        Some(d) => backend.ptr(d, dtype, "cross-entropy dlogits")?,
-        None => DevicePtr(0),
+    let dlogits_ptr = match (&dlogits, gradient) {
+        (Some(d), _) => backend.ptr(d, dtype, "cross-entropy dlogits")?,
+        (None, Gradient::OverLogits) => logits_ptr,
+        (None, _) => DevicePtr(0),
     };
     // The CPU scales by 1 / count in f64; the kernel multiplies in f32 by the rounded reciprocal.
     let inv_count = (1.0 / count as f64) as f32;
