@@ -236,7 +236,7 @@ pub fn disassemble_bytes(path: &Path, data: &[u8]) -> Result<FileFunctions> {
     Ok(FileFunctions::Elf(functions))
 }
 
-/// One instruction sequence: bytes decoded at `address` -> pre-tokenized text joined by " [NEXT] ".
+/// One instruction sequence: bytes decoded at `address` -> pre-tokenized text joined by `" [NEXT] "`.
 ///
 /// Decoding stops at the first undecodable (or truncated) instruction; empty input, or input that
 /// starts with undecodable bytes, gives an empty string.

@@ -1,11 +1,15 @@
 //! The GPU backend: every op of [`Backend`] as a hand-written CUDA kernel (`kernels/*.cu`), GEMMs
 //! through cuBLASLt.
 //!
-//! The backend talks to a [`GpuRuntime`](runtime::GpuRuntime): a real GPU through cudarc, or the
+//! The backend talks to a [`runtime::GpuRuntime`]: a real GPU through cudarc, or the
 //! [`emulator`], which runs the same `.cu` sources compiled for the host so that every kernel is
 //! tested on machines without a GPU. Each op's launch wrapper (in [`ops`], one file per kernel
 //! file) computes grid, block, shared memory and the argument list; only the final launch call
 //! differs between the two. The emulator is test equipment, never offered as a user device.
+//!
+//! Where the model chains memory-bound steps the backend runs them as one kernel: the residual add
+//! into the LayerNorm after it, the bias and GELU after the feed-forward GEMM, dropout into the
+//! residual add, and the loss gradient written over the logits (the fused `Backend` methods).
 
 pub mod cuda_runtime;
 pub mod emulated;
@@ -140,9 +144,8 @@ impl GpuBackend {
         }
     }
 
-    /// The backend of CUDA device `ordinal`.
+    /// The f32 backend of CUDA device `ordinal` (see [`with_precision`](Self::with_precision)).
     pub fn cuda(ordinal: usize) -> Result<Self> {
-        // (f32; see `with_precision`)
         Ok(GpuBackend::new(cuda_runtime::CudaRuntime::shared(ordinal)?))
     }
 

@@ -1,7 +1,5 @@
-//! Launch wrappers for `kernels/elementwise.cu`: residual adds and GELU, in f32 or bf16.
-//!
-//! Also the rule the activation ops of this crate share: an op's element type follows its
-//! activation inputs ([`activation_dtype`]).
+//! Launch wrappers for `kernels/elementwise.cu`: residual adds and GELU, in f32 or bf16. As for
+//! every activation op, the element type follows the activation inputs.
 
 use super::{activation_dtype, int, kernel_name};
 use crate::backend::checks::check_same_shape;
