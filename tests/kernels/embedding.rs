@@ -212,10 +212,12 @@ fn bad_token_ids_are_the_cpus_errors() {
             "{got}"
         );
 
-        // Backward checks the ids too (the CPU trusts its forward) and leaves the gradients alone.
+        // Backward checks the ids too, on both backends, and leaves the gradients alone.
         let start = random(&mut rng(6), case.params.len(), 1.0);
         let dout = random(&mut rng(7), 3 * 37 * 45, 1.0);
         let err = case.backward(gpu.as_ref(), &dout, &start).unwrap_err();
+        assert_eq!(err.to_string(), want.to_string());
+        let err = case.backward(&cpu, &dout, &start).unwrap_err();
         assert_eq!(err.to_string(), want.to_string());
         let tokens = gpu.upload_i32(&[3, 37], &case.tokens).unwrap();
         let d = gpu.upload_f32(&[3 * 37, 45], &dout).unwrap();
