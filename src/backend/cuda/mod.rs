@@ -224,12 +224,7 @@ impl Backend for GpuBackend {
 
     fn fill_zero(&self, t: &mut Tensor) -> Result<()> {
         // f32 or bf16: zero is all-zero bytes in both.
-        let dtype = if t.dtype() == DType::BF16 {
-            DType::BF16
-        } else {
-            DType::F32
-        };
-        let dst = self.ptr_mut(t, dtype, "fill_zero")?;
+        let (dst, dtype) = ops::activation_mut(self, t, "fill_zero")?;
         self.runtime
             .memset_zero(dst, t.numel() * storage::dtype_bytes(dtype))
     }

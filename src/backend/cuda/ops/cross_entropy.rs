@@ -13,7 +13,7 @@
 //! the sum and the per-row losses are f32 either way (`cross_entropy_forward_backward_f32` /
 //! `_bf16`).
 
-use super::{activation, int, kernel_name};
+use super::{activation, activation_mut, int, kernel_name};
 use crate::backend::CrossEntropyOut;
 use crate::backend::checks::{check_labels, cross_entropy_dims};
 use crate::backend::cpu::IGNORE_INDEX;
@@ -47,12 +47,7 @@ pub fn forward_backward_in_place(
     labels: &Tensor,
 ) -> Result<CrossEntropyOut> {
     // A buffer shared with a clone is copied first: the clone keeps the logits.
-    let dtype = if logits.dtype() == DType::BF16 {
-        DType::BF16
-    } else {
-        DType::F32
-    };
-    backend.ptr_mut(&mut logits, dtype, "cross-entropy logits")?;
+    activation_mut(backend, &mut logits, "cross-entropy logits")?;
     let mut out = run(backend, &logits, labels, Gradient::OverLogits)?;
     out.dlogits = Some(logits);
     Ok(out)

@@ -17,7 +17,7 @@
 //! row and position, before the gather or the gradient update runs. Reading the flag waits for the
 //! positions kernel (a synchronisation point), the price of returning a typed error from the call.
 
-use super::{int, kernel_name, param_ptr};
+use super::{activation, int, kernel_name, param_ptr};
 use crate::backend::checks::{check_disjoint_slots, embedding_dims, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
@@ -187,12 +187,7 @@ pub fn backward(
         ));
     }
     let tokens_ptr = backend.ptr(tokens, DType::I32, "embedding tokens")?;
-    // An activation gradient: f32, or bf16 in mixed precision (anything else is the f32 error).
-    let dtype = match dout.dtype() {
-        DType::BF16 => DType::BF16,
-        _ => DType::F32,
-    };
-    let dout_ptr = backend.ptr(dout, dtype, "embedding dout")?;
+    let (dout_ptr, dtype) = activation(backend, dout, "embedding dout")?;
     backend.ptr(grads, DType::F32, "gradients")?;
     check_disjoint_slots(&tables, grads.numel(), "embedding")?;
     let vocab = token.len / hidden.max(1);

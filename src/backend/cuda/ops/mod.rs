@@ -65,6 +65,16 @@ pub(crate) fn activation_dtype(t: &Tensor, what: &str) -> Result<DType> {
     }
 }
 
+/// The element type an activation op runs in for `t`: bf16 in mixed precision, else f32 (a tensor of
+/// any other type then gets the f32 path's error when its address is taken).
+fn float_type(t: &Tensor) -> DType {
+    if t.dtype() == DType::BF16 {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
 /// The address and element type of activation input `t`: f32, or bf16 in mixed precision. Any
 /// other tensor gets the f32 path's error (its device first, then its element type).
 pub(crate) fn activation(
@@ -72,12 +82,18 @@ pub(crate) fn activation(
     t: &Tensor,
     what: &str,
 ) -> Result<(DevicePtr, DType)> {
-    let dtype = if t.dtype() == DType::BF16 {
-        DType::BF16
-    } else {
-        DType::F32
-    };
+    let dtype = float_type(t);
     Ok((backend.ptr(t, dtype, what)?, dtype))
+}
+
+/// Like [`activation`], for a tensor the kernel writes (copied first if a clone shares it).
+pub(crate) fn activation_mut(
+    backend: &GpuBackend,
+    t: &mut Tensor,
+    what: &str,
+) -> Result<(DevicePtr, DType)> {
+    let dtype = float_type(t);
+    Ok((backend.ptr_mut(t, dtype, what)?, dtype))
 }
 
 /// The kernel of `op` for this element type: `<op>_f32` or `<op>_bf16`.
