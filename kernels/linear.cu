@@ -5,6 +5,9 @@
 //   forward:   y[r, j] = b[j] for every row r, then the GEMM adds x W^T on top (beta = 1)
 //   backward:  db[j] += sum over rows r of dy[r, j]
 //
+// and the bias and GELU fused around the feed-forward GEMM: forward z = x W^T + b, y = GELU(z) in one
+// pass after the GEMM; backward dz = dy GELU'(z) in the same pass as db's partial sums.
+//
 // Layout: y and dy are [rows, out] row-major; b and db are [out] views into the flat parameter and
 // gradient buffers.
 //
@@ -84,6 +87,33 @@ __device__ __forceinline__ void bias_backward_partials(const T* __restrict__ dy,
     partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward of the feed-forward block's first layer, y = GELU(z), z = x W^T + b: GELU's backward
+// fused with step 1 of db. Given dy and the saved z, each thread computes dz = dy GELU'(z) for its
+// (chunk, column), stores it (the GEMMs for dx and dW read it next), and adds it into the chunk's
+// partial sum of column `col`, the same order as bias_backward_partials. Traffic: dy and z read
+// once, dz written once; the unfused path (GELU backward, then the bias partials) reads dz back
+// once more. The partial sum adds dz as stored (rounded, in bf16), so db is exactly what the
+// unfused path computes from the same dz.
+// ---------------------------------------------------------------------------------------------
+template <typename T>
+__device__ __forceinline__ void gelu_bias_backward_partials(const T* __restrict__ dy, const T* __restrict__ z,
+                                                            T* __restrict__ dz, float* __restrict__ partials,
+                                                            int rows, int out, int rows_per_chunk) {
+    const int col = blockIdx.y * blockDim.x + threadIdx.x;
+    if (col >= out) return;  // no barrier in this kernel
+    const int first = blockIdx.x * rows_per_chunk;
+    const int end = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
+    float sum = 0.0f;
+    for (int r = first; r < end; ++r) {
+        const size_t i = static_cast<size_t>(r) * out + col;
+        const T d = from_float<T>(to_float(dy[i]) * gelu_grad(to_float(z[i])));
+        dz[i] = d;
+        sum += to_float(d);
+    }
+    partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
+}
+
 }  // namespace
 
 extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ bias, float* __restrict__ y, int rows,
@@ -113,6 +143,19 @@ extern "C" __global__ void linear_bias_backward_partials_bf16(const __nv_bfloat1
                                                               float* __restrict__ partials, int rows, int out,
                                                               int rows_per_chunk) {
     bias_backward_partials(dy, partials, rows, out, rows_per_chunk);
+}
+
+extern "C" __global__ void linear_gelu_backward_partials_f32(const float* __restrict__ dy, const float* __restrict__ z,
+                                                             float* __restrict__ dz, float* __restrict__ partials,
+                                                             int rows, int out, int rows_per_chunk) {
+    gelu_bias_backward_partials(dy, z, dz, partials, rows, out, rows_per_chunk);
+}
+extern "C" __global__ void linear_gelu_backward_partials_bf16(const __nv_bfloat16* __restrict__ dy,
+                                                              const __nv_bfloat16* __restrict__ z,
+                                                              __nv_bfloat16* __restrict__ dz,
+                                                              float* __restrict__ partials, int rows, int out,
+                                                              int rows_per_chunk) {
+    gelu_bias_backward_partials(dy, z, dz, partials, rows, out, rows_per_chunk);
 }
 
 // ---------------------------------------------------------------------------------------------

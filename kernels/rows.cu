@@ -1,6 +1,7 @@
-// Row selection: gather, its adjoint scatter-add, and argmax. CPU reference: src/backend/cpu/rows.rs.
+// Row selection: gather, its adjoint scatter-add, argmax, and the softmax's top k for infer. CPU
+// reference: src/backend/cpu/rows.rs.
 //
-// All three are one warp per row with the lanes striding over the row's `width` elements, so every
+// All four are one warp per row with the lanes striding over the row's `width` elements, so every
 // warp-wide access is a contiguous segment (128 bytes of f32, 64 of bf16); there is no shared memory
 // and no barrier (a warp past the last row leaves at once). Each is a single pass over memory:
 // gather reads and writes m * width elements, scatter reads m * width and writes the distinct rows
@@ -124,4 +125,101 @@ extern "C" __global__ void argmax_rows_f32(const float* __restrict__ x, int* __r
 extern "C" __global__ void argmax_rows_bf16(const __nv_bfloat16* __restrict__ x, int* __restrict__ out, int n,
                                             int width) {
     argmax_rows<__nv_bfloat16>(x, out, n, width);
+}
+
+// ---- The softmax's top k, for infer ------------------------------------------------------------
+// For each row x of `width` logits: the k entries with the largest probability softmax(x)_j =
+// exp(x_j - lse), lse = log sum_j exp(x_j), best first, with their probabilities. Only k ids and k
+// probabilities leave the GPU, instead of the row (20 KB per masked position at a 5000-token
+// vocabulary).
+//
+// The order is that of the logits (exp is increasing): a larger logit first, the lower index first
+// on ties, and NaN logits after every number (among themselves, by index). It is total, so "the
+// next best after (v, i)" is well defined: round t takes, over the elements ranked after the pick of
+// round t - 1, the best one. Each round is one pass over the row, each lane keeping the best of its
+// columns lane, lane + 32, ..., then the argmax's butterfly; k rounds read the row k + 1 times (the
+// first pass forms lse), from L1 after the first: k * width compares per row, for the handful of k a
+// user asks for. A sort or a heap would pay off only for large k.
+//
+// lse: each lane keeps a running max m and s = sum exp(x - m) of its columns (the cross-entropy
+// kernel's online form), the butterfly merges two lanes' (m, s) by rescaling to the larger max. A
+// NaN logit makes s, and so every probability of the row, NaN, as the CPU's sum does.
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
+    if (ia < 0) return false;
+    if (ib < 0) return true;
+    const bool a_nan = a != a, b_nan = b != b;
+    if (a_nan != b_nan) return b_nan;
+    if (a_nan) return ia < ib;
+    return a > b || (a == b && ia < ib);
+}
+
+template <typename T>
+__device__ __forceinline__ void softmax_top_k_rows(const T* __restrict__ x, int* __restrict__ ids,
+                                                   float* __restrict__ probabilities, int n, int width, int k) {
+    const int r = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= n) return;
+    const T* row = x + static_cast<size_t>(r) * width;
+
+    const float neg_inf = __int_as_float(static_cast<int>(0xff800000u));
+    float m = neg_inf;
+    float s = 0.0f;
+    for (int c = lane; c < width; c += 32) {
+        const float v = to_float(row[c]);
+        if (v > m) {
+            s = s * expf(m - v) + 1.0f;
+            m = v;
+        } else if (v != neg_inf) {
+            s += expf(v - m);  // NaN propagates into s
+        }
+    }
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float other_m = __shfl_xor_sync(FULL_MASK, m, offset);
+        const float other_s = __shfl_xor_sync(FULL_MASK, s, offset);
+        const float top = fmaxf(m, other_m);
+        // A lane that saw only -inf (s == 0) adds nothing; avoid 0 * exp(-inf - -inf) = NaN.
+        s = (s == 0.0f ? 0.0f : s * expf(m - top)) + (other_s == 0.0f ? 0.0f : other_s * expf(other_m - top));
+        m = top;
+    }
+    const float lse = m + logf(s);
+
+    float previous = 0.0f;
+    int previous_index = -1;
+    for (int t = 0; t < k; ++t) {
+        float best = 0.0f;
+        int best_index = -1;
+        for (int c = lane; c < width; c += 32) {
+            const float v = to_float(row[c]);
+            if ((previous_index < 0 || ranks_before(previous, previous_index, v, c)) &&
+                ranks_before(v, c, best, best_index)) {
+                best = v;
+                best_index = c;
+            }
+        }
+        for (int offset = 16; offset > 0; offset /= 2) {
+            const float other = __shfl_xor_sync(FULL_MASK, best, offset);
+            const int other_index = __shfl_xor_sync(FULL_MASK, best_index, offset);
+            if (ranks_before(other, other_index, best, best_index)) {
+                best = other;
+                best_index = other_index;
+            }
+        }
+        // k <= width (checked on the host), so every round finds a candidate.
+        if (lane == 0) {
+            ids[static_cast<size_t>(r) * k + t] = best_index;
+            probabilities[static_cast<size_t>(r) * k + t] = expf(best - lse);
+        }
+        previous = best;
+        previous_index = best_index;
+    }
+}
+
+extern "C" __global__ void softmax_top_k_rows_f32(const float* __restrict__ x, int* __restrict__ ids,
+                                                  float* __restrict__ probabilities, int n, int width, int k) {
+    softmax_top_k_rows<float>(x, ids, probabilities, n, width, k);
+}
+
+extern "C" __global__ void softmax_top_k_rows_bf16(const __nv_bfloat16* __restrict__ x, int* __restrict__ ids,
+                                                   float* __restrict__ probabilities, int n, int width, int k) {
+    softmax_top_k_rows<__nv_bfloat16>(x, ids, probabilities, n, width, k);
 }

@@ -40,6 +40,14 @@ enum Node {
         x: Var,
         out: Var,
     },
+    /// `out = GELU(z)`, `z = x W^T + b`: one node so that the backward can be fused too.
+    LinearGelu {
+        x: Var,
+        z: Var,
+        out: Var,
+        weight: Param,
+        bias: Param,
+    },
     Attention {
         qkv: Var,
         mask: Var,
@@ -236,7 +244,8 @@ impl<'a> Tape<'a> {
     }
 
     /// `GELU(x W^T + b)`, computed by the backend in one call (the bias and GELU fused after the
-    /// GEMM on the GPU) and recorded as the two ops.
+    /// GEMM on the GPU) and recorded as one node, whose backward is fused as well (GELU's backward
+    /// in the bias gradient's pass).
     pub fn linear_gelu(
         &mut self,
         x: Var,
@@ -252,14 +261,14 @@ impl<'a> Tape<'a> {
             out_features,
         )?;
         let z = self.push(z);
-        self.record(Node::Linear {
+        let out = self.push(y);
+        self.record(Node::LinearGelu {
             x,
-            out: z,
+            z,
+            out,
             weight,
             bias,
         });
-        let out = self.push(y);
-        self.record(Node::Gelu { x: z, out });
         Ok(out)
     }
 
@@ -365,6 +374,7 @@ impl<'a> Tape<'a> {
                 | Node::LayerNorm { out, .. }
                 | Node::Linear { out, .. }
                 | Node::Gelu { out, .. }
+                | Node::LinearGelu { out, .. }
                 | Node::Attention { out, .. }
                 | Node::Add { out, .. }
                 | Node::Dropout { out, .. }
@@ -417,6 +427,20 @@ impl<'a> Tape<'a> {
                     let dx = backend.linear_backward(
                         &dy,
                         self.value(x)?,
+                        params,
+                        grads,
+                        weight,
+                        bias,
+                    )?;
+                    accumulate(&mut dvals, x, dx)?;
+                }
+                Node::LinearGelu {
+                    x, z, weight, bias, ..
+                } => {
+                    let dx = backend.linear_gelu_backward(
+                        &dy,
+                        self.value(x)?,
+                        self.value(z)?,
                         params,
                         grads,
                         weight,

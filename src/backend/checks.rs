@@ -226,3 +226,13 @@ pub(crate) fn check_labels(labels: &[i32], vocab: usize) -> Result<()> {
         None => Ok(()),
     }
 }
+
+/// A top-k size of at least one and at most the row's width.
+pub(crate) fn check_top_k(k: usize, width: usize) -> Result<()> {
+    if k == 0 || k > width {
+        return Err(Error::Config(format!(
+            "top-k: k = {k} must be between 1 and the row width {width}"
+        )));
+    }
+    Ok(())
+}

@@ -57,6 +57,16 @@ pub struct CrossEntropyOut {
     pub dlogits: Option<Tensor>,
 }
 
+/// The `k` most probable entries of each row of a softmax, best first
+/// ([`Backend::softmax_top_k`]).
+#[derive(Debug, Clone)]
+pub struct TopK {
+    /// `[rows, k]` i32: the entries' indices (token ids, for logits over a vocabulary).
+    pub ids: Tensor,
+    /// `[rows, k]` f32: their softmax probabilities.
+    pub probabilities: Tensor,
+}
+
 /// Identifies one dropout mask. Masks come from a counter-based generator (Philox4x32-10) keyed by
 /// `(seed, step, site, element)`, so any backend draws the same mask and backward regenerates it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -215,7 +225,7 @@ pub trait Backend: Send + Sync {
 
     /// `z = x W^T + b` and `GELU(z)`, the feed-forward block's first layer, which a backend may
     /// fuse (the bias and GELU in one pass after the GEMM). Returns `(z, GELU(z))`; the backward is
-    /// that of the two ops apart.
+    /// [`linear_gelu_backward`](Self::linear_gelu_backward).
     fn linear_gelu_forward(
         &self,
         x: &Tensor,
@@ -239,6 +249,25 @@ pub trait Backend: Send + Sync {
         weight: Param,
         bias: Param,
     ) -> Result<Tensor>;
+
+    /// The backward of [`linear_gelu_forward`](Self::linear_gelu_forward): given `dy` (the gradient
+    /// of `GELU(z)`), `z` and the layer's input `x`, returns dx and adds dW and db into `grads`. A
+    /// backend may fuse GELU's backward into the bias gradient's pass; the default runs the two
+    /// backwards apart.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_gelu_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        z: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        let dz = self.gelu_backward(dy, z)?;
+        self.linear_backward(&dz, x, params, grads, weight, bias)
+    }
 
     // ---- exact (erf) GELU ----
     fn gelu_forward(&self, x: &Tensor) -> Result<Tensor>;
@@ -304,6 +333,11 @@ pub trait Backend: Send + Sync {
     fn scatter_rows(&self, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor>;
     /// Index of the largest element of each row (the first one on ties), `[rows]` i32.
     fn argmax_rows(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// The `k` most probable entries of the softmax of each row of `logits` `[rows, width]`, best
+    /// first: a larger logit first, the lower index first on ties (so entry 0 is
+    /// [`argmax_rows`](Self::argmax_rows)' answer), NaN logits last. `k` must be in `1..=width`.
+    fn softmax_top_k(&self, logits: &Tensor, k: usize) -> Result<TopK>;
 
     // ---- optimiser ----
     /// One AdamW step over the whole flat buffers, exactly as `torch.optim.AdamW` (non-fused,

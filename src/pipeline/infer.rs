@@ -3,7 +3,10 @@
 //! Each input is encoded with the tokenizer (truncated to its sequence length like the reference),
 //! the model's logits are computed at the `[MASK]` positions only, and each mask is replaced by
 //! its most probable token. The output is decoded with special tokens kept and `[PAD]` removed,
-//! as the reference's infer pipeline prints it. Candidates carry softmax probabilities.
+//! as the reference's infer pipeline prints it. Candidates carry softmax probabilities, computed
+//! with the choice of the best candidates by the backend ([`Backend::softmax_top_k`]).
+//!
+//! [`Backend::softmax_top_k`]: crate::backend::Backend::softmax_top_k
 
 use serde::Serialize;
 
@@ -38,14 +41,6 @@ pub struct Filled {
     pub truncated: bool,
 }
 
-/// Softmax of one row of logits, in f64.
-fn softmax(row: &[f32]) -> Vec<f64> {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
-    let sum: f64 = exps.iter().sum();
-    exps.into_iter().map(|e| e / sum).collect()
-}
-
 /// Fills the masks of `text`, keeping the `top_k` best candidates of each (at least one).
 pub fn fill_masks(
     model: &Model,
@@ -63,24 +58,25 @@ pub fn fill_masks(
     if !positions.is_empty() {
         let tokens = Tensor::from_i32(&[ids.len()], ids.clone())?;
         let logits = model.logits_at_positions(&tokens, None, &positions)?;
-        let logits = model.backend().download_f32(&logits)?;
-        let vocab = model.config().vocab_size;
-        for (row, &position) in logits.chunks(vocab).zip(&positions) {
-            let probabilities = softmax(row);
-            let mut order: Vec<usize> = (0..vocab).collect();
-            // Best first; ties keep the lower id first, matching argmax.
-            order.sort_by(|&a, &b| {
-                probabilities[b]
-                    .total_cmp(&probabilities[a])
-                    .then(a.cmp(&b))
-            });
-            let candidates = order
-                .into_iter()
-                .take(top_k.max(1))
-                .map(|id| Candidate {
-                    id: id as i32,
-                    token: tokenizer.token(id as i32).unwrap_or_default(),
-                    probability: probabilities[id],
+        // The softmax and the choice of the k best run where the logits are: only k ids and k
+        // probabilities per mask come back from a GPU.
+        let backend = model.backend();
+        let k = top_k.clamp(1, model.config().vocab_size);
+        let top = backend.softmax_top_k(&logits, k)?;
+        let best_ids = backend.download_i32(&top.ids)?;
+        let probabilities = backend.download_f32(&top.probabilities)?;
+        for ((ids_k, probabilities_k), &position) in best_ids
+            .chunks(k)
+            .zip(probabilities.chunks(k))
+            .zip(&positions)
+        {
+            let candidates = ids_k
+                .iter()
+                .zip(probabilities_k)
+                .map(|(&id, &probability)| Candidate {
+                    id,
+                    token: tokenizer.token(id).unwrap_or_default(),
+                    probability: probability as f64,
                 })
                 .collect::<Vec<_>>();
             ids[position as usize] = candidates[0].id;

@@ -3,6 +3,7 @@
 
 use crate::harness::{assert_close, cpu, gpus, random, rng};
 use undertale_maskedlm::Error;
+use undertale_maskedlm::Tensor;
 use undertale_maskedlm::backend::{Backend, Param};
 
 /// Relative tolerance, for the GEMMs (the emulator runs the CPU's; cuBLASLt rounds differently).
@@ -446,5 +447,176 @@ fn linear_with_the_bias_and_gelu_fused_matches_the_two_ops() {
             0.0,
             4.0 * scale_y / 256.0 + 1e-5,
         );
+    }
+}
+
+/// The fused backward of the feed-forward block's first layer (GELU's backward in the bias
+/// gradient's pass) against the CPU's two backwards, and against the GPU's own unfused path, which
+/// it must match bit for bit: the same dz, summed in the same order, fed to the same GEMMs. 150 rows:
+/// three row chunks of the bias sum, the last one partial.
+#[test]
+fn linear_gelu_fused_backward_matches_the_two_backwards() {
+    use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
+    let (rows, inp, out) = (150, 37, 29);
+    let (weight, bias, len) = slots(inp, out);
+    let mut rng = rng(78);
+    let x = random(&mut rng, rows * inp, 1.0);
+    let z = random(&mut rng, rows * out, 2.0);
+    let dy = random(&mut rng, rows * out, 1.0);
+    let params = random(&mut rng, len, 0.5);
+    let grads = random(&mut rng, len, 1.0);
+    let range = |p: Param| p.offset..p.offset + p.len;
+
+    // Runs the fused backward and the two backwards on `backend`, with the activations uploaded by
+    // `upload` (f32, or rounded to bf16): (dx, grads) of each.
+    let both = |backend: &dyn Backend, upload: &dyn Fn(&[usize], &[f32]) -> Tensor| {
+        let (bx, bz, bdy) = (
+            upload(&[rows, inp], &x),
+            upload(&[rows, out], &z),
+            upload(&[rows, out], &dy),
+        );
+        let bp = backend.upload_f32(&[len], &params).unwrap();
+        let mut fused_grads = backend.upload_f32(&[len], &grads).unwrap();
+        let fused_dx = backend
+            .linear_gelu_backward(&bdy, &bx, &bz, &bp, &mut fused_grads, weight, bias)
+            .unwrap();
+        let mut apart_grads = backend.upload_f32(&[len], &grads).unwrap();
+        let dz = backend.gelu_backward(&bdy, &bz).unwrap();
+        let apart_dx = backend
+            .linear_backward(&dz, &bx, &bp, &mut apart_grads, weight, bias)
+            .unwrap();
+        let v = |t: &Tensor| t.to_vec_f32().unwrap();
+        (
+            (v(&fused_dx), v(&fused_grads)),
+            (v(&apart_dx), v(&apart_grads)),
+        )
+    };
+
+    let cpu = cpu();
+    let ((want_dx, want_grads), _) = both(&cpu, &|shape, v| cpu.upload_f32(shape, v).unwrap());
+    for (name, gpu) in gpus() {
+        let upload = |shape: &[usize], v: &[f32]| gpu.upload_f32(shape, v).unwrap();
+        let ((dx, got), (apart_dx, apart_grads)) = both(gpu.as_ref(), &upload);
+        let what = |part: &str| format!("fused linear+gelu backward {part} on {name}");
+        assert_close(&what("dx"), &dx, &want_dx, REL, 0.0);
+        assert_close(
+            &what("dW"),
+            &got[range(weight)],
+            &want_grads[range(weight)],
+            REL,
+            0.0,
+        );
+        assert_close(
+            &what("db"),
+            &got[range(bias)],
+            &want_grads[range(bias)],
+            REL,
+            0.0,
+        );
+        for i in (0..len).filter(|i| !range(weight).contains(i) && !range(bias).contains(i)) {
+            assert_eq!(got[i], grads[i], "{}[{i}]", what("padding"));
+        }
+        if name.starts_with("emulated") {
+            assert_eq!(dx, apart_dx, "{}", what("dx bits against the unfused path"));
+            assert_eq!(
+                got,
+                apart_grads,
+                "{}",
+                what("gradient bits against the unfused path")
+            );
+        }
+    }
+
+    // bf16: the CPU reference runs on the rounded inputs in f32; the GPU rounds dz to bf16 before
+    // the GEMMs (2^-8 of each value), which the sums over 150 rows and 29 features carry into dx,
+    // dW and db.
+    let ((want_dx, want_grads), _) = {
+        let (x, z, dy) = (round_bf16(&x), round_bf16(&z), round_bf16(&dy));
+        let rounded_params: Vec<f32> = params
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                if range(weight).contains(&i) {
+                    round_bf16(&[v])[0]
+                } else {
+                    v
+                }
+            })
+            .collect();
+        let mut g = cpu.upload_f32(&[len], &grads).unwrap();
+        let dx = cpu
+            .linear_gelu_backward(
+                &cpu.upload_f32(&[rows, out], &dy).unwrap(),
+                &cpu.upload_f32(&[rows, inp], &x).unwrap(),
+                &cpu.upload_f32(&[rows, out], &z).unwrap(),
+                &cpu.upload_f32(&[len], &rounded_params).unwrap(),
+                &mut g,
+                weight,
+                bias,
+            )
+            .unwrap();
+        ((dx.to_vec_f32().unwrap(), g.to_vec_f32().unwrap()), ())
+    };
+    let scale = |v: &[f32]| v.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (name, gpu) in gpus_bf16() {
+        let upload = |shape: &[usize], v: &[f32]| upload_bf16(&gpu, shape, v);
+        let ((dx, got), (apart_dx, apart_grads)) = both(&gpu, &upload);
+        let what = |part: &str| format!("bf16 fused linear+gelu backward {part} on {name}");
+        assert_close(
+            &what("dx"),
+            &dx,
+            &want_dx,
+            0.0,
+            scale(&want_dx) * 4.0 / 256.0,
+        );
+        let (dw, want_dw) = (&got[range(weight)], &want_grads[range(weight)]);
+        assert_close(&what("dW"), dw, want_dw, 0.0, scale(want_dw) * 4.0 / 256.0);
+        let (db, want_db) = (&got[range(bias)], &want_grads[range(bias)]);
+        assert_close(&what("db"), db, want_db, 0.0, scale(want_db) * 4.0 / 256.0);
+        if name.starts_with("emulated") {
+            assert_eq!(dx, apart_dx, "{}", what("dx bits against the unfused path"));
+            assert_eq!(
+                got,
+                apart_grads,
+                "{}",
+                what("gradient bits against the unfused path")
+            );
+        }
+    }
+}
+
+/// A `z` whose shape is not `dy`'s is refused before anything runs, with the CPU's error.
+#[test]
+fn linear_gelu_fused_backward_rejects_a_mismatched_z() {
+    let (rows, inp, out) = (5, 4, 3);
+    let (weight, bias, len) = slots(inp, out);
+    let mut rng = rng(79);
+    let x = random(&mut rng, rows * inp, 1.0);
+    let z = random(&mut rng, rows * (out + 1), 1.0);
+    let dy = random(&mut rng, rows * out, 1.0);
+    let params = random(&mut rng, len, 1.0);
+    let grads = random(&mut rng, len, 1.0);
+    let run = |backend: &dyn Backend| {
+        let up = |shape: &[usize], v: &[f32]| backend.upload_f32(shape, v).unwrap();
+        let mut g = up(&[len], &grads);
+        let err = backend
+            .linear_gelu_backward(
+                &up(&[rows, out], &dy),
+                &up(&[rows, inp], &x),
+                &up(&[rows, out + 1], &z),
+                &up(&[len], &params),
+                &mut g,
+                weight,
+                bias,
+            )
+            .unwrap_err();
+        (err.to_string(), g.to_vec_f32().unwrap())
+    };
+    let (want, _) = run(&cpu());
+    assert!(want.contains("gelu dy"), "{want}");
+    for (name, gpu) in gpus() {
+        let (err, got) = run(gpu.as_ref());
+        assert_eq!(err, want, "error on {name}");
+        assert_eq!(got, grads, "gradients left as they were on {name}");
     }
 }

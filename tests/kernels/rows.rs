@@ -1,5 +1,5 @@
-// Kernel tests for kernels/rows.cu: gather, scatter-add (with repeated rows) and argmax (ties, NaN,
-// infinities), against the CPU backend, plus the row-index errors; in bf16, against the CPU on the
+// Kernel tests for kernels/rows.cu: gather, scatter-add (with repeated rows), argmax and the
+// softmax's top k (ties, NaN, infinities), against the CPU backend, plus the row-index errors; in bf16, against the CPU on the
 // rounded inputs.
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
@@ -335,4 +335,168 @@ fn integer_rows_are_a_dtype_error() {
         gpu.scatter_rows(&x, &both, 2),
         Err(Error::DType { .. })
     ));
+}
+
+/// Logits with ties (values on a grid of 1/4), plus, in chosen rows, NaN and infinite entries.
+fn logits_with_ties_and_specials(seed: u64, rows: usize, width: usize) -> Vec<f32> {
+    let mut rng = rng(seed);
+    let mut x: Vec<f32> = (0..rows * width)
+        .map(|_| (rng.random_range(-12.0f32..12.0) * 4.0).round() / 4.0)
+        .collect();
+    // Row 1: a NaN (the whole row's probabilities become NaN; NaN ranks last). Row 2: -inf entries
+    // (probability 0, ranked after every finite logit). Row 3: a logit so large that exp of it
+    // would overflow: the max is taken out of the exponents, so it gets probability 1.
+    x[width + 3] = f32::NAN;
+    x[2 * width + 1] = f32::NEG_INFINITY;
+    x[2 * width + 7] = f32::NEG_INFINITY;
+    x[3 * width + 5] = 1.0e30;
+    x
+}
+
+/// Compares top-k answers: ids exactly, probabilities within `abs` (NaN where the reference is NaN).
+fn assert_top_k(what: &str, got: (&[i32], &[f32]), want: (&[i32], &[f32]), abs: f32) {
+    assert_eq!(got.0, want.0, "{what}: ids");
+    for (i, (&g, &w)) in got.1.iter().zip(want.1).enumerate() {
+        if w.is_nan() {
+            assert!(g.is_nan(), "{what}: probability [{i}] = {g}, want NaN");
+        } else {
+            assert!(
+                (g - w).abs() <= abs + 1e-5 * w,
+                "{what}: probability [{i}] = {g}, want {w}"
+            );
+        }
+    }
+}
+
+/// The softmax's top k, f32: the CPU's ids in the CPU's order (ties by index, NaN last) and its
+/// probabilities, for a k of 1, a few, and the whole row; entry 0 is the argmax.
+#[test]
+fn softmax_top_k_matches_the_cpu_on_ties_nan_and_infinities() {
+    let (rows, width) = (37, 1001);
+    let x = logits_with_ties_and_specials(91, rows, width);
+    let cpu = cpu();
+    let cx = cpu.upload_f32(&[rows, width], &x).unwrap();
+    for k in [1, 5, 64] {
+        let top = cpu.softmax_top_k(&cx, k).unwrap();
+        assert_eq!(top.ids.shape(), [rows, k]);
+        let want_ids = top.ids.to_vec_i32().unwrap();
+        let want_p = top.probabilities.to_vec_f32().unwrap();
+        // The reference's own sense: entry 0 is the argmax, the probabilities do not increase, and
+        // they are softmax values.
+        let argmax = cpu.argmax_rows(&cx).unwrap().to_vec_i32().unwrap();
+        for r in [0, 2, 3, 36] {
+            assert_eq!(want_ids[r * k], argmax[r], "row {r}: entry 0 is the argmax");
+            let p = &want_p[r * k..(r + 1) * k];
+            assert!(
+                p.windows(2).all(|w| w[0] >= w[1]),
+                "row {r}: best first {p:?}"
+            );
+            assert!(
+                p.iter().all(|&v| (0.0..=1.0).contains(&v)),
+                "row {r}: {p:?}"
+            );
+        }
+        assert!(
+            want_p[k..2 * k].iter().all(|p| p.is_nan()),
+            "row 1 has a NaN logit"
+        );
+        assert_eq!(
+            want_p[3 * k],
+            1.0,
+            "row 3: the huge logit takes all the mass"
+        );
+        for (name, gpu) in gpus() {
+            let top = gpu
+                .softmax_top_k(&gpu.upload_f32(&[rows, width], &x).unwrap(), k)
+                .unwrap();
+            assert_top_k(
+                &format!("top-{k} on {name}"),
+                (
+                    &top.ids.to_vec_i32().unwrap(),
+                    &top.probabilities.to_vec_f32().unwrap(),
+                ),
+                (&want_ids, &want_p),
+                1e-6,
+            );
+        }
+    }
+    // k = width: every entry, so each row's probabilities sum to 1 (those without NaN).
+    let (rows, width) = (3, 45);
+    let x = random(&mut rng(92), rows * width, 6.0);
+    let top = cpu
+        .softmax_top_k(&cpu.upload_f32(&[rows, width], &x).unwrap(), width)
+        .unwrap();
+    let want_p = top.probabilities.to_vec_f32().unwrap();
+    for row in want_p.chunks(width) {
+        let sum: f32 = row.iter().sum();
+        assert!(
+            (sum - 1.0).abs() < 1e-5,
+            "a whole row's probabilities sum to {sum}"
+        );
+    }
+    for (name, gpu) in gpus() {
+        let got = gpu
+            .softmax_top_k(&gpu.upload_f32(&[rows, width], &x).unwrap(), width)
+            .unwrap();
+        assert_top_k(
+            &format!("top-{width} of {width} on {name}"),
+            (
+                &got.ids.to_vec_i32().unwrap(),
+                &got.probabilities.to_vec_f32().unwrap(),
+            ),
+            (&top.ids.to_vec_i32().unwrap(), &want_p),
+            1e-6,
+        );
+    }
+}
+
+/// bf16 logits (many ties once rounded): the CPU's answer on the rounded rows.
+#[test]
+fn bf16_softmax_top_k_is_the_cpus_on_the_rounded_rows() {
+    let (rows, width, k) = (19, 517, 7);
+    let x = random(&mut rng(93), rows * width, 8.0);
+    let cpu = cpu();
+    let top = cpu
+        .softmax_top_k(&cpu.upload_f32(&[rows, width], &round_bf16(&x)).unwrap(), k)
+        .unwrap();
+    let (want_ids, want_p) = (
+        top.ids.to_vec_i32().unwrap(),
+        top.probabilities.to_vec_f32().unwrap(),
+    );
+    for (name, gpu) in gpus_bf16() {
+        let logits = upload_bf16(&gpu, &[rows, width], &x);
+        let got = gpu.softmax_top_k(&logits, k).unwrap();
+        assert_eq!(got.probabilities.dtype(), DType::F32);
+        assert_top_k(
+            &format!("bf16 top-{k} on {name}"),
+            (
+                &got.ids.to_vec_i32().unwrap(),
+                &got.probabilities.to_vec_f32().unwrap(),
+            ),
+            (&want_ids, &want_p),
+            1e-6,
+        );
+    }
+}
+
+/// k = 0 and k above the row width are the CPU's error, on every backend.
+#[test]
+fn softmax_top_k_rejects_k_outside_the_row() {
+    let x = random(&mut rng(94), 2 * 9, 1.0);
+    let cpu = cpu();
+    for k in [0, 10] {
+        let want = cpu
+            .softmax_top_k(&cpu.upload_f32(&[2, 9], &x).unwrap(), k)
+            .unwrap_err();
+        assert!(
+            matches!(&want, Error::Config(m) if m.contains(&format!("k = {k}"))),
+            "{want}"
+        );
+        for (name, gpu) in gpus() {
+            let err = gpu
+                .softmax_top_k(&gpu.upload_f32(&[2, 9], &x).unwrap(), k)
+                .unwrap_err();
+            assert_eq!(err.to_string(), want.to_string(), "k = {k} on {name}");
+        }
+    }
 }

@@ -19,11 +19,11 @@ pub use cross_entropy::IGNORE_INDEX;
 
 use crate::backend::checks::{
     attention_dims, check_attention_saved, check_disjoint_slots, check_dropout_probability,
-    check_labels, check_param, check_rows, check_same_shape, check_token_ids, cross_entropy_dims,
-    embedding_dims, layernorm_backward_dims, linear_backward_dims, rows_cols,
+    check_labels, check_param, check_rows, check_same_shape, check_token_ids, check_top_k,
+    cross_entropy_dims, embedding_dims, layernorm_backward_dims, linear_backward_dims, rows_cols,
 };
 use crate::backend::{
-    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
+    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param, TopK,
 };
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -433,6 +433,24 @@ impl Backend for CpuBackend {
         let mut out = vec![0i32; n];
         rows::argmax(&mut out, f32s(x, "argmax input")?, width);
         Tensor::from_i32(&[n], out)
+    }
+
+    fn softmax_top_k(&self, logits: &Tensor, k: usize) -> Result<TopK> {
+        let (n, width) = rows_cols(logits, "top-k logits")?;
+        check_top_k(k, width)?;
+        let mut ids = vec![0i32; n * k];
+        let mut probabilities = vec![0.0f32; n * k];
+        rows::softmax_top_k(
+            &mut ids,
+            &mut probabilities,
+            f32s(logits, "top-k logits")?,
+            width,
+            k,
+        );
+        Ok(TopK {
+            ids: Tensor::from_i32(&[n, k], ids)?,
+            probabilities: output(&[n, k], probabilities)?,
+        })
     }
 
     fn adamw_step(

@@ -1,4 +1,6 @@
-//! Row selection: gather, its adjoint scatter, and argmax.
+//! Row selection: gather, its adjoint scatter, argmax, and the softmax's top k.
+
+use std::cmp::Ordering;
 
 use rayon::prelude::*;
 
@@ -30,5 +32,50 @@ pub fn argmax(out: &mut [i32], x: &[f32], width: usize) {
                 }
             }
             *o = best as i32;
+        });
+}
+
+/// The order of [`softmax_top_k`]: a larger logit first, the lower index first on ties, NaN logits
+/// after every number (among themselves by index). Total, so the top k are well defined.
+fn rank(row: &[f32], a: usize, b: usize) -> Ordering {
+    let (x, y) = (row[a], row[b]);
+    match (x.is_nan(), y.is_nan()) {
+        (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
+        (nan_x, nan_y) => nan_x.cmp(&nan_y).then(a.cmp(&b)),
+    }
+}
+
+/// The `k` most probable entries of each row's softmax, best first: `ids` and `probabilities` are
+/// `[rows, k]`. The log-sum-exp is formed in f64 (with the max left out of the exponents, so nothing
+/// overflows); a NaN logit makes the row's probabilities NaN. `k` is in `1..=width`.
+pub fn softmax_top_k(
+    ids: &mut [i32],
+    probabilities: &mut [f32],
+    x: &[f32],
+    width: usize,
+    k: usize,
+) {
+    ids.par_chunks_mut(k)
+        .zip(probabilities.par_chunks_mut(k))
+        .zip(x.par_chunks(width))
+        .for_each(|((ids, probabilities), row)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let sum: f64 = row
+                .iter()
+                .filter(|&&v| v != f32::NEG_INFINITY)
+                .map(|&v| (v as f64 - max).exp())
+                .sum();
+            let lse = max + sum.ln();
+            let mut order: Vec<usize> = (0..width).collect();
+            // The k best in O(width), then only those sorted.
+            if k < width {
+                order.select_nth_unstable_by(k - 1, |&a, &b| rank(row, a, b));
+            }
+            order.truncate(k);
+            order.sort_unstable_by(|&a, &b| rank(row, a, b));
+            for ((id, p), j) in ids.iter_mut().zip(probabilities.iter_mut()).zip(order) {
+                *id = j as i32;
+                *p = (row[j] as f64 - lse).exp() as f32;
+            }
         });
 }

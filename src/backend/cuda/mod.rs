@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, Weak};
 use runtime::GpuRuntime;
 
 use crate::backend::{
-    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param,
+    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param, TopK,
 };
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
@@ -340,6 +340,19 @@ impl Backend for GpuBackend {
         ops::linear::backward(self, dy, x, params, grads, weight, bias)
     }
 
+    fn linear_gelu_backward(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        z: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+    ) -> Result<Tensor> {
+        ops::linear::gelu_backward(self, dy, x, z, params, grads, weight, bias)
+    }
+
     fn gelu_forward(&self, x: &Tensor) -> Result<Tensor> {
         ops::elementwise::gelu_forward(self, x)
     }
@@ -413,6 +426,10 @@ impl Backend for GpuBackend {
 
     fn argmax_rows(&self, x: &Tensor) -> Result<Tensor> {
         ops::rows::argmax(self, x)
+    }
+
+    fn softmax_top_k(&self, logits: &Tensor, k: usize) -> Result<TopK> {
+        ops::rows::softmax_top_k(self, logits, k)
     }
 
     fn adamw_step(

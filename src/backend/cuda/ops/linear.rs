@@ -1,6 +1,8 @@
 //! Launch wrappers for `kernels/linear.cu`: `y = x W^T + b` with `W` stored `[out, in]` like
 //! `torch.nn.Linear`. The products are GEMMs on the runtime (cuBLASLt on a GPU); the kernels write
-//! the bias into `y` before the forward GEMM and sum `dy` down its columns for `db`.
+//! the bias into `y` before the forward GEMM and sum `dy` down its columns for `db`. The
+//! feed-forward block's first layer fuses the bias and GELU: after the GEMM in the forward
+//! (`linear_bias_gelu`), and with db's column sums in the backward (`linear_gelu_backward_partials`).
 //!
 //! f32 or bf16 activations: x (and dy) set the type of y (and dx). With bf16 activations the GEMMs
 //! read `W` from the parameters' bf16 shadow ([`GpuBackend::bf16_parameters`]) and accumulate in
@@ -12,7 +14,9 @@
 
 use super::{activation_dtype, int, kernel_name, param_ptr};
 use crate::backend::Param;
-use crate::backend::checks::{check_disjoint_slots, check_param, linear_backward_dims, rows_cols};
+use crate::backend::checks::{
+    check_disjoint_slots, check_param, check_same_shape, linear_backward_dims, rows_cols,
+};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::backend::cuda::runtime::GemmSpec;
@@ -243,6 +247,40 @@ pub fn backward(
     weight: Param,
     bias: Param,
 ) -> Result<Tensor> {
+    backward_through(backend, dy, None, x, params, grads, weight, bias)
+}
+
+/// The backward of [`gelu_forward`]: `dz = dy GELU'(z)` in the same pass as db's partial sums
+/// (`linear_gelu_backward_partials`), then the backward of the linear layer from `dz`.
+#[allow(clippy::too_many_arguments)]
+pub fn gelu_backward(
+    backend: &GpuBackend,
+    dy: &Tensor,
+    x: &Tensor,
+    z: &Tensor,
+    params: &Tensor,
+    grads: &mut Tensor,
+    weight: Param,
+    bias: Param,
+) -> Result<Tensor> {
+    // The unfused path's first check: GELU's backward takes dy of z's shape.
+    check_same_shape(z, dy, "gelu dy")?;
+    backward_through(backend, dy, Some(z), x, params, grads, weight, bias)
+}
+
+/// The linear backward from `dy`, or with `gelu_input = Some(z)` from `dz = dy GELU'(z)`, which the
+/// bias-gradient kernel computes and stores on its way.
+#[allow(clippy::too_many_arguments)]
+fn backward_through(
+    backend: &GpuBackend,
+    dy: &Tensor,
+    gelu_input: Option<&Tensor>,
+    x: &Tensor,
+    params: &Tensor,
+    grads: &mut Tensor,
+    weight: Param,
+    bias: Param,
+) -> Result<Tensor> {
     // Every check before anything runs, in the CPU backend's order, so errors match; the bias
     // slot's length is checked too (the CPU backend only checks that it lies in the buffer).
     let (rows, inp, out) = linear_backward_dims(dy, x)?;
@@ -251,10 +289,13 @@ pub fn backward(
     backend.ptr(grads, DType::F32, "gradients")?;
     check_disjoint_slots(&[weight, bias], grads.numel(), "linear")?;
     check_param(bias, out, grads.numel(), "linear bias")?;
-    // x sets the activation type; dy, its gradient, must have the same.
+    // x sets the activation type; dy, its gradient, must have the same, and so must z.
     let dtype = activation_dtype(x, "linear input")?;
     let dy_ptr = backend.ptr(dy, dtype, "linear dy")?;
     let x_ptr = backend.ptr(x, dtype, "linear input")?;
+    let z_ptr = gelu_input
+        .map(|z| backend.ptr(z, dtype, "gelu input"))
+        .transpose()?;
 
     let dx = backend.empty(x.shape(), dtype)?;
     // Zero rows: nothing to add (rows_cols counts no rows when in or out is 0, too).
@@ -267,38 +308,48 @@ pub fn backward(
     let dx_ptr = backend.ptr(&dx, dtype, "linear dx")?;
     let (w, _shadow) = gemm_weight(backend, params, weight, w, dtype)?;
 
-    // dx[rows, in] = dy[rows, out] W[out, in]; beta = 0, dx starts uninitialised. Every operand
-    // has the activation type.
-    backend.runtime().gemm(
-        &GemmSpec::dense(rows, inp, out, dy_ptr, false, w, false, dx_ptr, 1.0, 0.0)
-            .with_types(dtype, dtype, dtype),
-    )?;
-    // dW[out, in] += dy^T x: dy is stored [rows, out] = [k, m], read transposed; beta = 1 adds
-    // into the f32 gradient slice in place (from bf16 operands too: products accumulate in f32).
-    backend.runtime().gemm(
-        &GemmSpec::dense(out, inp, rows, dy_ptr, true, x_ptr, false, dw, 1.0, 1.0).with_types(
-            dtype,
-            dtype,
-            DType::F32,
-        ),
-    )?;
-
-    // db += column sums of dy: f32 chunk partials, then the chunks in order.
+    // db += column sums of dz: f32 chunk partials, then the chunks in order. dz is dy itself, or
+    // dy GELU'(z), written by the partials kernel for the GEMMs below.
     let chunks = RowChunks::new(rows);
     let partials = backend.empty(&[chunks.count, out], DType::F32)?;
     let partials_ptr = backend.ptr(&partials, DType::F32, "linear bias partials")?;
     let (rows_i, out_i) = (int(rows, "linear rows")?, int(out, "linear out features")?);
-    let mut args = KernelArgs::new()
-        .ptr(dy_ptr)
-        .ptr(partials_ptr)
-        .i32(rows_i)
-        .i32(out_i)
-        .i32(int(chunks.rows_per_chunk, "rows per chunk")?);
-    backend.runtime().launch(
-        &kernel_name("linear_bias_backward_partials", dtype),
-        &chunks.launch_config(out, "linear bias gradient")?,
-        &mut args,
-    )?;
+    let per_chunk = int(chunks.rows_per_chunk, "rows per chunk")?;
+    let launch = chunks.launch_config(out, "linear bias gradient")?;
+    let (dz, dz_ptr) = match z_ptr {
+        Some(z_ptr) => {
+            let dz = backend.empty(dy.shape(), dtype)?;
+            let dz_ptr = backend.ptr(&dz, dtype, "gelu dx")?;
+            let mut args = KernelArgs::new()
+                .ptr(dy_ptr)
+                .ptr(z_ptr)
+                .ptr(dz_ptr)
+                .ptr(partials_ptr)
+                .i32(rows_i)
+                .i32(out_i)
+                .i32(per_chunk);
+            backend.runtime().launch(
+                &kernel_name("linear_gelu_backward_partials", dtype),
+                &launch,
+                &mut args,
+            )?;
+            (Some(dz), dz_ptr)
+        }
+        None => {
+            let mut args = KernelArgs::new()
+                .ptr(dy_ptr)
+                .ptr(partials_ptr)
+                .i32(rows_i)
+                .i32(out_i)
+                .i32(per_chunk);
+            backend.runtime().launch(
+                &kernel_name("linear_bias_backward_partials", dtype),
+                &launch,
+                &mut args,
+            )?;
+            (None, dy_ptr)
+        }
+    };
     let mut args = KernelArgs::new()
         .ptr(partials_ptr)
         .ptr(db)
@@ -307,5 +358,23 @@ pub fn backward(
     backend
         .runtime()
         .launch("linear_bias_backward_sum_f32", &per_column(out), &mut args)?;
+
+    // dx[rows, in] = dz[rows, out] W[out, in]; beta = 0, dx starts uninitialised. Every operand
+    // has the activation type.
+    backend.runtime().gemm(
+        &GemmSpec::dense(rows, inp, out, dz_ptr, false, w, false, dx_ptr, 1.0, 0.0)
+            .with_types(dtype, dtype, dtype),
+    )?;
+    // dW[out, in] += dz^T x: dz is stored [rows, out] = [k, m], read transposed; beta = 1 adds
+    // into the f32 gradient slice in place (from bf16 operands too: products accumulate in f32).
+    backend.runtime().gemm(
+        &GemmSpec::dense(out, inp, rows, dz_ptr, true, x_ptr, false, dw, 1.0, 1.0).with_types(
+            dtype,
+            dtype,
+            DType::F32,
+        ),
+    )?;
+    // dz lives until here: the GEMMs above are queued on the stream before it is freed.
+    drop(dz);
     Ok(dx)
 }

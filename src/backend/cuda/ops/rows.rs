@@ -1,5 +1,5 @@
-//! Launch wrappers for `kernels/rows.cu`: gather, scatter-add and argmax over rows, one warp per
-//! row.
+//! Launch wrappers for `kernels/rows.cu`: gather, scatter-add, argmax and the softmax's top k over
+//! rows, one warp per row.
 //!
 //! Row indices are validated on the host, exactly as the CPU backend does it: the index tensor is
 //! small (one `int` per selected row) and the call must return a typed error, which needs the answer
@@ -10,11 +10,11 @@
 //! scatter's sums formed in f32 and rounded once. Argmax reads f32 or bf16 rows.
 
 use super::{activation, int, kernel_name};
-use crate::backend::Backend;
-use crate::backend::checks::{check_rows, rows_cols};
+use crate::backend::checks::{check_rows, check_top_k, rows_cols};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::backend::cuda::storage::dtype_bytes;
+use crate::backend::{Backend, TopK};
 use crate::error::{Error, Result};
 use crate::tensor::{DType, Tensor};
 
@@ -135,4 +135,30 @@ pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
         &mut args,
     )?;
     Ok(out)
+}
+
+/// The `k` most probable entries of each row's softmax, best first (the order of
+/// [`Backend::softmax_top_k`]): ids `[rows, k]` i32 and probabilities `[rows, k]` f32, from f32 or
+/// bf16 logits.
+pub fn softmax_top_k(backend: &GpuBackend, logits: &Tensor, k: usize) -> Result<TopK> {
+    let (n, width) = rows_cols(logits, "top-k logits")?;
+    check_top_k(k, width)?;
+    let (x_ptr, dtype) = activation(backend, logits, "top-k logits")?;
+    let ids = backend.empty(&[n, k], DType::I32)?;
+    let probabilities = backend.empty(&[n, k], DType::F32)?;
+    if n > 0 {
+        let mut args = KernelArgs::new()
+            .ptr(x_ptr)
+            .ptr(backend.ptr(&ids, DType::I32, "top-k ids")?)
+            .ptr(backend.ptr(&probabilities, DType::F32, "top-k probabilities")?)
+            .i32(int(n, "rows")?)
+            .i32(int(width, "row width")?)
+            .i32(int(k, "k")?);
+        backend.runtime().launch(
+            &kernel_name("softmax_top_k_rows", dtype),
+            &rows_config(n),
+            &mut args,
+        )?;
+    }
+    Ok(TopK { ids, probabilities })
 }
