@@ -1,9 +1,11 @@
 //! Launch wrappers for `kernels/attention.cu`: fused multi-head attention with a key-padding mask,
-//! forward and backward (FlashAttention-2 on CUDA cores), in f32 or bf16.
+//! forward and backward (FlashAttention-2; on CUDA cores, and on tensor cores for bf16), in f32 or
+//! bf16.
 //!
 //! The element type follows qkv: bf16 qkv gives a bf16 output and needs bf16 dout and out in the
-//! backward, which returns a bf16 dqkv; lse (and the backward's delta scratch) are f32 either way,
-//! and every kernel computes in f32.
+//! backward, which returns a bf16 dqkv; lse (and the backward's delta scratch) are f32 either way.
+//! The CUDA-core kernels compute in f32; the tensor-core ones multiply bf16 operands (P and dS
+//! rounded to bf16) and accumulate in f32.
 //!
 //! Each kernel exists once per head-dim capacity (16, 32, 64, 128); a call takes the smallest that
 //! holds its head_dim. Blocks own 64 rows of one (sequence, head) and the grid is one-dimensional,
