@@ -4,9 +4,9 @@
 //
 // Element types. The CUDA-core kernels are templates over the activation type E (float or
 // __nv_bfloat16: qkv, out, dout, dqkv) and compute in f32 either way; lse and the backward's delta
-// scratch are always f32. bf16 has a second forward on tensor cores (mma.sync m16n8k16, at the end of
-// the file), which the wrapper uses by default; the bf16 backward stays on CUDA cores for now (bf16
-// in and out, f32 inside), as do the f32 kernels.
+// scratch are always f32. bf16 has a second forward and a second backward on tensor cores
+// (mma.sync m16n8k16, at the end of the file), which the wrapper uses by default; the CUDA-core bf16
+// kernels stay as the reference the tests hold them to. f32 runs on CUDA cores only.
 //
 // ---- The math --------------------------------------------------------------------------------------
 // For one (sequence b, head h), with q, k, v the [S, d] slices of the fused QKV activation (row i of
@@ -94,8 +94,10 @@
 //
 // On CUDA cores each broadcast float4 from shared memory feeds four FMAs, so shared-memory
 // bandwidth and FMA issue, not DRAM, should bound these kernels (not yet measured on a GPU). The
-// bf16 tensor-core forward (end of the file) keeps the decomposition, the online softmax and the
-// padding handling, with warps owning 16-row fragments instead of lane groups owning rows.
+// bf16 tensor-core forward and backward (end of the file) keep the decomposition (grid, the dQ then
+// dK/dV split, the saved D), the online softmax and the padding handling, with warps owning 16-row
+// fragments instead of lane groups owning rows; their traffic is the same in bf16 bytes, and all
+// their flops run on tensor cores (the exponentials, S^2 per kernel, stay on the SFU).
 #include "common.cuh"
 
 namespace attention {
@@ -503,6 +505,10 @@ struct MmaTiles {
 #else
     static constexpr int MIN_BLOCKS = D <= 64 ? 4 : 3;
 #endif
+    // The backward kernels' (see their comment): what ptxas reaches without a bound, on both
+    // architectures.
+    static constexpr int MIN_BLOCKS_DQ = D <= 32 ? 4 : D == 64 ? 3 : 2;
+    static constexpr int MIN_BLOCKS_DKV = D == 16 ? 4 : D == 32 ? 3 : 2;
     static_assert(ROWS == Tiles<D>::ROWS, "the launch wrapper uses one grid for both forwards");
     static_assert((STRIDE * 2) % 16 == 0, "ldmatrix rows are 16-byte aligned");
     static_assert(2 * KEYS * STRIDE * 2 + KEYS * 4 + 16 <= 48 * 1024, "static shared memory");
@@ -514,19 +520,19 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
            (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16(hi))) << 16);
 }
 
-// Copies rows [first, first + KEYS) of a [rows, d] bf16 matrix (row i at src + i * stride) into a
-// [KEYS][STRIDE] shared tile, zero-filling features d..D and rows from `end` on (the pad columns
+// Copies rows [first, first + ROWS) of a [rows, d] bf16 matrix (row i at src + i * stride) into a
+// [ROWS][STRIDE] shared tile, zero-filling features d..D and rows from `end` on (the pad columns
 // D..STRIDE are never read). With `chunks` (d == D and qkv 16-byte aligned) every row is whole
 // 16-byte chunks at 16-byte aligned addresses (hidden = heads * D is a multiple of 8), copied as
 // such; otherwise element by element.
-template <int D>
+template <int D, int ROWS = MmaTiles<D>::KEYS>
 __device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* __restrict__ tile, const __nv_bfloat16* __restrict__ src,
                                                size_t stride, int first, int end, int d, bool chunks) {
     using M = MmaTiles<D>;
     if (chunks) {
         constexpr int CHUNKS = D / 8;
 #pragma unroll 4
-        for (int x = threadIdx.x; x < M::KEYS * CHUNKS; x += M::THREADS) {
+        for (int x = threadIdx.x; x < ROWS * CHUNKS; x += M::THREADS) {
             const int r = x / CHUNKS, c = 8 * (x % CHUNKS);
             uint4 chunk = {0u, 0u, 0u, 0u};
             if (first + r < end) chunk = *reinterpret_cast<const uint4*>(src + (first + r) * stride + c);
@@ -535,7 +541,7 @@ __device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* __restrict__ tile,
     } else {
         const __nv_bfloat16 zero = __float2bfloat16(0.0f);
 #pragma unroll 4
-        for (int x = threadIdx.x; x < M::KEYS * D; x += M::THREADS) {
+        for (int x = threadIdx.x; x < ROWS * D; x += M::THREADS) {
             const int r = x / D, c = x % D;
             tile[r * M::STRIDE + c] = first + r < end && c < d ? src[(first + r) * stride + c] : zero;
         }
@@ -690,6 +696,388 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
     }
 }
 
+// ---- backward in bf16 on tensor cores ---------------------------------------------------------------
+// `attention_backward_dq_bf16_mma_d*` and `attention_backward_dkv_bf16_mma_d*`, for D = 16, 32, 64,
+// 128 (every capacity: no fallback): the CUDA-core backward's split (a dQ kernel that also saves D,
+// then a dK/dV kernel that reads it; no atomics), the forward's grid and block (4 warps, each owning
+// 16 of the block's 64 rows as tensor-core fragments) and its shared tiles ([rows][D + 8] bf16).
+// Every product is an mma.sync m16n8k16 with bf16 operands and f32 accumulators; P and dS are rounded
+// to bf16 where they become operands (as FlashAttention does), like P in the forward.
+//
+//   dQ   the block's dO and out rows are staged in shared memory; lane t of each quad sums the
+//        feature pairs 8 x + 2 t of its two rows (a quad reads 4 consecutive words, and rows of
+//        D + 8 elements put a warp's 8 quads on 8 different groups of 4 banks: no conflicts) and two
+//        shuffles finish D_i = dO_i . out_i, which is saved for dK/dV. The warp keeps its 16 rows of Q and of dO as A fragments
+//        (D / 4 registers each) and streams K, V tiles of 64 keys. Per 16 keys: S = Q K^T and
+//        dP = dO V^T (K, V rows as the col-major B operand: plain ldmatrix.x4), P = exp(s / sqrt(d) -
+//        lse), dS = P (dP - D) packed to bf16 as one A fragment, dQ += dS K (K as the k-major B
+//        operand: ldmatrix.x4.trans). dQ is D / 2 accumulators per lane.
+//   dK/dV the warp keeps its 16 keys' rows of K and V as A fragments and streams Q, dO (and lse, D)
+//        tiles over every query row of the sequence. Per 16 queries: S^T = K Q^T and dP^T = V dO^T
+//        (the keys are the M dimension, so the products need no transposed fragment), P^T and
+//        dS^T = P^T (dP^T - D) packed in registers, dV += P^T dO and dK += dS^T Q (ldmatrix.trans
+//        of the dO and Q tiles). dK and dV are D / 2 accumulators each.
+//        D = 128 is the exception: K, V, dK, dV would hold 192 registers per lane and ptxas spills at
+//        255, so the block's 64 rows of K and V stay in shared memory and each k-step reloads its two
+//        A fragments (one ldmatrix.x4 each, next to the two B loads it feeds); the query tiles are 16
+//        rows so that the four tiles fit the 48 KiB of static shared memory.
+//
+// Steps of 16 keys (queries) rather than the forward's whole 64-key S: the backward has two
+// score-shaped products (S and dP) and two sets of operand fragments; a 16-wide step keeps S and dP
+// at 8 registers each, and their accumulators are exactly one k-step of the A fragment that follows.
+// Steps past the last real key (dQ) or the sequence's end (dK/dV) are skipped; padding keys and rows
+// with lse = -inf get P = 0 by a select, as in the CUDA-core kernels, so gradients through them are 0.
+// Each output element lives in one lane's accumulator and sums its terms in a fixed order (mma over
+// the k-steps, tiles in order), so results are bitwise reproducible and independent of scheduling.
+//
+// Per (batch, head) with T = ceil(S / 64): dQ reads Q, dO, out once and K, V once per query tile
+// (3 S d + 2 T S d bf16), writes dQ and D, and runs 6 S^2 d flops (S, dP, dQ) on tensor cores;
+// dK/dV reads K, V once and Q, dO, lse, D once per key tile (2 S d + 2 T S d bf16, 2 T S f32) and
+// runs 8 S^2 d (S^T, dP^T, dV, dK). Exponentials: S^2 per kernel.
+//
+//     D                                  16     32     64    128
+//     shared memory, dQ (KiB)           6.3   10.3   18.3   34.3
+//     shared memory, dK/dV (KiB)        6.5   10.5   18.5   42.6
+//     registers sm_90, dQ / dK/dV   108/119 124/154 157/218 238/247   (sm_80: 104/123, 118/153,
+//     blocks per SM (16-warp max)     4 / 4   4 / 3   3 / 2   2 / 2    156/214, 238/244), no spills
+//
+// MIN_BLOCKS_DQ / MIN_BLOCKS_DKV are what ptxas reaches without a bound, on both architectures:
+// bounding tighter would trade registers for spills in the inner loop. The K/V tile loads are not
+// double-buffered (no cp.async), as in the forward. Exponentials use __expf.
+
+// B fragments of two 8-row tiles of a [rows][STRIDE] shared tile for one k-step of 16 features, for
+// a product with the tile transposed: rows 8 n0 .. 8 n0 + 15 are B's columns, features 16 ks .. 16 ks + 15
+// its k (b[0..1] for rows 8 n0 .. + 7, b[2..3] for the next 8).
+template <int D>
+__device__ __forceinline__ void b_rows(uint32_t (&b)[4], const __nv_bfloat16* tile, int n0, int ks, int lane) {
+    ldmatrix_x4(b, tile + (8 * n0 + (lane / 16) * 8 + lane % 8) * MmaTiles<D>::STRIDE + 16 * ks + ((lane / 8) % 2) * 8);
+}
+
+// B fragments of two 8-feature tiles (features 8 n0 .. 8 n0 + 15) for one k-step over rows
+// 16 c .. 16 c + 15 of a shared tile, for a product with the tile as it is (rows are B's k).
+template <int D>
+__device__ __forceinline__ void b_columns(uint32_t (&b)[4], const __nv_bfloat16* tile, int c, int n0, int lane) {
+    ldmatrix_x4_trans(b, tile + (16 * c + ((lane / 8) % 2) * 8 + lane % 8) * MmaTiles<D>::STRIDE + 8 * n0 +
+                             (lane / 16) * 8);
+}
+
+// A fragments of the warp's 16 rows (16 warp .. 16 warp + 15 of a shared tile), one per k-step.
+template <int D>
+__device__ __forceinline__ void a_rows(uint32_t (&a)[MmaTiles<D>::K_STEPS][4], const __nv_bfloat16* tile, int warp,
+                                       int lane) {
+#pragma unroll
+    for (int ks = 0; ks < MmaTiles<D>::K_STEPS; ++ks) {
+        ldmatrix_x4(a[ks], tile + (16 * warp + lane % 16) * MmaTiles<D>::STRIDE + 16 * ks + (lane / 16) * 8);
+    }
+}
+
+// Stores rows g, g + 8 (of the warp's 16, from `row0`) of a 16 x D accumulator times `scale`, as bf16,
+// into a matrix whose row r starts at base + r * stride; rows from `seq` on and features from d on
+// are not stored. `pairs`: every (row, 2t) element is 4-byte aligned (d == D and base aligned).
+template <int D>
+__device__ __forceinline__ void store_rows_bf16(__nv_bfloat16* __restrict__ base, size_t stride,
+                                                const float (&acc)[MmaTiles<D>::O_TILES][4], float scale, int row0,
+                                                int seq, int d, bool pairs, int lane) {
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = row0 + g + 8 * h;
+        if (r >= seq) continue;
+        __nv_bfloat16* row = base + r * stride;
+#pragma unroll
+        for (int n = 0; n < MmaTiles<D>::O_TILES; ++n) {
+            const int c = 8 * n + 2 * t;
+            const float lo = acc[n][2 * h] * scale, hi = acc[n][2 * h + 1] * scale;
+            if (pairs) {
+                *reinterpret_cast<uint32_t*>(row + c) = pack_bf16(lo, hi);
+            } else {
+                if (c < d) row[c] = __float2bfloat16(lo);
+                if (c + 1 < d) row[c + 1] = __float2bfloat16(hi);
+            }
+        }
+    }
+}
+
+template <int D>
+__device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict__ dout,
+                                                const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                                const __nv_bfloat16* __restrict__ out, const float* __restrict__ lse,
+                                                float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                                int heads, int d, float scale) {
+    using M = MmaTiles<D>;
+    SHARED_ARRAY(__nv_bfloat16, k_tile, M::KEYS * M::STRIDE);  // the block's out rows, then its Q rows first
+    SHARED_ARRAY(__nv_bfloat16, v_tile, M::KEYS * M::STRIDE);  // the block's dO rows first
+    SHARED_ARRAY(int, key_real, M::KEYS);
+    SHARED_ARRAY(int, key_end_shared, 1);
+
+    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const int hidden = heads * d;
+    const size_t stride = 3 * static_cast<size_t>(hidden);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const size_t first_row = static_cast<size_t>(at.batch) * seq;
+    const __nv_bfloat16* q = qkv + first_row * stride + at.head * d;
+    const __nv_bfloat16* k = q + hidden;
+    const __nv_bfloat16* v = q + 2 * hidden;
+    const __nv_bfloat16* do_rows = dout + first_row * hidden + at.head * d;  // row 0 of this head's dO
+    const __nv_bfloat16* out_rows = out + first_row * hidden + at.head * d;
+    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
+    const int* key_mask = mask + first_row;
+    const int row0 = at.tile * M::ROWS;           // the block's first query row
+    const int warp_row0 = row0 + 16 * warp;       // the warp's
+
+    const int key_end = real_key_end<M::THREADS>(key_mask, seq, key_end_shared);
+    const bool chunks = d == D && reinterpret_cast<size_t>(qkv) % 16 == 0;
+    const bool chunks_out =
+        d == D && reinterpret_cast<size_t>(dout) % 16 == 0 && reinterpret_cast<size_t>(out) % 16 == 0;
+
+    // D_i = dO_i . out_i from the block's dO and out rows in shared memory: lane t of a quad takes
+    // feature pairs 8 x + 2 t (a quad reads 4 consecutive words; rows of D + 8 elements put the
+    // warp's 8 quads on different banks), then two shuffles add the quad's partial sums.
+    load_tile_bf16<D>(v_tile, do_rows, hidden, row0, seq, d, chunks_out);
+    load_tile_bf16<D>(k_tile, out_rows, hidden, row0, seq, d, chunks_out);
+    __syncthreads();
+    float delta_i[2], lse_i[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = 16 * warp + g + 8 * h;
+        float partial = 0.0f;
+#pragma unroll
+        for (int x = 0; x < D / 8; ++x) {
+            const int c = 8 * x + 2 * t;
+            partial = fmaf(__bfloat162float(v_tile[r * M::STRIDE + c]), __bfloat162float(k_tile[r * M::STRIDE + c]),
+                           partial);
+            partial = fmaf(__bfloat162float(v_tile[r * M::STRIDE + c + 1]),
+                           __bfloat162float(k_tile[r * M::STRIDE + c + 1]), partial);
+        }
+        partial += __shfl_xor_sync(0xffffffffu, partial, 1);
+        partial += __shfl_xor_sync(0xffffffffu, partial, 2);
+        delta_i[h] = partial;
+        const int i = row0 + r;
+        lse_i[h] = i < seq ? lse[bh * seq + i] : NEG_INF;
+        if (i < seq && t == 0) delta[bh * seq + i] = partial;  // for the dK/dV kernel
+    }
+    uint32_t dof[M::K_STEPS][4];  // the warp's 16 dO rows as A fragments
+    a_rows<D>(dof, v_tile, warp, lane);
+    __syncthreads();  // every warp is done with the out rows
+    load_tile_bf16<D>(k_tile, q, stride, row0, seq, d, chunks);
+    __syncthreads();
+    uint32_t qf[M::K_STEPS][4];  // ... and its 16 query rows
+    a_rows<D>(qf, k_tile, warp, lane);
+
+    float dq[M::O_TILES][4];
+#pragma unroll
+    for (int n = 0; n < M::O_TILES; ++n) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+
+    for (int first = 0; first < key_end; first += M::KEYS) {
+        __syncthreads();  // every warp is done with the previous tile (or with the Q and dO rows)
+        load_tile_bf16<D>(k_tile, k, stride, first, key_end, d, chunks);
+        load_tile_bf16<D>(v_tile, v, stride, first, key_end, d, chunks);
+        for (int j = threadIdx.x; j < M::KEYS; j += M::THREADS) {
+            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+        }
+        __syncthreads();
+
+        // Steps of 16 keys, up to the last real key (the bound is the same for the whole block).
+        const int keys = key_end - first;
+#pragma unroll 1
+        for (int c = 0; c < M::KEYS / 16 && 16 * c < keys; ++c) {
+            // S and dP for the warp's 16 rows and keys 16 c .. 16 c + 15: two 8-key tiles each.
+            float s[2][4], dp[2][4];
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+            }
+#pragma unroll
+            for (int ks = 0; ks < M::K_STEPS; ++ks) {
+                uint32_t b[4];
+                b_rows<D>(b, k_tile, 2 * c, ks, lane);
+                mma_m16n8k16_bf16(s[0], qf[ks], b, s[0]);
+                mma_m16n8k16_bf16(s[1], qf[ks], b + 2, s[1]);
+                b_rows<D>(b, v_tile, 2 * c, ks, lane);
+                mma_m16n8k16_bf16(dp[0], dof[ks], b, dp[0]);
+                mma_m16n8k16_bf16(dp[1], dof[ks], b + 2, dp[1]);
+            }
+            // dS = P (dP - D) in bf16, as the A fragment of one k-step: s[n][2 h + e] is row g + 8 h,
+            // key 16 c + 8 n + 2 t + e. P = 0 for a padding key and for a row with no real key
+            // (lse = -inf): a select, since exp(s - lse) is +inf there.
+            uint32_t dsf[4];
+#pragma unroll
+            for (int n = 0; n < 2; ++n) {
+                float ds[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e / 2;
+                    const bool live = key_real[16 * c + 8 * n + 2 * t + e % 2] && lse_i[h] != NEG_INF;
+                    const float p = live ? __expf(fmaf(s[n][e], scale, -lse_i[h])) : 0.0f;
+                    ds[e] = p * (dp[n][e] - delta_i[h]);
+                }
+                dsf[2 * n] = pack_bf16(ds[0], ds[1]);
+                dsf[2 * n + 1] = pack_bf16(ds[2], ds[3]);
+            }
+            // dQ += dS K (scaled by 1 / sqrt(d) at the store).
+#pragma unroll
+            for (int n = 0; n < M::O_TILES; n += 2) {
+                uint32_t b[4];
+                b_columns<D>(b, k_tile, c, n, lane);
+                mma_m16n8k16_bf16(dq[n], dsf, b, dq[n]);
+                mma_m16n8k16_bf16(dq[n + 1], dsf, b + 2, dq[n + 1]);
+            }
+        }
+    }
+    const bool pairs = chunks && reinterpret_cast<size_t>(dqkv) % 4 == 0;
+    store_rows_bf16<D>(dqkv + first_row * stride + at.head * d, stride, dq, scale, warp_row0, seq, d, pairs, lane);
+}
+
+template <int D>
+__device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict__ dout,
+                                                 const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                                 const float* __restrict__ lse, const float* __restrict__ delta,
+                                                 __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int d,
+                                                 float scale) {
+    using M = MmaTiles<D>;
+    // D = 128: K, V, dK and dV of a warp's 16 keys would take 192 registers, and ptxas spills at 255
+    // even with K alone in registers; so the block's K and V rows stay in shared memory and their A
+    // fragments are reloaded at every use, and the query tiles shrink to 16 rows to keep the static
+    // shared memory under 48 KiB (2 * 64 + 2 * 16 rows of 136 bf16: 42.5 KiB).
+    constexpr bool KV_SHARED = D == 128;
+    constexpr int QUERIES = KV_SHARED ? 16 : 64;  // query rows per streamed tile
+    // Fragments held in registers are indexed by the k-step, so that loop is unrolled; with K and V in
+    // shared memory it is not, which keeps ptxas from hoisting every step's shared addresses.
+    constexpr int KS_UNROLL = KV_SHARED ? 1 : M::K_STEPS;
+    SHARED_ARRAY(__nv_bfloat16, q_tile, (KV_SHARED ? QUERIES : M::KEYS) * M::STRIDE);  // K rows first
+    SHARED_ARRAY(__nv_bfloat16, do_tile, (KV_SHARED ? QUERIES : M::KEYS) * M::STRIDE);  // V rows first
+    SHARED_ARRAY(__nv_bfloat16, k_rows, KV_SHARED ? M::KEYS * M::STRIDE : 8);  // K rows (KV_SHARED)
+    SHARED_ARRAY(__nv_bfloat16, v_rows, KV_SHARED ? M::KEYS * M::STRIDE : 8);  // V rows (KV_SHARED)
+    SHARED_ARRAY(float, lse_tile, QUERIES);
+    SHARED_ARRAY(float, delta_tile, QUERIES);
+    SHARED_ARRAY(int, key_end_shared, 1);
+
+    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const int hidden = heads * d;
+    const size_t stride = 3 * static_cast<size_t>(hidden);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;
+    const size_t first_row = static_cast<size_t>(at.batch) * seq;
+    const __nv_bfloat16* q = qkv + first_row * stride + at.head * d;
+    const __nv_bfloat16* do_rows = dout + first_row * hidden + at.head * d;
+    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
+    const int* key_mask = mask + first_row;
+    const int row0 = at.tile * M::ROWS;      // the block's first key row
+    const int warp_row0 = row0 + 16 * warp;  // the warp's
+
+    const int key_end = real_key_end<M::THREADS>(key_mask, seq, key_end_shared);
+    const bool chunks = d == D && reinterpret_cast<size_t>(qkv) % 16 == 0;
+    const bool chunks_do = d == D && reinterpret_cast<size_t>(dout) % 16 == 0;
+    bool key_real[2];  // the lane's key rows g and g + 8
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int j = warp_row0 + g + 8 * h;
+        key_real[h] = j < seq && key_mask[j] != 0;
+    }
+
+    float dk[M::O_TILES][4], dv[M::O_TILES][4];
+#pragma unroll
+    for (int n = 0; n < M::O_TILES; ++n) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[n][e] = dv[n][e] = 0.0f;
+    }
+
+    // A tile of padding keys has P = 0 in every row: its gradients are 0 without the loop. (The
+    // condition is the same for the whole block, so every thread meets the same barriers.)
+    if (row0 < key_end) {
+        // The warp's 16 key rows of K and V as A fragments (in shared memory when KV_SHARED, read
+        // after the loop's first barrier).
+        constexpr int HELD = KV_SHARED ? 1 : M::K_STEPS;
+        uint32_t kf[HELD][4], vf[HELD][4];
+        if constexpr (KV_SHARED) {
+            load_tile_bf16<D>(k_rows, q + hidden, stride, row0, seq, d, chunks);
+            load_tile_bf16<D>(v_rows, q + 2 * hidden, stride, row0, seq, d, chunks);
+        } else {
+            load_tile_bf16<D>(q_tile, q + hidden, stride, row0, seq, d, chunks);
+            load_tile_bf16<D>(do_tile, q + 2 * hidden, stride, row0, seq, d, chunks);
+            __syncthreads();
+            a_rows<D>(kf, q_tile, warp, lane);
+            a_rows<D>(vf, do_tile, warp, lane);
+        }
+
+        for (int first = 0; first < seq; first += QUERIES) {
+            __syncthreads();  // every warp is done with the previous tile (or with the K and V rows)
+            load_tile_bf16<D, QUERIES>(q_tile, q, stride, first, seq, d, chunks);
+            load_tile_bf16<D, QUERIES>(do_tile, do_rows, hidden, first, seq, d, chunks_do);
+            for (int r = threadIdx.x; r < QUERIES; r += M::THREADS) {
+                const bool exists = first + r < seq;
+                lse_tile[r] = exists ? lse[bh * seq + first + r] : NEG_INF;
+                delta_tile[r] = exists ? delta[bh * seq + first + r] : 0.0f;
+            }
+            __syncthreads();
+
+            const int rows = seq - first;
+#pragma unroll 1
+            for (int c = 0; c < QUERIES / 16 && 16 * c < rows; ++c) {
+                // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys and queries 16 c .. 16 c + 15.
+                float s[2][4], dp[2][4];
+#pragma unroll
+                for (int n = 0; n < 2; ++n) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) s[n][e] = dp[n][e] = 0.0f;
+                }
+#pragma unroll KS_UNROLL
+                for (int ks = 0; ks < M::K_STEPS; ++ks) {
+                    const int held = KV_SHARED ? 0 : ks;
+                    if constexpr (KV_SHARED) {
+                        const int at_row = (16 * warp + lane % 16) * M::STRIDE + 16 * ks + (lane / 16) * 8;
+                        ldmatrix_x4(kf[0], k_rows + at_row);
+                        ldmatrix_x4(vf[0], v_rows + at_row);
+                    }
+                    uint32_t b[4];
+                    b_rows<D>(b, q_tile, 2 * c, ks, lane);
+                    mma_m16n8k16_bf16(s[0], kf[held], b, s[0]);
+                    mma_m16n8k16_bf16(s[1], kf[held], b + 2, s[1]);
+                    b_rows<D>(b, do_tile, 2 * c, ks, lane);
+                    mma_m16n8k16_bf16(dp[0], vf[held], b, dp[0]);
+                    mma_m16n8k16_bf16(dp[1], vf[held], b + 2, dp[1]);
+                }
+                // P^T and dS^T in bf16 A fragments: s[n][2 h + e] is key g + 8 h, query
+                // 16 c + 8 n + 2 t + e, whose lse and D come from shared memory.
+                uint32_t pf[4], dsf[4];
+#pragma unroll
+                for (int n = 0; n < 2; ++n) {
+                    float p[4], ds[4];
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int i = 16 * c + 8 * n + 2 * t + e % 2;
+                        const float lse_q = lse_tile[i];
+                        const bool live = key_real[e / 2] && lse_q != NEG_INF;
+                        p[e] = live ? __expf(fmaf(s[n][e], scale, -lse_q)) : 0.0f;
+                        ds[e] = p[e] * (dp[n][e] - delta_tile[i]);
+                    }
+                    pf[2 * n] = pack_bf16(p[0], p[1]);
+                    pf[2 * n + 1] = pack_bf16(p[2], p[3]);
+                    dsf[2 * n] = pack_bf16(ds[0], ds[1]);
+                    dsf[2 * n + 1] = pack_bf16(ds[2], ds[3]);
+                }
+                // dV += P^T dO, dK += dS^T Q (scaled by 1 / sqrt(d) at the store).
+#pragma unroll
+                for (int n = 0; n < M::O_TILES; n += 2) {
+                    uint32_t b[4];
+                    b_columns<D>(b, do_tile, c, n, lane);
+                    mma_m16n8k16_bf16(dv[n], pf, b, dv[n]);
+                    mma_m16n8k16_bf16(dv[n + 1], pf, b + 2, dv[n + 1]);
+                    b_columns<D>(b, q_tile, c, n, lane);
+                    mma_m16n8k16_bf16(dk[n], dsf, b, dk[n]);
+                    mma_m16n8k16_bf16(dk[n + 1], dsf, b + 2, dk[n + 1]);
+                }
+            }
+        }
+    }
+    const bool pairs = chunks && reinterpret_cast<size_t>(dqkv) % 4 == 0;
+    __nv_bfloat16* rows = dqkv + first_row * stride + at.head * d;
+    store_rows_bf16<D>(rows + hidden, stride, dk, scale, warp_row0, seq, d, pairs, lane);
+    store_rows_bf16<D>(rows + 2 * hidden, stride, dv, 1.0f, warp_row0, seq, d, pairs, lane);
+}
+
 }  // namespace attention
 
 // ---- entry points ---------------------------------------------------------------------------------
@@ -702,6 +1090,8 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 // backward_dkv:  dout, qkv, mask, lse, delta -> dK and dV parts of dqkv (launch after backward_dq)
 // forward_mma:   the forward on tensor cores, bf16 only; MmaTiles<D>::THREADS (128) threads and the
 //                same blocks.
+// backward_*_mma: the backward on tensor cores, bf16 only, the same arguments as backward_dq and
+//                backward_dkv (and the same order: dq first); 128 threads and the same blocks.
 // `scale` is 1 / sqrt(head_dim), computed by the caller exactly as the CPU backend does.
 #define ATTENTION_FORWARD(E, NAME, D)                                                                          \
     extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
@@ -748,7 +1138,29 @@ ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 16)
 ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 32)
 ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 64)
 ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 128)
-ATTENTION_FORWARD_MMA(16)
-ATTENTION_FORWARD_MMA(32)
-ATTENTION_FORWARD_MMA(64)
-ATTENTION_FORWARD_MMA(128)
+#define ATTENTION_BACKWARD_MMA(D)                                                                               \
+    extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
+                                                 attention::MmaTiles<D>::MIN_BLOCKS_DQ)                         \
+        attention_backward_dq_bf16_mma_d##D(                                                                   \
+            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,                      \
+            const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out, const float* __restrict__ lse, \
+            float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim,      \
+            float scale) {                                                                                      \
+        attention::backward_dq_mma<D>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);     \
+    }                                                                                                           \
+    extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
+                                                 attention::MmaTiles<D>::MIN_BLOCKS_DKV)                        \
+        attention_backward_dkv_bf16_mma_d##D(                                                                  \
+            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,                      \
+            const int* __restrict__ mask, const float* __restrict__ lse, const float* __restrict__ delta,       \
+            __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {                  \
+        attention::backward_dkv_mma<D>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);         \
+    }
+#define ATTENTION_MMA_ENTRY_POINTS(D) \
+    ATTENTION_FORWARD_MMA(D)          \
+    ATTENTION_BACKWARD_MMA(D)
+
+ATTENTION_MMA_ENTRY_POINTS(16)
+ATTENTION_MMA_ENTRY_POINTS(32)
+ATTENTION_MMA_ENTRY_POINTS(64)
+ATTENTION_MMA_ENTRY_POINTS(128)

@@ -1,11 +1,14 @@
 //! Kernel tests for kernels/attention.cu: forward (out, lse) and backward (dqkv) against the CPU
 //! backend, for every head-dim capacity the kernels are compiled for, with sizes that are no multiple
 //! of any tile, padding at the end of sequences, holes in masks and sequences that are all padding;
-//! and the bf16 kernels against the CPU run on the same bf16-rounded inputs.
+//! and the bf16 kernels (tensor-core and CUDA-core, forward and backward) against the CPU run on the
+//! same bf16-rounded inputs.
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::backend::Backend;
-use undertale_maskedlm::backend::cuda::ops::attention::{ForwardKernel, forward_on};
+use undertale_maskedlm::backend::cuda::ops::attention::{
+    BackwardKernel, ForwardKernel, backward_on, forward_on,
+};
 use undertale_maskedlm::{DType, Error, Tensor};
 
 /// One attention call: sizes and, per sequence, which keys are real.
@@ -340,10 +343,45 @@ fn head_dims_past_128_are_a_clear_error() {
 
 // ---- bf16 -------------------------------------------------------------------------------------------
 
+/// The dQ, dK and dV columns of a [rows, 3 hidden] gradient, each as one vector.
+fn parts(dqkv: &[f32], hidden: usize) -> [Vec<f32>; 3] {
+    std::array::from_fn(|p| {
+        dqkv.chunks(3 * hidden)
+            .flat_map(|row| &row[p * hidden..(p + 1) * hidden])
+            .copied()
+            .collect()
+    })
+}
+
+/// The worst of `worst` over dQ, dK and dV, each against its own largest magnitude.
+fn worst_part(got: &[f32], want: &[f32], hidden: usize) -> f32 {
+    parts(got, hidden)
+        .iter()
+        .zip(parts(want, hidden))
+        .map(|(g, w)| worst(g, &w))
+        .fold(0.0f32, f32::max)
+}
+
+/// A bf16 dqkv against the reference: dQ, dK and dV each within 1e-2 of their own largest
+/// magnitude (dV is the largest, and would hide an error in dK or dQ against the whole).
+fn assert_parts_close(what: &str, got: &[f32], want: &[f32], hidden: usize) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for ((part, got), want) in ["dQ", "dK", "dV"]
+        .iter()
+        .zip(parts(got, hidden))
+        .zip(parts(want, hidden))
+    {
+        assert_close(&format!("{what} {part}"), &got, &want, 1e-2, 0.0);
+    }
+}
+
 /// Forward and backward of `case` with bf16 activations, in every bf16 backend, against the CPU run
-/// on the bf16-rounded qkv and dout: out and dqkv are bf16 (within 1e-2 of the largest magnitude),
-/// lse is f32 (within 1e-3: the scores are sums of bf16 products in f32). The forward runs on
-/// tensor cores (the default) and on CUDA cores; the two agree within the same tolerances.
+/// on the bf16-rounded qkv and dout: out and dqkv are bf16 (within 1e-2 of the largest magnitude, of
+/// each of dQ, dK and dV for dqkv),
+/// lse is f32 (within 1e-3: the scores are sums of bf16 products in f32). Forward and backward run
+/// on tensor cores (the default) and on CUDA cores; the two agree within the same tolerances, and the
+/// tensor-core backward gives the same bits in every scheduling order (every output has one owner
+/// and a fixed summation order).
 fn check_bf16(case: &Case, seed: u64) {
     let Case {
         heads,
@@ -379,6 +417,7 @@ fn check_bf16(case: &Case, seed: u64) {
         want.lse.to_vec_f32().unwrap(),
     );
 
+    let mut first_dqkv: Option<(String, Vec<f32>)> = None;
     for (name, gpu) in gpus_bf16() {
         let g_qkv = upload_bf16(&gpu, &qkv_shape, &qkv);
         let g_mask = gpu.upload_i32(&mask_shape, &mask).unwrap();
@@ -431,15 +470,72 @@ fn check_bf16(case: &Case, seed: u64) {
         assert_eq!(dqkv.shape(), &qkv_shape);
         assert_eq!(dqkv.dtype(), DType::BF16, "{what} dqkv dtype");
         let dqkv = dqkv.to_vec_f32().unwrap();
-        assert_close(&format!("{what} dqkv {name}"), &dqkv, &want_dqkv, 1e-2, 0.0);
+        assert_parts_close(&format!("{what} dqkv {name}"), &dqkv, &want_dqkv, hidden);
+
+        let cores_dqkv = backward_on(
+            &gpu,
+            &g_dout,
+            &g_qkv,
+            &g_mask,
+            &got.out,
+            &got.lse,
+            heads,
+            BackwardKernel::CudaCores,
+        )
+        .unwrap();
+        assert_eq!(
+            cores_dqkv.dtype(),
+            DType::BF16,
+            "{what} CUDA-core dqkv dtype"
+        );
+        let cores_dqkv = cores_dqkv.to_vec_f32().unwrap();
+        assert_parts_close(
+            &format!("{what} CUDA-core dqkv {name}"),
+            &cores_dqkv,
+            &want_dqkv,
+            hidden,
+        );
+        assert_parts_close(
+            &format!("{what} tensor-core vs CUDA-core dqkv {name}"),
+            &dqkv,
+            &cores_dqkv,
+            hidden,
+        );
+        // Every gradient of an all-padding sequence, and dK, dV of every padding key, is exactly 0.
+        for (row, values) in dqkv.chunks(3 * hidden).enumerate() {
+            let (b, j) = (row / seq, row % seq);
+            let all_padding = masks[b].iter().all(|&m| m == 0);
+            let from = if all_padding {
+                0
+            } else if masks[b][j] == 0 {
+                hidden
+            } else {
+                continue;
+            };
+            for (c, &g) in values.iter().enumerate().skip(from) {
+                assert_eq!(g, 0.0, "{what} dqkv[{row}, {c}] {name}: want an exact 0");
+            }
+        }
+        if name.starts_with("emulated") {
+            match &first_dqkv {
+                None => first_dqkv = Some((name.clone(), dqkv.clone())),
+                Some((first, bits)) => assert!(
+                    bits.iter()
+                        .zip(&dqkv)
+                        .all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{what}: the tensor-core dqkv differs between {first} and {name}"
+                ),
+            }
+        }
         eprintln!(
             "{what} {name}: worst relative difference out {:.1e} (CUDA cores {:.1e}), \
-             lse {:.1e} ({:.1e}), dqkv {:.1e}",
+             lse {:.1e} ({:.1e}), dQ, dK, dV {:.1e} ({:.1e})",
             worst(&out, &want_out),
             worst(&cores_out, &want_out),
             worst(&lse, &want_lse),
             worst(&cores_lse, &want_lse),
-            worst(&dqkv, &want_dqkv)
+            worst_part(&dqkv, &want_dqkv, hidden),
+            worst_part(&cores_dqkv, &want_dqkv, hidden)
         );
     }
 }
@@ -507,6 +603,93 @@ fn bf16_odd_head_dims() {
             masks: vec![prefix(seq, 30)],
         },
         15,
+    );
+}
+
+#[test]
+fn bf16_backward_odd_lengths_and_ragged_head_dims() {
+    // Sequence lengths that are no multiple of 16 (the mma step) or 64 (the tiles), one of a single
+    // position; head_dim 12, 27, 64, 100 (capacities 16, 32, 64, 128: the last keeps K and V in
+    // shared memory and streams 16-row query tiles); padding at the end, holes, and a sequence
+    // that is all padding.
+    let seq = 1;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 12,
+            seq,
+            masks: vec![prefix(seq, 1), prefix(seq, 0)],
+        },
+        21,
+    );
+    let seq = 17;
+    check_bf16(
+        &Case {
+            heads: 3,
+            head_dim: 12,
+            seq,
+            masks: vec![
+                with_holes(seq, 15, &[0, 8]),
+                prefix(seq, 0),
+                prefix(seq, seq),
+            ],
+        },
+        22,
+    );
+    let seq = 70;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 27,
+            seq,
+            masks: vec![prefix(seq, 67), with_holes(seq, seq, &[15, 16, 63, 64, 69])],
+        },
+        23,
+    );
+    let seq = 130;
+    check_bf16(
+        &Case {
+            heads: 1,
+            head_dim: 64,
+            seq,
+            masks: vec![with_holes(seq, 129, &[1, 64, 127]), prefix(seq, 0)],
+        },
+        24,
+    );
+    let seq = 70;
+    check_bf16(
+        &Case {
+            heads: 1,
+            head_dim: 100,
+            seq,
+            masks: vec![prefix(seq, 0), with_holes(seq, 66, &[0, 31, 32, 65])],
+        },
+        25,
+    );
+}
+
+#[test]
+fn bf16_backward_whole_capacities() {
+    // head_dim equal to its capacity: whole 16-byte rows, loaded and stored in chunks.
+    let seq = 130;
+    check_bf16(
+        &Case {
+            heads: 2,
+            head_dim: 32,
+            seq,
+            masks: vec![prefix(seq, 100), prefix(seq, seq)],
+        },
+        26,
+    );
+    let seq = 33;
+    check_bf16(
+        &Case {
+            heads: 1,
+            head_dim: 128,
+            seq,
+            masks: vec![prefix(seq, 20), prefix(seq, 0)],
+        },
+        27,
     );
 }
 

@@ -1,9 +1,11 @@
 //! Launch wrappers for `kernels/attention.cu`: fused multi-head attention with a key-padding mask,
-//! forward and backward (FlashAttention-2 on CUDA cores), in f32 or bf16.
+//! forward and backward (FlashAttention-2; on CUDA cores, and on tensor cores for bf16), in f32 or
+//! bf16.
 //!
 //! The element type follows qkv: bf16 qkv gives a bf16 output and needs bf16 dout and out in the
-//! backward, which returns a bf16 dqkv; lse (and the backward's delta scratch) are f32 either way,
-//! and every kernel computes in f32.
+//! backward, which returns a bf16 dqkv; lse (and the backward's delta scratch) are f32 either way.
+//! The CUDA-core kernels compute in f32; the tensor-core ones multiply bf16 operands (P and dS
+//! rounded to bf16) and accumulate in f32.
 //!
 //! Each kernel exists once per head-dim capacity (16, 32, 64, 128); a call takes the smallest that
 //! holds its head_dim. Blocks own 64 rows of one (sequence, head) and the grid is one-dimensional,
@@ -12,7 +14,9 @@
 //!
 //! A bf16 forward runs on tensor cores (`attention_forward_bf16_mma_d*`: 4 warps of 16 query rows
 //! per block, the same grid); [`forward_on`] can ask for the CUDA-core bf16 kernel instead, the
-//! reference the tests hold the tensor-core one to. The bf16 backward runs on CUDA cores.
+//! reference the tests hold the tensor-core one to. The bf16 backward runs on tensor cores too
+//! (`attention_backward_dq_bf16_mma_d*` and `attention_backward_dkv_bf16_mma_d*`: the same split,
+//! grid and 128-thread blocks); [`backward_on`] can ask for the CUDA-core kernels instead.
 
 use super::{activation, int};
 use crate::backend::AttentionOut;
@@ -29,8 +33,8 @@ const ROWS: usize = 64;
 /// times the `D / 16` lanes that share a row).
 const VARIANTS: [(usize, u32); 4] = [(16, 64), (32, 128), (64, 256), (128, 512)];
 
-/// Threads per block of the bf16 tensor-core forward, for every capacity (`MmaTiles<D>::THREADS`:
-/// 4 warps of 16 query rows).
+/// Threads per block of the bf16 tensor-core kernels, forward and backward, for every capacity
+/// (`MmaTiles<D>::THREADS`: 4 warps of 16 rows).
 const MMA_THREADS: u32 = 128;
 
 /// Which kernels run a bf16 forward. An f32 forward always runs on CUDA cores.
@@ -39,6 +43,15 @@ pub enum ForwardKernel {
     /// `attention_forward_bf16_mma_d*` (mma.sync m16n8k16): the default.
     TensorCores,
     /// `attention_forward_bf16_d*`, the CUDA-core kernel templated over the element type.
+    CudaCores,
+}
+
+/// Which kernels run a bf16 backward. An f32 backward always runs on CUDA cores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackwardKernel {
+    /// `attention_backward_{dq,dkv}_bf16_mma_d*` (mma.sync m16n8k16): the default.
+    TensorCores,
+    /// `attention_backward_{dq,dkv}_bf16_d*`, the CUDA-core kernels templated over the element type.
     CudaCores,
 }
 
@@ -148,16 +161,44 @@ pub fn backward(
     lse: &Tensor,
     heads: usize,
 ) -> Result<Tensor> {
+    backward_on(
+        backend,
+        dout,
+        qkv,
+        mask,
+        out,
+        lse,
+        heads,
+        BackwardKernel::TensorCores,
+    )
+}
+
+/// The backward on the kernels `kernel` names (for bf16; f32 runs on CUDA cores either way).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_on(
+    backend: &GpuBackend,
+    dout: &Tensor,
+    qkv: &Tensor,
+    mask: &Tensor,
+    out: &Tensor,
+    lse: &Tensor,
+    heads: usize,
+    kernel: BackwardKernel,
+) -> Result<Tensor> {
     // The CPU backend's checks, in its order.
     let dims = attention_dims(qkv, mask, heads)?;
     check_attention_saved(&dims, dout, out, lse)?;
     let (qkv_ptr, dtype) = activation(backend, qkv, "qkv")?;
-    let name = type_name(dtype);
+    let mut name = type_name(dtype).to_string();
     let dout_ptr = backend.ptr(dout, dtype, "attention dout")?;
     let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
     let out_ptr = backend.ptr(out, dtype, "attention output")?;
     let lse_ptr = backend.ptr(lse, DType::F32, "attention lse")?;
-    let variant = variant(&dims)?;
+    let mut variant = variant(&dims)?;
+    if dtype == DType::BF16 && kernel == BackwardKernel::TensorCores {
+        name.push_str("_mma");
+        variant.threads = MMA_THREADS;
+    }
     let dqkv = backend.empty(qkv.shape(), dtype)?;
     if dims.batch * dims.seq == 0 {
         return Ok(dqkv);
