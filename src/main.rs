@@ -16,6 +16,7 @@ use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
+use undertale_maskedlm::pipeline::bench::{BenchOptions, format_report};
 use undertale_maskedlm::pipeline::corpus::disassemble_to_parquet;
 use undertale_maskedlm::pipeline::corpus::tokenize_rows;
 use undertale_maskedlm::pipeline::evaluate::evaluate;
@@ -108,6 +109,9 @@ enum Command {
     },
     /// Train on built-in synthetic instruction traces (no files needed) and fill the probes.
     Demo(DemoArgs),
+    /// Training and inference speed and peak memory on one device (the figures
+    /// `scripts/peer_pytorch.py` measures for PyTorch; `scripts/compare.sh` runs both)
+    Bench(BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -187,6 +191,71 @@ struct DemoArgs {
     functions: usize,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// cpu, cuda or cuda:N [default: a GPU if there is one, else cpu]
+    #[arg(long)]
+    device: Option<String>,
+    /// tiny, small or medium [default: small on the CPU, medium on a GPU]
+    #[arg(long)]
+    preset: Option<String>,
+    /// f32, bf16 or all [default: f32 on the CPU, all on a GPU]
+    #[arg(long)]
+    precision: Option<String>,
+    /// Training batch size [default: 8 on the CPU, 32 on a GPU]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Batch size of the inference throughput figure
+    #[arg(long, default_value_t = 64)]
+    infer_batch: usize,
+    #[arg(long, default_value_t = 5000)]
+    vocab: usize,
+    /// Timed repetitions of each measurement (the median is reported) [default: 5 on the CPU, 20 on a GPU]
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Untimed repetitions before them [default: 1 on the CPU, 3 on a GPU]
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Function lengths for the real-data figures, e.g. benches/data/function_lengths.json
+    #[arg(long)]
+    lengths: Option<PathBuf>,
+    /// Training batches drawn from the lengths
+    #[arg(long, default_value_t = 8)]
+    length_batches: usize,
+    /// Also write the figures as JSON (the schema of scripts/peer_pytorch.py)
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let mut options = BenchOptions::for_device(device(&args.device)?);
+    if let Some(preset) = &args.preset {
+        options.preset.clone_from(preset);
+    }
+    match args.precision.as_deref() {
+        None => {}
+        Some("all") => options.precisions = vec![Precision::F32, Precision::Bf16],
+        Some(one) => options.precisions = vec![one.parse()?],
+    }
+    options.batch = args.batch.unwrap_or(options.batch);
+    options.repeats = args.repeats.unwrap_or(options.repeats);
+    options.warmup = args.warmup.unwrap_or(options.warmup);
+    options.infer_batch = args.infer_batch;
+    options.vocab = args.vocab;
+    options.lengths.clone_from(&args.lengths);
+    options.length_batches = args.length_batches;
+    let report = undertale_maskedlm::pipeline::bench::run(&options)?;
+    print!("{}", format_report(&report));
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report).expect("serialisable");
+        std::fs::write(path, text + "\n").map_err(|e| Error::Io {
+            context: format!("writing {}", path.display()),
+            source: e,
+        })?;
+    }
+    Ok(())
 }
 
 fn device(arg: &Option<String>) -> Result<Device> {
@@ -389,6 +458,7 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Demo(args) => demo(&args),
+        Command::Bench(args) => bench(&args),
     }
 }
 

@@ -301,3 +301,24 @@ fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
         );
     }
 }
+
+/// The emulated GPU counts the bytes its tensors hold: a new tensor raises the live count and the
+/// peak, dropping it lowers the live count only, and a reset starts the peak from what is live.
+#[test]
+fn the_gpu_backend_counts_the_memory_its_tensors_hold() {
+    let backend = Device::Emulated(ScheduleOrder::Forward).backend().unwrap();
+    let before = backend
+        .memory_use()
+        .expect("a GPU backend counts its memory");
+    let t = backend.zeros_f32(&[1000]).unwrap();
+    let held = backend.memory_use().unwrap();
+    assert_eq!(held.live, before.live + 4000);
+    assert!(held.peak >= held.live);
+    drop(t);
+    let after = backend.memory_use().unwrap();
+    assert_eq!(after.live, before.live);
+    assert_eq!(after.peak, held.peak);
+    backend.reset_peak_memory();
+    assert_eq!(backend.memory_use().unwrap().peak, before.live);
+    assert!(Device::Cpu.backend().unwrap().memory_use().is_none());
+}

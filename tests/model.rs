@@ -79,6 +79,39 @@ fn infer_fills_only_mask_positions_with_the_argmax() {
     }
 }
 
+/// A batch is filled as each of its sequences alone, padding and all.
+#[test]
+fn infer_batch_fills_each_sequence_as_infer_does() {
+    let (model, mut rng) = random_model(4);
+    let (batch, seq) = (3, 14);
+    let mut ids: Vec<i32> = (0..batch * seq).map(|_| rng.random_range(6..30)).collect();
+    for p in (0..batch * seq).step_by(3) {
+        ids[p] = 4;
+    }
+    // Row 1 has four padding positions at its end.
+    let mask: Vec<i32> = (0..batch * seq)
+        .map(|i| i32::from(!(i / seq == 1 && i % seq >= seq - 4)))
+        .collect();
+    let tokens = Tensor::from_i32(&[batch, seq], ids.clone()).unwrap();
+    let mask_t = Tensor::from_i32(&[batch, seq], mask.clone()).unwrap();
+    let filled = model.infer_batch(&tokens, Some(&mask_t)).unwrap();
+    assert_eq!(filled.shape(), [batch, seq]);
+    let filled = filled.to_vec_i32().unwrap();
+    assert_ne!(filled, ids, "some [MASK] was filled");
+    for b in 0..batch {
+        let row = |v: &[i32]| v[b * seq..(b + 1) * seq].to_vec();
+        let alone = model
+            .infer(
+                &Tensor::from_i32(&[seq], row(&ids)).unwrap(),
+                Some(&Tensor::from_i32(&[seq], row(&mask)).unwrap()),
+            )
+            .unwrap()
+            .to_vec_i32()
+            .unwrap();
+        assert_eq!(row(&filled), alone, "sequence {b}");
+    }
+}
+
 #[test]
 fn the_labelled_rows_loss_equals_the_full_logits_loss() {
     // The training path runs the head only at labelled positions; the reference computes logits

@@ -57,6 +57,15 @@ pub struct CrossEntropyOut {
     pub dlogits: Option<Tensor>,
 }
 
+/// Device memory held by a backend's tensors ([`Backend::memory_use`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    /// Bytes held now.
+    pub live: usize,
+    /// The most bytes held at once since the last reset.
+    pub peak: usize,
+}
+
 /// The `k` most probable entries of each row of a softmax, best first
 /// ([`Backend::softmax_top_k`]).
 #[derive(Debug, Clone)]
@@ -132,6 +141,22 @@ pub trait Backend: Send + Sync {
     }
 
     // ---- memory ----
+    /// Waits until every operation queued so far has finished (a GPU runs them asynchronously):
+    /// for timing. The CPU finishes each op before returning.
+    fn synchronize(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes of device memory this backend's tensors hold, now and at their peak since the last
+    /// [`reset_peak_memory`](Self::reset_peak_memory); `None` where not tracked (the CPU, whose
+    /// tensors are ordinary heap memory).
+    fn memory_use(&self) -> Option<MemoryUse> {
+        None
+    }
+
+    /// Starts a new peak for [`memory_use`](Self::memory_use).
+    fn reset_peak_memory(&self) {}
+
     fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
     fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor>;
     fn zeros_f32(&self, shape: &[usize]) -> Result<Tensor>;

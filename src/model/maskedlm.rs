@@ -179,8 +179,16 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
                 tokens.shape(),
             ));
         }
+        self.infer_batch(tokens, mask)?.reshape(&[inputs.seq])
+    }
+
+    /// [`infer`](Self::infer) over a batch: every `[MASK]` of every sequence filled with its argmax
+    /// prediction, in one forward pass whose head runs only at the masked positions. `tokens`:
+    /// `[batch, seq]` or `[seq]`; returns an I32 tensor of the same shape.
+    pub fn infer_batch(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
         let mask_id = self.config.mask_token_id as i32;
-        let rows: Vec<i32> = (0..inputs.seq as i32)
+        let rows: Vec<i32> = (0..inputs.tokens.len() as i32)
             .filter(|&j| inputs.tokens[j as usize] == mask_id)
             .collect();
         let mut filled = inputs.tokens.clone();
@@ -190,7 +198,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
                 filled[row as usize] = id;
             }
         }
-        Tensor::from_i32(&[inputs.seq], filled)
+        Tensor::from_i32(tokens.shape(), filled)
     }
 
     /// Argmax predictions at the given flat positions, computing the head only there.

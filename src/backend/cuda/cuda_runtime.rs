@@ -17,7 +17,7 @@ use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
-use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use super::runtime::{Allocation, GemmSpec, GpuRuntime, MemoryMeter};
 use super::storage;
 use crate::device::Device;
 use crate::error::{Error, Result};
@@ -43,6 +43,8 @@ pub struct CudaRuntime {
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: lt_sys::cublasLtHandle_t,
     workspace: Allocation,
+    /// Bytes held by this runtime's allocations.
+    meter: Arc<MemoryMeter>,
     /// Fill new allocations with NaN bytes (`MASKEDLM_POISON=1`), as the emulator always does.
     poison: bool,
     /// Synchronise after every launch (`MASKEDLM_SYNC_LAUNCHES=1`), so that a fault names its kernel.
@@ -137,14 +139,16 @@ impl CudaRuntime {
         // SAFETY: a plain device allocation on this stream.
         let workspace_ptr = unsafe { driver::malloc_async(stream.cu_stream(), workspace_len) }
             .map_err(|e| config_error(ordinal, e))?;
-        let workspace = Allocation {
-            ptr: DevicePtr(workspace_ptr),
-            bytes: workspace_len,
-            _owner: Box::new(DeviceMemory {
+        let meter = Arc::new(MemoryMeter::default());
+        let workspace = Allocation::new(
+            DevicePtr(workspace_ptr),
+            workspace_len,
+            Box::new(DeviceMemory {
                 ptr: workspace_ptr,
                 stream: stream.clone(),
             }),
-        };
+            &meter,
+        );
         let flag = |name: &str| std::env::var(name).is_ok_and(|v| v == "1");
         Ok(CudaRuntime {
             ordinal,
@@ -155,6 +159,7 @@ impl CudaRuntime {
             functions: Mutex::default(),
             blas,
             workspace,
+            meter,
             poison: flag("MASKEDLM_POISON"),
             sync_launches: flag("MASKEDLM_SYNC_LAUNCHES"),
         })
@@ -331,14 +336,15 @@ impl GpuRuntime for CudaRuntime {
             unsafe { driver::memset_d8_async(ptr, 0xff, size, self.stream.cu_stream()) }
                 .map_err(|e| self.error(e))?;
         }
-        Ok(Allocation {
-            ptr: DevicePtr(ptr),
+        Ok(Allocation::new(
+            DevicePtr(ptr),
             bytes,
-            _owner: Box::new(DeviceMemory {
+            Box::new(DeviceMemory {
                 ptr,
                 stream: self.stream.clone(),
             }),
-        })
+            &self.meter,
+        ))
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
@@ -358,6 +364,17 @@ impl GpuRuntime for CudaRuntime {
         self.stream
             .synchronize()
             .map_err(|e| self.error(format!("a kernel before this copy failed: {e}")))
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.bind()?;
+        self.stream
+            .synchronize()
+            .map_err(|e| self.error(format!("a queued kernel failed: {e}")))
+    }
+
+    fn memory(&self) -> &MemoryMeter {
+        &self.meter
     }
 
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {

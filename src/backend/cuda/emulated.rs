@@ -2,10 +2,11 @@
 //! on the CPU (the GEMM is a library call on the GPU too, not one of our kernels).
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::sync::Arc;
 
 use super::emulator::{EmulatedDevice, ScheduleOrder};
 use super::launch::{DevicePtr, KernelArgs, KernelLauncher, LaunchConfig};
-use super::runtime::{Allocation, GemmSpec, GpuRuntime};
+use super::runtime::{Allocation, GemmSpec, GpuRuntime, MemoryMeter};
 use super::storage::dtype_bytes;
 use crate::backend::cpu::gemm::{MatLayout, matmul};
 use crate::device::Device;
@@ -38,12 +39,14 @@ impl Drop for HostMemory {
 #[derive(Debug, Clone)]
 pub struct EmulatedRuntime {
     device: EmulatedDevice,
+    meter: Arc<MemoryMeter>,
 }
 
 impl EmulatedRuntime {
     pub fn new(order: ScheduleOrder) -> Self {
         EmulatedRuntime {
             device: EmulatedDevice::new().with_order(order),
+            meter: Arc::default(),
         }
     }
 
@@ -113,11 +116,12 @@ impl GpuRuntime for EmulatedRuntime {
         }
         // SAFETY: `ptr` is valid for `layout.size()` bytes.
         unsafe { std::ptr::write_bytes(ptr, POISON, layout.size()) };
-        Ok(Allocation {
-            ptr: DevicePtr(ptr as u64),
+        Ok(Allocation::new(
+            DevicePtr(ptr as u64),
             bytes,
-            _owner: Box::new(HostMemory { ptr, layout }),
-        })
+            Box::new(HostMemory { ptr, layout }),
+            &self.meter,
+        ))
     }
 
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
@@ -146,6 +150,15 @@ impl GpuRuntime for EmulatedRuntime {
 
     fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
         self.device.launch(kernel, config, args)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        // Every emulated launch has finished when it returns.
+        Ok(())
+    }
+
+    fn memory(&self) -> &MemoryMeter {
+        &self.meter
     }
 
     fn gemm(&self, spec: &GemmSpec) -> Result<()> {

@@ -25,7 +25,8 @@ use std::sync::{Arc, Mutex, Weak};
 use runtime::GpuRuntime;
 
 use crate::backend::{
-    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, Param, TopK,
+    AdamWStep, AttentionOut, Backend, CrossEntropyOut, DropoutKey, LayerNormOut, MemoryUse, Param,
+    TopK,
 };
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
@@ -422,6 +423,22 @@ impl Backend for GpuBackend {
 
     fn scatter_rows(&self, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
         ops::rows::scatter(self, dy, rows, n)
+    }
+
+    fn synchronize(&self) -> Result<()> {
+        self.runtime.synchronize()
+    }
+
+    fn memory_use(&self) -> Option<MemoryUse> {
+        let meter = self.runtime.memory();
+        Some(MemoryUse {
+            live: meter.live(),
+            peak: meter.peak(),
+        })
+    }
+
+    fn reset_peak_memory(&self) {
+        self.runtime.memory().reset_peak();
     }
 
     fn argmax_rows(&self, x: &Tensor) -> Result<Tensor> {

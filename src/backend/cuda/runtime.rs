@@ -3,6 +3,8 @@
 //! ([`super::emulated`]), where device memory is host memory and GEMMs run on the CPU.
 
 use std::fmt::Debug;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::device::Device;
@@ -110,17 +112,76 @@ pub trait GpuRuntime: Send + Sync + Debug {
 
     /// A GEMM with f32 accumulation (cuBLASLt on a GPU).
     fn gemm(&self, spec: &GemmSpec) -> Result<()>;
+
+    /// Waits until every queued operation has finished.
+    fn synchronize(&self) -> Result<()>;
+
+    /// The bytes this runtime's allocations hold.
+    fn memory(&self) -> &MemoryMeter;
+}
+
+/// The bytes of device memory a runtime's live allocations hold, now and at most since the last
+/// [`reset_peak`](Self::reset_peak): the figures `torch.cuda.memory_allocated` and
+/// `max_memory_allocated` give for PyTorch, so peak memory compares like for like.
+#[derive(Debug, Default)]
+pub struct MemoryMeter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryMeter {
+    fn allocated(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(live, Ordering::Relaxed);
+    }
+
+    fn freed(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes held now.
+    pub fn live(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes held at once since the last reset.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Starts a new peak from what is held now.
+    pub fn reset_peak(&self) {
+        self.peak.store(self.live(), Ordering::Relaxed);
+    }
 }
 
 /// One device allocation. Dropping it frees the memory.
 pub struct Allocation {
     pub(crate) ptr: DevicePtr,
     pub(crate) bytes: usize,
-    /// Frees the memory when dropped (host memory in the emulator, a cudarc slice on a GPU).
-    pub(crate) _owner: Box<dyn Send + Sync>,
+    /// Frees the memory when dropped (host memory in the emulator, device memory on a GPU).
+    _owner: Box<dyn Send + Sync>,
+    /// The runtime's count of bytes held, told when this allocation goes.
+    meter: Arc<MemoryMeter>,
 }
 
 impl Allocation {
+    /// `bytes` at `ptr`, freed when `owner` is dropped, counted by `meter` while alive.
+    pub(crate) fn new(
+        ptr: DevicePtr,
+        bytes: usize,
+        owner: Box<dyn Send + Sync>,
+        meter: &Arc<MemoryMeter>,
+    ) -> Self {
+        meter.allocated(bytes);
+        Allocation {
+            ptr,
+            bytes,
+            _owner: owner,
+            meter: meter.clone(),
+        }
+    }
+
     /// The device address of the first byte.
     pub fn ptr(&self) -> DevicePtr {
         self.ptr
@@ -128,6 +189,12 @@ impl Allocation {
 
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+}
+
+impl Drop for Allocation {
+    fn drop(&mut self) {
+        self.meter.freed(self.bytes);
     }
 }
 
