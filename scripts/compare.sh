@@ -67,9 +67,10 @@ done
 if [ -z "$DEVICE" ]; then
     if [ "$GPU" = 1 ]; then DEVICE=cuda; else DEVICE=cpu; fi
 fi
+# Our bf16 mixed precision runs on a GPU only; the CPU backend computes in f32.
 case "$DEVICE" in
-    cuda*) PRESET="${PRESET:-medium}"; BATCH="${BATCH:-32}" ;;
-    *) PRESET="${PRESET:-small}"; BATCH="${BATCH:-8}" ;;
+    cuda*) PRESET="${PRESET:-medium}"; BATCH="${BATCH:-32}"; PRECISION=all ;;
+    *) PRESET="${PRESET:-small}"; BATCH="${BATCH:-8}"; PRECISION=f32 ;;
 esac
 
 # The real-lengths file: as given, or the repository's when it has one.
@@ -103,16 +104,17 @@ mkdir -p "$OUTDIR"
 
 COMMON=(--device "$DEVICE" --preset "$PRESET" --threads "$THREADS" --batch "$BATCH")
 if [ -n "$INFER_BATCH" ]; then COMMON+=(--infer-batch "$INFER_BATCH"); fi
+if [ "$QUICK" = 1 ]; then LENGTH_BATCHES=2; fi  # as peer_pytorch.py --quick, so both draw the same batches
 if [ -n "$LENGTHS" ]; then
     COMMON+=(--lengths "$LENGTHS" --length-batches "$LENGTH_BATCHES")
 fi
-OURS_ARGS=(bench "${COMMON[@]}" --precision all --json "$OUTDIR/ours.json")
+OURS_ARGS=(bench "${COMMON[@]}" --precision "$PRECISION" --json "$OUTDIR/ours.json")
 PEER_ARGS=("${COMMON[@]}" --variant all --json "$OUTDIR/peer.json")
 if [ -z "$LENGTHS" ]; then
     PEER_ARGS+=(--lengths "")  # no file: skip the real-data case on both sides
 fi
 if [ "$QUICK" = 1 ]; then
-    OURS_ARGS+=(--repeats 1)
+    OURS_ARGS+=(--repeats 1 --warmup 1)
     PEER_ARGS+=(--quick)
 elif [ -n "$REPEATS" ]; then
     OURS_ARGS+=(--repeats "$REPEATS")

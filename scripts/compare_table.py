@@ -123,8 +123,12 @@ def describe(data, name):
 
 
 def memory_notes(data, name):
-    notes = sorted({r.get("note", "") for r in data["results"] if r["metric"] == "peak_memory_mib" and r.get("note")})
-    return [f"peak memory, {name}: {n}" for n in notes]
+    """What each side's memory figure is (allocator peak or process RSS): one line per variant, or one
+    line for all of a side's variants when their notes agree."""
+    notes = {r["variant"]: r["note"] for r in data["results"] if r["metric"] == "peak_memory_mib" and r.get("note")}
+    if len(set(notes.values())) == 1:
+        return [f"peak memory, {name}: {next(iter(notes.values()))}"]
+    return [f"peak memory, {name} {variant}: {note}" for variant, note in notes.items()]
 
 
 def mismatches(ours, peer):

@@ -418,6 +418,15 @@ def release_host_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def resident_mib():
+    """The process's current resident set, MiB (0 where /proc is unavailable)."""
+    with contextlib.suppress(OSError):
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class PeakMemory:
     """Peak memory over a region: CUDA's allocator peak, or the process's peak resident set on CPU.
 
@@ -440,7 +449,8 @@ class PeakMemory:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
             self.note = ("cpu: peak resident set of the whole process over the timed training steps "
-                         "(ru_maxrss after resetting the high-water mark; includes Python and libraries)")
+                         "(ru_maxrss after resetting the high-water mark; includes Python and libraries: "
+                         f"{resident_mib():,.0f} MiB were resident as the steps began)")
         except OSError:
             self.note = ("cpu: peak resident set of the whole process since it started (ru_maxrss; "
                          "the high-water mark could not be reset, so earlier variants count too)")
