@@ -1,29 +1,32 @@
-//! CPU forward pass and training step of the `small` preset at batch 8, sequence 512.
+//! The whole model: a training step (forward, loss, backward, AdamW), batch-1 inference latency and
+//! batch-64 inference throughput, at sequence 512.
 //!
-//! `cargo bench --bench cpu_model`. Throughput is reported in tokens (batch x sequence).
+//! `cargo bench --bench model`. On a machine with a GPU: the `medium` preset in bf16 mixed
+//! precision, training at batch 32; elsewhere, or with `MASKEDLM_BENCH_DEVICE=cpu`: the `small`
+//! preset on the CPU, training at batch 8. Throughput is in tokens (batch x sequence). The same
+//! figures, with PyTorch's beside them, come from `scripts/compare.sh`.
+
+use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use undertale_maskedlm::data::{Example, MaskedLMCollator};
+use undertale_maskedlm::data::Example;
+use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
 use undertale_maskedlm::train::Trainer;
 use undertale_maskedlm::{Device, Tensor};
 
-const BATCH: usize = 8;
 const SEQ: usize = 512;
 /// A tokenizer of the reference recipe: 4096 BPE pieces plus the whole non-integer tokens.
 const VOCAB: usize = 5000;
+const MASK: i32 = 4;
+const INFER_BATCH: usize = 64;
 
-fn config() -> Config {
-    Config::new(Size::SMALL, VOCAB, 5, 4)
-}
-
-fn rows(seed: u64) -> Vec<Example> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..BATCH)
+fn rows(rng: &mut ChaCha8Rng, batch: usize) -> Vec<Example> {
+    (0..batch)
         .map(|_| Example {
             tokens: (0..SEQ)
                 .map(|_| rng.random_range(6..VOCAB as i32))
@@ -33,27 +36,52 @@ fn rows(seed: u64) -> Vec<Example> {
         .collect()
 }
 
+/// `batch` sequences with 15% of the positions `[MASK]`.
+fn masked(rng: &mut ChaCha8Rng, batch: usize) -> Tensor {
+    let tokens = rows(rng, batch)
+        .into_iter()
+        .flat_map(|r| r.tokens)
+        .map(|t| if rng.random_bool(0.15) { MASK } else { t })
+        .collect();
+    Tensor::from_i32(&[batch, SEQ], tokens).unwrap()
+}
+
 fn bench(c: &mut Criterion) {
-    let mut group = c.benchmark_group("cpu_small_b8_s512");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements((BATCH * SEQ) as u64));
-
-    let model = Model::new(config(), Device::Cpu, 0).unwrap();
-    let batch = MaskedLMCollator::new(4, VOCAB, 0.15, 0)
+    let forced_cpu = std::env::var("MASKEDLM_BENCH_DEVICE").is_ok_and(|d| d == "cpu");
+    let gpu = !forced_cpu && Device::Cuda(0).backend().is_ok();
+    let (device, precision, size, preset, batch) = if gpu {
+        (Device::Cuda(0), Precision::Bf16, Size::MEDIUM, "medium", 32)
+    } else {
+        (Device::Cpu, Precision::F32, Size::SMALL, "small", 8)
+    };
+    let model = Model::new(Config::new(size, VOCAB, 5, MASK as usize), device, 0)
         .unwrap()
-        .collate(&rows(1))
+        .with_precision(precision)
         .unwrap();
-    group.bench_function("forward_logits", |b| {
-        b.iter(|| model.forward(&batch.tokens, Some(&batch.mask)).unwrap())
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let mut group = c.benchmark_group(format!("{}_{precision}_{preset}", model.device()));
+    group.sample_size(10);
+    group.warm_up_time(Duration::from_secs(1));
+
+    // Inference returns the filled ids on the host, so each call has finished when it returns.
+    let one = masked(&mut rng, 1);
+    group.throughput(Throughput::Elements(SEQ as u64));
+    group.bench_function("infer_b1", |b| {
+        b.iter(|| model.infer_batch(&one, None).unwrap())
     });
-    let tokens: Tensor = batch.tokens.clone();
-    group.bench_function("forward_loss_eval", |b| {
-        b.iter(|| model.evaluate(&tokens, &batch.mask, &batch.labels).unwrap())
+    let many = masked(&mut rng, INFER_BATCH);
+    group.throughput(Throughput::Elements((INFER_BATCH * SEQ) as u64));
+    group.bench_function(format!("infer_b{INFER_BATCH}"), |b| {
+        b.iter(|| model.infer_batch(&many, None).unwrap())
     });
 
-    let mut trainer = Trainer::new(model, BATCH, 1_000_000, 0).unwrap();
-    let data = rows(2);
-    group.bench_function("train_step", |b| b.iter(|| trainer.step(&data).unwrap()));
+    // A training step downloads its loss, so it too has finished when it returns.
+    let mut trainer = Trainer::new(model, batch, 1_000_000, 0).unwrap();
+    let data = rows(&mut rng, batch);
+    group.throughput(Throughput::Elements((batch * SEQ) as u64));
+    group.bench_function(format!("train_step_b{batch}"), |b| {
+        b.iter(|| trainer.step(&data).unwrap())
+    });
     group.finish();
 }
 

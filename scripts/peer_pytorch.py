@@ -44,7 +44,6 @@ import ctypes
 import gc
 import json
 import platform
-import random
 import resource
 import statistics
 import sys
@@ -367,13 +366,16 @@ def load_lengths(path):
 
 
 def real_length_batches(lengths, batch, count, seq, vocab, device):
-    """`count` batches of `batch` lengths drawn with replacement (random.Random(0)), each built twice
-    from the same rows: padded to seq (as the reference pads) and cut to the batch's longest row."""
-    rng = random.Random(0)
+    """`count` batches of `batch` lengths, each built twice from the same rows: padded to seq (as the
+    reference pads) and cut to the batch's longest row. Batch i takes the lengths at
+    i * batch .. (i + 1) * batch of the file, whose order is already a random sample: the rule
+    `maskedlm bench` follows, so both sides train on the same lengths."""
+    if len(lengths) < batch:
+        raise SystemExit(f"peer_pytorch.py: {len(lengths)} lengths do not fill one batch of {batch}")
     generator = torch.Generator().manual_seed(1234)
     padded, longest = [], []
-    for _ in range(count):
-        drawn = [min(max(n, 1), seq) for n in rng.choices(lengths, k=batch)]
+    for i in range(min(count, len(lengths) // batch)):
+        drawn = [min(max(n, 1), seq) for n in lengths[i * batch:(i + 1) * batch]]
         tokens, mask = random_rows(drawn, seq, vocab, generator)
         tokens, labels = collate(tokens, mask, vocab, generator)
         padded.append(to_batch(tokens, mask, labels, device))

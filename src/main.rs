@@ -201,7 +201,7 @@ struct BenchArgs {
     /// tiny, small or medium [default: small on the CPU, medium on a GPU]
     #[arg(long)]
     preset: Option<String>,
-    /// f32, bf16 or all [default: f32 on the CPU, all on a GPU]
+    /// f32, bf16 or all (bf16 on a GPU only) [default: f32 on the CPU, all on a GPU]
     #[arg(long)]
     precision: Option<String>,
     /// Training batch size [default: 8 on the CPU, 32 on a GPU]
@@ -236,6 +236,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     match args.precision.as_deref() {
         None => {}
+        // bf16 mixed precision runs on a GPU only.
+        Some("all") if options.device == Device::Cpu => options.precisions = vec![Precision::F32],
         Some("all") => options.precisions = vec![Precision::F32, Precision::Bf16],
         Some(one) => options.precisions = vec![one.parse()?],
     }

@@ -101,7 +101,9 @@ mod bf16_shadow {
     use crate::harness::{assert_close, cpu, gpus_bf16, random, rng, round_bf16, upload_bf16};
     use undertale_maskedlm::backend::cuda::GpuBackend;
     use undertale_maskedlm::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
-    use undertale_maskedlm::backend::cuda::runtime::{Allocation, GemmSpec, GpuRuntime};
+    use undertale_maskedlm::backend::cuda::runtime::{
+        Allocation, GemmSpec, GpuRuntime, MemoryMeter,
+    };
     use undertale_maskedlm::backend::{AdamWStep, Backend, Param};
     use undertale_maskedlm::device::Precision;
     use undertale_maskedlm::{Device, Result, Tensor};
@@ -145,6 +147,12 @@ mod bf16_shadow {
         }
         fn gemm(&self, spec: &GemmSpec) -> Result<()> {
             self.inner.gemm(spec)
+        }
+        fn synchronize(&self) -> Result<()> {
+            self.inner.synchronize()
+        }
+        fn memory(&self) -> &MemoryMeter {
+            self.inner.memory()
         }
     }
 
