@@ -20,6 +20,7 @@
 #                                         default target/compare
 #   --quick                               one repeat each (a smoke test, not a measurement)
 #   --markdown            MARKDOWN=1      print the table as GitHub markdown
+#                         BF16_TFLOPS     the card's measured bf16 matrix rate: adds an MFU row
 #   -- ARGS...                            passed on to peer_pytorch.py (e.g. -- --no-compile)
 #
 # Without MASKEDLM the binary runs through `cargo run --release --bin maskedlm --`. Both tables
@@ -129,8 +130,10 @@ echo "== PyTorch: python3 $PEER ${PEER_ARGS[*]}"
 python3 "$PEER" "${PEER_ARGS[@]}" 2>&1 | tee "$OUTDIR/peer.log"
 echo
 
-python3 "$TABLE" "$OUTDIR/ours.json" "$OUTDIR/peer.json" > "$OUTDIR/table.txt"
-python3 "$TABLE" "$OUTDIR/ours.json" "$OUTDIR/peer.json" --markdown > "$OUTDIR/table.md"
+TABLE_ARGS=()
+if [ -n "${BF16_TFLOPS:-}" ]; then TABLE_ARGS+=(--bf16-tflops "$BF16_TFLOPS"); fi
+python3 "$TABLE" "$OUTDIR/ours.json" "$OUTDIR/peer.json" ${TABLE_ARGS[@]+"${TABLE_ARGS[@]}"} > "$OUTDIR/table.txt"
+python3 "$TABLE" "$OUTDIR/ours.json" "$OUTDIR/peer.json" --markdown ${TABLE_ARGS[@]+"${TABLE_ARGS[@]}"} > "$OUTDIR/table.md"
 if [ "$MARKDOWN" = 1 ]; then cat "$OUTDIR/table.md"; else cat "$OUTDIR/table.txt"; fi
 echo
 echo "(ours.json, peer.json, logs and both tables in $OUTDIR)"

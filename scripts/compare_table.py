@@ -11,8 +11,8 @@ ratio pairs the peer column with our variant of the same precision (f32 against 
 where we measured it, against the bf16 ones), and is oriented so that > 1 always means ours is
 better: ours / peer for throughputs, peer / ours for latency and memory.
 
-If our file carries the card's measured bf16 matrix rate (`bf16_matmul_tflops`) and our training
-records carry `model_flops_per_token`, an MFU row is added: tokens/s x FLOPs/token / peak FLOP/s.
+If the card's measured bf16 matrix rate is known (`--bf16-tflops`, or `bf16_matmul_tflops` in our
+file) and our training records carry `model_flops_per_token`, an MFU row is added: tokens/s x FLOPs/token / peak FLOP/s.
 """
 
 import argparse
@@ -194,11 +194,15 @@ def main():
     parser.add_argument("ours", help="JSON written by `maskedlm bench --json`")
     parser.add_argument("peer", help="JSON written by `scripts/peer_pytorch.py --json`")
     parser.add_argument("--markdown", action="store_true", help="a GitHub markdown table")
+    parser.add_argument("--bf16-tflops", type=float,
+                        help="the card's measured bf16 matrix rate (gpu-check.sh measures it), for the MFU row")
     args = parser.parse_args()
     try:
         ours, peer = load(args.ours), load(args.peer)
     except (OSError, json.JSONDecodeError) as error:
         sys.exit(f"compare_table.py: {error}")
+    if args.bf16_tflops:
+        ours["bf16_matmul_tflops"] = args.bf16_tflops
     header, rows, caption = build(ours, peer)
     print((render_markdown if args.markdown else render_text)(header, rows, caption))
 

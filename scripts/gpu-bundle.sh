@@ -37,7 +37,9 @@ done
 strip "$BUNDLE"/bin/*
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
-cp scripts/peer_pytorch.py "$BUNDLE/" 2>/dev/null || true
+# The side-by-side comparison with PyTorch: our binary against the peer, on the same card.
+cp scripts/compare.sh scripts/compare_table.py scripts/peer_pytorch.py scripts/reference.py "$BUNDLE/"
+cp benches/data/function_lengths.json "$BUNDLE/"
 git rev-parse HEAD > "$BUNDLE/COMMIT" 2>/dev/null || true
 du -sh "$BUNDLE"
 ls -la "$BUNDLE/bin"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on a GPU machine, from the bundle scripts/gpu-bundle.sh made: every GPU test, compute-sanitizer
-# (memcheck and racecheck) over the kernel tests, and the benches. Writes logs and a summary table
+# (memcheck and racecheck) over the kernel tests, the benches, and the comparison with PyTorch. Writes logs and a summary table
 # (summary.md) to $OUT (default: out/ beside this script). Needs the CUDA toolkit (driver, cuBLASLt,
 # compute-sanitizer); no Rust, no network.
 set -uo pipefail
@@ -94,11 +94,23 @@ fi
 # The command line on the GPU: the built-in demo trains and fills masks.
 step cli-demo "$BIN/maskedlm" demo --device cuda
 
-# Benches.
+# Timings from here on: no poisoning, no synchronisation after every launch.
+unset MASKEDLM_POISON MASKEDLM_SYNC_LAUNCHES
+
+# Criterion benches: every kernel family at the medium shapes in bf16, and the whole model.
 for bench in "$BIN"/bench-*; do
     [ -x "$bench" ] && step "$(basename "$bench")" "$bench" --bench
 done
 
+# Ours against PyTorch on this card (training, inference, memory, real lengths), with the MFU
+# against the bf16 rate measured above.
+BF16_TFLOPS="$(sed -n 's/^bf16 matmul: \([0-9.]*\) TFLOP\/s$/\1/p' "$OUT/ceilings.log")"
+export BF16_TFLOPS
+step compare env MASKEDLM="$BIN/maskedlm" bash "$HERE/compare.sh" --device cuda --out "$OUT/compare"
+
+if [ -f "$OUT/compare/table.md" ]; then
+    { echo; echo "## Ours against PyTorch"; echo; cat "$OUT/compare/table.md"; } >> "$SUMMARY"
+fi
 echo >> "$SUMMARY"
 echo "Logs: one file per step in this folder." >> "$SUMMARY"
 cat "$SUMMARY"
