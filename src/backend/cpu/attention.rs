@@ -7,6 +7,7 @@
 
 use rayon::prelude::*;
 
+use super::exp::exp_in_place;
 use super::gemm::{MatLayout, matmul};
 
 /// Shapes of one attention call.
@@ -65,12 +66,12 @@ fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
                 row.fill(0.0);
                 return f32::NEG_INFINITY;
             }
-            let mut sum = 0.0f32;
+            // Padding keys get e^-inf = 0; the exponentials run as one vectorised pass.
             for (x, &m) in row.iter_mut().zip(key_mask) {
-                let e = if m != 0 { (*x - max).exp() } else { 0.0 };
-                *x = e;
-                sum += e;
+                *x = if m != 0 { *x - max } else { f32::NEG_INFINITY };
             }
+            exp_in_place(row);
+            let sum: f32 = row.iter().sum();
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|x| *x *= inv);
             max + sum.ln()
@@ -145,11 +146,12 @@ pub fn backward(
             for (row, &l) in p.chunks_mut(s).zip(row_lse) {
                 for (x, &m) in row.iter_mut().zip(key_mask) {
                     *x = if m != 0 && l != f32::NEG_INFINITY {
-                        (*x - l).exp()
+                        *x - l
                     } else {
-                        0.0
+                        f32::NEG_INFINITY
                     };
                 }
+                exp_in_place(row);
             }
             let dout_h = &dout[b * s * hidden + h * d..];
             let out_h = &out[b * s * hidden + h * d..];

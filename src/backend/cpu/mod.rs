@@ -8,6 +8,7 @@ mod attention;
 mod cross_entropy;
 mod dropout;
 pub mod embedding;
+mod exp;
 mod gelu;
 pub mod gemm;
 mod layernorm;
