@@ -34,7 +34,7 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let er = p * r * r + r + 1.0;
     // 2^n for n in [-126, 128] as 2^a 2^b with a = floor(n / 2), b = n - a, both in [-63, 64]:
     // each a normal number built in the exponent field (2^128 itself is not an f32).
