@@ -71,13 +71,29 @@ extern "C" __global__ void scatter_rows_bf16(const __nv_bfloat16* __restrict__ d
     scatter_rows<__nv_bfloat16>(dy, rows, heads, next, out, chains, width);
 }
 
-// Whether candidate (value a, index ia) beats (value b, index ib): larger value, then smaller index.
-// An index < 0 means "no candidate". Values are never NaN here. The order is total on candidates,
-// so the choice does not depend on which lane holds which candidate.
-__device__ __forceinline__ bool better(float a, int ia, float b, int ib) {
+// Whether candidate (value a, index ia) ranks before (value b, index ib): a larger value, then a
+// smaller index; NaN values after every number (among themselves, by index). An index < 0 means "no
+// candidate". The order is total on candidates, so the choice does not depend on which lane holds
+// which candidate.
+__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
     if (ia < 0) return false;
     if (ib < 0) return true;
+    const bool a_nan = a != a, b_nan = b != b;
+    if (a_nan != b_nan) return b_nan;
+    if (a_nan) return ia < ib;
     return a > b || (a == b && ia < ib);
+}
+
+// The best candidate of the warp, left in every lane: a butterfly of 5 shuffle steps.
+__device__ __forceinline__ void warp_best(float& value, int& index) {
+    for (int offset = 16; offset > 0; offset /= 2) {
+        const float other = __shfl_xor_sync(FULL_MASK, value, offset);
+        const int other_index = __shfl_xor_sync(FULL_MASK, index, offset);
+        if (ranks_before(other, other_index, value, index)) {
+            value = other;
+            index = other_index;
+        }
+    }
 }
 
 // out[r] = the first index of the largest element of row r, as the CPU's sequential loop
@@ -104,14 +120,7 @@ __device__ __forceinline__ void argmax_rows(const T* __restrict__ x, int* __rest
             best_index = c;
         }
     }
-    for (int offset = 16; offset > 0; offset /= 2) {
-        const float other = __shfl_xor_sync(FULL_MASK, best, offset);
-        const int other_index = __shfl_xor_sync(FULL_MASK, best_index, offset);
-        if (better(other, other_index, best, best_index)) {
-            best = other;
-            best_index = other_index;
-        }
-    }
+    warp_best(best, best_index);
     if (lane == 0) {
         const float first = to_float(row[0]);
         out[r] = (best_index < 0 || first != first) ? 0 : best_index;
@@ -144,14 +153,6 @@ extern "C" __global__ void argmax_rows_bf16(const __nv_bfloat16* __restrict__ x,
 // lse: each lane keeps a running max m and s = sum exp(x - m) of its columns (the cross-entropy
 // kernel's online form), the butterfly merges two lanes' (m, s) by rescaling to the larger max. A
 // NaN logit makes s, and so every probability of the row, NaN, as the CPU's sum does.
-__device__ __forceinline__ bool ranks_before(float a, int ia, float b, int ib) {
-    if (ia < 0) return false;
-    if (ib < 0) return true;
-    const bool a_nan = a != a, b_nan = b != b;
-    if (a_nan != b_nan) return b_nan;
-    if (a_nan) return ia < ib;
-    return a > b || (a == b && ia < ib);
-}
 
 template <typename T>
 __device__ __forceinline__ void softmax_top_k_rows(const T* __restrict__ x, int* __restrict__ ids,
@@ -196,14 +197,7 @@ __device__ __forceinline__ void softmax_top_k_rows(const T* __restrict__ x, int*
                 best_index = c;
             }
         }
-        for (int offset = 16; offset > 0; offset /= 2) {
-            const float other = __shfl_xor_sync(FULL_MASK, best, offset);
-            const int other_index = __shfl_xor_sync(FULL_MASK, best_index, offset);
-            if (ranks_before(other, other_index, best, best_index)) {
-                best = other;
-                best_index = other_index;
-            }
-        }
+        warp_best(best, best_index);
         // k <= width (checked on the host), so every round finds a candidate.
         if (lane == 0) {
             ids[static_cast<size_t>(r) * k + t] = best_index;
