@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs on a GPU machine, from the bundle scripts/gpu-bundle.sh made: every GPU test, compute-sanitizer
-# (memcheck and racecheck) over the kernel tests, the benches, and the comparison with PyTorch. Writes logs and a summary table
-# (summary.md) to $OUT (default: out/ beside this script). Needs the CUDA toolkit (driver, cuBLASLt,
-# compute-sanitizer); no Rust, no network.
+# Runs on a GPU machine, from the bundle scripts/gpu-bundle.sh made: every GPU test,
+# compute-sanitizer (memcheck and racecheck) over the kernel tests, the benches, and the comparison
+# with PyTorch. Writes logs and a summary table (summary.md) to $OUT (default: out/ beside this
+# script). Needs the CUDA toolkit (driver, cuBLASLt, compute-sanitizer); no Rust, no network.
+# ONLY="ceilings kernel-tests ..." runs just the named steps (a step's name is its log's name:
+# ceilings, emulator-twins, kernel-tests, model-tests, memcheck, racecheck, cli-demo, bench-kernels,
+# bench-model, compare), to fit a machine lent for a limited time.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$HERE/out}"
@@ -41,6 +44,7 @@ export MASKEDLM_POISON=1 MASKEDLM_SYNC_LAUNCHES=1
 step() {  # step NAME COMMAND...: runs it, logs to $OUT/NAME.log, adds a row to the summary
     local name="$1"
     shift
+    if [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]]; then return 0; fi
     local start end status
     start=$(date +%s.%N)
     "$@" > "$OUT/$name.log" 2>&1
@@ -104,7 +108,7 @@ done
 
 # Ours against PyTorch on this card (training, inference, memory, real lengths), with the MFU
 # against the bf16 rate measured above.
-BF16_TFLOPS="$(sed -n 's/^bf16 matmul: \([0-9.]*\) TFLOP\/s$/\1/p' "$OUT/ceilings.log")"
+BF16_TFLOPS="$(sed -n 's/^bf16 matmul: \([0-9.]*\) TFLOP\/s$/\1/p' "$OUT/ceilings.log" 2>/dev/null)"
 export BF16_TFLOPS
 step compare env MASKEDLM="$BIN/maskedlm" bash "$HERE/compare.sh" --device cuda --out "$OUT/compare"
 
