@@ -623,3 +623,67 @@ fn a_validation_set_too_small_to_score_fails_before_training() {
     }
     panic!("no seed in 0..30 left the one-token validation row unmasked");
 }
+
+/// `maskedlm bench` on the tiny preset: every figure measured, positive, written to the JSON file
+/// in the schema `scripts/compare_table.py` reads, the real-data rows from a lengths file; and a bad
+/// lengths file is a clear error.
+#[test]
+fn bench_measures_every_figure_and_writes_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let lengths = dir.path().join("lengths.json");
+    std::fs::write(
+        &lengths,
+        r#"{"source": "test", "lengths": [5, 128, 40, 300, 7, 9]}"#,
+    )
+    .unwrap();
+    let json = dir.path().join("ours.json");
+    let common = [
+        "bench",
+        "--device",
+        "cpu",
+        "--preset",
+        "tiny",
+        "--batch",
+        "2",
+        "--infer-batch",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--length-batches",
+        "2",
+    ];
+    let mut args = common.to_vec();
+    args.extend(["--lengths", s(&lengths), "--json", s(&json)]);
+    let table = ok(&args);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["implementation"], "undertale-maskedlm");
+    let metrics: Vec<(&str, f64)> = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["metric"].as_str().unwrap(), r["value"].as_f64().unwrap()))
+        .collect();
+    for want in [
+        "train_tokens_per_s",
+        "peak_memory_mib",
+        "infer_latency_b1_ms",
+        "infer_tokens_per_s_b2",
+        "lengths_pad512_real_tokens_per_s",
+        "lengths_padlongest_real_tokens_per_s",
+    ] {
+        let value = metrics.iter().find(|(m, _)| *m == want).map(|(_, v)| *v);
+        assert!(
+            value.is_some_and(|v| v > 0.0),
+            "{want}: {value:?} in {metrics:?}"
+        );
+        assert!(table.contains(want), "the table lists {want}:\n{table}");
+    }
+
+    std::fs::write(&lengths, "not json").unwrap();
+    let mut args = common.to_vec();
+    args.extend(["--lengths", s(&lengths)]);
+    fails(&args, "not a lengths file");
+}

@@ -168,6 +168,12 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             "bench: batch, infer batch and repeats must be at least 1".into(),
         ));
     }
+    if options.vocab <= FIRST_ORDINARY_ID as usize {
+        return Err(Error::Config(format!(
+            "bench: a vocabulary of {} has no ordinary token after the {FIRST_ORDINARY_ID} special ones",
+            options.vocab
+        )));
+    }
     let size = Size::preset(&options.preset)?;
     let config = Config::new(size, options.vocab, NEXT_ID, MASK_ID);
     config.validate()?;
@@ -473,6 +479,20 @@ mod tests {
         let head = 0.15 * 2.0 * (768.0 * 768.0 + 768.0 * 5000.0);
         let want = 3.0 * (12.0 * layer + head);
         assert_eq!(training_flops_per_token(&config, 512), want);
+    }
+
+    #[test]
+    fn options_that_leave_nothing_to_measure_are_config_errors() {
+        let mut options = BenchOptions::for_device(Device::Cpu);
+        options.vocab = 6;
+        let err = run(&options).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("vocabulary of 6")),
+            "{err}"
+        );
+        let mut options = BenchOptions::for_device(Device::Cpu);
+        options.repeats = 0;
+        assert!(matches!(run(&options), Err(Error::Config(_))));
     }
 
     #[test]
