@@ -4,7 +4,7 @@
 #   scripts/gpu-bundle.sh            # here
 #   bash gpu-bundle/gpu-check.sh     # there; results under $OUT (default gpu-bundle/out)
 # The kernels are compiled to PTX by nvcc (installed from PyPI if needed) and embedded in every
-# binary. Test binaries are release builds, stripped.
+# binary. Test binaries are release builds, stripped and gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$(pwd)"
@@ -35,6 +35,9 @@ cargo bench --no-run --message-format=json 2>/dev/null | artifacts | while read 
     if [ "$kind" = bench ]; then cp "$path" "$BUNDLE/bin/bench-$name"; fi
 done
 strip "$BUNDLE"/bin/*
+# Compressed to stay well inside what a GPU machine is sent (64 MiB for everything); gpu-check.sh
+# unpacks them where it runs.
+gzip -9 "$BUNDLE"/bin/*
 
 cp scripts/gpu-check.sh "$BUNDLE/gpu-check.sh"
 # The side-by-side comparison with PyTorch: our binary against the peer, on the same card.

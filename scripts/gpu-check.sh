@@ -13,6 +13,12 @@ mkdir -p "$OUT"
 BIN="$HERE/bin"
 SUMMARY="$OUT/summary.md"
 
+# The bundle's binaries come gzipped (gpu-bundle.sh).
+for packed in "$BIN"/*.gz; do
+    [ -e "$packed" ] || continue
+    gunzip -f "$packed" && chmod +x "${packed%.gz}"
+done
+
 # cuBLASLt and NVRTC: the toolkit's, or the ones PyTorch's wheels bring (found wherever they are).
 for dir in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do
     [ -d "$dir" ] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
