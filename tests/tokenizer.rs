@@ -160,6 +160,30 @@ fn encode_batch_matches_python() {
     assert!(tokenizer.encode_batch(&[]).unwrap().is_empty());
 }
 
+/// A batch longer than the chunks `encode_batch` works in comes back whole and in order, each
+/// encoding that of its text alone.
+#[test]
+fn a_batch_of_several_chunks_keeps_every_text_in_order() {
+    let expected = expected();
+    let tokenizer = reference();
+    let probes: Vec<&str> = expected["probes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["text"].as_str().unwrap())
+        .collect();
+    let texts: Vec<&str> = (0..5000).map(|i| probes[(i * 7) % probes.len()]).collect();
+    let encodings = tokenizer.encode_batch(&texts).unwrap();
+    assert_eq!(encodings.len(), texts.len());
+    let alone: Vec<_> = probes
+        .iter()
+        .map(|t| tokenizer.encode(t).unwrap())
+        .collect();
+    for (i, encoding) in encodings.iter().enumerate() {
+        assert_eq!(encoding, &alone[(i * 7) % probes.len()], "text {i}");
+    }
+}
+
 #[test]
 fn every_encoding_is_sequence_length_long() {
     let expected = expected();

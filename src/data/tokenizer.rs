@@ -407,15 +407,22 @@ impl InstructionTokenizer {
 
     /// Encodes many texts (in parallel), each as [`encode`](Self::encode) would.
     pub fn encode_batch(&self, texts: &[&str]) -> Result<Vec<Encoding>> {
-        let encodings = self
-            .inner
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| Error::tokenizer(format!("cannot encode a batch: {e}")))?;
-        encodings
-            .iter()
-            .zip(texts)
-            .map(|(encoding, text)| self.convert(encoding, text))
-            .collect()
+        // The `tokenizers` crate's encodings hold every token's string, offsets and the overflowing
+        // remainder of a truncated text: several times our ids and mask. Encoding a whole corpus at
+        // once held them all (23 GB for 719,086 functions); a chunk at a time, they are converted
+        // and dropped before the next chunk, and each chunk is still encoded in parallel.
+        const CHUNK: usize = 2048;
+        let mut out = Vec::with_capacity(texts.len());
+        for chunk in texts.chunks(CHUNK) {
+            let encodings = self
+                .inner
+                .encode_batch(chunk.to_vec(), true)
+                .map_err(|e| Error::tokenizer(format!("cannot encode a batch: {e}")))?;
+            for (encoding, text) in encodings.iter().zip(chunk) {
+                out.push(self.convert(encoding, text)?);
+            }
+        }
+        Ok(out)
     }
 
     fn convert(&self, encoding: &tokenizers::Encoding, text: &str) -> Result<Encoding> {
