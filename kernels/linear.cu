@@ -75,16 +75,25 @@ __device__ __forceinline__ void bias_gelu(const float* __restrict__ bias, T* __r
 // warp reads 32 consecutive elements (coalesced); the rows' loads do not depend on one another, so
 // many are in flight at once. Traffic: dy read once; out floats written per chunk.
 // ---------------------------------------------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ void bias_backward_partials(const T* __restrict__ dy, float* __restrict__ partials,
-                                                       int rows, int out, int rows_per_chunk) {
+//
+// `element(i)` gives the value to add for flat index i = r * out + col (and may store it, as the
+// GELU backward below does); both db kernels share this loop, so they sum in the same order.
+template <typename Element>
+__device__ __forceinline__ void column_chunk_sums(float* __restrict__ partials, int rows, int out, int rows_per_chunk,
+                                                  Element element) {
     const int col = blockIdx.y * blockDim.x + threadIdx.x;
     if (col >= out) return;  // no barrier in this kernel
     const int first = blockIdx.x * rows_per_chunk;
     const int end = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
     float sum = 0.0f;
-    for (int r = first; r < end; ++r) sum += to_float(dy[static_cast<size_t>(r) * out + col]);
+    for (int r = first; r < end; ++r) sum += element(static_cast<size_t>(r) * out + col);
     partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
+}
+
+template <typename T>
+__device__ __forceinline__ void bias_backward_partials(const T* __restrict__ dy, float* __restrict__ partials,
+                                                       int rows, int out, int rows_per_chunk) {
+    column_chunk_sums(partials, rows, out, rows_per_chunk, [&](size_t i) { return to_float(dy[i]); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -100,18 +109,11 @@ template <typename T>
 __device__ __forceinline__ void gelu_bias_backward_partials(const T* __restrict__ dy, const T* __restrict__ z,
                                                             T* __restrict__ dz, float* __restrict__ partials,
                                                             int rows, int out, int rows_per_chunk) {
-    const int col = blockIdx.y * blockDim.x + threadIdx.x;
-    if (col >= out) return;  // no barrier in this kernel
-    const int first = blockIdx.x * rows_per_chunk;
-    const int end = first + rows_per_chunk < rows ? first + rows_per_chunk : rows;
-    float sum = 0.0f;
-    for (int r = first; r < end; ++r) {
-        const size_t i = static_cast<size_t>(r) * out + col;
+    column_chunk_sums(partials, rows, out, rows_per_chunk, [&](size_t i) {
         const T d = from_float<T>(to_float(dy[i]) * gelu_grad(to_float(z[i])));
         dz[i] = d;
-        sum += to_float(d);
-    }
-    partials[static_cast<size_t>(blockIdx.x) * out + col] = sum;
+        return to_float(d);
+    });
 }
 
 }  // namespace

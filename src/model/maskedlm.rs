@@ -179,7 +179,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
                 tokens.shape(),
             ));
         }
-        self.infer_batch(tokens, mask)?.reshape(&[inputs.seq])
+        Tensor::from_i32(&[inputs.seq], self.fill_masks(&inputs)?)
     }
 
     /// [`infer`](Self::infer) over a batch: every `[MASK]` of every sequence filled with its argmax
@@ -187,18 +187,23 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// `[batch, seq]` or `[seq]`; returns an I32 tensor of the same shape.
     pub fn infer_batch(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
+        Tensor::from_i32(tokens.shape(), self.fill_masks(&inputs)?)
+    }
+
+    /// The checked tokens with every `[MASK]` replaced by its argmax prediction.
+    fn fill_masks(&self, inputs: &CheckedInputs) -> Result<Vec<i32>> {
         let mask_id = self.config.mask_token_id as i32;
         let rows: Vec<i32> = (0..inputs.tokens.len() as i32)
             .filter(|&j| inputs.tokens[j as usize] == mask_id)
             .collect();
         let mut filled = inputs.tokens.clone();
         if !rows.is_empty() {
-            let predictions = self.predict_rows(&inputs, &rows)?;
+            let predictions = self.predict_rows(inputs, &rows)?;
             for (&row, &id) in rows.iter().zip(&predictions) {
                 filled[row as usize] = id;
             }
         }
-        Tensor::from_i32(tokens.shape(), filled)
+        Ok(filled)
     }
 
     /// Argmax predictions at the given flat positions, computing the head only there.
