@@ -19,6 +19,11 @@
 // The shadow then matches the new parameters exactly without a second pass over them. A null
 // shadow (an f32 model, or no shadow made yet) is skipped; the test is the same for every thread.
 //
+// The update can be guarded without the host looking: with `halted` not null, a step whose loss
+// (`*guard_loss` when not null, computed on the device earlier in the same stream) is not finite,
+// or that follows such a step (`*halted` set), writes nothing and sets `*halted`. The host reads the loss a step
+// later and reports the error; by then no update has used a non-finite loss.
+//
 // Memory traffic: per element 4 floats read (p, g, m, v) and 3 written (p, m, v): 28 bytes, plus 2
 // for the shadow, no reuse, so the kernel is bound by memory bandwidth. A grid-stride loop over
 // float4 vectors (16-byte loads and stores; 8-byte stores of 4 bf16 into the shadow) with a scalar
@@ -60,9 +65,16 @@ __device__ __forceinline__ unsigned bf16_pair(float lo, float hi) {
 
 extern "C" __global__ void adamw_f32(float* __restrict__ params, const float* __restrict__ grads,
                                      float* __restrict__ m, float* __restrict__ v,
-                                     __nv_bfloat16* __restrict__ shadow, int n, float decay,
-                                     float one_minus_beta1, float beta2, float one_minus_beta2, float step_size,
-                                     float bias_correction2_sqrt, float eps) {
+                                     __nv_bfloat16* __restrict__ shadow, const float* __restrict__ guard_loss,
+                                     int* halted, int n, float decay, float one_minus_beta1, float beta2,
+                                     float one_minus_beta2, float step_size, float bias_correction2_sqrt,
+                                     float eps) {
+    // Every thread reads the same two values, so every thread takes the same branch. Thread 0 of
+    // block 0 may set the flag while others read it: they skip either way.
+    if (halted != nullptr && (*halted != 0 || (guard_loss != nullptr && !isfinite(*guard_loss)))) {
+        if (blockIdx.x == 0 && threadIdx.x == 0) *halted = 1;
+        return;
+    }
     const AdamW adam{decay, one_minus_beta1, beta2, one_minus_beta2, step_size, bias_correction2_sqrt, eps};
     const int vectors = n / 4;
     const int stride = gridDim.x * blockDim.x;

@@ -11,9 +11,9 @@
 // the gradient (usually from L2: the row was just read), V written; the [rows, V] softmax is never
 // materialised. Without a gradient, V logits read. Logits and their gradient have the activation
 // type (f32, or bf16 in mixed precision: `cross_entropy_forward_backward_f32` / `_bf16`); the max,
-// the sum and the loss are f32 either way. The per-row loss is written to `losses[row]`; the host
-// sums those in row order in f64, as the CPU does, so the mean is deterministic and matches the
-// CPU's arithmetic. An ignored row costs one write of V zeros (its gradient) and a zero loss.
+// the sum and the loss are f32 either way. The per-row loss is written to `losses[row]`;
+// `cross_entropy_mean_f32` then sums those in row order in f64, as the CPU does, so the mean is
+// deterministic, matches the CPU's arithmetic, and stays on the device. An ignored row costs one write of V zeros (its gradient) and a zero loss.
 #include "common.cuh"
 
 constexpr unsigned FULL_MASK = 0xffffffffu;
@@ -124,4 +124,16 @@ extern "C" __global__ void cross_entropy_forward_backward_bf16(const __nv_bfloat
                                                                __nv_bfloat16* dlogits, int vocab,
                                                                float inv_count) {
     cross_entropy_forward_backward<__nv_bfloat16>(logits, labels, losses, dlogits, vocab, inv_count);
+}
+
+// The mean loss over the labelled rows, from the per-row losses (0 on ignored rows): one thread adds
+// them in row order in double and divides by `count`, exactly as the CPU backend forms the mean, so
+// the loss is the same number on every device. A few thousand rows at most (the labelled positions
+// of one batch): a few microseconds, and the host never has to read the row losses.
+extern "C" __global__ void cross_entropy_mean_f32(const float* __restrict__ losses, int rows, int count,
+                                                  float* __restrict__ loss) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    double total = 0.0;
+    for (int r = 0; r < rows; ++r) total += static_cast<double>(losses[r]);
+    *loss = static_cast<float>(total / static_cast<double>(count));
 }

@@ -14,8 +14,8 @@
 //
 // Three launches per call:
 //   1. embedding_positions: one block per sequence. Reads the S token ids once, writes two ints per
-//      token; it also validates the ids (atomicMin of the first bad flat index into `first_bad`,
-//      which the host reads back to raise the CPU's TokenOutOfRange error before anything else runs).
+//      token. The ids were validated on the host before they were uploaded (the front, src/ops/
+//      embedding.rs), so nothing here reads back or waits.
 //   2. embedding_forward_{f32,bf16}: reads 3 * H floats per token (table rows, mostly L2 hits: the
 //      position tables are small and every sequence uses their first rows) and writes H elements of
 //      the activation type (f32, or bf16 in mixed precision). Bandwidth-bound on the write of the
@@ -37,12 +37,9 @@ __device__ __forceinline__ int max_int(int a, int b) { return a > b ? a : b; }
 //   - within a warp, a Hillis-Steele scan with __shfl_up_sync (5 steps of log2(32));
 //   - the warps' totals go through shared memory, and each thread adds those of the warps before it;
 //   - `carry` holds the totals of the chunks before this one.
-// Outputs: instruction[b*S + j] = ins[j], argument[b*S + j] = arg[j]. Token ids outside [0, vocab)
-// lower *first_bad to their flat index (so the host sees the first bad id in row-major order, as
-// the CPU reports it); *first_bad must hold INT_MAX before the launch.
-extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, int seq, int next_id, int vocab,
-                                               int* __restrict__ instruction, int* __restrict__ argument,
-                                               int* __restrict__ first_bad) {
+// Outputs: instruction[b*S + j] = ins[j], argument[b*S + j] = arg[j].
+extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, int seq, int next_id,
+                                               int* __restrict__ instruction, int* __restrict__ argument) {
     SHARED_ARRAY(int, warp_count, 32);  // per warp of the chunk: instruction starts in it
     SHARED_ARRAY(int, warp_start, 32);  // per warp of the chunk: the latest start in it (0 if none)
     const int lane = threadIdx.x % 32;
@@ -57,10 +54,6 @@ extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, i
     for (int chunk = 0; chunk < seq; chunk += blockDim.x) {
         const int j = chunk + threadIdx.x;
         const bool inside = j < seq;
-        if (inside) {
-            const int id = row[j];
-            if (id < 0 || id >= vocab) atomicMin(first_bad, static_cast<int>(row_base + j));
-        }
         const bool starts = inside && j >= 1 && row[j - 1] == next_id;
         int count = starts ? 1 : 0;
         int start = starts ? j : 0;
@@ -108,7 +101,7 @@ extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, i
 // One warp per token row; lanes stride over the H features, so each warp-wide load or store is a
 // contiguous segment. The tables are f32 parameters; the output is the activation type T. The sum is
 // (token + instruction) + argument in f32, the CPU's order, so an f32 result is bit-identical to the
-// CPU's and a bf16 one is that f32 sum rounded once. The ids were validated by embedding_positions.
+// CPU's and a bf16 one is that f32 sum rounded once. The ids were validated on the host.
 template <typename T>
 __device__ __forceinline__ void embedding_forward(const int* __restrict__ tokens, const int* __restrict__ instruction,
                                                   const int* __restrict__ argument,

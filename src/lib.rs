@@ -26,6 +26,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod model;
+pub mod ops;
 pub mod philox;
 pub mod pipeline;
 pub mod tape;

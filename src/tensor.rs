@@ -119,6 +119,17 @@ impl Tensor {
         Ok(self)
     }
 
+    /// The values of an I32 tensor as the host has them, without reading a device: a CPU tensor's
+    /// own, or the data a device tensor was uploaded from (until it is written). `None` for other
+    /// tensors.
+    pub fn host_i32(&self) -> Option<&[i32]> {
+        match &self.storage {
+            Storage::CpuI32(v) => Some(v),
+            Storage::Gpu(g) => g.host_i32(),
+            Storage::CpuF32(_) => None,
+        }
+    }
+
     /// Copies an f32 tensor (or a bf16 one, widened exactly) to host memory, from any device.
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {

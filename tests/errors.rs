@@ -603,7 +603,7 @@ fn non_finite_loss_is_an_error_and_changes_nothing() {
         .get("head.decode.bias")
         .expect("head.decode.bias exists")
         .param;
-    match m.parameters_mut().storage_mut() {
+    match m.parameters_mut().0.storage_mut() {
         Storage::CpuF32(v) => v[entry.offset + 7] = f32::NAN,
         other => panic!("expected CPU f32 parameters, got {other:?}"),
     }

@@ -810,7 +810,7 @@ fn cross_entropy_gradient() {
     let loss = |v: &[f32]| {
         b.cross_entropy(&f32t(&[rows, vocab], v.to_vec()), &labels, false)
             .unwrap()
-            .loss as f64
+            .loss_value().unwrap() as f64
     };
 
     let out = b
@@ -825,12 +825,12 @@ fn cross_entropy_gradient() {
         .sum::<f64>()
         / 5.0;
     assert!(
-        (out.loss as f64 - want).abs() <= 1e-6 * want.abs(),
+        (out.loss_value().unwrap() as f64 - want).abs() <= 1e-6 * want.abs(),
         "loss {} want {want}",
-        out.loss
+        out.loss_value().unwrap()
     );
     assert!(
-        (loss(&logits) - out.loss as f64).abs() <= 1e-6 * want.abs(),
+        (loss(&logits) - out.loss_value().unwrap() as f64).abs() <= 1e-6 * want.abs(),
         "loss differs without the gradient"
     );
 
@@ -950,10 +950,11 @@ impl Composed {
         let ce = b
             .cross_entropy(tape.value(logits).unwrap(), &self.labels, grads.is_some())
             .unwrap();
+        let loss = ce.loss_value().unwrap() as f64;
         if let Some(grads) = grads {
             tape.backward(logits, ce.dlogits.unwrap(), grads).unwrap();
         }
-        ce.loss as f64
+        loss
     }
 }
 

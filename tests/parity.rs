@@ -115,7 +115,7 @@ fn two_adamw_steps_match_the_reference() {
             m.loss_and_backward(&tokens, &mask, &labels, &mut grads, None)
                 .unwrap(),
         );
-        opt.step(backend.as_ref(), m.parameters_mut(), &grads, fx.config.lr)
+        opt.step(backend.as_ref(), m.parameters_mut(), &grads, fx.config.lr, None)
             .unwrap();
     }
     assert_close(

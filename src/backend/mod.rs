@@ -1,8 +1,9 @@
-//! The op set: every computation the model performs, as forward/backward pairs behind one trait.
+//! The devices: the narrow trait each backend implements, and the types the ops exchange.
 //!
-//! The model and the tape only ever talk to `dyn Backend`. The CPU backend ([`cpu`]) implements
-//! every op in plain Rust f32 and is the reference each GPU kernel is checked against; a CUDA
-//! backend implements the same trait with hand-written kernels.
+//! The model and the tape only ever talk to `dyn Backend`, through the checked front in
+//! [`crate::ops`]. The CPU backend ([`cpu`]) implements every op family in plain Rust f32 and is the
+//! reference each GPU kernel is checked against; the CUDA backend ([`cuda`]) implements the same
+//! families with hand-written kernels.
 //!
 //! Conventions shared by every op:
 //! - activations are row-major `[rows, features]`, where rows are the flattened `batch x sequence`
@@ -11,13 +12,28 @@
 //!   the flat gradient buffer at the same offset (the trainer zeroes it once per step);
 //! - integer inputs (tokens, masks, labels, row indices) are `I32` tensors.
 
-mod checks;
 pub mod cpu;
 pub mod cuda;
+mod pending;
+pub mod traffic;
+
+pub use pending::PendingScalar;
+pub use traffic::HostTraffic;
 
 use crate::device::Device;
 use crate::error::Result;
-use crate::tensor::Tensor;
+use crate::ops::adamw::AdamWKernels;
+use crate::ops::attention::AttentionKernels;
+use crate::ops::convert::ConvertKernels;
+use crate::ops::cross_entropy::CrossEntropyKernels;
+use crate::ops::dropout::DropoutKernels;
+use crate::ops::elementwise::ElementwiseKernels;
+use crate::ops::embedding::EmbeddingKernels;
+use crate::ops::layernorm::LayerNormKernels;
+use crate::ops::linear::LinearKernels;
+use crate::ops::memory::HostData;
+use crate::ops::rows::RowKernels;
+use crate::tensor::{DType, Tensor};
 
 /// A parameter: `len` elements at `offset` in the flat parameter (and gradient) buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,12 +65,20 @@ pub struct AttentionOut {
 /// The fused loss and its gradient.
 #[derive(Debug, Clone)]
 pub struct CrossEntropyOut {
-    /// Mean loss over labelled rows.
-    pub loss: f32,
+    /// Mean loss over labelled rows: a one-element f32 tensor on the device, so that computing it
+    /// never waits for the device ([`loss_value`](Self::loss_value) reads it).
+    pub loss: Tensor,
     /// Number of labelled rows (label != -100).
     pub count: usize,
     /// d(loss)/d(logits), `[rows, vocab]`, when asked for.
     pub dlogits: Option<Tensor>,
+}
+
+impl CrossEntropyOut {
+    /// The mean loss, read back to the host (this waits for the device).
+    pub fn loss_value(&self) -> Result<f32> {
+        Ok(self.loss.to_vec_f32()?[0])
+    }
 }
 
 /// Device memory held by a backend's tensors ([`Backend::memory_use`]).
@@ -131,8 +155,25 @@ impl AdamWStep {
     }
 }
 
-/// The op set. Every method validates the shapes it is given and returns a typed error.
-pub trait Backend: Send + Sync {
+/// A device: memory, and every op family's kernels (each family's trait is declared by its front
+/// module in [`crate::ops`], which checks the inputs and allocates the outputs before calling it).
+///
+/// Callers use the front (`backend.layernorm_forward(..)`, inherent methods of `dyn Backend`);
+/// the methods here only move memory and compute on operands the front has checked.
+pub trait Backend:
+    Send
+    + Sync
+    + EmbeddingKernels
+    + LayerNormKernels
+    + LinearKernels
+    + ElementwiseKernels
+    + AttentionKernels
+    + DropoutKernels
+    + CrossEntropyKernels
+    + RowKernels
+    + AdamWKernels
+    + ConvertKernels
+{
     fn device(&self) -> Device;
 
     /// The arithmetic this backend runs the model in (f32 unless a GPU backend was asked for bf16).
@@ -140,7 +181,6 @@ pub trait Backend: Send + Sync {
         crate::device::Precision::F32
     }
 
-    // ---- memory ----
     /// Waits until every operation queued so far has finished (a GPU runs them asynchronously):
     /// for timing. The CPU finishes each op before returning.
     fn synchronize(&self) -> Result<()> {
@@ -157,222 +197,26 @@ pub trait Backend: Send + Sync {
     /// Starts a new peak for [`memory_use`](Self::memory_use).
     fn reset_peak_memory(&self) {}
 
-    fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<Tensor>;
-    fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<Tensor>;
-    fn zeros_f32(&self, shape: &[usize]) -> Result<Tensor>;
-    /// Copies any tensor (from any device) to this backend's device.
-    fn to_device(&self, t: &Tensor) -> Result<Tensor>;
+    /// Host <-> device copies and synchronisations since this backend's device runtime was made
+    /// (all zero on the CPU, whose tensors are host memory).
+    fn host_traffic(&self) -> HostTraffic {
+        HostTraffic::default()
+    }
+
+    /// A new tensor of `shape` and `dtype` whose contents are unspecified (poisoned with NaN bytes
+    /// in the emulator): an op's output, which its kernel writes in full.
+    fn alloc(&self, shape: &[usize], dtype: DType) -> Result<Tensor>;
+
+    /// A new tensor holding `data`, whose length is `shape`'s element count (checked by the
+    /// front). An I32 tensor keeps the host copy ([`Tensor::host_i32`]), from which the front checks
+    /// token ids, labels and row indices without reading the device.
+    fn upload(&self, shape: &[usize], data: HostData<'_>) -> Result<Tensor>;
+    /// Copies an f32 (or bf16, widened) tensor of this device to the host, waiting for it.
     fn download_f32(&self, t: &Tensor) -> Result<Vec<f32>>;
     fn download_i32(&self, t: &Tensor) -> Result<Vec<i32>>;
-    /// Sets every element of an f32 tensor to zero.
+    /// Starts copying a one-element f32 tensor to the host without waiting for the queue: the
+    /// training loss, read a step later.
+    fn read_scalar(&self, t: &Tensor) -> Result<PendingScalar>;
+    /// Sets every element of an f32 or bf16 tensor to zero.
     fn fill_zero(&self, t: &mut Tensor) -> Result<()>;
-
-    // ---- embedding ----
-    /// `out[b*S + j] = token[tokens[b, j]] + instruction[i(b, j)] + argument[a(b, j)]`, with the
-    /// instruction and argument indices derived from `[NEXT]` (see `cpu::embedding`).
-    /// `tokens`: `[batch, seq]`; returns `[batch * seq, hidden]`.
-    #[allow(clippy::too_many_arguments)]
-    fn embedding_forward(
-        &self,
-        tokens: &Tensor,
-        next_token_id: i32,
-        params: &Tensor,
-        token: Param,
-        instruction: Param,
-        argument: Param,
-        hidden: usize,
-    ) -> Result<Tensor>;
-
-    /// Adds `dout` into the three tables' gradients.
-    #[allow(clippy::too_many_arguments)]
-    fn embedding_backward(
-        &self,
-        dout: &Tensor,
-        tokens: &Tensor,
-        next_token_id: i32,
-        grads: &mut Tensor,
-        token: Param,
-        instruction: Param,
-        argument: Param,
-    ) -> Result<()>;
-
-    // ---- LayerNorm over the last axis ----
-    fn layernorm_forward(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        weight: Param,
-        bias: Param,
-        eps: f32,
-    ) -> Result<LayerNormOut>;
-
-    /// Returns dx; adds dweight and dbias into `grads`.
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        mean: &Tensor,
-        rstd: &Tensor,
-        params: &Tensor,
-        grads: &mut Tensor,
-        weight: Param,
-        bias: Param,
-    ) -> Result<Tensor>;
-
-    /// `s = a + b` and `LayerNorm(s)`: the residual add and the LayerNorm after it, which a backend
-    /// may fuse into one pass. Returns `s` (LayerNorm's input, kept for its backward) and the
-    /// LayerNorm output. The backward is that of the two ops apart.
-    #[allow(clippy::too_many_arguments)]
-    fn add_layernorm_forward(
-        &self,
-        a: &Tensor,
-        b: &Tensor,
-        params: &Tensor,
-        weight: Param,
-        bias: Param,
-        eps: f32,
-    ) -> Result<(Tensor, LayerNormOut)> {
-        let s = self.add(a, b)?;
-        let out = self.layernorm_forward(&s, params, weight, bias, eps)?;
-        Ok((s, out))
-    }
-
-    // ---- linear: y = x W^T + b, W is [out, in] like torch.nn.Linear ----
-    fn linear_forward(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        weight: Param,
-        bias: Param,
-        out_features: usize,
-    ) -> Result<Tensor>;
-
-    /// `z = x W^T + b` and `GELU(z)`, the feed-forward block's first layer, which a backend may
-    /// fuse (the bias and GELU in one pass after the GEMM). Returns `(z, GELU(z))`; the backward is
-    /// [`linear_gelu_backward`](Self::linear_gelu_backward).
-    fn linear_gelu_forward(
-        &self,
-        x: &Tensor,
-        params: &Tensor,
-        weight: Param,
-        bias: Param,
-        out_features: usize,
-    ) -> Result<(Tensor, Tensor)> {
-        let z = self.linear_forward(x, params, weight, bias, out_features)?;
-        let y = self.gelu_forward(&z)?;
-        Ok((z, y))
-    }
-
-    /// Returns dx; adds dW and db into `grads`.
-    fn linear_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        params: &Tensor,
-        grads: &mut Tensor,
-        weight: Param,
-        bias: Param,
-    ) -> Result<Tensor>;
-
-    /// The backward of [`linear_gelu_forward`](Self::linear_gelu_forward): given `dy` (the gradient
-    /// of `GELU(z)`), `z` and the layer's input `x`, returns dx and adds dW and db into `grads`. A
-    /// backend may fuse GELU's backward into the bias gradient's pass; the default runs the two
-    /// backwards apart.
-    #[allow(clippy::too_many_arguments)]
-    fn linear_gelu_backward(
-        &self,
-        dy: &Tensor,
-        x: &Tensor,
-        z: &Tensor,
-        params: &Tensor,
-        grads: &mut Tensor,
-        weight: Param,
-        bias: Param,
-    ) -> Result<Tensor> {
-        let dz = self.gelu_backward(dy, z)?;
-        self.linear_backward(&dz, x, params, grads, weight, bias)
-    }
-
-    // ---- exact (erf) GELU ----
-    fn gelu_forward(&self, x: &Tensor) -> Result<Tensor>;
-    fn gelu_backward(&self, dy: &Tensor, x: &Tensor) -> Result<Tensor>;
-
-    // ---- multi-head attention with a key-padding mask ----
-    /// `qkv`: `[batch * seq, 3 * hidden]` laid out as all heads' q, then k, then v (head n's
-    /// features at `n * d .. (n + 1) * d` inside each third). `mask`: `[batch, seq]`, 1 = real key.
-    fn attention_forward(&self, qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<AttentionOut>;
-
-    /// Returns dqkv.
-    fn attention_backward(
-        &self,
-        dout: &Tensor,
-        qkv: &Tensor,
-        mask: &Tensor,
-        out: &Tensor,
-        lse: &Tensor,
-        heads: usize,
-    ) -> Result<Tensor>;
-
-    // ---- elementwise ----
-    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor>;
-    fn add_assign(&self, acc: &mut Tensor, x: &Tensor) -> Result<()>;
-
-    // ---- dropout (inverted: kept elements scaled by 1 / (1 - p)) ----
-    fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor>;
-    fn dropout_backward(&self, dy: &Tensor, key: DropoutKey) -> Result<Tensor>;
-
-    /// `residual + dropout(x)`: a dropout and the residual add after it, which a backend may fuse
-    /// into one pass. The backward is that of the two ops apart.
-    fn dropout_add_forward(
-        &self,
-        residual: &Tensor,
-        x: &Tensor,
-        key: DropoutKey,
-    ) -> Result<Tensor> {
-        let dropped = self.dropout_forward(x, key)?;
-        self.add(residual, &dropped)
-    }
-
-    // ---- loss ----
-    /// Softmax cross-entropy of `logits` `[rows, vocab]` against `labels` `[rows]`, ignoring
-    /// label -100, mean over the labelled rows; with `want_grad` also d(loss)/d(logits).
-    fn cross_entropy(
-        &self,
-        logits: &Tensor,
-        labels: &Tensor,
-        want_grad: bool,
-    ) -> Result<CrossEntropyOut>;
-
-    /// [`cross_entropy`](Self::cross_entropy) with the gradient, taking the logits by value: a
-    /// backend may write d(loss)/d(logits) over them (llm.c's fused classifier) instead of
-    /// allocating a second `[rows, vocab]` buffer. `dlogits` is always returned.
-    fn cross_entropy_in_place(&self, logits: Tensor, labels: &Tensor) -> Result<CrossEntropyOut> {
-        self.cross_entropy(&logits, labels, true)
-    }
-
-    // ---- row selection ----
-    /// `out[i] = x[rows[i]]`.
-    fn gather_rows(&self, x: &Tensor, rows: &Tensor) -> Result<Tensor>;
-    /// The adjoint of `gather_rows`: a `[n, features]` tensor, zero except `out[rows[i]] += dy[i]`.
-    fn scatter_rows(&self, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor>;
-    /// Index of the largest element of each row (the first one on ties), `[rows]` i32.
-    fn argmax_rows(&self, x: &Tensor) -> Result<Tensor>;
-
-    /// The `k` most probable entries of the softmax of each row of `logits` `[rows, width]`, best
-    /// first: a larger logit first, the lower index first on ties (so entry 0 is
-    /// [`argmax_rows`](Self::argmax_rows)' answer), NaN logits last. `k` must be in `1..=width`.
-    fn softmax_top_k(&self, logits: &Tensor, k: usize) -> Result<TopK>;
-
-    // ---- optimiser ----
-    /// One AdamW step over the whole flat buffers, exactly as `torch.optim.AdamW` (non-fused,
-    /// non-foreach) computes it.
-    fn adamw_step(
-        &self,
-        params: &mut Tensor,
-        grads: &Tensor,
-        m: &mut Tensor,
-        v: &mut Tensor,
-        step: AdamWStep,
-    ) -> Result<()>;
 }

@@ -10,6 +10,7 @@ use super::inputs::{CheckedInputs, check_inputs, labelled_positions};
 use super::params::ParamLayout;
 use super::{Config, DropoutSchedule, MaskedLMHead};
 use crate::backend::Backend;
+use crate::ops::Weights;
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::tape::{Tape, Var};
@@ -32,6 +33,9 @@ pub struct InstructionTraceTransformerEncoderForMaskedLM {
     backend: Arc<dyn Backend>,
     layout: ParamLayout,
     params: Tensor,
+    /// In bf16 mixed precision, the bf16 copy of `params` the GEMMs multiply by: made here when
+    /// the precision is set, rewritten by AdamW in the same pass as the master values.
+    gemm_copy: Option<Tensor>,
     encoder: InstructionTraceTransformerEncoder,
     head: MaskedLMHead,
 }
@@ -87,6 +91,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             backend,
             layout,
             params,
+            gemm_copy: None,
             encoder,
             head,
         })
@@ -104,6 +109,10 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         }
         let backend = self.device().backend_with(precision)?;
         self.params = backend.to_device(&self.params)?;
+        self.gemm_copy = match precision {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(backend.cast(&self.params, crate::tensor::DType::BF16)?),
+        };
         self.backend = backend;
         Ok(self)
     }
@@ -135,8 +144,19 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         &self.params
     }
 
-    pub fn parameters_mut(&mut self) -> &mut Tensor {
-        &mut self.params
+    /// The parameter buffers the ops read: the f32 values, and in mixed precision the bf16 copy
+    /// the GEMMs multiply by.
+    pub fn weights(&self) -> Weights<'_> {
+        match &self.gemm_copy {
+            Some(copy) => Weights::mixed(&self.params, copy),
+            None => Weights::f32(&self.params),
+        }
+    }
+
+    /// The flat parameter buffer to write, and the bf16 copy (mixed precision) that must be written
+    /// with it: AdamW writes both in one pass.
+    pub fn parameters_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
+        (&mut self.params, self.gemm_copy.as_mut())
     }
 
     pub fn num_parameters(&self) -> usize {
@@ -161,7 +181,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// than `sequence_length`.
     pub fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
-        let mut tape = Tape::inference(self.backend.as_ref(), &self.params);
+        let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, &inputs, None)?;
         let logits = self.head.forward(&mut tape, state)?;
         tape.take(logits)?
@@ -225,7 +245,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     }
 
     fn logits_at(&self, inputs: &CheckedInputs, rows: &[i32]) -> Result<Tensor> {
-        let mut tape = Tape::inference(self.backend.as_ref(), &self.params);
+        let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, inputs, None)?;
         let rows = tape.input(self.backend.upload_i32(&[rows.len()], rows)?);
         let picked = tape.gather_rows(state, rows)?;
@@ -244,9 +264,25 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         grads: &mut Tensor,
         dropout: Option<DropoutSchedule>,
     ) -> Result<f32> {
+        self.backend
+            .download_f32(&self.queue_loss_and_backward(tokens, mask, labels, grads, dropout)?)
+            .map(|loss| loss[0])
+    }
+
+    /// [`loss_and_backward`](Self::loss_and_backward) without waiting for the device: the work is
+    /// queued, and the loss comes back as a one-element tensor on the device. Every input is checked
+    /// on the host first, so on an error nothing has been queued and `grads` is untouched.
+    pub fn queue_loss_and_backward(
+        &self,
+        tokens: &Tensor,
+        mask: &Tensor,
+        labels: &Tensor,
+        grads: &mut Tensor,
+        dropout: Option<DropoutSchedule>,
+    ) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, Some(mask))?;
         let (rows, targets) = labelled_positions(&self.config, &inputs, labels)?;
-        let mut tape = Tape::new(self.backend.as_ref(), &self.params);
+        let mut tape = Tape::new(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, &inputs, dropout)?;
         let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);
         let picked = tape.gather_rows(state, rows)?;
@@ -281,7 +317,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             .filter(|(p, t)| p == t)
             .count();
         Ok(Evaluation {
-            loss: ce.loss,
+            loss: ce.loss_value()?,
             correct,
             count: targets.len(),
         })

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::backend::{AdamWStep, Backend};
 use crate::error::Result;
+use crate::ops::adamw::LossGuard;
 use crate::tensor::Tensor;
 
 /// `torch.optim.AdamW` hyper-parameters; the defaults are PyTorch's, applied to every parameter
@@ -46,28 +47,34 @@ impl AdamW {
         })
     }
 
-    /// One update of every parameter at learning rate `lr`.
+    /// One update of every parameter at learning rate `lr`, rewriting `gemm_copy` (the bf16 copy
+    /// of the weights in mixed precision) in the same pass, and skipped on the device under `guard`.
     pub fn step(
         &mut self,
         backend: &dyn Backend,
-        params: &mut Tensor,
+        (params, gemm_copy): (&mut Tensor, Option<&mut Tensor>),
         grads: &Tensor,
         lr: f64,
+        guard: Option<LossGuard<'_>>,
     ) -> Result<()> {
-        self.steps += 1;
-        backend.adamw_step(
+        let step = AdamWStep {
+            lr,
+            beta1: self.config.beta1,
+            beta2: self.config.beta2,
+            eps: self.config.eps,
+            weight_decay: self.config.weight_decay,
+            t: self.steps + 1,
+        };
+        backend.adamw_step_guarded(
             params,
+            gemm_copy,
             grads,
             &mut self.exp_avg,
             &mut self.exp_avg_sq,
-            AdamWStep {
-                lr,
-                beta1: self.config.beta1,
-                beta2: self.config.beta2,
-                eps: self.config.eps,
-                weight_decay: self.config.weight_decay,
-                t: self.steps,
-            },
-        )
+            step,
+            guard,
+        )?;
+        self.steps += 1;
+        Ok(())
     }
 }

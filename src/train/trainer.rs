@@ -16,6 +16,8 @@ use crate::data::{CollatorState, Example, MaskedLMCollator, collator::DEFAULT_PR
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{DropoutSchedule, InstructionTraceTransformerEncoderForMaskedLM as Model};
+use crate::ops::adamw::LossGuard;
+use crate::backend::PendingScalar;
 use crate::tensor::Tensor;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -83,7 +85,21 @@ pub struct Trainer {
     optimizer: AdamW,
     collator: MaskedLMCollator,
     grads: Tensor,
+    /// The device's flag that a step's loss was not finite (see [`LossGuard`]): set on the device,
+    /// it stops every later update until the host has seen the error.
+    halted: Tensor,
     state: TrainerState,
+}
+
+/// A step whose work is queued on the device and whose loss is on its way to the host.
+#[derive(Debug)]
+pub struct QueuedStep {
+    step: u64,
+    lr: f64,
+    rows: usize,
+    tokens: usize,
+    /// `None` when the collator masked nothing (no loss).
+    loss: Option<PendingScalar>,
 }
 
 /// Batches per epoch when the last partial batch is kept, as the reference's loader does.
@@ -107,6 +123,7 @@ impl Trainer {
         let backend = model.backend();
         let optimizer = AdamW::new(backend, model.num_parameters(), AdamWConfig::default())?;
         let grads = backend.zeros_f32(&[model.num_parameters()])?;
+        let halted = backend.upload_i32(&[1], &[0])?;
         let state = TrainerState {
             step: 0,
             epoch: 0,
@@ -126,6 +143,7 @@ impl Trainer {
             optimizer,
             collator,
             grads,
+            halted,
             state,
         })
     }
@@ -150,22 +168,33 @@ impl Trainer {
     }
 
     /// Masks `rows`, computes the loss and its gradient, and takes one AdamW step. A non-finite
-    /// loss is an error and leaves the parameters untouched.
+    /// loss is an error and leaves the parameters and the step count untouched.
     ///
     /// A batch in which the collator masked nothing (likely for a few short rows) has no loss.
     /// The reference then back-propagates a NaN loss whose gradient is zero everywhere and still
     /// takes the optimiser step (weight decay and momentum apply, the schedule advances); so does
     /// this, reporting the loss as NaN and leaving it out of the epoch's mean.
+    ///
+    /// This waits for the step's loss; [`train`](Self::train) instead queues the next step before
+    /// reading a step's loss ([`queue_step`](Self::queue_step), [`finish_step`](Self::finish_step)).
     pub fn step(&mut self, rows: &[Example]) -> Result<StepReport> {
+        let queued = self.queue_step(rows)?;
+        self.finish_step(queued)
+    }
+
+    /// Collates `rows` and queues the step's whole work on the device (forward, backward, and the
+    /// AdamW update, guarded on the device against a non-finite loss), then starts copying the loss
+    /// back without waiting for it. Nothing is read back from the device.
+    pub fn queue_step(&mut self, rows: &[Example]) -> Result<QueuedStep> {
         let batch = self.collator.collate(rows)?;
-        let backend = self.model.backend();
+        let backend = self.model.shared_backend();
         backend.fill_zero(&mut self.grads)?;
         let dropout = DropoutSchedule {
             p: self.model.config().dropout,
             seed: self.state.dropout_seed,
             step: self.state.step,
         };
-        let loss = match self.model.loss_and_backward(
+        let loss = match self.model.queue_loss_and_backward(
             &batch.tokens,
             &batch.mask,
             &batch.labels,
@@ -177,33 +206,56 @@ impl Trainer {
             Err(Error::NoLabels) => None,
             Err(e) => return Err(e),
         };
-        if let Some(loss) = loss.filter(|l| !l.is_finite()) {
-            return Err(Error::NonFiniteLoss {
-                loss,
-                step: self.state.step + 1,
-            });
-        }
         let lr = self.schedule().lr(self.state.step);
-        let backend = self.model.shared_backend();
+        let guard = LossGuard {
+            loss: loss.as_ref(),
+            halted: &mut self.halted,
+        };
         self.optimizer.step(
             backend.as_ref(),
             self.model.parameters_mut(),
             &self.grads,
             lr,
+            Some(guard),
         )?;
         self.state.step += 1;
-        if let Some(loss) = loss {
-            self.state.epoch_loss_sum += loss as f64 * rows.len() as f64;
-            self.state.epoch_loss_count += rows.len() as u64;
-        }
-        Ok(StepReport {
+        Ok(QueuedStep {
             step: self.state.step,
-            loss: loss.unwrap_or(f32::NAN),
             lr,
+            rows: rows.len(),
             tokens: rows
                 .iter()
                 .map(|r| r.mask.iter().filter(|&&m| m == 1).count())
                 .sum(),
+            loss: loss.map(|l| backend.read_scalar(&l)).transpose()?,
+        })
+    }
+
+    /// Waits for a queued step's loss (only for the copy, not for work queued after it) and
+    /// reports the step. A non-finite loss is [`Error::NonFiniteLoss`]: the device skipped that
+    /// step's update and every one queued after it, so the parameters are those before it; the
+    /// step count goes back to match, and the trainer can go on from there.
+    pub fn finish_step(&mut self, queued: QueuedStep) -> Result<StepReport> {
+        let loss = queued.loss.map(PendingScalar::wait).transpose()?;
+        if let Some(loss) = loss.filter(|l| !l.is_finite()) {
+            let before = queued.step - 1;
+            self.state.step = before;
+            self.optimizer.steps = before;
+            self.model.shared_backend().fill_zero(&mut self.halted)?;
+            return Err(Error::NonFiniteLoss {
+                loss,
+                step: queued.step,
+            });
+        }
+        if let Some(loss) = loss {
+            self.state.epoch_loss_sum += loss as f64 * queued.rows as f64;
+            self.state.epoch_loss_count += queued.rows as u64;
+        }
+        Ok(StepReport {
+            step: queued.step,
+            loss: loss.unwrap_or(f32::NAN),
+            lr: queued.lr,
+            tokens: queued.tokens,
         })
     }
 
@@ -242,13 +294,28 @@ impl Trainer {
             )));
         }
         while self.state.epoch < epochs {
+            // Each step is queued before the one before it is reported, so the host collates and
+            // queues step n + 1 while the device runs step n, and reads a loss only once the
+            // device has moved past it.
+            let mut in_flight: Option<QueuedStep> = None;
             while (self.state.batch_in_epoch as usize) < batches.len() {
                 if max_steps.is_some_and(|m| self.state.step >= m) {
-                    return Ok(Continue::Yes);
+                    break;
                 }
-                let report = self.step(batches[self.state.batch_in_epoch as usize])?;
+                let queued = self.queue_step(batches[self.state.batch_in_epoch as usize])?;
                 self.state.batch_in_epoch += 1;
+                if let Some(previous) = in_flight.replace(queued) {
+                    let report = self.finish_step(previous)?;
+                    on_step(self, &report)?;
+                }
+            }
+            if let Some(last) = in_flight.take() {
+                let report = self.finish_step(last)?;
                 on_step(self, &report)?;
+            }
+            if (self.state.batch_in_epoch as usize) < batches.len() {
+                // Stopped by max_steps inside the epoch.
+                return Ok(Continue::Yes);
             }
             let end = EpochEnd {
                 epoch: self.state.epoch + 1,
@@ -355,11 +422,13 @@ impl Trainer {
         )?;
         collator.restore(&state.collator)?;
         let grads = backend.zeros_f32(&[n])?;
+        let halted = backend.upload_i32(&[1], &[0])?;
         Ok(Trainer {
             model,
             optimizer,
             collator,
             grads,
+            halted,
             state,
         })
     }

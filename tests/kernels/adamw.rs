@@ -92,8 +92,7 @@ fn adamw_rejects_what_the_cpu_rejects() {
 }
 
 mod bf16_shadow {
-    //! bf16 mixed precision: AdamW keeps the parameters' bf16 shadow (the GEMMs' copy of the
-    //! weights) current in its own pass.
+    //! bf16 mixed precision: AdamW writes the GEMMs' bf16 copy of the weights in its own pass.
 
     use std::sync::{Arc, Mutex};
 
@@ -102,11 +101,12 @@ mod bf16_shadow {
     use undertale_maskedlm::backend::cuda::GpuBackend;
     use undertale_maskedlm::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
     use undertale_maskedlm::backend::cuda::runtime::{
-        Allocation, GemmSpec, GpuRuntime, MemoryMeter,
+        Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload,
     };
-    use undertale_maskedlm::backend::{AdamWStep, Backend, Param};
+    use undertale_maskedlm::backend::traffic::TrafficMeter;
+    use undertale_maskedlm::backend::AdamWStep;
     use undertale_maskedlm::device::Precision;
-    use undertale_maskedlm::{Device, Result, Tensor};
+    use undertale_maskedlm::{Device, Result};
 
     /// A runtime that passes everything on and records the names of the kernels launched.
     #[derive(Debug)]
@@ -154,53 +154,11 @@ mod bf16_shadow {
         fn memory(&self) -> &MemoryMeter {
             self.inner.memory()
         }
-    }
-
-    /// Reads the bf16 shadow of `params` as the GEMMs see it, exactly: a linear layer's dx = dy W
-    /// with dy = [[1]] and W = [1, len - 1] a slice of the parameters is that slice of the shadow
-    /// (one product by 1, exact; a bf16 value rounded to bf16, unchanged). Two such slices, with
-    /// the bias slot at the last element and then at the first, cover the whole buffer. The
-    /// inputs are uploaded once beforehand (`ReadInputs`), so that reading launches no conversion
-    /// of its own.
-    struct ReadInputs {
-        dy: Tensor,
-        x: Tensor,
-        scratch: Tensor,
-    }
-
-    impl ReadInputs {
-        fn new(gpu: &GpuBackend, len: usize) -> Self {
-            let mut rng = rng(7);
-            ReadInputs {
-                dy: upload_bf16(gpu, &[1, 1], &[1.0]),
-                x: upload_bf16(gpu, &[1, len - 1], &random(&mut rng, len - 1, 1.0)),
-                scratch: gpu.upload_f32(&[len], &vec![0.5; len]).unwrap(),
-            }
+        fn traffic(&self) -> &TrafficMeter {
+            self.inner.traffic()
         }
-
-        fn read(&self, gpu: &GpuBackend, params: &Tensor) -> Vec<f32> {
-            let len = params.numel();
-            let slice = |offset: usize, bias: usize| {
-                let weight = Param {
-                    offset,
-                    len: len - 1,
-                };
-                let bias = Param {
-                    offset: bias,
-                    len: 1,
-                };
-                let mut g = self.scratch.clone();
-                gpu.linear_backward(&self.dy, &self.x, params, &mut g, weight, bias)
-                    .unwrap()
-                    .to_vec_f32()
-                    .unwrap()
-            };
-            let head = slice(0, len - 1);
-            let tail = slice(1, 0);
-            assert_eq!(head[1..], tail[..len - 2], "the two slices overlap");
-            let mut all = head;
-            all.push(tail[len - 2]);
-            all
+        fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload> {
+            self.inner.download_async(src, bytes)
         }
     }
 
@@ -217,15 +175,12 @@ mod bf16_shadow {
             .collect()
     }
 
-    /// Over five steps: without a shadow the step only updates the f32 state; once the GEMMs have
-    /// made a shadow (one conversion), each step leaves it equal to the new parameters rounded to
-    /// bf16 with no conversion, in the one AdamW launch; the f32 update is the CPU's either way. A
-    /// step on parameters shared with a clone copies them first, and leaves the clone's shadow
-    /// alone.
+    /// Over five steps, the one AdamW launch leaves the bf16 copy equal to the new parameters
+    /// rounded to bf16 (no conversion launched), and the f32 update is the CPU's.
     #[test]
-    fn adamw_rewrites_the_bf16_shadow_in_the_same_pass() {
+    fn adamw_rewrites_the_bf16_copy_in_the_same_pass() {
         let mut rng = rng(11);
-        // 4099 = 4 * 1024 + 3: the float4 loop (8-byte shadow stores) and the scalar tail both run.
+        // 4099 = 4 * 1024 + 3: the float4 loop (8-byte bf16 stores) and the scalar tail both run.
         let n = 4099;
         let shape = [n];
         let params = random(&mut rng, n, 1.0);
@@ -244,7 +199,6 @@ mod bf16_shadow {
                 .unwrap();
             want.push(cp.to_vec_f32().unwrap());
         }
-        let (want_m, want_v) = (cm.to_vec_f32().unwrap(), cv.to_vec_f32().unwrap());
 
         for (name, gpu) in gpus_bf16() {
             let recording = Arc::new(Recording {
@@ -252,79 +206,78 @@ mod bf16_shadow {
                 launched: Mutex::default(),
             });
             let gpu = GpuBackend::new(recording.clone()).with_precision(Precision::Bf16);
-            let reader = ReadInputs::new(&gpu, n);
             let mut gp = gpu.upload_f32(&shape, &params).unwrap();
+            // Poisoned: the first step must write every element.
+            let mut copy = upload_bf16(&gpu, &shape, &vec![f32::NAN; n]);
             let mut gm = gpu.upload_f32(&shape, &m0).unwrap();
             let mut gv = gpu.upload_f32(&shape, &v0).unwrap();
-            let gg: Vec<Tensor> = grads
-                .iter()
-                .map(|g| gpu.upload_f32(&shape, g).unwrap())
-                .collect();
-            let conversions = |launched: &[String]| {
-                launched
-                    .iter()
-                    .filter(|k| k.starts_with("convert_"))
-                    .count()
-            };
-            let mut kept = None;
             for (i, step) in steps().into_iter().enumerate() {
                 let t = step.t;
-                let what = |part: &str| format!("{name}: step {t} {part}");
-                if t == 4 {
-                    // A clone shares the parameters: the step copies them first.
-                    kept = Some(gp.clone());
-                }
+                let g = gpu.upload_f32(&shape, &grads[i]).unwrap();
                 recording.take();
-                gpu.adamw_step(&mut gp, &gg[i], &mut gm, &mut gv, step)
+                gpu.adamw_step_guarded(&mut gp, Some(&mut copy), &g, &mut gm, &mut gv, step, None)
                     .unwrap();
-                assert_eq!(recording.take(), ["adamw_f32"], "{}", what("launches"));
+                assert_eq!(recording.take(), ["adamw_f32"], "{name}: step {t} launches");
                 let now = gp.to_vec_f32().unwrap();
-                assert_close(&what("params"), &now, &want[t as usize], REL, 0.0);
-                if t == 4 {
-                    // The clone kept step 3's parameters (copy on write), and with them the
-                    // shadow, which the step did not offer to AdamW: still current for the clone,
-                    // read without a conversion.
-                    let kept = kept.as_ref().unwrap();
-                    assert_eq!(kept.to_vec_f32().unwrap(), want[3], "{}", what("clone"));
-                    assert_eq!(
-                        reader.read(&gpu, kept),
-                        round_bf16(&want[3]),
-                        "{}",
-                        what("clone's shadow")
-                    );
-                    assert_eq!(
-                        conversions(&recording.take()),
-                        0,
-                        "{}",
-                        what("conversions when reading the clone's shadow")
-                    );
-                }
-                let shadow = reader.read(&gpu, &gp);
-                assert_eq!(shadow, round_bf16(&now), "{}", what("shadow"));
-                // One conversion where there was no shadow of these parameters to rewrite: before
-                // the GEMMs first asked for one, and after the copy of step 4. Otherwise none.
-                let expected_conversions = usize::from(t == 1 || t == 4);
+                assert_close(&format!("{name}: step {t}"), &now, &want[t as usize], REL, 0.0);
                 assert_eq!(
-                    conversions(&recording.take()),
-                    expected_conversions,
-                    "{}",
-                    what("conversions when reading the shadow")
+                    copy.to_vec_f32().unwrap(),
+                    round_bf16(&now),
+                    "{name}: step {t} bf16 copy"
                 );
             }
-            assert_close(
-                &format!("{name}: m"),
-                &gm.to_vec_f32().unwrap(),
-                &want_m,
-                REL,
-                0.0,
-            );
-            assert_close(
-                &format!("{name}: v"),
-                &gv.to_vec_f32().unwrap(),
-                &want_v,
-                REL,
-                0.0,
-            );
         }
+    }
+}
+
+/// The loss guard: a non-finite loss skips the update on the device and raises the flag, which
+/// then skips every later update, finite loss or not; lowering it lets updates through again. The
+/// same on every backend.
+#[test]
+fn adamw_guard_skips_updates_after_a_non_finite_loss() {
+    use undertale_maskedlm::ops::adamw::LossGuard;
+    let mut rng = rng(5);
+    let n = 1027;
+    let params = random(&mut rng, n, 1.0);
+    let grads = random(&mut rng, n, 0.1);
+    let step = AdamWStep {
+        lr: 1e-2,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        t: 1,
+    };
+    let mut backends: Vec<(String, std::sync::Arc<dyn Backend>)> =
+        vec![("cpu".into(), std::sync::Arc::new(cpu()))];
+    backends.extend(gpus());
+    for (name, b) in backends {
+        let mut p = b.upload_f32(&[n], &params).unwrap();
+        let g = b.upload_f32(&[n], &grads).unwrap();
+        let mut m = b.zeros_f32(&[n]).unwrap();
+        let mut v = b.zeros_f32(&[n]).unwrap();
+        let mut halted = b.upload_i32(&[1], &[0]).unwrap();
+        let nan = b.upload_f32(&[1], &[f32::NAN]).unwrap();
+        let finite = b.upload_f32(&[1], &[2.5]).unwrap();
+        for loss in [&nan, &finite] {
+            let guard = LossGuard {
+                loss: Some(loss),
+                halted: &mut halted,
+            };
+            b.adamw_step_guarded(&mut p, None, &g, &mut m, &mut v, step, Some(guard))
+                .unwrap();
+            assert_eq!(p.to_vec_f32().unwrap(), params, "{name}: update skipped");
+            assert_eq!(m.to_vec_f32().unwrap(), vec![0.0; n], "{name}: moments kept");
+            assert_eq!(halted.to_vec_i32().unwrap(), [1], "{name}: flag raised");
+        }
+        b.fill_zero(&mut halted).unwrap();
+        let guard = LossGuard {
+            loss: Some(&finite),
+            halted: &mut halted,
+        };
+        b.adamw_step_guarded(&mut p, None, &g, &mut m, &mut v, step, Some(guard))
+            .unwrap();
+        assert_ne!(p.to_vec_f32().unwrap(), params, "{name}: update applied");
+        assert_eq!(halted.to_vec_i32().unwrap(), [0], "{name}: flag left down");
     }
 }

@@ -7,7 +7,7 @@
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::backend::Backend;
 use undertale_maskedlm::backend::cuda::ops::attention::{
-    BackwardKernel, ForwardKernel, backward_on, forward_on,
+    BackwardKernel, ForwardKernel,
 };
 use undertale_maskedlm::{DType, Error, Tensor};
 
@@ -432,7 +432,10 @@ fn check_bf16(case: &Case, seed: u64) {
         assert_close(&format!("{what} out {name}"), &out, &want_out, 1e-2, 0.0);
         assert_lse(&format!("{what} lse {name}"), &lse, &want_lse, 1e-3);
 
-        let cores = forward_on(&gpu, &g_qkv, &g_mask, heads, ForwardKernel::CudaCores).unwrap();
+        let on_cores = gpu
+            .clone()
+            .with_attention_kernels(ForwardKernel::CudaCores, BackwardKernel::CudaCores);
+        let cores = on_cores.attention_forward(&g_qkv, &g_mask, heads).unwrap();
         assert_eq!(cores.out.dtype(), DType::BF16, "{what} CUDA-core out dtype");
         assert_eq!(cores.lse.dtype(), DType::F32, "{what} CUDA-core lse dtype");
         let cores_out = cores.out.to_vec_f32().unwrap();
@@ -472,17 +475,9 @@ fn check_bf16(case: &Case, seed: u64) {
         let dqkv = dqkv.to_vec_f32().unwrap();
         assert_parts_close(&format!("{what} dqkv {name}"), &dqkv, &want_dqkv, hidden);
 
-        let cores_dqkv = backward_on(
-            &gpu,
-            &g_dout,
-            &g_qkv,
-            &g_mask,
-            &got.out,
-            &got.lse,
-            heads,
-            BackwardKernel::CudaCores,
-        )
-        .unwrap();
+        let cores_dqkv = on_cores
+            .attention_backward(&g_dout, &g_qkv, &g_mask, &got.out, &got.lse, heads)
+            .unwrap();
         assert_eq!(
             cores_dqkv.dtype(),
             DType::BF16,

@@ -1,5 +1,4 @@
 use crate::harness::{assert_close, cpu, gpus, random, rng};
-use undertale_maskedlm::backend::Backend;
 
 #[test]
 fn add_add_assign_and_gelu_match_the_cpu() {

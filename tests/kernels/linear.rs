@@ -5,6 +5,7 @@ use crate::harness::{assert_close, cpu, gpus, random, rng};
 use undertale_maskedlm::Error;
 use undertale_maskedlm::Tensor;
 use undertale_maskedlm::backend::{Backend, Param};
+use undertale_maskedlm::ops::Weights;
 
 /// Relative tolerance, for the GEMMs (the emulator runs the CPU's; cuBLASLt rounds differently).
 const REL: f32 = 1e-5;
@@ -193,7 +194,7 @@ const REL_BF16_DW: f32 = 1e-4;
 /// bf16 activations: x and dy bf16 -> y and dx bf16, W read from the parameters' bf16 shadow,
 /// dW and db added into the f32 gradients. The reference is the CPU on the inputs as the GPU sees
 /// them: x and dy rounded to bf16, and the parameters rounded to bf16 too (the GEMMs read W from
-/// the shadow, and the bias is rounded when it is written into the bf16 y that the GEMM adds onto).
+/// the bf16 copy of the weights, and the bias is rounded when it is written into the bf16 y that the GEMM adds onto).
 fn check_bf16(seed: u64, x_shape: &[usize], out: usize) {
     use crate::harness::{gpus_bf16, round_bf16, upload_bf16};
     use undertale_maskedlm::DType;
@@ -243,7 +244,10 @@ fn check_bf16(seed: u64, x_shape: &[usize], out: usize) {
             upload_bf16(&gpu, x_shape, &x),
             gpu.upload_f32(&[len], &params).unwrap(),
         );
-        let y = gpu.linear_forward(&gx, &gp, weight, bias, out).unwrap();
+        // The GEMMs read the bf16 copy of the weights, as the model keeps it.
+        let gw = gpu.cast(&gp, DType::BF16).unwrap();
+        let mixed = Weights::mixed(&gp, &gw);
+        let y = gpu.linear_forward(&gx, mixed, weight, bias, out).unwrap();
         assert_eq!(y.shape(), y_shape);
         assert_eq!(y.dtype(), DType::BF16, "{}", what("y dtype"));
         assert_close(
@@ -257,7 +261,7 @@ fn check_bf16(seed: u64, x_shape: &[usize], out: usize) {
         let gdy = upload_bf16(&gpu, &y_shape, &dy);
         let mut gg = gpu.upload_f32(&[len], &grads).unwrap();
         let dx = gpu
-            .linear_backward(&gdy, &gx, &gp, &mut gg, weight, bias)
+            .linear_backward(&gdy, &gx, mixed, &mut gg, weight, bias)
             .unwrap();
         assert_eq!(dx.shape(), x_shape);
         assert_eq!(dx.dtype(), DType::BF16, "{}", what("dx dtype"));
@@ -313,7 +317,7 @@ fn check_bf16(seed: u64, x_shape: &[usize], out: usize) {
         }
 
         // f32 activations on the same backend take the f32 path: f32 out, f32 weights (not the
-        // shadow), as close to the CPU's f32 result as the f32 test asks.
+        // bf16 copy), as close to the CPU's f32 result as the f32 test asks.
         let want_f32 = cpu
             .linear_forward(
                 &cpu.upload_f32(x_shape, &rx).unwrap(),
@@ -429,8 +433,15 @@ fn linear_with_the_bias_and_gelu_fused_matches_the_two_ops() {
     let scale_y = want_y.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     for (name, gpu) in gpus_bf16() {
         let gp = gpu.upload_f32(&[len], &params).unwrap();
+        let gw = gpu.cast(&gp, DType::BF16).unwrap();
         let (z, y) = gpu
-            .linear_gelu_forward(&upload_bf16(&gpu, &[rows, inp], &x), &gp, weight, bias, out)
+            .linear_gelu_forward(
+                &upload_bf16(&gpu, &[rows, inp], &x),
+                Weights::mixed(&gp, &gw),
+                weight,
+                bias,
+                out,
+            )
             .unwrap();
         assert_eq!((z.dtype(), y.dtype()), (DType::BF16, DType::BF16));
         assert_close(
@@ -476,14 +487,17 @@ fn linear_gelu_fused_backward_matches_the_two_backwards() {
             upload(&[rows, out], &dy),
         );
         let bp = backend.upload_f32(&[len], &params).unwrap();
+        // The GEMMs read weights of the activations' type (the bf16 copy in mixed precision).
+        let bw = backend.cast(&bp, bx.dtype()).unwrap();
+        let bp = Weights::mixed(&bp, &bw);
         let mut fused_grads = backend.upload_f32(&[len], &grads).unwrap();
         let fused_dx = backend
-            .linear_gelu_backward(&bdy, &bx, &bz, &bp, &mut fused_grads, weight, bias)
+            .linear_gelu_backward(&bdy, &bx, &bz, bp, &mut fused_grads, weight, bias)
             .unwrap();
         let mut apart_grads = backend.upload_f32(&[len], &grads).unwrap();
         let dz = backend.gelu_backward(&bdy, &bz).unwrap();
         let apart_dx = backend
-            .linear_backward(&dz, &bx, &bp, &mut apart_grads, weight, bias)
+            .linear_backward(&dz, &bx, bp, &mut apart_grads, weight, bias)
             .unwrap();
         let v = |t: &Tensor| t.to_vec_f32().unwrap();
         (

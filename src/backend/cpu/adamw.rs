@@ -7,13 +7,23 @@
 //! ```
 //! The scalar coefficients are computed in f64 on the host, as PyTorch does, then applied in f32.
 
+use super::{CpuBackend, f32s, f32s_mut, i32s_mut};
+use crate::error::{Error, Result};
+use crate::ops::adamw::{AdamWKernels, LossGuard};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
-use crate::backend::{AdamWCoefficients, AdamWStep};
+use crate::backend::AdamWCoefficients;
 
 const CHUNK: usize = 8192;
 
-pub fn step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: AdamWStep) {
+pub fn update(
+    params: &mut [f32],
+    grads: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    coefficients: AdamWCoefficients,
+) {
     let AdamWCoefficients {
         decay,
         one_minus_beta1: one_minus_b1,
@@ -22,7 +32,7 @@ pub fn step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: 
         step_size,
         bias_correction2_sqrt: bc2_sqrt,
         eps,
-    } = s.coefficients();
+    } = coefficients;
     params
         .par_chunks_mut(CHUNK)
         .zip(grads.par_chunks(CHUNK))
@@ -36,4 +46,40 @@ pub fn step(params: &mut [f32], grads: &[f32], m: &mut [f32], v: &mut [f32], s: 
                 p[i] -= step_size * m[i] / denom;
             }
         });
+}
+
+impl AdamWKernels for CpuBackend {
+    fn adamw_update(
+        &self,
+        params: &mut Tensor,
+        gemm_copy: Option<&mut Tensor>,
+        grads: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        coefficients: AdamWCoefficients,
+        guard: Option<LossGuard<'_>>,
+    ) -> Result<()> {
+        if gemm_copy.is_some() {
+            return Err(Error::Config(
+                "bf16 weights live on a GPU: the CPU backend computes in f32".into(),
+            ));
+        }
+        if let Some(guard) = guard {
+            let loss = guard.loss.map(|l| f32s(l, "adamw guard loss")).transpose()?;
+            let finite = loss.is_none_or(|l| l[0].is_finite());
+            let halted = &mut i32s_mut(guard.halted, "adamw guard flag")?[0];
+            if *halted != 0 || !finite {
+                *halted = 1;
+                return Ok(());
+            }
+        }
+        update(
+            f32s_mut(params, "adamw parameters")?,
+            f32s(grads, "adamw gradients")?,
+            f32s_mut(m, "adamw first moment")?,
+            f32s_mut(v, "adamw second moment")?,
+            coefficients,
+        );
+        Ok(())
+    }
 }

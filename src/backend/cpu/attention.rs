@@ -5,13 +5,18 @@
 //! only the log-sum-exp of each score row; backward rebuilds `P = exp(s - lse)` from it, the same
 //! recomputation FlashAttention does, so the `[S, S]` probabilities are never stored.
 
+use super::{CpuBackend, f32s, i32s};
+use crate::backend::AttentionOut;
+use crate::error::Result;
+use crate::ops::attention::AttentionKernels;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::exp::exp_in_place;
 use super::gemm::{MatLayout, matmul};
 
 /// Shapes of one attention call.
-pub use crate::backend::checks::AttentionDims as Dims;
+pub use crate::ops::checks::AttentionDims as Dims;
 
 impl Dims {
     fn hidden(&self) -> usize {
@@ -203,4 +208,42 @@ pub fn backward(
         }
     }
     dqkv
+}
+
+impl AttentionKernels for CpuBackend {
+    fn attention_forward_into(
+        &self,
+        qkv: &Tensor,
+        mask: &Tensor,
+        dims: Dims,
+        out: &mut AttentionOut,
+    ) -> Result<()> {
+        let (o, lse) = forward(&dims, f32s(qkv, "qkv")?, i32s(mask, "attention mask")?);
+        // The results replace the front's buffers (same shapes) instead of being copied in.
+        out.out = Tensor::from_f32(out.out.shape(), o)?;
+        out.lse = Tensor::from_f32(out.lse.shape(), lse)?;
+        Ok(())
+    }
+
+    fn attention_backward_into(
+        &self,
+        dout: &Tensor,
+        qkv: &Tensor,
+        mask: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dims: Dims,
+        dqkv: &mut Tensor,
+    ) -> Result<()> {
+        let d = backward(
+            &dims,
+            f32s(dout, "attention dout")?,
+            f32s(qkv, "qkv")?,
+            i32s(mask, "attention mask")?,
+            f32s(out, "attention output")?,
+            f32s(lse, "attention lse")?,
+        );
+        *dqkv = Tensor::from_f32(dqkv.shape(), d)?;
+        Ok(())
+    }
 }

@@ -1,6 +1,10 @@
 //! Softmax cross-entropy with ignore index -100 and mean reduction, fused with its gradient:
 //! `loss_r = logsumexp(x_r) - x_r[label_r]`, `dx_r = (softmax(x_r) - onehot(label_r)) / count`.
 
+use super::{CpuBackend, f32s, f32s_mut, i32s};
+use crate::error::Result;
+use crate::ops::cross_entropy::CrossEntropyKernels;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 pub const IGNORE_INDEX: i32 = -100;
@@ -48,4 +52,48 @@ pub fn forward_backward(
             .collect(),
     };
     (losses.iter().sum(), count)
+}
+
+/// The mean loss as the reference forms it: the row losses' f64 sum over the labelled count.
+fn mean_loss(total: f64, count: usize) -> f32 {
+    (total / count as f64) as f32
+}
+
+impl CrossEntropyKernels for CpuBackend {
+    fn cross_entropy_into(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        count: usize,
+        loss: &mut Tensor,
+        dlogits: Option<&mut Tensor>,
+    ) -> Result<()> {
+        let vocab = logits.shape().last().copied().unwrap_or(0);
+        let dlogits = dlogits
+            .map(|d| f32s_mut(d, "cross-entropy dlogits"))
+            .transpose()?;
+        let (total, _) = forward_backward(
+            f32s(logits, "cross-entropy logits")?,
+            i32s(labels, "cross-entropy labels")?,
+            vocab,
+            dlogits,
+        );
+        f32s_mut(loss, "cross-entropy loss")?[0] = mean_loss(total, count);
+        Ok(())
+    }
+
+    fn cross_entropy_over_logits(
+        &self,
+        logits: &mut Tensor,
+        labels: &Tensor,
+        count: usize,
+        loss: &mut Tensor,
+    ) -> Result<()> {
+        // Rows read their logits before writing their gradient, but the row function takes both
+        // at once: the gradient goes to a new buffer that then replaces the logits.
+        let mut dlogits = Tensor::from_f32(logits.shape(), vec![0.0; logits.numel()])?;
+        self.cross_entropy_into(logits, labels, count, loss, Some(&mut dlogits))?;
+        *logits = dlogits;
+        Ok(())
+    }
 }

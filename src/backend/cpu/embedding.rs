@@ -4,6 +4,11 @@
 //! `0 1 2 3 0`: a new instruction starts at the token *after* each `[NEXT]`, so the `[NEXT]`
 //! belongs to the instruction before it. Padding continues the count like any other token.
 
+use super::{CpuBackend, f32s, f32s_mut, i32s, param, params_mut};
+use crate::backend::Param;
+use crate::error::Result;
+use crate::ops::embedding::{EmbeddingDims, EmbeddingKernels};
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 /// Instruction and argument index of every position of one row.
@@ -73,6 +78,47 @@ pub fn backward(
                 }
             }
         }
+    }
+}
+
+impl EmbeddingKernels for CpuBackend {
+    fn embedding_forward_into(
+        &self,
+        tokens: &Tensor,
+        dims: EmbeddingDims,
+        params: &Tensor,
+        tables: [Param; 3],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let p = f32s(params, "parameters")?;
+        forward(
+            f32s_mut(out, "embedding output")?,
+            i32s(tokens, "embedding tokens")?,
+            dims.seq,
+            dims.next_token_id,
+            tables.map(|t| param(p, t)),
+            dims.hidden,
+        );
+        Ok(())
+    }
+
+    fn embedding_backward_into(
+        &self,
+        dout: &Tensor,
+        tokens: &Tensor,
+        dims: EmbeddingDims,
+        grads: &mut Tensor,
+        tables: [Param; 3],
+    ) -> Result<()> {
+        backward(
+            f32s(dout, "embedding dout")?,
+            i32s(tokens, "embedding tokens")?,
+            dims.seq,
+            dims.next_token_id,
+            params_mut(f32s_mut(grads, "gradients")?, tables),
+            dims.hidden,
+        );
+        Ok(())
     }
 }
 

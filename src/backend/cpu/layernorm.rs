@@ -1,6 +1,11 @@
 //! LayerNorm over the last axis: `y = (x - mean) * rstd * weight + bias`, `rstd = 1/sqrt(var+eps)`
 //! with the biased variance, as `torch.nn.LayerNorm`.
 
+use super::{CpuBackend, f32s, f32s_mut, param, params_mut};
+use crate::backend::{LayerNormOut, Param};
+use crate::error::Result;
+use crate::ops::layernorm::LayerNormKernels;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::reduce::sum_over_row_blocks;
@@ -83,4 +88,68 @@ pub fn backward(
     let (dw, db) = sums.split_at(c);
     dweight.iter_mut().zip(dw).for_each(|(g, d)| *g += d);
     dbias.iter_mut().zip(db).for_each(|(g, d)| *g += d);
+}
+
+impl LayerNormKernels for CpuBackend {
+    fn layernorm_forward_into(
+        &self,
+        x: &Tensor,
+        residual: Option<(&Tensor, &mut Tensor)>,
+        params: &Tensor,
+        weight: Param,
+        bias: Param,
+        eps: f32,
+        out: &mut LayerNormOut,
+    ) -> Result<()> {
+        let p = f32s(params, "parameters")?;
+        let x = f32s(x, "layernorm input")?;
+        // With a residual, LayerNorm's input is the sum, written first.
+        let input: &[f32] = match residual {
+            Some((r, sum)) => {
+                let s = f32s_mut(sum, "add output")?;
+                for ((s, a), b) in s.iter_mut().zip(x).zip(f32s(r, "add")?) {
+                    *s = a + b;
+                }
+                s
+            }
+            None => x,
+        };
+        forward(
+            f32s_mut(&mut out.y, "layernorm output")?,
+            f32s_mut(&mut out.mean, "layernorm mean")?,
+            f32s_mut(&mut out.rstd, "layernorm rstd")?,
+            input,
+            param(p, weight),
+            param(p, bias),
+            eps,
+        );
+        Ok(())
+    }
+
+    fn layernorm_backward_into(
+        &self,
+        dy: &Tensor,
+        x: &Tensor,
+        mean: &Tensor,
+        rstd: &Tensor,
+        params: &Tensor,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let w = param(f32s(params, "parameters")?, weight);
+        let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
+        backward(
+            f32s_mut(dx, "layernorm dx")?,
+            dw,
+            db,
+            f32s(dy, "layernorm dy")?,
+            f32s(x, "layernorm input")?,
+            f32s(mean, "layernorm mean")?,
+            f32s(rstd, "layernorm rstd")?,
+            w,
+        );
+        Ok(())
+    }
 }

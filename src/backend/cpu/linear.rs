@@ -1,5 +1,11 @@
 //! `y = x W^T + b` with `W` stored `[out, in]` like `torch.nn.Linear`.
 
+use super::{CpuBackend, f32s, f32s_mut, gelu, param, params_mut};
+use crate::backend::Param;
+use crate::error::Result;
+use crate::ops::Weights;
+use crate::ops::linear::LinearKernels;
+use crate::tensor::Tensor;
 use rayon::prelude::*;
 
 use super::gemm::{MatLayout, matmul};
@@ -65,4 +71,73 @@ pub fn backward(
         }
     });
     dbias.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
+}
+
+impl LinearKernels for CpuBackend {
+    fn linear_forward_into(
+        &self,
+        x: &Tensor,
+        weights: Weights<'_>,
+        weight: Param,
+        bias: Param,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        let inp = x.shape().last().copied().unwrap_or(0);
+        forward(
+            f32s_mut(y, "linear output")?,
+            f32s(x, "linear input")?,
+            param(f32s(weights.gemm, "GEMM weights")?, weight),
+            param(f32s(weights.values, "parameters")?, bias),
+            inp,
+        );
+        Ok(())
+    }
+
+    fn linear_gelu_forward_into(
+        &self,
+        x: &Tensor,
+        weights: Weights<'_>,
+        weight: Param,
+        bias: Param,
+        z: &mut Tensor,
+        y: &mut Tensor,
+    ) -> Result<()> {
+        self.linear_forward_into(x, weights, weight, bias, z)?;
+        gelu::forward(f32s_mut(y, "gelu output")?, f32s(z, "linear output")?);
+        Ok(())
+    }
+
+    fn linear_backward_into(
+        &self,
+        dy: &Tensor,
+        gelu_input: Option<&Tensor>,
+        x: &Tensor,
+        weights: Weights<'_>,
+        grads: &mut Tensor,
+        weight: Param,
+        bias: Param,
+        dx: &mut Tensor,
+    ) -> Result<()> {
+        let dy = f32s(dy, "linear dy")?;
+        // dz = dy GELU'(z) for the feed-forward layer's GELU, else dy itself.
+        let dz = match gelu_input {
+            Some(z) => {
+                let mut dz = vec![0.0f32; dy.len()];
+                gelu::backward(&mut dz, dy, f32s(z, "gelu input")?);
+                std::borrow::Cow::Owned(dz)
+            }
+            None => std::borrow::Cow::Borrowed(dy),
+        };
+        let w = param(f32s(weights.gemm, "GEMM weights")?, weight);
+        let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
+        backward(
+            f32s_mut(dx, "linear dx")?,
+            dw,
+            db,
+            &dz,
+            f32s(x, "linear input")?,
+            w,
+        );
+        Ok(())
+    }
 }

@@ -1,5 +1,10 @@
 //! Row selection: gather, its adjoint scatter, argmax, and the softmax's top k.
 
+use super::{CpuBackend, f32s, f32s_mut, i32s, i32s_mut};
+use crate::backend::TopK;
+use crate::error::Result;
+use crate::ops::rows::RowKernels;
+use crate::tensor::Tensor;
 use std::cmp::Ordering;
 
 use rayon::prelude::*;
@@ -78,4 +83,56 @@ pub fn softmax_top_k(
                 *p = (row[j] as f64 - lse).exp() as f32;
             }
         });
+}
+
+fn width(t: &Tensor) -> usize {
+    t.shape().last().copied().unwrap_or(0)
+}
+
+impl RowKernels for CpuBackend {
+    fn gather_rows_into(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
+        gather(
+            f32s_mut(out, "gather output")?,
+            f32s(x, "gather input")?,
+            i32s(rows, "gather rows")?,
+            width(x),
+        );
+        Ok(())
+    }
+
+    fn scatter_rows_into(
+        &self,
+        dy: &Tensor,
+        _rows: &Tensor,
+        host_rows: &[i32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        scatter_add(
+            f32s_mut(out, "scatter output")?,
+            f32s(dy, "scatter dy")?,
+            host_rows,
+            width(dy),
+        );
+        Ok(())
+    }
+
+    fn argmax_rows_into(&self, x: &Tensor, out: &mut Tensor) -> Result<()> {
+        argmax(
+            i32s_mut(out, "argmax output")?,
+            f32s(x, "argmax input")?,
+            width(x),
+        );
+        Ok(())
+    }
+
+    fn softmax_top_k_into(&self, logits: &Tensor, k: usize, out: &mut TopK) -> Result<()> {
+        softmax_top_k(
+            i32s_mut(&mut out.ids, "top-k ids")?,
+            f32s_mut(&mut out.probabilities, "top-k probabilities")?,
+            f32s(logits, "top-k logits")?,
+            width(logits),
+            k,
+        );
+        Ok(())
+    }
 }

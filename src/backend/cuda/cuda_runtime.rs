@@ -45,6 +45,7 @@ pub struct CudaRuntime {
     workspace: Allocation,
     /// Bytes held by this runtime's allocations.
     meter: Arc<MemoryMeter>,
+    traffic: crate::backend::traffic::TrafficMeter,
     /// Fill new allocations with NaN bytes (`MASKEDLM_POISON=1`), as the emulator always does.
     poison: bool,
     /// Synchronise after every launch (`MASKEDLM_SYNC_LAUNCHES=1`), so that a fault names its kernel.
@@ -160,6 +161,7 @@ impl CudaRuntime {
             blas,
             workspace,
             meter,
+            traffic: Default::default(),
             poison: flag("MASKEDLM_POISON"),
             sync_launches: flag("MASKEDLM_SYNC_LAUNCHES"),
         })
@@ -375,6 +377,16 @@ impl GpuRuntime for CudaRuntime {
 
     fn memory(&self) -> &MemoryMeter {
         &self.meter
+    }
+
+    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter {
+        &self.traffic
+    }
+
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<super::runtime::PendingDownload> {
+        let mut out = vec![0u8; bytes];
+        self.download(src, &mut out)?;
+        Ok(super::runtime::PendingDownload::ready(out))
     }
 
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {

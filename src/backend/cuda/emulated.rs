@@ -40,6 +40,7 @@ impl Drop for HostMemory {
 pub struct EmulatedRuntime {
     device: EmulatedDevice,
     meter: Arc<MemoryMeter>,
+    traffic: Arc<crate::backend::traffic::TrafficMeter>,
 }
 
 impl EmulatedRuntime {
@@ -47,6 +48,7 @@ impl EmulatedRuntime {
         EmulatedRuntime {
             device: EmulatedDevice::new().with_order(order),
             meter: Arc::default(),
+            traffic: Arc::default(),
         }
     }
 
@@ -159,6 +161,16 @@ impl GpuRuntime for EmulatedRuntime {
 
     fn memory(&self) -> &MemoryMeter {
         &self.meter
+    }
+
+    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter {
+        &self.traffic
+    }
+
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<super::runtime::PendingDownload> {
+        let mut out = vec![0u8; bytes];
+        self.download(src, &mut out)?;
+        Ok(super::runtime::PendingDownload::ready(out))
     }
 
     fn gemm(&self, spec: &GemmSpec) -> Result<()> {

@@ -118,6 +118,28 @@ pub trait GpuRuntime: Send + Sync + Debug {
 
     /// The bytes this runtime's allocations hold.
     fn memory(&self) -> &MemoryMeter;
+
+    /// The host traffic this runtime has made.
+    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter;
+
+    /// Queues a device-to-host copy of `bytes` bytes at `src` without waiting for it.
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload>;
+}
+
+/// A device-to-host copy in flight.
+pub struct PendingDownload {
+    bytes: Vec<u8>,
+}
+
+impl PendingDownload {
+    pub(crate) fn ready(bytes: Vec<u8>) -> Self {
+        PendingDownload { bytes }
+    }
+
+    /// The copied bytes, once the copy has landed.
+    pub fn wait(self) -> Result<Vec<u8>> {
+        Ok(self.bytes)
+    }
 }
 
 /// The bytes of device memory a runtime's live allocations hold, now and at most since the last

@@ -1,7 +1,6 @@
 //! Tensors in device memory: a shared, reference-counted buffer and its element type.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use super::launch::DevicePtr;
 use super::runtime::{Allocation, GpuRuntime};
@@ -14,9 +13,6 @@ use crate::tensor::{DType, Storage, Tensor};
 pub struct GpuBuffer {
     allocation: Allocation,
     runtime: Arc<dyn GpuRuntime>,
-    /// Counts the writes handed out (`GpuStorage::write_version`), so that a derived copy (the bf16
-    /// shadow of the parameters) knows whether it is still current.
-    writes: AtomicU64,
 }
 
 /// A tensor's device memory: `len` elements of `dtype`.
@@ -25,6 +21,10 @@ pub struct GpuStorage {
     buffer: Arc<GpuBuffer>,
     dtype: DType,
     len: usize,
+    /// The host data an I32 tensor was uploaded from, kept so that the front checks token ids,
+    /// labels and row indices without reading the device. Dropped at the first write, so it is
+    /// never stale.
+    host_copy: Option<Arc<[i32]>>,
 }
 
 pub(crate) fn dtype_bytes(dtype: DType) -> usize {
@@ -42,11 +42,22 @@ impl GpuStorage {
             buffer: Arc::new(GpuBuffer {
                 allocation,
                 runtime: runtime.clone(),
-                writes: AtomicU64::new(0),
             }),
             dtype,
             len,
+            host_copy: None,
         })
+    }
+
+    /// Records the host data this storage was just uploaded from.
+    pub(crate) fn with_host_copy(mut self, data: &[i32]) -> Self {
+        self.host_copy = Some(Arc::from(data));
+        self
+    }
+
+    /// The host data an I32 tensor was uploaded from, if it has not been written since.
+    pub fn host_i32(&self) -> Option<&[i32]> {
+        self.host_copy.as_deref()
     }
 
     pub fn len(&self) -> usize {
@@ -73,26 +84,15 @@ impl GpuStorage {
         &self.buffer.runtime
     }
 
-    /// Identifies the buffer (not just its address, which a later buffer may reuse): for caches of
-    /// values derived from it.
-    pub(crate) fn buffer_id(&self) -> Weak<GpuBuffer> {
-        Arc::downgrade(&self.buffer)
-    }
-
     /// The address kernels receive.
     pub fn ptr(&self) -> DevicePtr {
         self.buffer.allocation.ptr
     }
 
-    /// Which write this buffer has seen last: every `make_unique` (the step before any kernel
-    /// writes it) counts one.
-    pub fn write_version(&self) -> u64 {
-        self.buffer.writes.load(Ordering::Acquire)
-    }
-
-    /// Gives this storage a buffer no clone shares, copying if it was shared (copy on write), and
-    /// counts a write.
+    /// Gives this storage a buffer no clone shares, copying if it was shared (copy on write), before
+    /// a kernel writes it.
     pub fn make_unique(&mut self) -> Result<()> {
+        self.host_copy = None;
         if Arc::strong_count(&self.buffer) > 1 {
             let fresh = GpuStorage::alloc(&self.buffer.runtime, self.dtype, self.len)?;
             self.buffer
@@ -100,7 +100,6 @@ impl GpuStorage {
                 .copy(fresh.ptr(), self.ptr(), self.bytes())?;
             *self = fresh;
         }
-        self.buffer.writes.fetch_add(1, Ordering::AcqRel);
         Ok(())
     }
 

@@ -13,17 +13,20 @@
 //! dQ (which also saves `D_i = dO_i . out_i` in a scratch buffer) and then dK/dV, which reads it.
 //!
 //! A bf16 forward runs on tensor cores (`attention_forward_bf16_mma_d*`: 4 warps of 16 query rows
-//! per block, the same grid); [`forward_on`] can ask for the CUDA-core bf16 kernel instead, the
-//! reference the tests hold the tensor-core one to. The bf16 backward runs on tensor cores too
+//! per block, the same grid); a backend made with
+//! [`GpuBackend::with_attention_kernels`] can run the CUDA-core bf16 kernel instead, the reference
+//! the tests hold the tensor-core one to. The bf16 backward runs on tensor cores too
 //! (`attention_backward_dq_bf16_mma_d*` and `attention_backward_dkv_bf16_mma_d*`: the same split,
-//! grid and 128-thread blocks); [`backward_on`] can ask for the CUDA-core kernels instead.
+//! grid and 128-thread blocks), or on the CUDA-core kernels when asked.
 
-use super::{activation, int};
+use super::int;
 use crate::backend::AttentionOut;
-use crate::backend::checks::{AttentionDims, attention_dims, check_attention_saved};
+use crate::backend::Backend;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
+use crate::ops::attention::AttentionKernels;
+use crate::ops::checks::AttentionDims;
 use crate::tensor::{DType, Tensor};
 
 /// Rows of one (sequence, head) per block: `Tiles<D>::ROWS` in the kernel file.
@@ -105,139 +108,91 @@ fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
         .f32(1.0 / (dims.head_dim as f32).sqrt()))
 }
 
-pub fn forward(
-    backend: &GpuBackend,
-    qkv: &Tensor,
-    mask: &Tensor,
-    heads: usize,
-) -> Result<AttentionOut> {
-    forward_on(backend, qkv, mask, heads, ForwardKernel::TensorCores)
-}
-
-/// The forward on the kernels `kernel` names (for bf16; f32 runs on CUDA cores either way).
-pub fn forward_on(
-    backend: &GpuBackend,
-    qkv: &Tensor,
-    mask: &Tensor,
-    heads: usize,
-    kernel: ForwardKernel,
-) -> Result<AttentionOut> {
-    let dims = attention_dims(qkv, mask, heads)?;
-    let (qkv_ptr, dtype) = activation(backend, qkv, "qkv")?;
-    let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
-    let mut variant = variant(&dims)?;
-    let mut name = type_name(dtype).to_string();
-    if dtype == DType::BF16 && kernel == ForwardKernel::TensorCores {
-        name.push_str("_mma");
-        variant.threads = MMA_THREADS;
+impl AttentionKernels for GpuBackend {
+    fn attention_forward_into(
+        &self,
+        qkv: &Tensor,
+        mask: &Tensor,
+        dims: AttentionDims,
+        out: &mut AttentionOut,
+    ) -> Result<()> {
+        let dtype = qkv.dtype();
+        let mut variant = variant(&dims)?;
+        let mut name = type_name(dtype).to_string();
+        if dtype == DType::BF16 && self.attention.0 == ForwardKernel::TensorCores {
+            name.push_str("_mma");
+            variant.threads = MMA_THREADS;
+        }
+        let mut args = size_args(
+            KernelArgs::new()
+                .ptr(self.ptr(qkv)?)
+                .ptr(self.ptr(mask)?)
+                .ptr(self.ptr_mut(&mut out.out)?)
+                .ptr(self.ptr_mut(&mut out.lse)?),
+            &dims,
+        )?;
+        self.runtime().launch(
+            &format!("attention_forward_{name}_{}", variant.suffix),
+            &variant.config(),
+            &mut args,
+        )
     }
-    let out = backend.empty(&[dims.batch * dims.seq, heads * dims.head_dim], dtype)?;
-    let lse = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
-    if dims.batch * dims.seq == 0 {
-        return Ok(AttentionOut { out, lse });
-    }
-    let mut args = size_args(
-        KernelArgs::new()
-            .ptr(qkv_ptr)
-            .ptr(mask_ptr)
-            .ptr(backend.ptr(&out, dtype, "attention output")?)
-            .ptr(backend.ptr(&lse, DType::F32, "attention lse")?),
-        &dims,
-    )?;
-    backend.runtime().launch(
-        &format!("attention_forward_{name}_{}", variant.suffix),
-        &variant.config(),
-        &mut args,
-    )?;
-    Ok(AttentionOut { out, lse })
-}
 
-pub fn backward(
-    backend: &GpuBackend,
-    dout: &Tensor,
-    qkv: &Tensor,
-    mask: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    heads: usize,
-) -> Result<Tensor> {
-    backward_on(
-        backend,
-        dout,
-        qkv,
-        mask,
-        out,
-        lse,
-        heads,
-        BackwardKernel::TensorCores,
-    )
-}
+    fn attention_backward_into(
+        &self,
+        dout: &Tensor,
+        qkv: &Tensor,
+        mask: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dims: AttentionDims,
+        dqkv: &mut Tensor,
+    ) -> Result<()> {
+        let dtype = qkv.dtype();
+        let mut name = type_name(dtype).to_string();
+        let mut variant = variant(&dims)?;
+        if dtype == DType::BF16 && self.attention.1 == BackwardKernel::TensorCores {
+            name.push_str("_mma");
+            variant.threads = MMA_THREADS;
+        }
+        let (dout_ptr, qkv_ptr, mask_ptr) = (self.ptr(dout)?, self.ptr(qkv)?, self.ptr(mask)?);
+        let lse_ptr = self.ptr(lse)?;
+        // D_i = dO_i . out_i for every (sequence, head, row): written by the dQ kernel, read by
+        // dK/dV.
+        let delta = self.alloc(&[dims.batch, dims.heads, dims.seq], DType::F32)?;
+        let delta_ptr = self.ptr(&delta)?;
+        let dqkv_ptr = self.ptr_mut(dqkv)?;
 
-/// The backward on the kernels `kernel` names (for bf16; f32 runs on CUDA cores either way).
-#[allow(clippy::too_many_arguments)]
-pub fn backward_on(
-    backend: &GpuBackend,
-    dout: &Tensor,
-    qkv: &Tensor,
-    mask: &Tensor,
-    out: &Tensor,
-    lse: &Tensor,
-    heads: usize,
-    kernel: BackwardKernel,
-) -> Result<Tensor> {
-    // The CPU backend's checks, in its order.
-    let dims = attention_dims(qkv, mask, heads)?;
-    check_attention_saved(&dims, dout, out, lse)?;
-    let (qkv_ptr, dtype) = activation(backend, qkv, "qkv")?;
-    let mut name = type_name(dtype).to_string();
-    let dout_ptr = backend.ptr(dout, dtype, "attention dout")?;
-    let mask_ptr = backend.ptr(mask, DType::I32, "attention mask")?;
-    let out_ptr = backend.ptr(out, dtype, "attention output")?;
-    let lse_ptr = backend.ptr(lse, DType::F32, "attention lse")?;
-    let mut variant = variant(&dims)?;
-    if dtype == DType::BF16 && kernel == BackwardKernel::TensorCores {
-        name.push_str("_mma");
-        variant.threads = MMA_THREADS;
+        let mut dq_args = size_args(
+            KernelArgs::new()
+                .ptr(dout_ptr)
+                .ptr(qkv_ptr)
+                .ptr(mask_ptr)
+                .ptr(self.ptr(out)?)
+                .ptr(lse_ptr)
+                .ptr(delta_ptr)
+                .ptr(dqkv_ptr),
+            &dims,
+        )?;
+        self.runtime().launch(
+            &format!("attention_backward_dq_{name}_{}", variant.suffix),
+            &variant.config(),
+            &mut dq_args,
+        )?;
+        let mut dkv_args = size_args(
+            KernelArgs::new()
+                .ptr(dout_ptr)
+                .ptr(qkv_ptr)
+                .ptr(mask_ptr)
+                .ptr(lse_ptr)
+                .ptr(delta_ptr)
+                .ptr(dqkv_ptr),
+            &dims,
+        )?;
+        self.runtime().launch(
+            &format!("attention_backward_dkv_{name}_{}", variant.suffix),
+            &variant.config(),
+            &mut dkv_args,
+        )
     }
-    let dqkv = backend.empty(qkv.shape(), dtype)?;
-    if dims.batch * dims.seq == 0 {
-        return Ok(dqkv);
-    }
-    // D_i = dO_i . out_i for every (sequence, head, row): written by the dQ kernel, read by dK/dV.
-    let delta = backend.empty(&[dims.batch, heads, dims.seq], DType::F32)?;
-    let delta_ptr = backend.ptr(&delta, DType::F32, "attention delta")?;
-    let dqkv_ptr = backend.ptr(&dqkv, dtype, "attention dqkv")?;
-
-    let mut dq_args = size_args(
-        KernelArgs::new()
-            .ptr(dout_ptr)
-            .ptr(qkv_ptr)
-            .ptr(mask_ptr)
-            .ptr(out_ptr)
-            .ptr(lse_ptr)
-            .ptr(delta_ptr)
-            .ptr(dqkv_ptr),
-        &dims,
-    )?;
-    backend.runtime().launch(
-        &format!("attention_backward_dq_{name}_{}", variant.suffix),
-        &variant.config(),
-        &mut dq_args,
-    )?;
-    let mut dkv_args = size_args(
-        KernelArgs::new()
-            .ptr(dout_ptr)
-            .ptr(qkv_ptr)
-            .ptr(mask_ptr)
-            .ptr(lse_ptr)
-            .ptr(delta_ptr)
-            .ptr(dqkv_ptr),
-        &dims,
-    )?;
-    backend.runtime().launch(
-        &format!("attention_backward_dkv_{name}_{}", variant.suffix),
-        &variant.config(),
-        &mut dkv_args,
-    )?;
-    Ok(dqkv)
 }

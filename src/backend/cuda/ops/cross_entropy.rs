@@ -1,118 +1,129 @@
-//! Launch wrapper for `kernels/cross_entropy.cu`: softmax cross-entropy with ignore index -100 and
+//! Launch wrappers for `kernels/cross_entropy.cu`: softmax cross-entropy with ignore index -100 and
 //! mean reduction, fused with its gradient.
 //!
-//! The labels are downloaded first (one `int` per row): the CPU backend's range check and its
-//! [`Error::LabelOutOfRange`] need them on the host, and so does the labelled count, which scales
-//! the gradient inside the kernel and must be known before the launch ([`Error::NoLabels`] when it
-//! is zero). After the kernel the per-row losses come back and are summed here in row order in f64,
-//! exactly as the CPU sums its row losses: the mean is deterministic and needs no second kernel.
-//! The caller reads the loss on the host anyway, so that download is the one synchronisation the
-//! call needs.
+//! The front counted the labelled rows on the host (from the labels' host copy) before anything
+//! was queued; the count scales the gradient inside the kernel. The per-row losses then go through
+//! `cross_entropy_mean_f32`, which adds them in row order in f64 exactly as the CPU sums its row
+//! losses and divides by the count: the mean is deterministic and never leaves the device unless
+//! the caller reads it.
 //!
 //! Mixed precision: the logits are f32 or bf16 and the gradient has their element type; the max,
 //! the sum and the per-row losses are f32 either way (`cross_entropy_forward_backward_f32` /
 //! `_bf16`).
 
-use super::{activation, activation_mut, int, kernel_name};
-use crate::backend::CrossEntropyOut;
-use crate::backend::checks::{check_labels, cross_entropy_dims};
-use crate::backend::cpu::IGNORE_INDEX;
+use super::{int, kernel_name};
+use crate::backend::Backend;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
+use crate::ops::cross_entropy::CrossEntropyKernels;
 use crate::tensor::{DType, Tensor};
 
 /// The most threads per row: enough to keep a large vocabulary's row in flight with coalesced loads.
 const MAX_THREADS: usize = 512;
 
-pub fn forward_backward(
-    backend: &GpuBackend,
-    logits: &Tensor,
-    labels: &Tensor,
-    want_grad: bool,
-) -> Result<CrossEntropyOut> {
-    let gradient = if want_grad {
-        Gradient::New
-    } else {
-        Gradient::None
-    };
-    run(backend, logits, labels, gradient)
-}
-
-/// The loss, with d(loss)/d(logits) written over the logits (llm.c's fused classifier): no second
-/// `[rows, vocab]` buffer. The returned `dlogits` is the logits tensor itself.
-pub fn forward_backward_in_place(
-    backend: &GpuBackend,
-    mut logits: Tensor,
-    labels: &Tensor,
-) -> Result<CrossEntropyOut> {
-    // A buffer shared with a clone is copied first: the clone keeps the logits.
-    activation_mut(backend, &mut logits, "cross-entropy logits")?;
-    let mut out = run(backend, &logits, labels, Gradient::OverLogits)?;
-    out.dlogits = Some(logits);
-    Ok(out)
-}
-
 /// Where the gradient goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Gradient {
     None,
-    New,
+    Into(DevicePtr),
     OverLogits,
 }
 
 fn run(
     backend: &GpuBackend,
-    logits: &Tensor,
+    logits: DevicePtr,
+    shape: &[usize],
+    dtype: DType,
     labels: &Tensor,
+    count: usize,
+    loss: &mut Tensor,
     gradient: Gradient,
-) -> Result<CrossEntropyOut> {
-    // The CPU backend's checks, in its order.
-    let (rows, vocab) = cross_entropy_dims(logits, labels)?;
-    let labels_ptr = backend.ptr(labels, DType::I32, "cross-entropy labels")?;
-    let ls = labels.to_vec_i32()?;
-    check_labels(&ls, vocab)?;
-    let (logits_ptr, dtype) = activation(backend, logits, "cross-entropy logits")?;
-    let count = ls.iter().filter(|&&l| l != IGNORE_INDEX).count();
-    if count == 0 {
-        return Err(Error::NoLabels);
-    }
-
+) -> Result<()> {
+    let vocab = shape.last().copied().unwrap_or(0);
+    let rows: usize = shape.iter().product::<usize>() / vocab.max(1);
     // A labelled row has vocab >= 1 (its label is below vocab), and there is one: rows >= 1.
-    let losses = backend.empty(&[rows], DType::F32)?;
+    let losses = backend.alloc(&[rows], DType::F32)?;
+    let losses_ptr = backend.ptr(&losses)?;
     let dlogits = match gradient {
-        Gradient::New => Some(backend.empty(logits.shape(), dtype)?),
-        Gradient::None | Gradient::OverLogits => None,
-    };
-    let dlogits_ptr = match (&dlogits, gradient) {
-        (Some(d), _) => backend.ptr(d, dtype, "cross-entropy dlogits")?,
-        (None, Gradient::OverLogits) => logits_ptr,
-        (None, _) => DevicePtr(0),
+        Gradient::None => DevicePtr(0),
+        Gradient::Into(d) => d,
+        Gradient::OverLogits => logits,
     };
     // The CPU scales by 1 / count in f64; the kernel multiplies in f32 by the rounded reciprocal.
     let inv_count = (1.0 / count as f64) as f32;
     let mut args = KernelArgs::new()
-        .ptr(logits_ptr)
-        .ptr(labels_ptr)
-        .ptr(backend.ptr(&losses, DType::F32, "cross-entropy losses")?)
-        .ptr(dlogits_ptr)
+        .ptr(logits)
+        .ptr(backend.ptr(labels)?)
+        .ptr(losses_ptr)
+        .ptr(dlogits)
         .i32(int(vocab, "vocabulary size")?)
         .f32(inv_count);
     let threads = vocab.next_multiple_of(32).min(MAX_THREADS) as u32;
     let blocks = u32::try_from(rows)
         .map_err(|_| Error::Config(format!("rows = {rows} exceeds the grid")))?;
-    let kernel = kernel_name("cross_entropy_forward_backward", dtype);
     backend.runtime().launch(
-        &kernel,
+        &kernel_name("cross_entropy_forward_backward", dtype),
         &LaunchConfig::linear(blocks, threads, 0),
         &mut args,
     )?;
+    let mut args = KernelArgs::new()
+        .ptr(losses_ptr)
+        .i32(int(rows, "rows")?)
+        .i32(int(count, "labelled rows")?)
+        .ptr(backend.ptr_mut(loss)?);
+    backend.runtime().launch(
+        "cross_entropy_mean_f32",
+        &LaunchConfig::linear(1, 32, 0),
+        &mut args,
+    )
+}
 
-    // Row order, f64, as the CPU: an ignored row adds 0.
-    let total: f64 = losses.to_vec_f32()?.iter().map(|&l| f64::from(l)).sum();
-    Ok(CrossEntropyOut {
-        loss: (total / count as f64) as f32,
-        count,
-        dlogits,
-    })
+impl CrossEntropyKernels for GpuBackend {
+    fn cross_entropy_into(
+        &self,
+        logits: &Tensor,
+        labels: &Tensor,
+        count: usize,
+        loss: &mut Tensor,
+        dlogits: Option<&mut Tensor>,
+    ) -> Result<()> {
+        let gradient = match dlogits {
+            Some(d) => Gradient::Into(self.ptr_mut(d)?),
+            None => Gradient::None,
+        };
+        let logits_ptr = self.ptr(logits)?;
+        run(
+            self,
+            logits_ptr,
+            logits.shape(),
+            logits.dtype(),
+            labels,
+            count,
+            loss,
+            gradient,
+        )
+    }
+
+    /// llm.c's fused classifier: no second `[rows, vocab]` buffer. A buffer shared with a clone is
+    /// copied first, so the clone keeps the logits.
+    fn cross_entropy_over_logits(
+        &self,
+        logits: &mut Tensor,
+        labels: &Tensor,
+        count: usize,
+        loss: &mut Tensor,
+    ) -> Result<()> {
+        let logits_ptr = self.ptr_mut(logits)?;
+        run(
+            self,
+            logits_ptr,
+            logits.shape(),
+            logits.dtype(),
+            labels,
+            count,
+            loss,
+            Gradient::OverLogits,
+        )
+    }
 }

@@ -1,11 +1,11 @@
 //! Launch wrappers for `kernels/elementwise.cu`: residual adds and GELU, in f32 or bf16. As for
 //! every activation op, the element type follows the activation inputs.
 
-use super::{activation_dtype, int, kernel_name};
-use crate::backend::checks::check_same_shape;
+use super::{int, kernel_name};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
 use crate::error::Result;
+use crate::ops::elementwise::ElementwiseKernels;
 use crate::tensor::{DType, Tensor};
 
 /// Threads per block for the elementwise kernels.
@@ -27,73 +27,56 @@ fn config(n: usize, dtype: DType) -> LaunchConfig {
     LaunchConfig::linear(blocks as u32, THREADS, 0)
 }
 
-pub fn add(backend: &GpuBackend, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    check_same_shape(a, b, "add")?;
-    let dtype = activation_dtype(a, "add")?;
-    let (a_ptr, b_ptr) = (backend.ptr(a, dtype, "add")?, backend.ptr(b, dtype, "add")?);
-    let y = backend.empty(a.shape(), dtype)?;
-    let n = a.numel();
-    let mut args = KernelArgs::new()
-        .ptr(a_ptr)
-        .ptr(b_ptr)
-        .ptr(backend.ptr(&y, dtype, "add output")?)
-        .i32(int(n, "elements")?);
-    backend
-        .runtime()
-        .launch(&kernel_name("add", dtype), &config(n, dtype), &mut args)?;
-    Ok(y)
-}
+impl ElementwiseKernels for GpuBackend {
+    fn add_into(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+        let (n, dtype) = (a.numel(), a.dtype());
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(a)?)
+            .ptr(self.ptr(b)?)
+            .ptr(self.ptr_mut(y)?)
+            .i32(int(n, "elements")?);
+        self.runtime()
+            .launch(&kernel_name("add", dtype), &config(n, dtype), &mut args)
+    }
 
-pub fn add_assign(backend: &GpuBackend, acc: &mut Tensor, x: &Tensor) -> Result<()> {
-    check_same_shape(acc, x, "add")?;
-    let dtype = activation_dtype(acc, "add")?;
-    let n = acc.numel();
-    let x_ptr = backend.ptr(x, dtype, "add")?;
-    let mut args = KernelArgs::new()
-        .ptr(backend.ptr_mut(acc, dtype, "add")?)
-        .ptr(x_ptr)
-        .i32(int(n, "elements")?);
-    backend.runtime().launch(
-        &kernel_name("add_assign", dtype),
-        &config(n, dtype),
-        &mut args,
-    )
-}
+    fn add_assign_into(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+        let (n, dtype) = (acc.numel(), acc.dtype());
+        let x_ptr = self.ptr(x)?;
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr_mut(acc)?)
+            .ptr(x_ptr)
+            .i32(int(n, "elements")?);
+        self.runtime().launch(
+            &kernel_name("add_assign", dtype),
+            &config(n, dtype),
+            &mut args,
+        )
+    }
 
-pub fn gelu_forward(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
-    let dtype = activation_dtype(x, "gelu input")?;
-    let x_ptr = backend.ptr(x, dtype, "gelu input")?;
-    let y = backend.empty(x.shape(), dtype)?;
-    let n = x.numel();
-    let mut args = KernelArgs::new()
-        .ptr(x_ptr)
-        .ptr(backend.ptr(&y, dtype, "gelu output")?)
-        .i32(int(n, "elements")?);
-    backend.runtime().launch(
-        &kernel_name("gelu_forward", dtype),
-        &config(n, dtype),
-        &mut args,
-    )?;
-    Ok(y)
-}
+    fn gelu_forward_into(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        let (n, dtype) = (x.numel(), x.dtype());
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr_mut(y)?)
+            .i32(int(n, "elements")?);
+        self.runtime().launch(
+            &kernel_name("gelu_forward", dtype),
+            &config(n, dtype),
+            &mut args,
+        )
+    }
 
-pub fn gelu_backward(backend: &GpuBackend, dy: &Tensor, x: &Tensor) -> Result<Tensor> {
-    check_same_shape(x, dy, "gelu dy")?;
-    // The activation x sets the type; its gradient dy has the same.
-    let dtype = activation_dtype(x, "gelu input")?;
-    let dy_ptr = backend.ptr(dy, dtype, "gelu dy")?;
-    let x_ptr = backend.ptr(x, dtype, "gelu input")?;
-    let dx = backend.empty(x.shape(), dtype)?;
-    let n = x.numel();
-    let mut args = KernelArgs::new()
-        .ptr(dy_ptr)
-        .ptr(x_ptr)
-        .ptr(backend.ptr(&dx, dtype, "gelu dx")?)
-        .i32(int(n, "elements")?);
-    backend.runtime().launch(
-        &kernel_name("gelu_backward", dtype),
-        &config(n, dtype),
-        &mut args,
-    )?;
-    Ok(dx)
+    fn gelu_backward_into(&self, dy: &Tensor, x: &Tensor, dx: &mut Tensor) -> Result<()> {
+        let (n, dtype) = (x.numel(), x.dtype());
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(dy)?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr_mut(dx)?)
+            .i32(int(n, "elements")?);
+        self.runtime().launch(
+            &kernel_name("gelu_backward", dtype),
+            &config(n, dtype),
+            &mut args,
+        )
+    }
 }

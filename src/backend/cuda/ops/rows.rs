@@ -1,22 +1,20 @@
 //! Launch wrappers for `kernels/rows.cu`: gather, scatter-add, argmax and the softmax's top k over
 //! rows, one warp per row.
 //!
-//! Row indices are validated on the host, exactly as the CPU backend does it: the index tensor is
-//! small (one `int` per selected row) and the call must return a typed error, which needs the answer
-//! on the host anyway. Scatter uses the downloaded indices a second time, to plan a deterministic,
-//! atomic-free summation of repeated rows (see `scatter_rows` in the kernel file).
+//! Row indices were validated on the host by the front, from the host copy they were uploaded
+//! from. Scatter uses those host indices to plan a deterministic, atomic-free summation of repeated
+//! rows (see `scatter_rows` in the kernel file), uploaded beside them: nothing is read back.
 //!
 //! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with
 //! scatter's sums formed in f32 and rounded once. Argmax reads f32 or bf16 rows.
 
-use super::{activation, int, kernel_name};
-use crate::backend::checks::{check_rows, check_top_k, rows_cols};
+use super::{int, kernel_name};
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
-use crate::backend::cuda::storage::dtype_bytes;
 use crate::backend::{Backend, TopK};
-use crate::error::{Error, Result};
-use crate::tensor::{DType, Tensor};
+use crate::error::Result;
+use crate::ops::rows::RowKernels;
+use crate::tensor::Tensor;
 
 /// Warps (rows) per block.
 const WARPS_PER_BLOCK: usize = 8;
@@ -24,37 +22,6 @@ const WARPS_PER_BLOCK: usize = 8;
 /// One warp per row.
 fn rows_config(rows: usize) -> LaunchConfig {
     LaunchConfig::for_elements(rows * 32, (WARPS_PER_BLOCK * 32) as u32)
-}
-
-/// The row indices on the host, checking the tensor's device and type under `what`.
-fn host_rows(backend: &GpuBackend, rows: &Tensor, what: &str) -> Result<Vec<i32>> {
-    backend.ptr(rows, DType::I32, what)?;
-    rows.to_vec_i32()
-}
-
-/// `out[i] = x[rows[i]]`: `[rows.numel(), width]`, of `x`'s element type.
-pub fn gather(backend: &GpuBackend, x: &Tensor, rows: &Tensor) -> Result<Tensor> {
-    let (n, width) = rows_cols(x, "gather input")?;
-    let idx = host_rows(backend, rows, "gather rows")?;
-    check_rows(&idx, n)?;
-    let (x_ptr, dtype) = activation(backend, x, "gather input")?;
-    let m = idx.len();
-    let out = backend.empty(&[m, width], dtype)?;
-    if m * width == 0 {
-        return Ok(out);
-    }
-    let mut args = KernelArgs::new()
-        .ptr(x_ptr)
-        .ptr(backend.ptr(rows, DType::I32, "gather rows")?)
-        .ptr(backend.ptr(&out, dtype, "gather output")?)
-        .i32(int(m, "gathered rows")?)
-        .i32(int(width, "row width")?);
-    backend.runtime().launch(
-        &kernel_name("gather_rows", dtype),
-        &rows_config(m),
-        &mut args,
-    )?;
-    Ok(out)
 }
 
 /// The summation plan for scatter: `heads` lists, in order, the first index of every distinct row;
@@ -76,89 +43,93 @@ fn chains(idx: &[i32], n: usize) -> (Vec<i32>, Vec<i32>) {
     (heads, next)
 }
 
-/// `[n, width]` of `dy`'s element type, zero except `out[rows[i]] += dy[i]`, repeats added in index
-/// order in f32 (bit-identical to the CPU for f32; for bf16, the CPU's sum rounded once).
-pub fn scatter(backend: &GpuBackend, dy: &Tensor, rows: &Tensor, n: usize) -> Result<Tensor> {
-    let (m, width) = rows_cols(dy, "scatter dy")?;
-    let idx = host_rows(backend, rows, "scatter rows")?;
-    if idx.len() != m {
-        return Err(Error::shape("scatter rows", format!("[{m}]"), rows.shape()));
-    }
-    check_rows(&idx, n)?;
-    let (dy_ptr, dtype) = activation(backend, dy, "scatter dy")?;
-    let mut out = backend.empty(&[n, width], dtype)?;
-    // Zero bits are zero in f32 and bf16 alike.
-    let out_ptr = backend.ptr_mut(&mut out, dtype, "scatter output")?;
-    backend
-        .runtime()
-        .memset_zero(out_ptr, n * width * dtype_bytes(dtype))?;
-    if m * width == 0 {
-        return Ok(out);
-    }
-    let (heads, next) = chains(&idx, n);
-    let plan = backend.upload_i32(&[heads.len() + m], &[heads.as_slice(), &next].concat())?;
-    let heads_ptr = backend.ptr(&plan, DType::I32, "scatter plan")?;
-    let next_ptr = DevicePtr(heads_ptr.0 + (heads.len() * 4) as u64);
-    let mut args = KernelArgs::new()
-        .ptr(dy_ptr)
-        .ptr(backend.ptr(rows, DType::I32, "scatter rows")?)
-        .ptr(heads_ptr)
-        .ptr(next_ptr)
-        .ptr(out_ptr)
-        .i32(int(heads.len(), "distinct rows")?)
-        .i32(int(width, "row width")?);
-    backend.runtime().launch(
-        &kernel_name("scatter_rows", dtype),
-        &rows_config(heads.len()),
-        &mut args,
-    )?;
-    Ok(out)
+fn width(t: &Tensor) -> usize {
+    t.shape().last().copied().unwrap_or(0)
 }
 
-/// The first index of the largest element of each row (NaN handled as the CPU does), `[rows]` i32;
-/// the rows are f32 or bf16.
-pub fn argmax(backend: &GpuBackend, x: &Tensor) -> Result<Tensor> {
-    let (n, width) = rows_cols(x, "argmax input")?;
-    let (x_ptr, dtype) = activation(backend, x, "argmax input")?;
-    let out = backend.empty(&[n], DType::I32)?;
-    if n == 0 {
-        return Ok(out);
-    }
-    let mut args = KernelArgs::new()
-        .ptr(x_ptr)
-        .ptr(backend.ptr(&out, DType::I32, "argmax output")?)
-        .i32(int(n, "rows")?)
-        .i32(int(width, "row width")?);
-    backend.runtime().launch(
-        &kernel_name("argmax_rows", dtype),
-        &rows_config(n),
-        &mut args,
-    )?;
-    Ok(out)
-}
-
-/// The `k` most probable entries of each row's softmax, best first (the order of
-/// [`Backend::softmax_top_k`]): ids `[rows, k]` i32 and probabilities `[rows, k]` f32, from f32 or
-/// bf16 logits.
-pub fn softmax_top_k(backend: &GpuBackend, logits: &Tensor, k: usize) -> Result<TopK> {
-    let (n, width) = rows_cols(logits, "top-k logits")?;
-    check_top_k(k, width)?;
-    let (x_ptr, dtype) = activation(backend, logits, "top-k logits")?;
-    let ids = backend.empty(&[n, k], DType::I32)?;
-    let probabilities = backend.empty(&[n, k], DType::F32)?;
-    if n > 0 {
+impl RowKernels for GpuBackend {
+    /// `out[i] = x[rows[i]]`, of `x`'s element type.
+    fn gather_rows_into(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
+        let m = rows.numel();
         let mut args = KernelArgs::new()
-            .ptr(x_ptr)
-            .ptr(backend.ptr(&ids, DType::I32, "top-k ids")?)
-            .ptr(backend.ptr(&probabilities, DType::F32, "top-k probabilities")?)
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr(rows)?)
+            .ptr(self.ptr_mut(out)?)
+            .i32(int(m, "gathered rows")?)
+            .i32(int(width(x), "row width")?);
+        self.runtime().launch(
+            &kernel_name("gather_rows", x.dtype()),
+            &rows_config(m),
+            &mut args,
+        )
+    }
+
+    /// `out[rows[i]] += dy[i]` into the zeroed `out`, repeats added in index order in f32
+    /// (bit-identical to the CPU for f32; for bf16, the CPU's sum rounded once).
+    fn scatter_rows_into(
+        &self,
+        dy: &Tensor,
+        rows: &Tensor,
+        host_rows: &[i32],
+        out: &mut Tensor,
+    ) -> Result<()> {
+        let n = out.shape().first().copied().unwrap_or(0);
+        let (heads, next) = chains(host_rows, n);
+        let plan = self.upload_plan(&[heads.as_slice(), &next].concat())?;
+        let heads_ptr = self.ptr(&plan)?;
+        let next_ptr = DevicePtr(heads_ptr.0 + (heads.len() * 4) as u64);
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(dy)?)
+            .ptr(self.ptr(rows)?)
+            .ptr(heads_ptr)
+            .ptr(next_ptr)
+            .ptr(self.ptr_mut(out)?)
+            .i32(int(heads.len(), "distinct rows")?)
+            .i32(int(width(dy), "row width")?);
+        self.runtime().launch(
+            &kernel_name("scatter_rows", dy.dtype()),
+            &rows_config(heads.len()),
+            &mut args,
+        )
+    }
+
+    /// The first index of the largest element of each row (NaN handled as the CPU does); the rows
+    /// are f32 or bf16.
+    fn argmax_rows_into(&self, x: &Tensor, out: &mut Tensor) -> Result<()> {
+        let n = out.numel();
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(x)?)
+            .ptr(self.ptr_mut(out)?)
             .i32(int(n, "rows")?)
-            .i32(int(width, "row width")?)
-            .i32(int(k, "k")?);
-        backend.runtime().launch(
-            &kernel_name("softmax_top_k_rows", dtype),
+            .i32(int(width(x), "row width")?);
+        self.runtime().launch(
+            &kernel_name("argmax_rows", x.dtype()),
             &rows_config(n),
             &mut args,
-        )?;
+        )
     }
-    Ok(TopK { ids, probabilities })
+
+    /// Ids `[rows, k]` i32 and probabilities `[rows, k]` f32, from f32 or bf16 logits.
+    fn softmax_top_k_into(&self, logits: &Tensor, k: usize, out: &mut TopK) -> Result<()> {
+        let n = out.ids.shape().first().copied().unwrap_or(0);
+        let mut args = KernelArgs::new()
+            .ptr(self.ptr(logits)?)
+            .ptr(self.ptr_mut(&mut out.ids)?)
+            .ptr(self.ptr_mut(&mut out.probabilities)?)
+            .i32(int(n, "rows")?)
+            .i32(int(width(logits), "row width")?)
+            .i32(int(k, "k")?);
+        self.runtime().launch(
+            &kernel_name("softmax_top_k_rows", logits.dtype()),
+            &rows_config(n),
+            &mut args,
+        )
+    }
+}
+
+impl GpuBackend {
+    /// The scatter plan on the device (an ordinary upload: host to device, no waiting).
+    fn upload_plan(&self, plan: &[i32]) -> Result<Tensor> {
+        self.upload(&[plan.len()], crate::ops::memory::HostData::I32(plan))
+    }
 }
