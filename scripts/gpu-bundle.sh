@@ -34,7 +34,20 @@ cargo test --release --no-run --test kernels --test gpu_model --test emulator --
 cargo bench --no-run --message-format=json 2>/dev/null | artifacts | while read -r name kind path; do
     if [ "$kind" = bench ]; then cp "$path" "$BUNDLE/bin/bench-$name"; fi
 done
+# gpu-check.sh reports a missing binary as a skipped step; better to find out here, before a GPU
+# machine's minutes are spent on a bundle without it.
+for expected in maskedlm test-kernels test-gpu_model test-emulator bench-kernels bench-model; do
+    if [ ! -x "$BUNDLE/bin/$expected" ]; then
+        echo "gpu-bundle.sh: bin/$expected was not built" >&2
+        exit 1
+    fi
+done
 strip "$BUNDLE"/bin/*
+# The binaries run only where glibc is at least as new as the newest version they link against (the
+# build machine's, at most); gpu-check.sh checks it first thing, this says which machines qualify.
+GLIBC_NEED="$(for bin in "$BUNDLE"/bin/*; do objdump -T "$bin" 2> /dev/null | grep -o 'GLIBC_[0-9.]*' || true; done |
+    sort -Vu | tail -n 1)"
+echo "the binaries need glibc ${GLIBC_NEED#GLIBC_} or newer on the GPU machine"
 # Compressed to stay well inside what a GPU machine is sent (64 MiB for everything); gpu-check.sh
 # unpacks them where it runs.
 gzip -9 "$BUNDLE"/bin/*
