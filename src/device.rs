@@ -97,6 +97,31 @@ impl Device {
     }
 }
 
+/// Set to `1`, every "no GPU, skipped" of the GPU tests and checks becomes a failure that says why
+/// the GPU could not be used (`gpu-check.sh` sets it, so that a GPU that fails to start is never
+/// mistaken for a pass on the emulator alone).
+pub const REQUIRE_GPU_VAR: &str = "MASKEDLM_REQUIRE_GPU";
+
+impl Device {
+    /// GPU 0 for a test or a check that also runs on a GPU when there is one: `Some` when it is
+    /// usable; `None` when it is not, after printing `skipped: no usable GPU (why)`; and, when
+    /// [`REQUIRE_GPU_VAR`] is `1`, an error saying why instead of the skip.
+    pub fn gpu_for_checks() -> Result<Option<Device>> {
+        match GpuBackend::cuda(0) {
+            Ok(_) => Ok(Some(Device::Cuda(0))),
+            Err(e) if std::env::var(REQUIRE_GPU_VAR).is_ok_and(|v| v == "1") => {
+                Err(crate::Error::Config(format!(
+                    "{REQUIRE_GPU_VAR}=1 but the GPU cannot be used: {e}"
+                )))
+            }
+            Err(e) => {
+                println!("skipped: no usable GPU ({e})");
+                Ok(None)
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for Device {
     type Err = crate::Error;
     fn from_str(s: &str) -> Result<Self> {

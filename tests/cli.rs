@@ -681,6 +681,14 @@ fn bench_measures_every_figure_and_writes_json() {
         );
         assert!(table.contains(want), "the table lists {want}:\n{table}");
     }
+    // Host traffic per training step and per inference call: counted, and nothing on the CPU.
+    for what in ["train_step", "infer_call"] {
+        for figure in ["downloads", "download_bytes", "synchronizations", "uploads"] {
+            let want = format!("host_{figure}_per_{what}");
+            let value = metrics.iter().find(|(m, _)| *m == want).map(|(_, v)| *v);
+            assert_eq!(value, Some(0.0), "{want} in {metrics:?}");
+        }
+    }
 
     std::fs::write(&lengths, "not json").unwrap();
     let mut args = common.to_vec();

@@ -756,8 +756,10 @@ fn tensor_core_twins_agree_with_a_real_gpu() {
     use undertale_maskedlm::backend::cuda::ptx::SELFTEST_PTX;
     use undertale_maskedlm::backend::cuda::runtime::GpuRuntime;
 
+    let required = std::env::var("MASKEDLM_REQUIRE_GPU").is_ok_and(|v| v == "1");
     let gpu = match CudaRuntime::shared(0) {
         Ok(gpu) => gpu,
+        Err(e) if required => panic!("MASKEDLM_REQUIRE_GPU=1 but the GPU cannot be used: {e}"),
         Err(e) => {
             println!("skipped: no usable GPU ({e})");
             return;
@@ -772,6 +774,7 @@ fn tensor_core_twins_agree_with_a_real_gpu() {
         .iter()
         .find(|(file, a, _)| *file == "tensor_cores" && *a == arch)
     else {
+        assert!(!required, "this build has no self-test PTX (nvcc was not found at build time)");
         println!("skipped: this build has no self-test PTX (nvcc was not found at build time)");
         return;
     };

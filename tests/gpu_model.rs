@@ -55,6 +55,11 @@ fn batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) 
     (tokens, mask)
 }
 
+/// GPU 0 when it is usable; a failure instead of a skip under `MASKEDLM_REQUIRE_GPU=1`.
+fn real_gpu() -> Option<Device> {
+    Device::gpu_for_checks().unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn assert_close(what: &str, got: &[f32], want: &[f32], rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}");
     let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -232,14 +237,11 @@ fn the_model_in_bf16_on_the_emulated_gpu_follows_the_cpu() {
 
 #[test]
 fn the_model_on_a_real_gpu_matches_the_cpu() {
-    match Device::Cuda(0).backend() {
-        Err(e) => println!("skipped: no usable GPU ({e})"),
-        Ok(_) => {
-            forward_and_backward_match(Device::Cuda(0), Precision::F32, 1e-4);
-            training_steps_match(Device::Cuda(0), Precision::F32, 1e-4);
-            forward_and_backward_match(Device::Cuda(0), Precision::Bf16, 5e-2);
-            training_steps_match(Device::Cuda(0), Precision::Bf16, 5e-2);
-        }
+    if let Some(gpu) = real_gpu() {
+        forward_and_backward_match(gpu, Precision::F32, 1e-4);
+        training_steps_match(gpu, Precision::F32, 1e-4);
+        forward_and_backward_match(gpu, Precision::Bf16, 5e-2);
+        training_steps_match(gpu, Precision::Bf16, 5e-2);
     }
 }
 
@@ -248,8 +250,7 @@ fn the_model_on_a_real_gpu_matches_the_cpu() {
 /// alone this would take minutes).
 #[test]
 fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
-    if let Err(e) = Device::Cuda(0).backend() {
-        println!("skipped: no usable GPU ({e})");
+    if real_gpu().is_none() {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(8);

@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Example;
+use crate::backend::HostTraffic;
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
@@ -321,7 +322,34 @@ impl Bench<'_> {
             memory.note = Some(note.into());
             records.push(memory);
         }
+        // Host traffic of one steady-state step as training runs them: queued while the step
+        // before it is in flight, then that step's loss read.
+        let in_flight = self.trainer.queue_step(&rows)?;
+        let before = backend.host_traffic();
+        let queued = self.trainer.queue_step(&rows)?;
+        self.trainer.finish_step(in_flight)?;
+        let step = backend.host_traffic().since(&before);
+        self.trainer.finish_step(queued)?;
+        records.extend(self.traffic_records("train_step", &step, batch));
         Ok(records)
+    }
+
+    /// The host traffic of one call of `what`, as records.
+    fn traffic_records(&self, what: &str, traffic: &HostTraffic, batch: usize) -> Vec<BenchRecord> {
+        let note = "host <-> device traffic counted by the backend (zero on the CPU)";
+        [
+            ("downloads", traffic.downloads as f64, "count"),
+            ("download_bytes", traffic.download_bytes as f64, "bytes"),
+            ("synchronizations", traffic.synchronizations as f64, "count"),
+            ("uploads", traffic.uploads as f64, "count"),
+        ]
+        .into_iter()
+        .map(|(metric, value, unit)| {
+            let mut record = self.record(&format!("host_{metric}_per_{what}"), value, unit, batch);
+            record.note = Some(note.into());
+            record
+        })
+        .collect()
     }
 
     /// `batch` sequences of random tokens with 15% of the positions `[MASK]`.
@@ -351,7 +379,11 @@ impl Bench<'_> {
         let time = self.median_time(&format!("inference, batch {n}"), |b| {
             b.trainer.model().infer_batch(&many, None).map(|_| ())
         })?;
-        Ok(vec![
+        let backend = self.trainer.model().backend();
+        let before = backend.host_traffic();
+        self.trainer.model().infer_batch(&one, None)?;
+        let call = backend.host_traffic().since(&before);
+        let mut records = vec![
             self.record("infer_latency_b1_ms", latency.as_secs_f64() * 1e3, "ms", 1),
             self.record(
                 &format!("infer_tokens_per_s_b{n}"),
@@ -359,7 +391,9 @@ impl Bench<'_> {
                 "tokens/s",
                 n,
             ),
-        ])
+        ];
+        records.extend(self.traffic_records("infer_call", &call, 1));
+        Ok(records)
     }
 
     fn real_lengths(&mut self, source: &str, lengths: &[usize]) -> Result<Vec<BenchRecord>> {

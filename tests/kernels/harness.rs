@@ -18,6 +18,11 @@ pub fn cpu() -> CpuBackend {
     CpuBackend::new()
 }
 
+/// GPU 0 when it is usable; a failure instead of a skip under `MASKEDLM_REQUIRE_GPU=1`.
+pub fn real_gpu() -> Option<Device> {
+    Device::gpu_for_checks().unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The GPU backends to check: the emulated GPU in every test order, and a real GPU when there is
 /// one (run with `MASKEDLM_POISON=1` so its fresh outputs are poisoned like the emulator's).
 pub fn gpus() -> Vec<(String, Arc<dyn Backend>)> {
@@ -28,8 +33,8 @@ pub fn gpus() -> Vec<(String, Arc<dyn Backend>)> {
             (format!("emulated, {order:?} order"), backend)
         })
         .collect();
-    if let Ok(gpu) = Device::Cuda(0).backend() {
-        backends.push(("cuda:0".to_string(), gpu));
+    if let Some(gpu) = real_gpu() {
+        backends.push(("cuda:0".to_string(), gpu.backend().expect("cuda:0 backend")));
     }
     backends
 }
@@ -44,7 +49,8 @@ pub fn gpus_bf16() -> Vec<(String, GpuBackend)> {
             (format!("emulated bf16, {order:?} order"), backend)
         })
         .collect();
-    if let Ok(gpu) = GpuBackend::cuda(0) {
+    if real_gpu().is_some() {
+        let gpu = GpuBackend::cuda(0).expect("cuda:0 backend");
         backends.push((
             "cuda:0 bf16".to_string(),
             gpu.with_precision(Precision::Bf16),
