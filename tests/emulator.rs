@@ -774,7 +774,10 @@ fn tensor_core_twins_agree_with_a_real_gpu() {
         .iter()
         .find(|(file, a, _)| *file == "tensor_cores" && *a == arch)
     else {
-        assert!(!required, "this build has no self-test PTX (nvcc was not found at build time)");
+        assert!(
+            !required,
+            "this build has no self-test PTX (nvcc was not found at build time)"
+        );
         println!("skipped: this build has no self-test PTX (nvcc was not found at build time)");
         return;
     };

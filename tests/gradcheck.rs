@@ -31,7 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 use undertale_maskedlm::Tensor;
 use undertale_maskedlm::backend::cpu::{CpuBackend, IGNORE_INDEX};
-use undertale_maskedlm::backend::{Backend, DropoutKey, Param};
+use undertale_maskedlm::backend::{DropoutKey, Param};
 use undertale_maskedlm::philox::dropout_uniform;
 use undertale_maskedlm::tape::Tape;
 
@@ -810,7 +810,8 @@ fn cross_entropy_gradient() {
     let loss = |v: &[f32]| {
         b.cross_entropy(&f32t(&[rows, vocab], v.to_vec()), &labels, false)
             .unwrap()
-            .loss_value().unwrap() as f64
+            .loss_value()
+            .unwrap() as f64
     };
 
     let out = b

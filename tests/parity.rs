@@ -115,8 +115,14 @@ fn two_adamw_steps_match_the_reference() {
             m.loss_and_backward(&tokens, &mask, &labels, &mut grads, None)
                 .unwrap(),
         );
-        opt.step(backend.as_ref(), m.parameters_mut(), &grads, fx.config.lr, None)
-            .unwrap();
+        opt.step(
+            backend.as_ref(),
+            m.parameters_mut(),
+            &grads,
+            fx.config.lr,
+            None,
+        )
+        .unwrap();
     }
     assert_close(
         "loss at step 2",

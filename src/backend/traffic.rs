@@ -24,7 +24,9 @@ impl HostTraffic {
             upload_bytes: self.upload_bytes.saturating_sub(earlier.upload_bytes),
             downloads: self.downloads.saturating_sub(earlier.downloads),
             download_bytes: self.download_bytes.saturating_sub(earlier.download_bytes),
-            synchronizations: self.synchronizations.saturating_sub(earlier.synchronizations),
+            synchronizations: self
+                .synchronizations
+                .saturating_sub(earlier.synchronizations),
         }
     }
 }
@@ -47,7 +49,8 @@ impl TrafficMeter {
 
     pub fn download(&self, bytes: usize) {
         self.downloads.fetch_add(1, Ordering::Relaxed);
-        self.download_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.download_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
     pub fn synchronization(&self) {

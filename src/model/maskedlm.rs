@@ -10,9 +10,9 @@ use super::inputs::{CheckedInputs, check_inputs, labelled_positions};
 use super::params::ParamLayout;
 use super::{Config, DropoutSchedule, MaskedLMHead};
 use crate::backend::Backend;
-use crate::ops::Weights;
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
+use crate::ops::Weights;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 

@@ -19,7 +19,9 @@ impl dyn Backend + '_ {
             return Ok(t.clone());
         }
         if dtype == DType::I32 {
-            return Err(Error::Config(format!("no conversion from {from:?} to {dtype:?}")));
+            return Err(Error::Config(format!(
+                "no conversion from {from:?} to {dtype:?}"
+            )));
         }
         let mut out = self.alloc(t.shape(), dtype)?;
         expect(self, &out, dtype, "cast output")?;

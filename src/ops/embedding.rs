@@ -1,7 +1,9 @@
 //! Token + instruction + argument embedding, with the instruction and argument index of every
 //! token derived from `[NEXT]` (see `backend::cpu::embedding`).
 
-use super::checks::{check_disjoint_slots, check_param, check_token_ids, embedding_dims, rows_cols};
+use super::checks::{
+    check_disjoint_slots, check_param, check_token_ids, embedding_dims, rows_cols,
+};
 use super::{activation, expect_buffer, host_ints};
 use crate::backend::{Backend, Param};
 use crate::error::{Error, Result};
@@ -76,7 +78,12 @@ impl dyn Backend + '_ {
         let vocab = token.len / hidden.max(1);
         let positions = instruction.len / hidden.max(1);
         check_token_ids(&ids, seq, vocab)?;
-        check_param(token, vocab * hidden, params.numel(), "embedding token table")?;
+        check_param(
+            token,
+            vocab * hidden,
+            params.numel(),
+            "embedding token table",
+        )?;
         check_param(
             instruction,
             positions * hidden,

@@ -89,9 +89,7 @@ impl dyn Backend + '_ {
         expect_buffer(self, params, "parameters")?;
         check_param(weight, c, params.numel(), "layernorm weight")?;
         check_param(bias, c, params.numel(), "layernorm bias")?;
-        let mut sum = residual
-            .map(|_| self.alloc(x.shape(), dtype))
-            .transpose()?;
+        let mut sum = residual.map(|_| self.alloc(x.shape(), dtype)).transpose()?;
         let mut out = LayerNormOut {
             y: self.alloc(x.shape(), dtype)?,
             mean: self.alloc(&[rows], DType::F32)?,

@@ -140,4 +140,3 @@ pub(crate) fn check_weights(backend: &dyn Backend, w: Weights<'_>, dtype: DType)
     }
     expect(backend, w.gemm, dtype, "GEMM weights")
 }
-

@@ -28,8 +28,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::Example;
 use crate::backend::HostTraffic;
+use crate::data::Example;
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};

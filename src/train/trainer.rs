@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::{AdamW, AdamWConfig, EarlyStopping, LrSchedule};
+use crate::backend::PendingScalar;
 use crate::checkpoint::{
     load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files,
 };
@@ -17,7 +18,6 @@ use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{DropoutSchedule, InstructionTraceTransformerEncoderForMaskedLM as Model};
 use crate::ops::adamw::LossGuard;
-use crate::backend::PendingScalar;
 use crate::tensor::Tensor;
 
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";

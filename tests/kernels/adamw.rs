@@ -98,13 +98,13 @@ mod bf16_shadow {
 
     use super::REL;
     use crate::harness::{assert_close, cpu, gpus_bf16, random, rng, round_bf16, upload_bf16};
+    use undertale_maskedlm::backend::AdamWStep;
     use undertale_maskedlm::backend::cuda::GpuBackend;
     use undertale_maskedlm::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
     use undertale_maskedlm::backend::cuda::runtime::{
         Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload,
     };
     use undertale_maskedlm::backend::traffic::TrafficMeter;
-    use undertale_maskedlm::backend::AdamWStep;
     use undertale_maskedlm::device::Precision;
     use undertale_maskedlm::{Device, Result};
 
@@ -219,7 +219,13 @@ mod bf16_shadow {
                     .unwrap();
                 assert_eq!(recording.take(), ["adamw_f32"], "{name}: step {t} launches");
                 let now = gp.to_vec_f32().unwrap();
-                assert_close(&format!("{name}: step {t}"), &now, &want[t as usize], REL, 0.0);
+                assert_close(
+                    &format!("{name}: step {t}"),
+                    &now,
+                    &want[t as usize],
+                    REL,
+                    0.0,
+                );
                 assert_eq!(
                     copy.to_vec_f32().unwrap(),
                     round_bf16(&now),
@@ -267,7 +273,11 @@ fn adamw_guard_skips_updates_after_a_non_finite_loss() {
             b.adamw_step_guarded(&mut p, None, &g, &mut m, &mut v, step, Some(guard))
                 .unwrap();
             assert_eq!(p.to_vec_f32().unwrap(), params, "{name}: update skipped");
-            assert_eq!(m.to_vec_f32().unwrap(), vec![0.0; n], "{name}: moments kept");
+            assert_eq!(
+                m.to_vec_f32().unwrap(),
+                vec![0.0; n],
+                "{name}: moments kept"
+            );
             assert_eq!(halted.to_vec_i32().unwrap(), [1], "{name}: flag raised");
         }
         b.fill_zero(&mut halted).unwrap();

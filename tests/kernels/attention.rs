@@ -6,9 +6,7 @@
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::backend::Backend;
-use undertale_maskedlm::backend::cuda::ops::attention::{
-    BackwardKernel, ForwardKernel,
-};
+use undertale_maskedlm::backend::cuda::ops::attention::{BackwardKernel, ForwardKernel};
 use undertale_maskedlm::{DType, Error, Tensor};
 
 /// One attention call: sizes and, per sequence, which keys are real.

@@ -64,7 +64,10 @@ fn check_matches_cpu(rows: usize, vocab: usize, logits: &[f32], labels: &[i32]) 
         // Without the gradient: the same loss, bit for bit, and no tensor.
         let loss_only = gpu.cross_entropy(&x, &l, false).unwrap();
         assert!(loss_only.dlogits.is_none());
-        assert_eq!(loss_only.loss_value().unwrap().to_bits(), got.loss_value().unwrap().to_bits());
+        assert_eq!(
+            loss_only.loss_value().unwrap().to_bits(),
+            got.loss_value().unwrap().to_bits()
+        );
         assert_eq!(loss_only.count, want.count);
     }
 }
@@ -175,7 +178,10 @@ fn check_bf16_matches_cpu(rows: usize, vocab: usize, logits: &[f32], labels: &[i
         }
         let loss_only = gpu.cross_entropy(&x, &l, false).unwrap();
         assert!(loss_only.dlogits.is_none());
-        assert_eq!(loss_only.loss_value().unwrap().to_bits(), got.loss_value().unwrap().to_bits());
+        assert_eq!(
+            loss_only.loss_value().unwrap().to_bits(),
+            got.loss_value().unwrap().to_bits()
+        );
     }
 }
 
@@ -218,7 +224,11 @@ fn the_gradient_written_over_the_logits_matches_the_out_of_place_call() {
         let kept = logits.clone();
         let before = kept.to_vec_f32().unwrap();
         let got = gpu.cross_entropy_in_place(logits, &labels).unwrap();
-        assert_eq!(got.loss_value().unwrap().to_bits(), want.loss_value().unwrap().to_bits(), "loss on {name}");
+        assert_eq!(
+            got.loss_value().unwrap().to_bits(),
+            want.loss_value().unwrap().to_bits(),
+            "loss on {name}"
+        );
         assert_eq!(got.count, want.count);
         let (got, want) = (got.dlogits.unwrap(), want.dlogits.unwrap());
         assert_eq!(got.dtype(), want.dtype());

@@ -65,7 +65,10 @@ impl AdamWKernels for CpuBackend {
             ));
         }
         if let Some(guard) = guard {
-            let loss = guard.loss.map(|l| f32s(l, "adamw guard loss")).transpose()?;
+            let loss = guard
+                .loss
+                .map(|l| f32s(l, "adamw guard loss"))
+                .transpose()?;
             let finite = loss.is_none_or(|l| l[0].is_finite());
             let halted = &mut i32s_mut(guard.halted, "adamw guard flag")?[0];
             if *halted != 0 || !finite {

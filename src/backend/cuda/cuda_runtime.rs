@@ -383,7 +383,11 @@ impl GpuRuntime for CudaRuntime {
         &self.traffic
     }
 
-    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<super::runtime::PendingDownload> {
+    fn download_async(
+        &self,
+        src: DevicePtr,
+        bytes: usize,
+    ) -> Result<super::runtime::PendingDownload> {
         let mut out = vec![0u8; bytes];
         self.download(src, &mut out)?;
         Ok(super::runtime::PendingDownload::ready(out))

@@ -65,7 +65,11 @@ impl GpuBackend {
     /// The same device with bf16 attention on these kernels (tensor cores by default; the CUDA-core
     /// kernels are the reference the tests hold the tensor-core ones to). f32 attention always runs
     /// on CUDA cores.
-    pub fn with_attention_kernels(mut self, forward: ForwardKernel, backward: BackwardKernel) -> Self {
+    pub fn with_attention_kernels(
+        mut self,
+        forward: ForwardKernel,
+        backward: BackwardKernel,
+    ) -> Self {
         self.attention = (forward, backward);
         self
     }

@@ -30,6 +30,7 @@ enum Gradient {
     OverLogits,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     backend: &GpuBackend,
     logits: DevicePtr,

@@ -10,10 +10,10 @@
 //! an f32 or bf16 `dout` and adds it into the f32 gradient buffer.
 
 use super::{int, kernel_name, slot};
+use crate::backend::Backend;
 use crate::backend::Param;
 use crate::backend::cuda::GpuBackend;
 use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
-use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::ops::embedding::{EmbeddingDims, EmbeddingKernels};
 use crate::tensor::{DType, Tensor};

@@ -273,8 +273,11 @@ impl LinearKernels for GpuBackend {
         // dW[out, in] += dz^T x: dz is stored [rows, out] = [k, m], read transposed; beta = 1 adds
         // into the f32 gradient slice in place (from bf16 operands too: products accumulate in f32).
         self.runtime().gemm(
-            &GemmSpec::dense(out, inp, rows, dz_ptr, true, x_ptr, false, dw, 1.0, 1.0)
-                .with_types(dtype, dtype, DType::F32),
+            &GemmSpec::dense(out, inp, rows, dz_ptr, true, x_ptr, false, dw, 1.0, 1.0).with_types(
+                dtype,
+                dtype,
+                DType::F32,
+            ),
         )?;
         // dz and the partials live until here: the work above is queued on the stream before they
         // are freed, and a freed buffer is reused only by work queued after it.
