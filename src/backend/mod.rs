@@ -14,6 +14,9 @@
 mod checks;
 pub mod cpu;
 pub mod cuda;
+pub mod traffic;
+
+pub use traffic::HostTraffic;
 
 use crate::device::Device;
 use crate::error::Result;

@@ -102,8 +102,9 @@ mod bf16_shadow {
     use undertale_maskedlm::backend::cuda::GpuBackend;
     use undertale_maskedlm::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
     use undertale_maskedlm::backend::cuda::runtime::{
-        Allocation, GemmSpec, GpuRuntime, MemoryMeter,
+        Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload,
     };
+    use undertale_maskedlm::backend::traffic::TrafficMeter;
     use undertale_maskedlm::backend::{AdamWStep, Backend, Param};
     use undertale_maskedlm::device::Precision;
     use undertale_maskedlm::{Device, Result, Tensor};
@@ -135,6 +136,9 @@ mod bf16_shadow {
         fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
             self.inner.download(src, dst)
         }
+        fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload> {
+            self.inner.download_async(src, bytes)
+        }
         fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
             self.inner.copy(dst, src, bytes)
         }
@@ -153,6 +157,9 @@ mod bf16_shadow {
         }
         fn memory(&self) -> &MemoryMeter {
             self.inner.memory()
+        }
+        fn traffic(&self) -> &TrafficMeter {
+            self.inner.traffic()
         }
     }
 
