@@ -11,14 +11,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, result as driver, sys as driver_sys,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaStream, result as driver,
+    sys as driver_sys,
 };
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
-use super::runtime::{Allocation, GemmSpec, GpuRuntime, MemoryMeter};
+use super::runtime::{
+    Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload, QueuedDownload,
+};
 use super::storage;
+use crate::backend::traffic::TrafficMeter;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -45,7 +49,10 @@ pub struct CudaRuntime {
     workspace: Allocation,
     /// Bytes held by this runtime's allocations.
     meter: Arc<MemoryMeter>,
-    traffic: crate::backend::traffic::TrafficMeter,
+    /// Copies and synchronisations between host and device.
+    traffic: TrafficMeter,
+    /// Page-locked buffers that asynchronous downloads have finished with, kept for the next ones.
+    staging: Arc<Mutex<Vec<Staging>>>,
     /// Fill new allocations with NaN bytes (`MASKEDLM_POISON=1`), as the emulator always does.
     poison: bool,
     /// Synchronise after every launch (`MASKEDLM_SYNC_LAUNCHES=1`), so that a fault names its kernel.
@@ -82,6 +89,107 @@ impl Drop for DeviceMemory {
 // SAFETY: a device address and a stream handle; the driver allows freeing from any thread.
 unsafe impl Send for DeviceMemory {}
 unsafe impl Sync for DeviceMemory {}
+
+/// A page-locked host buffer and the event that marks the end of the copy into it. An
+/// asynchronous device-to-host copy must land in page-locked memory: into pageable memory the
+/// driver copies through its own staging buffer and returns only when done, so the copy would not
+/// be asynchronous at all.
+struct Staging {
+    host: *mut u8,
+    capacity: usize,
+    event: CudaEvent,
+}
+
+// SAFETY: the buffer is owned by this value alone; the driver allows freeing it from any thread.
+unsafe impl Send for Staging {}
+
+impl Staging {
+    fn new(context: &Arc<CudaContext>, capacity: usize) -> std::result::Result<Self, String> {
+        // Plain page-locked memory: the write-combined kind (cudarc's `alloc_pinned` default) is
+        // fast for the device to read but very slow for the host to read, and the host reads this.
+        // SAFETY: an allocation of `capacity` (non-zero) bytes; freed in `drop`.
+        let host = unsafe { driver::malloc_host(capacity, 0) }
+            .map_err(|e| format!("allocating {capacity} bytes of page-locked memory: {e}"))?
+            as *mut u8;
+        let event = match context.new_event(None) {
+            Ok(event) => event,
+            Err(e) => {
+                // SAFETY: allocated just above and not shared.
+                let _ = unsafe { driver::free_host(host as *mut c_void) };
+                return Err(format!("creating an event: {e}"));
+            }
+        };
+        Ok(Staging {
+            host,
+            capacity,
+            event,
+        })
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // The copy into the buffer may still be in flight (a download dropped unread): let it land
+        // before the memory goes back.
+        let _ = self.event.synchronize();
+        // SAFETY: allocated by `malloc_host` in `new`; nothing reads it after this.
+        let _ = unsafe { driver::free_host(self.host as *mut c_void) };
+    }
+}
+
+/// The pool keeps a few buffers only: downloads are small (a loss, a count) and rarely in flight
+/// more than a couple at a time.
+const STAGING_POOL: usize = 4;
+
+/// An asynchronous download in flight: the copy into `staging` and the event recorded after it.
+struct CudaDownload {
+    ordinal: usize,
+    bytes: usize,
+    staging: Option<Staging>,
+    pool: Arc<Mutex<Vec<Staging>>>,
+}
+
+impl CudaDownload {
+    fn staging(&self) -> &Staging {
+        self.staging
+            .as_ref()
+            .expect("a download holds its buffer until it is dropped")
+    }
+}
+
+impl QueuedDownload for CudaDownload {
+    fn wait(self: Box<Self>) -> Result<Vec<u8>> {
+        let staging = self.staging();
+        staging.event.synchronize().map_err(|e| {
+            config_error(
+                self.ordinal,
+                format!("an operation queued before this copy failed: {e}"),
+            )
+        })?;
+        // SAFETY: the copy of `bytes` into the buffer has landed (the event follows it) and
+        // nothing else writes the buffer while this download owns it.
+        Ok(unsafe { std::slice::from_raw_parts(staging.host, self.bytes) }.to_vec())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.staging().event.try_is_complete().unwrap_or(true)
+    }
+}
+
+impl Drop for CudaDownload {
+    fn drop(&mut self) {
+        let Some(staging) = self.staging.take() else {
+            return;
+        };
+        // Only a buffer whose copy has landed may be reused; otherwise dropping it waits for it.
+        if staging.event.try_is_complete() == Ok(true) {
+            let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            if pool.len() < STAGING_POOL {
+                pool.push(staging);
+            }
+        }
+    }
+}
 
 impl CudaRuntime {
     /// The runtime of GPU `ordinal`, shared by every backend of that device in this process.
@@ -161,7 +269,8 @@ impl CudaRuntime {
             blas,
             workspace,
             meter,
-            traffic: Default::default(),
+            traffic: TrafficMeter::default(),
+            staging: Arc::default(),
             poison: flag("MASKEDLM_POISON"),
             sync_launches: flag("MASKEDLM_SYNC_LAUNCHES"),
         })
@@ -354,7 +463,9 @@ impl GpuRuntime for CudaRuntime {
         // SAFETY: `dst` is an allocation of at least `src.len()` bytes; a copy from pageable host
         // memory returns only once the source has been read.
         unsafe { driver::memcpy_htod_async(dst.0, src, self.stream.cu_stream()) }
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        self.traffic.upload(src.len());
+        Ok(())
     }
 
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
@@ -363,13 +474,57 @@ impl GpuRuntime for CudaRuntime {
         // the copy has landed.
         unsafe { driver::memcpy_dtoh_async(dst, src.0, self.stream.cu_stream()) }
             .map_err(|e| self.error(e))?;
+        self.traffic.download(dst.len());
+        self.traffic.synchronization();
         self.stream
             .synchronize()
             .map_err(|e| self.error(format!("a kernel before this copy failed: {e}")))
     }
 
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload> {
+        self.bind()?;
+        self.traffic.download(bytes);
+        if bytes == 0 {
+            return Ok(PendingDownload::done(Vec::new()));
+        }
+        let reused = {
+            let mut pool = self.staging.lock().unwrap_or_else(|e| e.into_inner());
+            pool.iter()
+                .position(|staging| staging.capacity >= bytes)
+                .map(|i| pool.swap_remove(i))
+        };
+        let staging = match reused {
+            Some(staging) => staging,
+            // Rounded up so that a buffer serves downloads of nearby sizes too.
+            None => Staging::new(&self.context, bytes.next_power_of_two().max(256))
+                .map_err(|e| self.error(e))?,
+        };
+        // From here the download owns the buffer: on any error below, dropping it waits for
+        // whatever was queued into the buffer before freeing or pooling it.
+        let download = CudaDownload {
+            ordinal: self.ordinal,
+            bytes,
+            staging: Some(staging),
+            pool: self.staging.clone(),
+        };
+        let staging = download.staging();
+        // SAFETY: the buffer holds at least `bytes` bytes and stays allocated until the event
+        // recorded after the copy has completed (see `Staging::drop`); `src` holds `bytes` bytes.
+        unsafe {
+            let host = std::slice::from_raw_parts_mut(staging.host, bytes);
+            driver::memcpy_dtoh_async(host, src.0, self.stream.cu_stream())
+        }
+        .map_err(|e| self.error(e))?;
+        staging
+            .event
+            .record(&self.stream)
+            .map_err(|e| self.error(e))?;
+        Ok(PendingDownload::queued(Box::new(download)))
+    }
+
     fn synchronize(&self) -> Result<()> {
         self.bind()?;
+        self.traffic.synchronization();
         self.stream
             .synchronize()
             .map_err(|e| self.error(format!("a queued kernel failed: {e}")))
@@ -379,18 +534,8 @@ impl GpuRuntime for CudaRuntime {
         &self.meter
     }
 
-    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter {
+    fn traffic(&self) -> &TrafficMeter {
         &self.traffic
-    }
-
-    fn download_async(
-        &self,
-        src: DevicePtr,
-        bytes: usize,
-    ) -> Result<super::runtime::PendingDownload> {
-        let mut out = vec![0u8; bytes];
-        self.download(src, &mut out)?;
-        Ok(super::runtime::PendingDownload::ready(out))
     }
 
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {

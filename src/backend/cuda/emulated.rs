@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use super::emulator::{EmulatedDevice, ScheduleOrder};
 use super::launch::{DevicePtr, KernelArgs, KernelLauncher, LaunchConfig};
-use super::runtime::{Allocation, GemmSpec, GpuRuntime, MemoryMeter};
+use super::runtime::{Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload};
 use super::storage::dtype_bytes;
 use crate::backend::cpu::gemm::{MatLayout, matmul};
+use crate::backend::traffic::TrafficMeter;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::tensor::DType;
@@ -40,7 +41,7 @@ impl Drop for HostMemory {
 pub struct EmulatedRuntime {
     device: EmulatedDevice,
     meter: Arc<MemoryMeter>,
-    traffic: Arc<crate::backend::traffic::TrafficMeter>,
+    traffic: Arc<TrafficMeter>,
 }
 
 impl EmulatedRuntime {
@@ -129,13 +130,26 @@ impl GpuRuntime for EmulatedRuntime {
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()> {
         // SAFETY: `dst` is an allocation of at least `src.len()` bytes (the storage layer sizes it).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst.0 as *mut u8, src.len()) };
+        self.traffic.upload(src.len());
         Ok(())
     }
 
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()> {
         // SAFETY: as for upload.
         unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, dst.as_mut_ptr(), dst.len()) };
+        // Counted as on a GPU, where a blocking download synchronises the stream.
+        self.traffic.download(dst.len());
+        self.traffic.synchronization();
         Ok(())
+    }
+
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload> {
+        // Every emulated operation has finished when it returns, so the copy can be made now.
+        let mut host = vec![0u8; bytes];
+        // SAFETY: `src` is an allocation of at least `bytes` bytes.
+        unsafe { std::ptr::copy_nonoverlapping(src.0 as *const u8, host.as_mut_ptr(), bytes) };
+        self.traffic.download(bytes);
+        Ok(PendingDownload::done(host))
     }
 
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()> {
@@ -155,7 +169,8 @@ impl GpuRuntime for EmulatedRuntime {
     }
 
     fn synchronize(&self) -> Result<()> {
-        // Every emulated launch has finished when it returns.
+        // Every emulated launch has finished when it returns; counted as a GPU would count it.
+        self.traffic.synchronization();
         Ok(())
     }
 
@@ -163,18 +178,8 @@ impl GpuRuntime for EmulatedRuntime {
         &self.meter
     }
 
-    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter {
+    fn traffic(&self) -> &TrafficMeter {
         &self.traffic
-    }
-
-    fn download_async(
-        &self,
-        src: DevicePtr,
-        bytes: usize,
-    ) -> Result<super::runtime::PendingDownload> {
-        let mut out = vec![0u8; bytes];
-        self.download(src, &mut out)?;
-        Ok(super::runtime::PendingDownload::ready(out))
     }
 
     fn gemm(&self, spec: &GemmSpec) -> Result<()> {
@@ -242,5 +247,42 @@ impl GpuRuntime for EmulatedRuntime {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::HostTraffic;
+
+    #[test]
+    fn traffic_counts_copies_and_synchronisations() {
+        let runtime = EmulatedRuntime::new(ScheduleOrder::Forward);
+        let before = runtime.traffic().snapshot();
+        let memory = runtime.alloc(16).unwrap();
+        let data: Vec<u8> = (1..=16).collect();
+        runtime.upload(memory.ptr(), &data).unwrap();
+        // Device-side work counts nothing.
+        runtime.memset_zero(memory.ptr(), 4).unwrap();
+        let mut back = vec![0u8; 8];
+        runtime.download(memory.ptr(), &mut back).unwrap();
+        assert_eq!(back, [0, 0, 0, 0, 5, 6, 7, 8]);
+        let pending = runtime.download_async(memory.ptr(), 12).unwrap();
+        assert!(pending.is_ready());
+        assert_eq!(
+            pending.wait().unwrap(),
+            [0, 0, 0, 0, 5, 6, 7, 8, 9, 10, 11, 12]
+        );
+        runtime.synchronize().unwrap();
+        assert_eq!(
+            runtime.traffic().snapshot().since(&before),
+            HostTraffic {
+                uploads: 1,
+                upload_bytes: 16,
+                downloads: 2,
+                download_bytes: 20,
+                synchronizations: 2,
+            }
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
+use crate::backend::traffic::TrafficMeter;
 use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::DType;
@@ -86,7 +87,7 @@ impl GemmSpec {
 }
 
 /// A device's memory, launches and GEMMs. Every call is ordered after the previous ones (one
-/// stream); `download` waits for all of them.
+/// stream); `download` waits for all of them, `download_async` only queues its copy.
 pub trait GpuRuntime: Send + Sync + Debug {
     /// The device this runtime drives.
     fn device(&self) -> Device;
@@ -98,8 +99,14 @@ pub trait GpuRuntime: Send + Sync + Debug {
     /// Host to device.
     fn upload(&self, dst: DevicePtr, src: &[u8]) -> Result<()>;
 
-    /// Device to host, after every earlier operation has finished.
+    /// Device to host, after every earlier operation has finished. This synchronises the stream.
     fn download(&self, src: DevicePtr, dst: &mut [u8]) -> Result<()>;
+
+    /// Queues a device-to-host copy of `bytes` at `src` behind every earlier operation and returns
+    /// without waiting; [`PendingDownload::wait`] later hands back the bytes. Work queued after
+    /// this call keeps the device busy while the host has not yet waited, so a value needed only
+    /// later (the loss of a step) costs no stall of the stream.
+    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload>;
 
     /// Device to device.
     fn copy(&self, dst: DevicePtr, src: DevicePtr, bytes: usize) -> Result<()>;
@@ -119,26 +126,75 @@ pub trait GpuRuntime: Send + Sync + Debug {
     /// The bytes this runtime's allocations hold.
     fn memory(&self) -> &MemoryMeter;
 
-    /// The host traffic this runtime has made.
-    fn traffic(&self) -> &crate::backend::traffic::TrafficMeter;
-
-    /// Queues a device-to-host copy of `bytes` bytes at `src` without waiting for it.
-    fn download_async(&self, src: DevicePtr, bytes: usize) -> Result<PendingDownload>;
+    /// Copies and synchronisations between host and device so far. An upload counts one upload;
+    /// a download one download and one synchronisation; an asynchronous download one download
+    /// only; a synchronize one synchronisation. Device-side copies, memsets, launches and GEMMs
+    /// count nothing.
+    fn traffic(&self) -> &TrafficMeter;
 }
 
-/// A device-to-host copy in flight.
+/// A device-to-host copy that has been queued and may not have landed yet
+/// ([`GpuRuntime::download_async`]).
 pub struct PendingDownload {
-    bytes: Vec<u8>,
+    state: PendingState,
+}
+
+enum PendingState {
+    /// The bytes are already on the host (the emulator copies at once).
+    Done(Vec<u8>),
+    /// A copy in flight on a device's stream.
+    Queued(Box<dyn QueuedDownload>),
+}
+
+/// A runtime's copy in flight: how to wait for it and whether it has landed.
+pub(crate) trait QueuedDownload: Send {
+    /// Blocks until this copy (and so everything queued before it) has finished; the bytes.
+    fn wait(self: Box<Self>) -> Result<Vec<u8>>;
+
+    /// Whether the copy has finished, without blocking. An error in the stream reads as ready, so
+    /// that the caller's `wait` reports it.
+    fn is_ready(&self) -> bool;
 }
 
 impl PendingDownload {
-    pub(crate) fn ready(bytes: Vec<u8>) -> Self {
-        PendingDownload { bytes }
+    /// A download whose bytes are already here.
+    pub(crate) fn done(bytes: Vec<u8>) -> Self {
+        PendingDownload {
+            state: PendingState::Done(bytes),
+        }
     }
 
-    /// The copied bytes, once the copy has landed.
+    /// A download still in flight.
+    pub(crate) fn queued(copy: Box<dyn QueuedDownload>) -> Self {
+        PendingDownload {
+            state: PendingState::Queued(copy),
+        }
+    }
+
+    /// Blocks until this copy, and only what was queued before it, has finished; then the bytes.
+    /// An error of any operation queued before the copy (a faulting kernel) is returned here.
     pub fn wait(self) -> Result<Vec<u8>> {
-        Ok(self.bytes)
+        match self.state {
+            PendingState::Done(bytes) => Ok(bytes),
+            PendingState::Queued(copy) => copy.wait(),
+        }
+    }
+
+    /// Whether [`wait`](Self::wait) would return without blocking.
+    pub fn is_ready(&self) -> bool {
+        match &self.state {
+            PendingState::Done(_) => true,
+            PendingState::Queued(copy) => copy.is_ready(),
+        }
+    }
+}
+
+impl Debug for PendingDownload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.state {
+            PendingState::Done(bytes) => write!(f, "PendingDownload(done, {} bytes)", bytes.len()),
+            PendingState::Queued(_) => write!(f, "PendingDownload(queued)"),
+        }
     }
 }
 
