@@ -46,6 +46,9 @@ pub struct CudaRuntime {
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
     blas: lt_sys::cublasLtHandle_t,
+    /// cuBLASLt plans by everything that determines them, so a GEMM of a shape seen before only
+    /// enqueues its matmul.
+    plans: Mutex<HashMap<PlanKey, Arc<GemmPlan>>>,
     workspace: Allocation,
     /// Bytes held by this runtime's allocations.
     meter: Arc<MemoryMeter>,
@@ -191,6 +194,34 @@ impl Drop for CudaDownload {
     }
 }
 
+/// Keeps memory freed by `cuMemFreeAsync` in the device's default pool instead of handing it back
+/// to the driver. The pool's release threshold is 0 by default, so at every synchronisation (each
+/// blocking download, e.g. a step's loss) the pool trims itself to nothing, and the next step's
+/// allocations map fresh memory again: slow, and it serialises with the GPU. With no threshold the
+/// freed blocks are reused, as a caching allocator would (PyTorch's keeps freed blocks the same
+/// way). The cost is that memory once used stays held by this process until it exits (or
+/// `cuMemPoolTrimTo`); [`MemoryMeter`] still counts only live allocations.
+///
+/// A failure is ignored: the setting changes only speed, never results, and a driver or device
+/// that refuses it still allocates correctly, so it is no reason to refuse the device.
+fn keep_freed_memory_pooled(context: &CudaContext) {
+    let mut pool: driver_sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold = u64::MAX;
+    // SAFETY: `pool` receives the device's default pool; the attribute's value is a cuuint64_t.
+    unsafe {
+        if driver_sys::cuDeviceGetDefaultMemPool(&mut pool, context.cu_device())
+            != driver_sys::CUresult::CUDA_SUCCESS
+        {
+            return;
+        }
+        let _ = driver_sys::cuMemPoolSetAttribute(
+            pool,
+            driver_sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            (&mut threshold) as *mut u64 as *mut c_void,
+        );
+    }
+}
+
 impl CudaRuntime {
     /// The runtime of GPU `ordinal`, shared by every backend of that device in this process.
     pub fn shared(ordinal: usize) -> Result<Arc<CudaRuntime>> {
@@ -241,6 +272,7 @@ impl CudaRuntime {
             ));
         }
         let arch = if major >= 9 { "sm_90" } else { "sm_80" };
+        keep_freed_memory_pooled(&context);
         let stream = context.default_stream();
         let blas =
             lt::create_handle().map_err(|e| config_error(ordinal, format!("cuBLASLt: {e}")))?;
@@ -267,6 +299,7 @@ impl CudaRuntime {
             modules: Mutex::default(),
             functions: Mutex::default(),
             blas,
+            plans: Mutex::default(),
             workspace,
             meter,
             traffic: TrafficMeter::default(),
@@ -560,158 +593,417 @@ impl GpuRuntime for CudaRuntime {
 
     fn gemm(&self, spec: &GemmSpec) -> Result<()> {
         self.bind()?;
-        // cuBLASLt is column-major. A row-major matrix with leading dimension ld is the column-major
-        // view of its transpose, so the row-major C = op(A) op(B) is computed as the column-major
-        // C^T = op(B)^T op(A)^T: swap the operands and the m/n sizes, keep each operand's flag.
-        let cublas = |e: cudarc::cublaslt::result::CublasError| Error::Kernel {
+        let cublas = |e: lt::CublasError| Error::Kernel {
             kernel: "cublasLt matmul".into(),
             reason: format!("{e} for {spec:?}"),
         };
-        let (m, n, k) = (spec.n as u64, spec.m as u64, spec.k as u64);
-        // Column-major shapes of the stored operands: first is B's memory, second A's.
-        let (first_rows, first_cols) = if spec.transpose_b { (k, m) } else { (m, k) };
-        let (second_rows, second_cols) = if spec.transpose_a { (n, k) } else { (k, n) };
-        let f32_type = lt_sys::cudaDataType_t::CUDA_R_32F;
-        let data_type = |dtype: DType| match dtype {
-            DType::BF16 => lt_sys::cudaDataType_t::CUDA_R_16BF,
-            _ => lt_sys::cudaDataType_t::CUDA_R_32F,
+        let plan = self.gemm_plan(spec).map_err(cublas)?;
+        // cuBLASLt reads a bias with fewer than 16 bytes of alignment wrongly or not at all (and
+        // has no preference attribute to say so); a bias slice of the parameter buffer may sit at
+        // any 4-byte offset, so such a bias is first copied to fresh (256-byte aligned) memory on
+        // the stream. The copy is freed on the stream too, after the GEMM has read it.
+        let mut aligned_bias = None;
+        let bias = match spec.bias {
+            Some(bias) if bias.0 % 16 != 0 => {
+                let bytes = spec.n * 4;
+                let copy = self.alloc(bytes)?;
+                self.copy(copy.ptr(), bias, bytes)?;
+                let ptr = copy.ptr();
+                aligned_bias = Some(copy);
+                Some(ptr)
+            }
+            other => other,
         };
-        // SAFETY: descriptors are created, used on this runtime's stream, and destroyed below; the
-        // spec's pointers and leading dimensions describe live device matrices.
+        let result = plan.run(
+            self.blas,
+            spec,
+            bias,
+            &self.workspace,
+            self.stream.cu_stream(),
+        );
+        drop(aligned_bias);
+        result.map_err(cublas)
+    }
+}
+
+impl CudaRuntime {
+    /// The cached plan for this GEMM's shapes, types, alignment and epilogue, built on first use.
+    fn gemm_plan(&self, spec: &GemmSpec) -> std::result::Result<Arc<GemmPlan>, lt::CublasError> {
+        let key = PlanKey::of(spec);
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(plan) = plans.get(&key) {
+            return Ok(plan.clone());
+        }
+        // Built under the lock: a plan costs a heuristic query once, and two threads asking for
+        // the same new plan should not both pay for it.
+        let plan = Arc::new(GemmPlan::new(self.blas, &key, self.workspace.bytes)?);
+        plans.insert(key, plan.clone());
+        Ok(plan)
+    }
+}
+
+/// The alignment cuBLASLt may assume of one operand: of its address and of its rows, at most 256
+/// bytes (what it assumes when not told).
+fn operand_alignment(ptr: DevicePtr, ld: usize, dtype: DType) -> u32 {
+    let row_bytes = (ld * storage::dtype_bytes(dtype)) as u64;
+    let combined = ptr.0 | row_bytes | 256;
+    1u32 << combined.trailing_zeros().min(8)
+}
+
+fn dtype_code(dtype: DType) -> u8 {
+    match dtype {
+        DType::F32 => 0,
+        DType::BF16 => 1,
+        DType::I32 => 2,
+    }
+}
+
+fn lt_type(code: u8) -> lt_sys::cudaDataType_t {
+    if code == dtype_code(DType::BF16) {
+        lt_sys::cudaDataType_t::CUDA_R_16BF
+    } else {
+        lt_sys::cudaDataType_t::CUDA_R_32F
+    }
+}
+
+/// Everything that determines a cuBLASLt plan (descriptors and the algorithm the heuristic picks):
+/// all of a [`GemmSpec`] but its pointers and scalars, plus what those imply for the kernel choice
+/// (the operands' alignment, whether beta is zero, whether there is a bias).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct PlanKey {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    ldb: usize,
+    ldc: usize,
+    transpose_a: bool,
+    transpose_b: bool,
+    batch: usize,
+    /// Zero when `batch` is 1: strides of a single product mean nothing.
+    strides: [usize; 3],
+    /// A, B, C.
+    types: [u8; 3],
+    /// Of A, B, C as stored.
+    alignments: [u32; 3],
+    /// The heuristic may pick another kernel when C is not read.
+    beta_zero: bool,
+    bias: bool,
+}
+
+impl PlanKey {
+    fn of(spec: &GemmSpec) -> Self {
+        PlanKey {
+            m: spec.m,
+            n: spec.n,
+            k: spec.k,
+            lda: spec.lda,
+            ldb: spec.ldb,
+            ldc: spec.ldc,
+            transpose_a: spec.transpose_a,
+            transpose_b: spec.transpose_b,
+            batch: spec.batch,
+            strides: if spec.batch > 1 {
+                [spec.stride_a, spec.stride_b, spec.stride_c]
+            } else {
+                [0; 3]
+            },
+            types: [
+                dtype_code(spec.a_type),
+                dtype_code(spec.b_type),
+                dtype_code(spec.c_type),
+            ],
+            alignments: [
+                operand_alignment(spec.a, spec.lda, spec.a_type),
+                operand_alignment(spec.b, spec.ldb, spec.b_type),
+                operand_alignment(spec.c, spec.ldc, spec.c_type),
+            ],
+            beta_zero: spec.beta == 0.0,
+            bias: spec.bias.is_some(),
+        }
+    }
+}
+
+/// A cuBLASLt matrix layout, destroyed when dropped.
+struct Layout(lt_sys::cublasLtMatrixLayout_t);
+
+impl Layout {
+    fn new(
+        dtype: u8,
+        rows: u64,
+        cols: u64,
+        ld: usize,
+        batch: usize,
+        stride: usize,
+    ) -> std::result::Result<Self, lt::CublasError> {
+        let layout = Layout(lt::create_matrix_layout(
+            lt_type(dtype),
+            rows,
+            cols,
+            ld as i64,
+        )?);
+        if batch > 1 {
+            let (count, offset) = (batch as i32, stride as i64);
+            // SAFETY: a live layout; each value is of the attribute's type and size.
+            unsafe {
+                lt::set_matrix_layout_attribute(
+                    layout.0,
+                    lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                    (&count) as *const i32 as *const _,
+                    std::mem::size_of_val(&count),
+                )?;
+                lt::set_matrix_layout_attribute(
+                    layout.0,
+                    lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                    (&offset) as *const i64 as *const _,
+                    std::mem::size_of_val(&offset),
+                )?;
+            }
+        }
+        Ok(layout)
+    }
+}
+
+impl Drop for Layout {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        let _ = unsafe { lt::destroy_matrix_layout(self.0) };
+    }
+}
+
+/// A cuBLASLt matmul descriptor, destroyed when dropped.
+struct MatmulDesc(lt_sys::cublasLtMatmulDesc_t);
+
+impl MatmulDesc {
+    /// Sets one attribute to `value`.
+    ///
+    /// # Safety
+    /// `T` must be the attribute's type.
+    unsafe fn set<T>(
+        &self,
+        attribute: lt_sys::cublasLtMatmulDescAttributes_t,
+        value: &T,
+    ) -> std::result::Result<(), lt::CublasError> {
+        // SAFETY: a live descriptor; the caller vouches for the value's type.
         unsafe {
-            let layouts = [
-                lt::create_matrix_layout(
-                    data_type(spec.b_type),
-                    first_rows,
-                    first_cols,
-                    spec.ldb as i64,
-                )
-                .map_err(cublas)?,
-                lt::create_matrix_layout(
-                    data_type(spec.a_type),
-                    second_rows,
-                    second_cols,
-                    spec.lda as i64,
-                )
-                .map_err(cublas)?,
-                lt::create_matrix_layout(data_type(spec.c_type), m, n, spec.ldc as i64)
-                    .map_err(cublas)?,
-            ];
-            if spec.batch > 1 {
-                let strides = [
-                    spec.stride_b as i64,
-                    spec.stride_a as i64,
-                    spec.stride_c as i64,
-                ];
-                for (layout, stride) in layouts.iter().zip(strides) {
-                    let batch = spec.batch as i32;
-                    lt::set_matrix_layout_attribute(
-                        *layout,
-                        lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        (&batch) as *const i32 as *const _,
-                        4,
-                    )
-                    .map_err(cublas)?;
-                    lt::set_matrix_layout_attribute(
-                        *layout,
-                        lt_sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                        (&stride) as *const i64 as *const _,
-                        8,
-                    )
-                    .map_err(cublas)?;
-                }
-            }
-            // f32 accumulation, and full f32 (not TF32) products for f32 operands: the f32 mode is the
-            // one checked tightly against the CPU.
-            let desc =
-                lt::create_matmul_desc(lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, f32_type)
-                    .map_err(cublas)?;
-            for (attribute, transposed) in [
-                (
-                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                    spec.transpose_b,
-                ),
-                (
-                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                    spec.transpose_a,
-                ),
-            ] {
-                // cublasOperation_t: CUBLAS_OP_N = 0, CUBLAS_OP_T = 1.
-                let op = i32::from(transposed);
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    attribute,
-                    (&op) as *const _ as *const _,
-                    std::mem::size_of_val(&op),
-                )
-                .map_err(cublas)?;
-            }
-            let preference = lt::create_matmul_pref().map_err(cublas)?;
-            let workspace_size = self.workspace.bytes;
-            lt::set_matmul_pref_attribute(
-                preference,
-                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                (&workspace_size) as *const usize as *const _,
-                std::mem::size_of::<usize>(),
+            lt::set_matmul_desc_attribute(
+                self.0,
+                attribute,
+                value as *const T as *const _,
+                std::mem::size_of::<T>(),
             )
-            .map_err(cublas)?;
-            // cuBLASLt assumes 256-byte-aligned operands unless told otherwise; weight slices sit at
-            // any element offset of the parameter buffer, so state each operand's real alignment
-            // (of its address and of its rows) and let the heuristic pick a kernel that allows it.
-            let alignment = |ptr: DevicePtr, ld: usize, dtype: DType| -> u32 {
-                let row_bytes = (ld * storage::dtype_bytes(dtype)) as u64;
-                let combined = ptr.0 | row_bytes | 256;
-                1u32 << combined.trailing_zeros().min(8)
-            };
+        }
+    }
+}
+
+impl Drop for MatmulDesc {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_desc`, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_desc(self.0) };
+    }
+}
+
+/// A cuBLASLt matmul preference, destroyed when dropped (needed only to choose the algorithm).
+struct Preference(lt_sys::cublasLtMatmulPreference_t);
+
+impl Drop for Preference {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_matmul_pref`, destroyed once.
+        let _ = unsafe { lt::destroy_matmul_pref(self.0) };
+    }
+}
+
+/// Everything a GEMM of one [`PlanKey`] needs but its pointers and scalars: the descriptor, the
+/// three layouts (cuBLASLt's A, B and C = D) and the algorithm the heuristic chose. Building one
+/// costs a heuristic query, so plans are made once per key and kept. Every handle is owned by a
+/// value that destroys it when dropped, so a plan that fails half-way frees what it made.
+struct GemmPlan {
+    desc: MatmulDesc,
+    /// cuBLASLt's A (our B's memory), B (our A's memory), C = D.
+    layouts: [Layout; 3],
+    algo: lt_sys::cublasLtMatmulAlgo_t,
+    /// The bias pointer is an attribute of the shared descriptor: setting it and enqueueing the
+    /// matmul that reads it must not interleave with another thread doing the same. (cuBLASLt
+    /// reads the descriptor when the matmul is enqueued, so the lock need not outlive that call.)
+    enqueue: Mutex<()>,
+}
+
+// SAFETY: the descriptors are host-side objects; after construction only `enqueue`'s holder
+// changes the descriptor (its bias pointer), and cuBLASLt allows using them from any thread.
+unsafe impl Send for GemmPlan {}
+unsafe impl Sync for GemmPlan {}
+
+impl GemmPlan {
+    fn new(
+        blas: lt_sys::cublasLtHandle_t,
+        key: &PlanKey,
+        workspace_bytes: usize,
+    ) -> std::result::Result<Self, lt::CublasError> {
+        // cuBLASLt is column-major. A row-major matrix with leading dimension ld is the
+        // column-major view of its transpose, so the row-major C = op(A) op(B) is computed as the
+        // column-major C^T = op(B)^T op(A)^T: swap the operands and the m/n sizes, keep each
+        // operand's flag.
+        let (m, n, k) = (key.n as u64, key.m as u64, key.k as u64);
+        // Column-major shapes of the stored operands: first is B's memory, second A's.
+        let (first_rows, first_cols) = if key.transpose_b { (k, m) } else { (m, k) };
+        let (second_rows, second_cols) = if key.transpose_a { (n, k) } else { (k, n) };
+        let [stride_a, stride_b, stride_c] = key.strides;
+        let layouts = [
+            Layout::new(
+                key.types[1],
+                first_rows,
+                first_cols,
+                key.ldb,
+                key.batch,
+                stride_b,
+            )?,
+            Layout::new(
+                key.types[0],
+                second_rows,
+                second_cols,
+                key.lda,
+                key.batch,
+                stride_a,
+            )?,
+            Layout::new(key.types[2], m, n, key.ldc, key.batch, stride_c)?,
+        ];
+        // f32 accumulation, and full f32 (not TF32) products for f32 operands: the f32 mode is
+        // the one checked tightly against the CPU.
+        let desc = MatmulDesc(lt::create_matmul_desc(
+            lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            lt_sys::cudaDataType_t::CUDA_R_32F,
+        )?);
+        // SAFETY: each value has its attribute's type: cublasOperation_t (CUBLAS_OP_N = 0,
+        // CUBLAS_OP_T = 1) as i32, cublasLtEpilogue_t, cudaDataType_t, int64_t.
+        unsafe {
+            desc.set(
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &i32::from(key.transpose_b),
+            )?;
+            desc.set(
+                lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                &i32::from(key.transpose_a),
+            )?;
+            if key.bias {
+                // The bias epilogue adds a vector with one element per row of the column-major
+                // D, broadcast along D's columns. D is the column-major view of our row-major C
+                // transposed: D's rows are C's columns. So cuBLASLt's bias runs along C's `n`
+                // columns and is added to every row of C, which is the bias of a linear layer
+                // (y = x W^T + b, one b per output feature). It is added in f32 before D is
+                // rounded to its type, and read as f32 even when C is bf16.
+                desc.set(
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    &lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+                )?;
+                desc.set(
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    &lt_sys::cudaDataType_t::CUDA_R_32F,
+                )?;
+                // Every matrix of a batch gets the same bias.
+                desc.set(
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_BATCH_STRIDE,
+                    &0i64,
+                )?;
+            }
+        }
+        let preference = Preference(lt::create_matmul_pref()?);
+        // cuBLASLt assumes 256-byte-aligned operands unless told otherwise; weight slices sit at
+        // any element offset of the parameter buffer, so state each operand's real alignment
+        // (of its address and of its rows) and let the heuristic pick a kernel that allows it.
+        let [align_a, align_b, align_c] = key.alignments;
+        // SAFETY: a live preference; each value has its attribute's type (size_t, uint32_t).
+        unsafe {
+            lt::set_matmul_pref_attribute(
+                preference.0,
+                lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&workspace_bytes) as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            )?;
             for (attribute, align) in [
                 (
                     lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
-                    alignment(spec.b, spec.ldb, spec.b_type),
+                    align_b,
                 ),
                 (
                     lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-                    alignment(spec.a, spec.lda, spec.a_type),
+                    align_a,
                 ),
                 (
                     lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
-                    alignment(spec.c, spec.ldc, spec.c_type),
+                    align_c,
                 ),
                 (
                     lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
-                    alignment(spec.c, spec.ldc, spec.c_type),
+                    align_c,
                 ),
             ] {
-                lt::set_matmul_pref_attribute(preference, attribute, (&align) as *const u32 as *const _, 4)
-                    .map_err(cublas)?;
+                lt::set_matmul_pref_attribute(
+                    preference.0,
+                    attribute,
+                    (&align) as *const u32 as *const _,
+                    std::mem::size_of::<u32>(),
+                )?;
             }
-            let heuristic = lt::get_matmul_algo_heuristic(
-                self.blas, desc, layouts[0], layouts[1], layouts[2], layouts[2], preference,
-            )
-            .map_err(cublas)?;
-            let result = lt::matmul(
-                self.blas,
-                desc,
+        }
+        // SAFETY: live descriptor, layouts and preference; the handle outlives this call.
+        let heuristic = unsafe {
+            lt::get_matmul_algo_heuristic(
+                blas,
+                desc.0,
+                layouts[0].0,
+                layouts[1].0,
+                layouts[2].0,
+                layouts[2].0,
+                preference.0,
+            )?
+        };
+        Ok(GemmPlan {
+            desc,
+            layouts,
+            algo: heuristic.algo,
+            enqueue: Mutex::new(()),
+        })
+    }
+
+    /// Enqueues `spec`'s product (whose key made this plan) with `bias` as its bias pointer.
+    fn run(
+        &self,
+        blas: lt_sys::cublasLtHandle_t,
+        spec: &GemmSpec,
+        bias: Option<DevicePtr>,
+        workspace: &Allocation,
+        stream: driver_sys::CUstream,
+    ) -> std::result::Result<(), lt::CublasError> {
+        let _enqueue = self.enqueue.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the plan's descriptors are live; the spec's pointers describe live device
+        // matrices of the shapes the plan was built for (its key), the bias (if any) `n` f32
+        // values at 16-byte alignment; the workspace holds `workspace.bytes` bytes.
+        unsafe {
+            if let Some(bias) = bias {
+                let pointer = bias.0 as *const c_void;
+                self.desc.set(
+                    lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    &pointer,
+                )?;
+            }
+            lt::matmul(
+                blas,
+                self.desc.0,
                 (&spec.alpha) as *const f32 as *const _,
                 (&spec.beta) as *const f32 as *const _,
                 spec.b.0 as *const _,
-                layouts[0],
+                self.layouts[0].0,
                 spec.a.0 as *const _,
-                layouts[1],
+                self.layouts[1].0,
                 spec.c.0 as *const _,
-                layouts[2],
+                self.layouts[2].0,
                 spec.c.0 as *mut _,
-                layouts[2],
-                (&heuristic.algo) as *const _,
-                self.workspace.ptr.0 as *mut _,
-                workspace_size,
-                self.stream.cu_stream() as *mut _,
-            );
-            let _ = lt::destroy_matmul_pref(preference);
-            let _ = lt::destroy_matmul_desc(desc);
-            for layout in layouts {
-                let _ = lt::destroy_matrix_layout(layout);
-            }
-            result.map_err(cublas)
+                self.layouts[2].0,
+                (&self.algo) as *const _,
+                workspace.ptr.0 as *mut _,
+                workspace.bytes,
+                stream as *mut _,
+            )
         }
     }
 }

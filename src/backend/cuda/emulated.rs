@@ -209,6 +209,10 @@ impl GpuRuntime for EmulatedRuntime {
             extent(spec.k, spec.ldb, spec.n)
         };
         let c_len = extent(spec.m, spec.ldc, spec.n);
+        // SAFETY: the spec's bias, when present, is an f32 vector of `n` elements.
+        let bias = spec
+            .bias
+            .map(|bias| unsafe { read_matrix(bias, spec.n, DType::F32) });
         for i in 0..spec.batch {
             let at = |ptr: DevicePtr, stride: usize, dtype: DType| {
                 DevicePtr(ptr.0 + (i * stride * dtype_bytes(dtype)) as u64)
@@ -234,6 +238,14 @@ impl GpuRuntime for EmulatedRuntime {
                 }
                 matmul(&mut c, cl, &a, al, &b, bl, spec.alpha, true, true);
             }
+            // cuBLASLt's bias epilogue adds in f32, before C is rounded to its type.
+            if let Some(bias) = &bias {
+                for r in 0..spec.m {
+                    for (v, b) in c[r * spec.ldc..r * spec.ldc + spec.n].iter_mut().zip(bias) {
+                        *v += b;
+                    }
+                }
+            }
             // SAFETY: as above; only the m x n elements of C are written back.
             unsafe {
                 write_matrix(
@@ -254,6 +266,111 @@ impl GpuRuntime for EmulatedRuntime {
 mod tests {
     use super::*;
     use crate::backend::HostTraffic;
+
+    /// Random values in [-1, 1), from a small fixed generator (no dependency for a unit test).
+    fn random(seed: u64, len: usize) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    fn upload(runtime: &EmulatedRuntime, bytes: &[u8]) -> Allocation {
+        let memory = runtime.alloc(bytes.len()).unwrap();
+        runtime.upload(memory.ptr(), bytes).unwrap();
+        memory
+    }
+
+    /// The bias epilogue against a plain computation: a transposed B, beta 1 (so C's old values
+    /// count), and a batch of two sharing one bias; C in f32 and in bf16, where the bias must be
+    /// added before C is rounded.
+    #[test]
+    fn gemm_adds_the_bias_to_every_row() {
+        let runtime = EmulatedRuntime::new(ScheduleOrder::Forward);
+        let (m, n, k, batch) = (5, 7, 3, 2);
+        let (alpha, beta) = (0.75f32, 1.0f32);
+        let a = random(1, batch * m * k);
+        // B stored [n, k] and used transposed.
+        let b = random(2, batch * n * k);
+        let c0 = random(3, batch * m * n);
+        let bias = random(4, n);
+        for c_type in [DType::F32, DType::BF16] {
+            let round = |v: f32| match c_type {
+                DType::BF16 => half::bf16::from_f32(v).to_f32(),
+                _ => v,
+            };
+            let c_start: Vec<f32> = c0.iter().map(|&v| round(v)).collect();
+            let c_bytes: Vec<u8> = match c_type {
+                DType::BF16 => c_start
+                    .iter()
+                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+                    .collect(),
+                _ => bytemuck::cast_slice(&c_start).to_vec(),
+            };
+            let a_gpu = upload(&runtime, bytemuck::cast_slice(&a));
+            let b_gpu = upload(&runtime, bytemuck::cast_slice(&b));
+            let c_gpu = upload(&runtime, &c_bytes);
+            let bias_gpu = upload(&runtime, bytemuck::cast_slice(&bias));
+            let mut spec = GemmSpec::dense(
+                m,
+                n,
+                k,
+                a_gpu.ptr(),
+                false,
+                b_gpu.ptr(),
+                true,
+                c_gpu.ptr(),
+                alpha,
+                beta,
+            )
+            .with_types(DType::F32, DType::F32, c_type)
+            .with_bias(bias_gpu.ptr());
+            (spec.batch, spec.stride_a, spec.stride_b, spec.stride_c) =
+                (batch, m * k, n * k, m * n);
+            runtime.gemm(&spec).unwrap();
+
+            let mut got = vec![0u8; c_bytes.len()];
+            runtime.download(c_gpu.ptr(), &mut got).unwrap();
+            let got: Vec<f32> = match c_type {
+                DType::BF16 => got
+                    .chunks_exact(2)
+                    .map(|h| half::bf16::from_le_bytes([h[0], h[1]]).to_f32())
+                    .collect(),
+                _ => bytemuck::cast_slice(&got).to_vec(),
+            };
+            for i in 0..batch {
+                for r in 0..m {
+                    for col in 0..n {
+                        let dot: f64 = (0..k)
+                            .map(|j| {
+                                f64::from(a[i * m * k + r * k + j])
+                                    * f64::from(b[i * n * k + col * k + j])
+                            })
+                            .sum();
+                        let at = i * m * n + r * n + col;
+                        let want = f64::from(alpha) * dot
+                            + f64::from(beta) * f64::from(c_start[at])
+                            + f64::from(bias[col]);
+                        // One bf16 rounding of the f32 sum, or f32 rounding error only.
+                        let tolerance = match c_type {
+                            DType::BF16 => want.abs() / 128.0 + 1e-6,
+                            _ => 1e-5,
+                        };
+                        assert!(
+                            (f64::from(got[at]) - want).abs() <= tolerance,
+                            "{c_type:?} batch {i} row {r} col {col}: got {}, want {want}",
+                            got[at]
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn traffic_counts_copies_and_synchronisations() {
@@ -284,5 +401,25 @@ mod tests {
                 synchronizations: 2,
             }
         );
+    }
+
+    /// The bias is added in f32 and C rounded once: 1 + (2^-8 + 2^-20) rounds up to the next bf16
+    /// above 1, whereas rounding the product to bf16 first (to 2^-8) and then adding would give a
+    /// tie that rounds to 1.
+    #[test]
+    fn gemm_rounds_bf16_after_the_bias() {
+        let runtime = EmulatedRuntime::new(ScheduleOrder::Forward);
+        let product = 2f32.powi(-8) + 2f32.powi(-20);
+        let a = upload(&runtime, bytemuck::bytes_of(&1.0f32));
+        let b = upload(&runtime, bytemuck::bytes_of(&product));
+        let bias = upload(&runtime, bytemuck::bytes_of(&1.0f32));
+        let c = runtime.alloc(2).unwrap();
+        let spec = GemmSpec::dense(1, 1, 1, a.ptr(), false, b.ptr(), false, c.ptr(), 1.0, 0.0)
+            .with_types(DType::F32, DType::F32, DType::BF16)
+            .with_bias(bias.ptr());
+        runtime.gemm(&spec).unwrap();
+        let mut got = [0u8; 2];
+        runtime.download(c.ptr(), &mut got).unwrap();
+        assert_eq!(half::bf16::from_le_bytes(got).to_f32(), 1.0 + 2f32.powi(-7));
     }
 }

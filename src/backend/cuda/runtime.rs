@@ -12,10 +12,12 @@ use crate::device::Device;
 use crate::error::Result;
 use crate::tensor::DType;
 
-/// `C = alpha * op(A) op(B) + beta * C` on row-major matrices, `batch` times with the given element
-/// strides between consecutive matrices. `op(A)` is `[m, k]`: A is stored `[m, k]` with leading
-/// dimension `lda`, or `[k, m]` when `transpose_a`. Likewise `op(B)` is `[k, n]`. Each matrix is f32
-/// or bf16 (`a_type`, `b_type`, `c_type`); products are always accumulated in f32.
+/// `C = alpha * op(A) op(B) + beta * C (+ bias)` on row-major matrices, `batch` times with the given
+/// element strides between consecutive matrices. `op(A)` is `[m, k]`: A is stored `[m, k]` with
+/// leading dimension `lda`, or `[k, m]` when `transpose_a`. Likewise `op(B)` is `[k, n]`. Each matrix
+/// is f32 or bf16 (`a_type`, `b_type`, `c_type`); products are always accumulated in f32. The
+/// optional bias is an f32 vector of `n` elements added to every row of C (and of every matrix of
+/// a batch) in f32, before C is rounded to its type.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GemmSpec {
     pub m: usize,
@@ -38,6 +40,8 @@ pub struct GemmSpec {
     pub a_type: DType,
     pub b_type: DType,
     pub c_type: DType,
+    /// An f32 vector of length `n`, added to every row of C by the GEMM's epilogue.
+    pub bias: Option<DevicePtr>,
 }
 
 impl GemmSpec {
@@ -76,12 +80,20 @@ impl GemmSpec {
             a_type: DType::F32,
             b_type: DType::F32,
             c_type: DType::F32,
+            bias: None,
         }
     }
 
     /// The same product with these element types.
     pub fn with_types(mut self, a: DType, b: DType, c: DType) -> Self {
         (self.a_type, self.b_type, self.c_type) = (a, b, c);
+        self
+    }
+
+    /// The same product with `bias` (f32, `n` elements) added to every row of C:
+    /// `C = alpha op(A) op(B) + beta C + bias`.
+    pub fn with_bias(mut self, bias: DevicePtr) -> Self {
+        self.bias = Some(bias);
         self
     }
 }
