@@ -1,43 +1,26 @@
 // The bias half of a linear layer, y = x W^T + b (W stored [out, in] like torch.nn.Linear). CPU
 // reference: src/backend/cpu/linear.rs. The matrix products are GEMMs (cuBLASLt on a GPU, see
-// src/backend/cuda/ops/linear.rs); what is left for kernels is the bias:
+// src/backend/cuda/ops/linear.rs), whose bias epilogue adds the forward's bias; what is left for
+// kernels is the bias gradient:
 //
-//   forward:   y[r, j] = b[j] for every row r, then the GEMM adds x W^T on top (beta = 1)
 //   backward:  db[j] += sum over rows r of dy[r, j]
 //
-// and the bias and GELU fused around the feed-forward GEMM: forward z = x W^T + b, y = GELU(z) in one
+// and the bias and GELU fused around the feed-forward GEMM (cuBLASLt's GELU epilogue is the tanh
+// approximation; the model's GELU is the exact erf form): forward z = x W^T + b, y = GELU(z) in one
 // pass after the GEMM; backward dz = dy GELU'(z) in the same pass as db's partial sums.
 //
 // Layout: y and dy are [rows, out] row-major; b and db are [out] views into the flat parameter and
 // gradient buffers.
 //
 // Element types: y and dy have the activation type T, f32 or bf16 (kernels `<name>_f32` and
-// `<name>_bf16`); b, db and the partial sums are f32 whatever T is. In bf16 the forward stores b
-// rounded to bf16 into y (the GEMM then reads y as its bf16 C operand and rounds once more when it
-// writes the sum), and the backward sums the widened bf16 dy in f32.
+// `<name>_bf16`); b, db and the partial sums are f32 whatever T is. In bf16 the backward sums the
+// widened bf16 dy in f32.
 #include "common.cuh"
 #include "gelu.cuh"
 
 // Kernel bodies have internal linkage: the emulator links every kernel file into one library,
 // where two files' different inline functions of the same name would silently become one.
 namespace {
-
-// ---------------------------------------------------------------------------------------------
-// Forward: write the bias into every row of y.
-//
-// Blocks take rows blockIdx.x, blockIdx.x + gridDim.x, ...; a block's threads cover one row's
-// columns, so consecutive threads write consecutive elements (coalesced) and no thread divides its
-// flat index by `out`. Traffic: rows * out elements written; b (out floats) read by every row, from
-// L1/L2. The GEMM then reads y back once as its C operand: one extra read, instead of a fused
-// epilogue that would tie the bias to a particular GEMM implementation.
-// ---------------------------------------------------------------------------------------------
-template <typename T>
-__device__ __forceinline__ void bias_broadcast(const float* __restrict__ bias, T* __restrict__ y, int rows, int out) {
-    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
-        T* yr = y + static_cast<size_t>(r) * out;
-        for (int j = threadIdx.x; j < out; j += blockDim.x) yr[j] = from_float<T>(bias[j]);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Forward with GELU, the feed-forward block's first layer: after a GEMM that wrote z = x W^T with
@@ -117,15 +100,6 @@ __device__ __forceinline__ void gelu_bias_backward_partials(const T* __restrict_
 }
 
 }  // namespace
-
-extern "C" __global__ void linear_bias_broadcast_f32(const float* __restrict__ bias, float* __restrict__ y, int rows,
-                                                     int out) {
-    bias_broadcast(bias, y, rows, out);
-}
-extern "C" __global__ void linear_bias_broadcast_bf16(const float* __restrict__ bias, __nv_bfloat16* __restrict__ y,
-                                                      int rows, int out) {
-    bias_broadcast(bias, y, rows, out);
-}
 
 extern "C" __global__ void linear_bias_gelu_f32(const float* __restrict__ bias, float* __restrict__ z,
                                                 float* __restrict__ y, int rows, int out) {

@@ -1,6 +1,6 @@
 //! Launch wrappers for `kernels/linear.cu`: `y = x W^T + b` with `W` stored `[out, in]` like
-//! `torch.nn.Linear`. The products are GEMMs on the runtime (cuBLASLt on a GPU); the kernels write
-//! the bias into `y` before the forward GEMM and sum `dy` down its columns for `db`. The
+//! `torch.nn.Linear`. The products are GEMMs on the runtime (cuBLASLt on a GPU), the forward's bias
+//! added by the GEMM's bias epilogue; the kernels sum `dy` down its columns for `db`. The
 //! feed-forward block's first layer fuses the bias and GELU: after the GEMM in the forward
 //! (`linear_bias_gelu`), and with db's column sums in the backward (`linear_gelu_backward_partials`).
 //!
@@ -22,7 +22,7 @@ use crate::ops::Weights;
 use crate::ops::linear::LinearKernels;
 use crate::tensor::{DType, Tensor};
 
-/// Most blocks the bias broadcast launches; its blocks loop over the remaining rows.
+/// Most blocks the row kernels launch; their blocks loop over the remaining rows.
 const MAX_BLOCKS: usize = 132 * 16;
 /// Threads per block of the kernels with one thread per column.
 const THREADS: u32 = 256;
@@ -116,24 +116,26 @@ impl Gemm {
         })
     }
 
-    /// `y = x W^T + beta y`: W is [out, in], so op(B) = W^T is W read transposed. Every operand has
-    /// the activation type.
-    fn run(&self, backend: &GpuBackend, y: DevicePtr, beta: f32) -> Result<()> {
-        backend.runtime().gemm(
-            &GemmSpec::dense(
-                self.rows,
-                self.out_features,
-                self.inp,
-                self.x,
-                false,
-                self.w,
-                true,
-                y,
-                1.0,
-                beta,
-            )
-            .with_types(self.dtype, self.dtype, self.dtype),
+    /// `y = x W^T (+ bias)`: W is [out, in], so op(B) = W^T is W read transposed. Every operand
+    /// has the activation type; the bias is f32.
+    fn run(&self, backend: &GpuBackend, y: DevicePtr, bias: Option<DevicePtr>) -> Result<()> {
+        let spec = GemmSpec::dense(
+            self.rows,
+            self.out_features,
+            self.inp,
+            self.x,
+            false,
+            self.w,
+            true,
+            y,
+            1.0,
+            0.0,
         )
+        .with_types(self.dtype, self.dtype, self.dtype);
+        backend.runtime().gemm(&match bias {
+            Some(b) => spec.with_bias(b),
+            None => spec,
+        })
     }
 }
 
@@ -148,20 +150,9 @@ impl LinearKernels for GpuBackend {
     ) -> Result<()> {
         let out_features = y.shape().last().copied().unwrap_or(0);
         let g = Gemm::new(self, x, weights, weight, bias, out_features)?;
-        let y_ptr = self.ptr_mut(y)?;
-        // y = b in every row (rounded to bf16 for bf16 activations) ...
-        let mut args = KernelArgs::new()
-            .ptr(g.b)
-            .ptr(y_ptr)
-            .i32(int(g.rows, "linear rows")?)
-            .i32(int(out_features, "linear out features")?);
-        self.runtime().launch(
-            &kernel_name("linear_bias_broadcast", g.dtype),
-            &per_row(g.rows, out_features),
-            &mut args,
-        )?;
-        // ... then y += x W^T.
-        g.run(self, y_ptr, 1.0)
+        // y = x W^T + b in one GEMM: the bias is added by cuBLASLt's bias epilogue (in f32, before
+        // a bf16 y is rounded), so y is written once and never read back as C.
+        g.run(self, self.ptr_mut(y)?, Some(g.b))
     }
 
     /// The GEMM without the bias, then one pass that adds the bias and applies GELU
@@ -177,8 +168,11 @@ impl LinearKernels for GpuBackend {
     ) -> Result<()> {
         let out_features = z.shape().last().copied().unwrap_or(0);
         let g = Gemm::new(self, x, weights, weight, bias, out_features)?;
+        // The GEMM without the bias, which the GELU pass adds: cuBLASLt's GELU epilogue is the
+        // tanh approximation, and the model's GELU is the exact erf form, so the bias and GELU stay
+        // in one kernel of ours (`linear_bias_gelu`), reading z once.
         let z_ptr = self.ptr_mut(z)?;
-        g.run(self, z_ptr, 0.0)?;
+        g.run(self, z_ptr, None)?;
         let mut args = KernelArgs::new()
             .ptr(g.b)
             .ptr(z_ptr)
