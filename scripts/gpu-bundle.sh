@@ -3,7 +3,7 @@
 # to a GPU machine that has the CUDA toolkit and PyTorch but no Rust and no network:
 #   scripts/gpu-bundle.sh            # here
 #   bash gpu-bundle/gpu-check.sh     # there; results under $OUT (default gpu-bundle/out)
-# The kernels are compiled to PTX by nvcc (installed from PyPI if needed) and embedded in every
+# The kernels are compiled to fatbins by nvcc (installed from PyPI if needed) and embedded in every
 # binary. Test binaries are release builds, stripped and gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
