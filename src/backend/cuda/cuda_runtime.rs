@@ -564,8 +564,10 @@ impl GpuRuntime for CudaRuntime {
         let staging = match reused {
             Some(staging) => staging,
             // Rounded up so that a buffer serves downloads of nearby sizes too.
-            None => Staging::new(&self.context, bytes.next_power_of_two().max(256))
-                .map_err(|e| self.error(e))?,
+            None => {
+                let capacity = bytes.checked_next_power_of_two().unwrap_or(bytes).max(256);
+                Staging::new(&self.context, capacity).map_err(|e| self.error(e))?
+            }
         };
         // From here the download owns the buffer: on any error below, dropping it waits for
         // whatever was queued into the buffer before freeing or pooling it.
