@@ -27,7 +27,7 @@ for line in sys.stdin:
 }
 cargo build --release --bin maskedlm
 cp target/release/maskedlm "$BUNDLE/bin/maskedlm"
-cargo test --release --no-run --test kernels --test gpu_model --test emulator --message-format=json 2>/dev/null |
+cargo test --release --no-run --test kernels --test gpu_model --test emulator --test runtime --message-format=json 2>/dev/null |
     artifacts | while read -r name kind path; do
         if [ "$kind" = test ]; then cp "$path" "$BUNDLE/bin/test-$name"; fi
     done

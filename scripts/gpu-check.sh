@@ -4,8 +4,8 @@
 # with PyTorch. Writes logs and a summary table (summary.md) to $OUT (default: out/ beside this
 # script). Needs the CUDA toolkit (driver, cuBLASLt, compute-sanitizer); no Rust, no network.
 # ONLY="ceilings kernel-tests ..." runs just the named steps (a step's name is its log's name:
-# ceilings, emulator-twins, kernel-tests, model-tests, memcheck, racecheck, cli-demo, bench-kernels,
-# bench-model, compare), to fit a machine lent for a limited time.
+# ceilings, emulator-twins, runtime-tests, kernel-tests, model-tests, memcheck, racecheck, cli-demo,
+# bench-kernels, bench-model, compare), to fit a machine lent for a limited time.
 set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 OUT="${OUT:-$HERE/out}"
@@ -91,6 +91,9 @@ PY
 
 # The emulator's tensor-core twins against the real instructions.
 [ -x "$BIN/test-emulator" ] && step emulator-twins "$BIN/test-emulator" tensor_core_twins --nocapture
+# The runtime below the ops: bias GEMMs through cached cuBLASLt plans, asynchronous downloads,
+# the host-traffic counts.
+[ -x "$BIN/test-runtime" ] && step runtime-tests "$BIN/test-runtime" --nocapture
 # Every kernel against the CPU backend, on the emulator and on this GPU; the whole model.
 [ -x "$BIN/test-kernels" ] && step kernel-tests "$BIN/test-kernels" --test-threads 1
 [ -x "$BIN/test-gpu_model" ] && step model-tests "$BIN/test-gpu_model" --nocapture --test-threads 1
