@@ -6,9 +6,13 @@
 //!   kernels by name with a variadic trampoline, so launching by name needs no hand-written glue.
 //!   The emulator's own self-test kernels (`tests/emulator_kernels/*.cu`, some deliberately broken)
 //!   go into a second library that only test binaries link.
-//! - **GPU** (when nvcc is found through `NVCC`, `CUDA_HOME` or `PATH`): every `.cu` is compiled to
-//!   PTX for each supported architecture and embedded (`$OUT_DIR/kernels_ptx.rs`). Without nvcc the
-//!   crate still builds; `MASKEDLM_REQUIRE_NVCC=1` makes a missing or failing nvcc a build error.
+//! - **GPU** (when nvcc is found through `NVCC`, `CUDA_HOME` or `PATH`): every `kernels/*.cu` is
+//!   compiled to one fatbin holding machine code (SASS) for sm_80 and sm_90 and PTX for
+//!   compute_90, embedded (`$OUT_DIR/kernels_ptx.rs`). Loading SASS needs no JIT compilation at
+//!   start-up and runs on a driver older than the PTX ISA this nvcc writes; the PTX serves GPUs
+//!   newer than sm_90. The self-test kernels are embedded as PTX per architecture (the tests load
+//!   them as text). Without nvcc the crate still builds and the runtime compiles the embedded
+//!   sources with NVRTC; `MASKEDLM_REQUIRE_NVCC=1` makes a missing or failing nvcc a build error.
 
 use std::env;
 use std::fmt::Write as _;
@@ -16,8 +20,18 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The GPU architectures PTX is generated for: Ampere (A100) and Hopper (H100/H200).
+/// The GPU architectures machine code is generated for: Ampere (A100) and Hopper (H100/H200).
 const ARCHITECTURES: [&str; 2] = ["sm_80", "sm_90"];
+
+/// nvcc's `-gencode` options for a kernel fatbin: SASS for each of [`ARCHITECTURES`], and PTX for
+/// the newest, which the driver compiles for a GPU none of the SASS fits.
+const GENCODES: [&str; 2] = [
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=[sm_90,compute_90]",
+];
+
+/// The architecture whose ptxas figures are reported as build notes.
+const REPORTED_ARCH: &str = "sm_90";
 
 fn main() {
     let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -81,7 +95,7 @@ fn main() {
         out.join("libmaskedlm_emulator_selftest.a").display()
     );
 
-    compile_ptx(&root, &out, &kernel_dir, &kernels, &selftests);
+    compile_gpu(&root, &out, &kernel_dir, &kernels, &selftests);
 }
 
 /// The `.cu` files directly in `dir`, sorted.
@@ -219,35 +233,25 @@ fn write_if_changed(path: &Path, contents: &str) {
     }
 }
 
-/// ptxas's register and spill figures for every kernel of one PTX file, one line each (the build
-/// notes that say whether a kernel spills to local memory).
-fn ptxas_figures(nvcc: &Path, ptx: &Path, arch: &str) -> Vec<String> {
-    let ptxas = nvcc.with_file_name("ptxas");
-    let Ok(output) = Command::new(&ptxas)
-        .arg(format!("-arch={arch}"))
-        .arg("-v")
-        .arg(ptx)
-        .arg("-o")
-        .arg(if cfg!(windows) { "NUL" } else { "/dev/null" })
-        .output()
-    else {
-        return vec![format!(
-            "ptxas not found beside {}: no register figures",
-            nvcc.display()
-        )];
-    };
-    let text = String::from_utf8_lossy(&output.stderr);
+/// ptxas's register and spill figures for every kernel compiled for `arch`, one line each (the
+/// build notes that say whether a kernel spills to local memory), from the output of
+/// `-Xptxas -v`, which reports each kernel once per architecture.
+fn ptxas_figures(text: &str, arch: &str) -> Vec<String> {
     let mut figures = Vec::new();
-    let mut kernel = String::new();
+    let mut kernel = None;
     let mut spills = String::new();
     for line in text.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
-            kernel = rest.split('\'').next().unwrap_or_default().to_string();
+            let mut parts = rest.split('\'');
+            let name = parts.next().unwrap_or_default().to_string();
+            // "... 'kernel' for 'sm_90'"
+            let target = parts.nth(1).unwrap_or_default();
+            kernel = (target == arch).then_some(name);
         } else if line.contains("spill stores") {
             spills = line.trim().to_string();
-        } else if let Some(used) = line.split("Used ").nth(1) {
+        } else if let (Some(name), Some(used)) = (&kernel, line.split("Used ").nth(1)) {
             let registers = used.split(',').next().unwrap_or_default();
-            figures.push(format!("ptxas {arch} {kernel}: {registers}, {spills}"));
+            figures.push(format!("ptxas {arch} {name}: {registers}, {spills}"));
         }
     }
     figures
@@ -301,10 +305,18 @@ fn find_nvcc() -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Compiles every `.cu` file to PTX for each architecture, in parallel, and writes
-/// `$OUT_DIR/kernels_ptx.rs`: `KERNEL_PTX` (the product kernels) and `SELFTEST_PTX` (the emulator's
-/// self-test kernels), each a list of (file stem, architecture, PTX text).
-fn compile_ptx(
+/// One nvcc run: a kernel file to a fatbin, or a self-test file to PTX for one architecture.
+struct Job<'a> {
+    file: &'a Path,
+    /// `None` for a fatbin, else the PTX's architecture.
+    arch: Option<&'static str>,
+    output: PathBuf,
+}
+
+/// Compiles the kernel files to fatbins and the self-test files to PTX per architecture, in
+/// parallel, and writes `$OUT_DIR/kernels_ptx.rs`: `KERNEL_FATBIN` (file stem, fatbin bytes) and
+/// `SELFTEST_PTX` (file stem, architecture, PTX text).
+fn compile_gpu(
     root: &Path,
     out: &Path,
     kernel_dir: &Path,
@@ -313,8 +325,8 @@ fn compile_ptx(
 ) {
     let required = env::var("MASKEDLM_REQUIRE_NVCC").is_ok_and(|v| v == "1");
     let nvcc = find_nvcc();
-    let ptx_dir = out.join("ptx");
-    fs::create_dir_all(&ptx_dir).unwrap();
+    let gpu_dir = out.join("gpu");
+    fs::create_dir_all(&gpu_dir).unwrap();
     let mut listing = String::from("// Generated by build.rs.\n");
     source_listing(&mut listing, kernel_dir, out, kernels);
     let Some(nvcc) = nvcc else {
@@ -327,7 +339,7 @@ fn compile_ptx(
             "cargo:warning=nvcc not found: kernels are not compiled for the GPU in this build"
         );
         listing.push_str("pub const NVCC_USED: bool = false;\n");
-        listing.push_str("pub const KERNEL_PTX: &[(&str, &str, &str)] = &[];\n");
+        listing.push_str("pub const KERNEL_FATBIN: &[(&str, &[u8])] = &[];\n");
         listing.push_str("pub const SELFTEST_PTX: &[(&str, &str, &str)] = &[];\n");
         write_if_changed(&out.join("kernels_ptx.rs"), &listing);
         return;
@@ -338,61 +350,68 @@ fn compile_ptx(
         .and_then(|bin| bin.parent())
         .map(|top| top.join("include").join("cccl"));
 
-    let jobs: Vec<(&PathBuf, &str, PathBuf)> = kernels
+    let stem = |file: &Path| file.file_stem().unwrap().to_string_lossy().to_string();
+    let mut jobs: Vec<Job> = kernels
         .iter()
-        .chain(selftests)
-        .flat_map(|file| {
-            ARCHITECTURES.iter().map(move |arch| {
-                let stem = file.file_stem().unwrap().to_string_lossy().to_string();
-                let group = if file.starts_with(kernel_dir) {
-                    "kernels"
-                } else {
-                    "selftest"
-                };
-                (
-                    file,
-                    *arch,
-                    out.join("ptx").join(format!("{group}_{stem}.{arch}.ptx")),
-                )
-            })
+        .map(|file| Job {
+            file,
+            arch: None,
+            output: gpu_dir.join(format!("{}.fatbin", stem(file))),
         })
         .collect();
+    for file in selftests {
+        for arch in ARCHITECTURES {
+            jobs.push(Job {
+                file,
+                arch: Some(arch),
+                output: gpu_dir.join(format!("selftest_{}.{arch}.ptx", stem(file))),
+            });
+        }
+    }
     let results: Vec<std::result::Result<Vec<String>, String>> = std::thread::scope(|scope| {
         let handles: Vec<_> = jobs
             .iter()
-            .map(|(file, arch, ptx)| {
+            .map(|job| {
                 let nvcc = &nvcc;
                 let cccl = &cccl;
                 scope.spawn(move || {
-                    let _ = fs::remove_file(ptx);
+                    let _ = fs::remove_file(&job.output);
                     let mut command = Command::new(nvcc);
+                    match job.arch {
+                        None => {
+                            command.arg("-fatbin").args(GENCODES).arg("-Xptxas=-v");
+                        }
+                        Some(arch) => {
+                            command.arg("-ptx").arg(format!("-arch={arch}"));
+                        }
+                    }
                     command
-                        .arg("-ptx")
-                        .arg(format!("-arch={arch}"))
                         .arg("-std=c++17")
                         .arg("-O3")
                         .arg("-I")
                         .arg(kernel_dir)
                         .arg("-o")
-                        .arg(ptx)
-                        .arg(file)
+                        .arg(&job.output)
+                        .arg(job.file)
                         .current_dir(root);
                     if let Some(cccl) = cccl.as_ref().filter(|c| c.is_dir()) {
                         command.arg("-I").arg(cccl);
                     }
+                    let what = job.arch.unwrap_or("a fatbin");
                     match command.output() {
                         Ok(output) if output.status.success() => {
-                            let report = file.starts_with(kernel_dir) && (*arch == "sm_90");
-                            Ok(if report {
-                                ptxas_figures(nvcc, ptx, arch)
-                            } else {
-                                Vec::new()
-                            })
+                            // ptxas writes its figures to standard error.
+                            let text = String::from_utf8_lossy(&output.stderr);
+                            Ok(ptxas_figures(&text, REPORTED_ARCH))
                         }
                         Ok(output) => Err(format!(
-                            "nvcc failed on {} for {arch}:\n{}",
-                            file.display(),
+                            "nvcc failed on {} for {what}:\n{}",
+                            job.file.display(),
                             String::from_utf8_lossy(&output.stderr)
+                                .lines()
+                                .filter(|line| !line.starts_with("ptxas info"))
+                                .collect::<Vec<_>>()
+                                .join("\n")
                         )),
                         Err(error) => Err(format!("cannot run {}: {error}", nvcc.display())),
                     }
@@ -423,26 +442,30 @@ fn compile_ptx(
         }
     }
     listing.push_str("pub const NVCC_USED: bool = true;\n");
-    for (constant, group) in [("KERNEL_PTX", "kernels"), ("SELFTEST_PTX", "selftest")] {
-        writeln!(listing, "pub const {constant}: &[(&str, &str, &str)] = &[").unwrap();
-        for (file, arch, ptx) in &jobs {
-            let stem = file.file_stem().unwrap().to_string_lossy();
-            if ptx
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{group}_"))
-                && ptx.is_file()
-            {
-                writeln!(
-                    listing,
-                    "    (\"{stem}\", \"{arch}\", include_str!({:?})),",
-                    ptx.display()
-                )
-                .unwrap();
-            }
+    listing.push_str("pub const KERNEL_FATBIN: &[(&str, &[u8])] = &[\n");
+    for job in jobs.iter().filter(|job| job.arch.is_none()) {
+        if job.output.is_file() {
+            writeln!(
+                listing,
+                "    (\"{}\", include_bytes!({:?})),",
+                stem(job.file),
+                job.output.display()
+            )
+            .unwrap();
         }
-        listing.push_str("];\n");
     }
+    listing.push_str("];\npub const SELFTEST_PTX: &[(&str, &str, &str)] = &[\n");
+    for job in &jobs {
+        if let (Some(arch), true) = (job.arch, job.output.is_file()) {
+            writeln!(
+                listing,
+                "    (\"{}\", \"{arch}\", include_str!({:?})),",
+                stem(job.file),
+                job.output.display()
+            )
+            .unwrap();
+        }
+    }
+    listing.push_str("];\n");
     write_if_changed(&out.join("kernels_ptx.rs"), &listing);
 }

@@ -102,7 +102,10 @@
 
 namespace attention {
 
-constexpr float NEG_INF = -INFINITY;
+// -inf (its bit pattern) as a constant expression: INFINITY comes from the host's math.h, which
+// NVRTC does not have, and NVRTC has no __builtin_huge_valf; nvcc, NVRTC and the host compilers of
+// the emulator all have __builtin_bit_cast.
+constexpr float NEG_INF = __builtin_bit_cast(float, 0xff800000u);
 
 // The tiling for head-dim capacity D (see the table above). The Rust launch wrapper mirrors ROWS and
 // THREADS; keep src/backend/cuda/ops/attention.rs in step with any change here.

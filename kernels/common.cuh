@@ -8,7 +8,12 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#if defined(__CUDACC_RTC__)
+// NVRTC has no C library headers; the fixed-width type the kernels use.
+typedef unsigned int uint32_t;
+#else
 #include <stdint.h>
+#endif
 
 // Shared memory. `SHARED_ARRAY(float, tile, 32 * 33)` declares a block-wide array of that many
 // elements; `DYNAMIC_SHARED(float, smem)` names the launch's dynamic shared memory. Both are 16-byte

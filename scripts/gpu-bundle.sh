@@ -3,7 +3,7 @@
 # to a GPU machine that has the CUDA toolkit and PyTorch but no Rust and no network:
 #   scripts/gpu-bundle.sh            # here
 #   bash gpu-bundle/gpu-check.sh     # there; results under $OUT (default gpu-bundle/out)
-# The kernels are compiled to PTX by nvcc (installed from PyPI if needed) and embedded in every
+# The kernels are compiled to fatbins by nvcc (installed from PyPI if needed) and embedded in every
 # binary. Test binaries are release builds, stripped and gzipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,7 +27,7 @@ for line in sys.stdin:
 }
 cargo build --release --bin maskedlm
 cp target/release/maskedlm "$BUNDLE/bin/maskedlm"
-cargo test --release --no-run --test kernels --test gpu_model --test emulator --message-format=json 2>/dev/null |
+cargo test --release --no-run --test kernels --test gpu_model --test emulator --test runtime --message-format=json 2>/dev/null |
     artifacts | while read -r name kind path; do
         if [ "$kind" = test ]; then cp "$path" "$BUNDLE/bin/test-$name"; fi
     done
@@ -36,7 +36,7 @@ cargo bench --no-run --message-format=json 2>/dev/null | artifacts | while read 
 done
 # gpu-check.sh reports a missing binary as a skipped step; better to find out here, before a GPU
 # machine's minutes are spent on a bundle without it.
-for expected in maskedlm test-kernels test-gpu_model test-emulator bench-kernels bench-model; do
+for expected in maskedlm test-kernels test-gpu_model test-emulator test-runtime bench-kernels bench-model; do
     if [ ! -x "$BUNDLE/bin/$expected" ]; then
         echo "gpu-bundle.sh: bin/$expected was not built" >&2
         exit 1

@@ -4,6 +4,7 @@
 # important first, so that a machine lent for a few minutes answers the important questions first:
 #
 #   environment      driver, GPU, CUDA toolkit, and whether this machine's glibc can run the bundle
+#   runtime-tests    cuBLASLt plans with the bias epilogue, pinned asynchronous downloads, traffic
 #   kernel-tests     every kernel against the CPU backend, on the emulator and on this GPU
 #   model-tests      the whole model on this GPU against the CPU
 #   emulator-twins   the emulator's tensor-core twins against the real instructions
@@ -47,9 +48,9 @@ QUICK_FILTER="${QUICK_FILTER-adamw_matches_the_cpu bf16_head_dim_64_over_more_th
 MODEL_FILTER="${MODEL_FILTER-real_gpu}"
 export HERE OUT BIN
 
-STEPS=(environment kernel-tests model-tests emulator-twins memcheck racecheck cli-demo ceilings
-    bench-kernels bench-model compare compare-compile)
-QUICK_STEPS=" environment kernel-tests model-tests memcheck cli-demo compare "
+STEPS=(environment runtime-tests kernel-tests model-tests emulator-twins memcheck racecheck cli-demo
+    ceilings bench-kernels bench-model compare compare-compile)
+QUICK_STEPS=" environment runtime-tests kernel-tests model-tests memcheck cli-demo compare "
 
 # Timeouts in seconds, full run and QUICK=1. A full run must fit in 8 minutes on one H100 and a
 # quick one in 3: the step timeouts plus SETUP_S (unpacking, the library search) add up to 470 s
@@ -59,12 +60,14 @@ QUICK_STEPS=" environment kernel-tests model-tests memcheck cli-demo compare "
 # The shares are estimates until measured: each row shows a step's seconds beside its timeout.
 SETUP_S=10
 declare -A FULL_S=(
-    [environment]=15 [kernel-tests]=60 [model-tests]=40 [emulator-twins]=15 [memcheck]=55
-    [racecheck]=35 [cli-demo]=20 [ceilings]=15 [bench-kernels]=70 [bench-model]=25 [compare]=60
+    [environment]=15 [runtime-tests]=10 [kernel-tests]=60 [model-tests]=40 [emulator-twins]=15
+    [memcheck]=55 [racecheck]=35 [cli-demo]=20 [ceilings]=15 [bench-kernels]=60 [bench-model]=25
+    [compare]=60
     [compare-compile]=50
 )
 declare -A QUICK_S=(
-    [environment]=15 [kernel-tests]=40 [model-tests]=30 [memcheck]=30 [cli-demo]=20 [compare]=30
+    [environment]=15 [runtime-tests]=10 [kernel-tests]=35 [model-tests]=30 [memcheck]=25
+    [cli-demo]=20 [compare]=30
 )
 if [ -n "$QUICK" ]; then TOTAL_S=180; LAST_STEP=compare; else TOTAL_S=480; LAST_STEP=compare-compile; fi
 # Timed repeats of the full comparison: enough for a stable median, few enough to fit its timeout.
@@ -408,6 +411,9 @@ available() {
     return 1
 }
 
+# The runtime below the ops, first run on this GPU: bias GEMMs through cached cuBLASLt plans,
+# asynchronous downloads into pinned memory, the host-traffic counts.
+available runtime-tests "$BIN/test-runtime" && step runtime-tests "$BIN/test-runtime" --nocapture
 available kernel-tests "$BIN/test-kernels" && step kernel-tests "$BIN/test-kernels" --test-threads 1
 # shellcheck disable=SC2086 # a list of test-name filters
 available model-tests "$BIN/test-gpu_model" &&

@@ -1,5 +1,5 @@
-//! The real GPU: CUDA driver calls, kernels loaded from the embedded PTX (or compiled by NVRTC when
-//! this build had no nvcc), and f32 GEMMs through cuBLASLt. Everything runs on one stream, in
+//! The real GPU: CUDA driver calls, kernels loaded from the embedded fatbins (or compiled by NVRTC
+//! when this build had no nvcc), and f32 GEMMs through cuBLASLt. Everything runs on one stream, in
 //! order; `download` synchronises it.
 //!
 //! Libraries are loaded at run time (cudarc's dynamic loading): on a machine without the CUDA
@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::cublaslt::{result as lt, sys as lt_sys};
@@ -17,7 +18,7 @@ use cudarc::driver::{
 use cudarc::nvrtc::{CompileOptions, Ptx};
 
 use super::launch::{DevicePtr, KernelArgs, LaunchConfig};
-use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_ptx};
+use super::ptx::{KERNEL_FILES, KERNEL_SOURCES, kernel_fatbin};
 use super::runtime::{
     Allocation, GemmSpec, GpuRuntime, MemoryMeter, PendingDownload, QueuedDownload,
 };
@@ -41,7 +42,7 @@ pub struct CudaRuntime {
     ordinal: usize,
     context: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    /// `"sm_80"` or `"sm_90"`: which embedded PTX to load.
+    /// `"sm_80"` or `"sm_90"`: the architecture NVRTC compiles for when there are no fatbins.
     arch: &'static str,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
@@ -194,6 +195,81 @@ impl Drop for CudaDownload {
     }
 }
 
+/// The embedded kernel sources and headers written to a directory, once per process: NVRTC
+/// resolves `#include "common.cuh"` from an include path.
+fn kernel_source_dir() -> std::result::Result<&'static Path, String> {
+    static DIR: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("undertale-maskedlm-kernels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        for (name, text) in KERNEL_SOURCES {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        }
+        Ok(dir)
+    })
+    .as_ref()
+    .map(PathBuf::as_path)
+    .map_err(Clone::clone)
+}
+
+/// The include paths NVRTC is given: the kernel sources, then each CUDA toolkit's `include` (for
+/// `cuda_bf16.h`) and `include/cccl` (the CCCL headers, `nv/target`, that `cuda_bf16.h` includes,
+/// which CUDA 13 keeps apart and nvcc adds by itself): from `CUDA_HOME`, `CUDA_PATH`, and
+/// `/usr/local/cuda`.
+pub fn nvrtc_include_paths(source_dir: &Path) -> Vec<String> {
+    let mut paths = vec![source_dir.to_string_lossy().into_owned()];
+    let homes = ["CUDA_HOME", "CUDA_PATH"]
+        .into_iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .chain([PathBuf::from("/usr/local/cuda")]);
+    for home in homes {
+        let include = home.join("include");
+        paths.push(include.to_string_lossy().into_owned());
+        paths.push(include.join("cccl").to_string_lossy().into_owned());
+    }
+    paths
+}
+
+/// The options the runtime compiles kernel file `file` (its stem) with, for `arch` (`"sm_80"`,
+/// `"sm_90"`), when this build has no fatbin.
+pub fn nvrtc_options(file: &str, arch: &'static str, source_dir: &Path) -> CompileOptions {
+    CompileOptions {
+        arch: Some(arch),
+        include_paths: nvrtc_include_paths(source_dir),
+        options: vec!["-std=c++17".into()],
+        name: Some(format!("{file}.cu")),
+        ..Default::default()
+    }
+}
+
+/// Compiles kernel file `file` (its stem, e.g. `"attention"`) from the embedded sources to PTX with
+/// NVRTC for `arch`, exactly as the runtime does when this build had no nvcc. The error is NVRTC's
+/// log.
+pub fn compile_kernel_with_nvrtc(
+    file: &str,
+    arch: &'static str,
+) -> std::result::Result<Ptx, String> {
+    // SAFETY: probing for the shared library only tries to open it.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(
+            "this build has no compiled kernels (nvcc was not found at build time) and NVRTC \
+             (libnvrtc.so) is not installed to compile them at run time"
+                .into(),
+        );
+    }
+    let source = KERNEL_SOURCES
+        .iter()
+        .find(|(name, _)| name.strip_suffix(".cu") == Some(file))
+        .map(|(_, text)| *text)
+        .ok_or_else(|| format!("no embedded source for {file}.cu"))?;
+    let options = nvrtc_options(file, arch, kernel_source_dir()?);
+    cudarc::nvrtc::compile_ptx_with_opts(source, options)
+        .map_err(|e| format!("NVRTC on {file}.cu for {arch}: {e}"))
+}
+
 /// Keeps memory freed by `cuMemFreeAsync` in the device's default pool instead of handing it back
 /// to the driver. The pool's release threshold is 0 by default, so at every synchronisation (each
 /// blocking download, e.g. a step's loss) the pool trims itself to nothing, and the next step's
@@ -309,7 +385,7 @@ impl CudaRuntime {
         })
     }
 
-    /// The PTX architecture this GPU loads: `"sm_80"` or `"sm_90"`.
+    /// The architecture family of this GPU's kernels: `"sm_80"` or `"sm_90"`.
     pub fn arch(&self) -> &'static str {
         self.arch
     }
@@ -330,68 +406,27 @@ impl CudaRuntime {
         }
     }
 
-    /// The module of one kernel file: embedded PTX for this architecture, or NVRTC's compilation of
-    /// the embedded source.
+    /// The module of one kernel file: its embedded fatbin (the driver picks this GPU's machine
+    /// code, or compiles the PTX for a GPU newer than any of it), or NVRTC's compilation of the
+    /// embedded source when this build had no nvcc.
     fn module(&self, file: &'static str, kernel: &str) -> Result<Arc<CudaModule>> {
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(module) = modules.get(file) {
             return Ok(module.clone());
         }
-        let ptx = match kernel_ptx(file, self.arch) {
-            Some(text) => Ptx::from_src(text),
-            None => self
-                .compile_with_nvrtc(file)
+        let image = match kernel_fatbin(file) {
+            // Copied into a `Vec`: the driver reads the fatbin's 8-byte header fields in place, and
+            // embedded bytes carry no alignment.
+            Some(fatbin) => Ptx::from_binary(fatbin.to_vec()),
+            None => compile_kernel_with_nvrtc(file, self.arch)
                 .map_err(|e| Self::kernel_error(kernel, e))?,
         };
         let module = self
             .context
-            .load_module(ptx)
+            .load_module(image)
             .map_err(|e| Self::kernel_error(kernel, format!("loading {file}: {e}")))?;
         modules.insert(file, module.clone());
         Ok(module)
-    }
-
-    fn compile_with_nvrtc(&self, file: &str) -> std::result::Result<Ptx, String> {
-        // SAFETY: probing for the shared library only tries to open it.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            return Err(
-                "this build has no PTX (nvcc was not found at build time) and NVRTC (libnvrtc.so) \
-                        is not installed to compile the kernels at run time"
-                    .into(),
-            );
-        }
-        // NVRTC resolves `#include "common.cuh"` from a directory: write the embedded headers there.
-        let dir =
-            std::env::temp_dir().join(format!("undertale-maskedlm-kernels-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        for (name, text) in KERNEL_SOURCES {
-            std::fs::write(dir.join(name), text).map_err(|e| e.to_string())?;
-        }
-        let source = KERNEL_SOURCES
-            .iter()
-            .find(|(name, _)| name.strip_suffix(".cu") == Some(file))
-            .map(|(_, text)| *text)
-            .ok_or_else(|| format!("no embedded source for {file}.cu"))?;
-        let mut include_paths = vec![dir.to_string_lossy().into_owned()];
-        for var in ["CUDA_HOME", "CUDA_PATH"] {
-            if let Some(home) = std::env::var_os(var) {
-                include_paths.push(
-                    std::path::Path::new(&home)
-                        .join("include")
-                        .to_string_lossy()
-                        .into_owned(),
-                );
-            }
-        }
-        include_paths.push("/usr/local/cuda/include".into());
-        let options = CompileOptions {
-            arch: Some(self.arch),
-            include_paths,
-            options: vec!["-std=c++17".into()],
-            name: Some(format!("{file}.cu")),
-            ..Default::default()
-        };
-        cudarc::nvrtc::compile_ptx_with_opts(source, options).map_err(|e| format!("NVRTC: {e}"))
     }
 
     fn function(&self, kernel: &str) -> Result<CudaFunction> {
@@ -529,8 +564,10 @@ impl GpuRuntime for CudaRuntime {
         let staging = match reused {
             Some(staging) => staging,
             // Rounded up so that a buffer serves downloads of nearby sizes too.
-            None => Staging::new(&self.context, bytes.next_power_of_two().max(256))
-                .map_err(|e| self.error(e))?,
+            None => {
+                let capacity = bytes.checked_next_power_of_two().unwrap_or(bytes).max(256);
+                Staging::new(&self.context, capacity).map_err(|e| self.error(e))?
+            }
         };
         // From here the download owns the buffer: on any error below, dropping it waits for
         // whatever was queued into the buffer before freeing or pooling it.
