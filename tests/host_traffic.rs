@@ -182,6 +182,7 @@ fn infer_reads_back_only_the_answers() {
     assert_eq!(filled.shape(), &[tokens.len()]);
     assert_eq!(call.downloads, 1, "{call:?}");
     assert_eq!(call.download_bytes, 3 * 4, "{call:?}");
+    assert_eq!(call.synchronizations, 1, "{call:?}");
 
     let k = 5;
     let before = backend.host_traffic();
@@ -195,4 +196,5 @@ fn infer_reads_back_only_the_answers() {
     assert_eq!((ids.len(), probabilities.len()), (3 * k, 3 * k));
     assert_eq!(call.downloads, 2, "{call:?}");
     assert_eq!(call.download_bytes, (3 * k * 8) as u64, "{call:?}");
+    assert_eq!(call.synchronizations, 2, "{call:?}");
 }
