@@ -756,7 +756,8 @@ fn tensor_core_twins_agree_with_a_real_gpu() {
     use undertale_maskedlm::backend::cuda::ptx::SELFTEST_PTX;
     use undertale_maskedlm::backend::cuda::runtime::GpuRuntime;
 
-    let required = std::env::var("MASKEDLM_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    let required =
+        std::env::var(undertale_maskedlm::device::REQUIRE_GPU_VAR).is_ok_and(|v| v == "1");
     let gpu = match CudaRuntime::shared(0) {
         Ok(gpu) => gpu,
         Err(e) if required => panic!("MASKEDLM_REQUIRE_GPU=1 but the GPU cannot be used: {e}"),

@@ -6,13 +6,13 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use undertale_maskedlm::DType;
 use undertale_maskedlm::backend::HostTraffic;
 use undertale_maskedlm::backend::cuda::cuda_runtime::CudaRuntime;
 use undertale_maskedlm::backend::cuda::emulated::EmulatedRuntime;
 use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
 use undertale_maskedlm::backend::cuda::launch::DevicePtr;
 use undertale_maskedlm::backend::cuda::runtime::{Allocation, GemmSpec, GpuRuntime};
+use undertale_maskedlm::{DType, Device};
 
 fn random(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
     (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
@@ -178,8 +178,12 @@ fn check(runtime: &dyn GpuRuntime, name: &str) {
 #[test]
 fn bias_gemms_async_downloads_and_traffic() {
     check(&EmulatedRuntime::new(ScheduleOrder::Forward), "emulated");
-    match CudaRuntime::shared(0) {
-        Ok(gpu) => check(gpu.as_ref(), "cuda:0"),
-        Err(e) => println!("skipped on a GPU: no usable GPU ({e})"),
+    // A failure instead of a skip under MASKEDLM_REQUIRE_GPU=1.
+    if Device::gpu_for_checks()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .is_some()
+    {
+        let gpu = CudaRuntime::shared(0).expect("cuda:0 runtime");
+        check(gpu.as_ref(), "cuda:0");
     }
 }

@@ -72,12 +72,10 @@ impl dyn Backend + '_ {
         hidden: usize,
     ) -> Result<Tensor> {
         let tables = [token, instruction, argument];
-        let (batch, seq) = embedding_dims(tokens, instruction, argument, hidden)?;
-        let ids = host_ints(self, tokens, "embedding tokens")?;
+        let (batch, seq) = checked_tokens(self, tokens, tables, hidden)?;
         expect_buffer(self, params, "parameters")?;
         let vocab = token.len / hidden.max(1);
         let positions = instruction.len / hidden.max(1);
-        check_token_ids(&ids, seq, vocab)?;
         check_param(
             token,
             vocab * hidden,

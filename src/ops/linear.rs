@@ -170,8 +170,11 @@ impl dyn Backend + '_ {
     }
 }
 
+/// A linear layer's backward; with `z`, of `GELU(z)`, `z = x W^T + b` (the feed-forward block's
+/// first layer, recorded as one rule so that GELU's backward is fused into the bias gradient's).
 struct LinearRule {
     x: Var,
+    z: Option<Var>,
     out: Var,
     weight: Param,
     bias: Param,
@@ -184,43 +187,26 @@ impl Rule for LinearRule {
 
     fn backward(self: Box<Self>, pass: &mut BackwardPass<'_, '_>, dy: Tensor) -> Result<()> {
         let x = pass.value(self.x)?;
-        let dx = pass.backend.linear_backward(
-            &dy,
-            x,
-            pass.weights,
-            pass.grads,
-            self.weight,
-            self.bias,
-        )?;
-        pass.accumulate(self.x, dx)
-    }
-}
-
-/// `out = GELU(z)`, `z = x W^T + b`: one rule, so that the backward is fused too.
-struct LinearGeluRule {
-    x: Var,
-    z: Var,
-    out: Var,
-    weight: Param,
-    bias: Param,
-}
-
-impl Rule for LinearGeluRule {
-    fn output(&self) -> Var {
-        self.out
-    }
-
-    fn backward(self: Box<Self>, pass: &mut BackwardPass<'_, '_>, dy: Tensor) -> Result<()> {
-        let (x, z) = (pass.value(self.x)?, pass.value(self.z)?);
-        let dx = pass.backend.linear_gelu_backward(
-            &dy,
-            x,
-            z,
-            pass.weights,
-            pass.grads,
-            self.weight,
-            self.bias,
-        )?;
+        let z = self.z.map(|z| pass.value(z)).transpose()?;
+        let dx = match z {
+            Some(z) => pass.backend.linear_gelu_backward(
+                &dy,
+                x,
+                z,
+                pass.weights,
+                pass.grads,
+                self.weight,
+                self.bias,
+            )?,
+            None => pass.backend.linear_backward(
+                &dy,
+                x,
+                pass.weights,
+                pass.grads,
+                self.weight,
+                self.bias,
+            )?,
+        };
         pass.accumulate(self.x, dx)
     }
 }
@@ -243,6 +229,7 @@ impl Tape<'_> {
         let out = self.push(y);
         self.record(LinearRule {
             x,
+            z: None,
             out,
             weight,
             bias,
@@ -268,9 +255,9 @@ impl Tape<'_> {
         )?;
         let z = self.push(z);
         let out = self.push(y);
-        self.record(LinearGeluRule {
+        self.record(LinearRule {
             x,
-            z,
+            z: Some(z),
             out,
             weight,
             bias,

@@ -144,7 +144,10 @@ impl Backend for CpuBackend {
     }
 
     fn read_scalar(&self, t: &Tensor) -> Result<PendingScalar> {
-        Ok(PendingScalar::ready(f32s(t, "scalar")?[0]))
+        match f32s(t, "scalar")? {
+            [value] => Ok(PendingScalar::ready(*value)),
+            _ => Err(Error::shape("scalar", "[1] f32", t.shape())),
+        }
     }
 
     fn fill_zero(&self, t: &mut Tensor) -> Result<()> {

@@ -265,20 +265,6 @@ impl GpuRuntime for EmulatedRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::HostTraffic;
-
-    /// Random values in [-1, 1), from a small fixed generator (no dependency for a unit test).
-    fn random(seed: u64, len: usize) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn upload(runtime: &EmulatedRuntime, bytes: &[u8]) -> Allocation {
         let memory = runtime.alloc(bytes.len()).unwrap();
@@ -286,124 +272,8 @@ mod tests {
         memory
     }
 
-    /// The bias epilogue against a plain computation: a transposed B, beta 1 (so C's old values
-    /// count), and a batch of two sharing one bias; C in f32 and in bf16, where the bias must be
-    /// added before C is rounded.
-    #[test]
-    fn gemm_adds_the_bias_to_every_row() {
-        let runtime = EmulatedRuntime::new(ScheduleOrder::Forward);
-        let (m, n, k, batch) = (5, 7, 3, 2);
-        let (alpha, beta) = (0.75f32, 1.0f32);
-        let a = random(1, batch * m * k);
-        // B stored [n, k] and used transposed.
-        let b = random(2, batch * n * k);
-        let c0 = random(3, batch * m * n);
-        let bias = random(4, n);
-        for c_type in [DType::F32, DType::BF16] {
-            let round = |v: f32| match c_type {
-                DType::BF16 => half::bf16::from_f32(v).to_f32(),
-                _ => v,
-            };
-            let c_start: Vec<f32> = c0.iter().map(|&v| round(v)).collect();
-            let c_bytes: Vec<u8> = match c_type {
-                DType::BF16 => c_start
-                    .iter()
-                    .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
-                    .collect(),
-                _ => bytemuck::cast_slice(&c_start).to_vec(),
-            };
-            let a_gpu = upload(&runtime, bytemuck::cast_slice(&a));
-            let b_gpu = upload(&runtime, bytemuck::cast_slice(&b));
-            let c_gpu = upload(&runtime, &c_bytes);
-            let bias_gpu = upload(&runtime, bytemuck::cast_slice(&bias));
-            let mut spec = GemmSpec::dense(
-                m,
-                n,
-                k,
-                a_gpu.ptr(),
-                false,
-                b_gpu.ptr(),
-                true,
-                c_gpu.ptr(),
-                alpha,
-                beta,
-            )
-            .with_types(DType::F32, DType::F32, c_type)
-            .with_bias(bias_gpu.ptr());
-            (spec.batch, spec.stride_a, spec.stride_b, spec.stride_c) =
-                (batch, m * k, n * k, m * n);
-            runtime.gemm(&spec).unwrap();
-
-            let mut got = vec![0u8; c_bytes.len()];
-            runtime.download(c_gpu.ptr(), &mut got).unwrap();
-            let got: Vec<f32> = match c_type {
-                DType::BF16 => got
-                    .chunks_exact(2)
-                    .map(|h| half::bf16::from_le_bytes([h[0], h[1]]).to_f32())
-                    .collect(),
-                _ => bytemuck::cast_slice(&got).to_vec(),
-            };
-            for i in 0..batch {
-                for r in 0..m {
-                    for col in 0..n {
-                        let dot: f64 = (0..k)
-                            .map(|j| {
-                                f64::from(a[i * m * k + r * k + j])
-                                    * f64::from(b[i * n * k + col * k + j])
-                            })
-                            .sum();
-                        let at = i * m * n + r * n + col;
-                        let want = f64::from(alpha) * dot
-                            + f64::from(beta) * f64::from(c_start[at])
-                            + f64::from(bias[col]);
-                        // One bf16 rounding of the f32 sum, or f32 rounding error only.
-                        let tolerance = match c_type {
-                            DType::BF16 => want.abs() / 128.0 + 1e-6,
-                            _ => 1e-5,
-                        };
-                        assert!(
-                            (f64::from(got[at]) - want).abs() <= tolerance,
-                            "{c_type:?} batch {i} row {r} col {col}: got {}, want {want}",
-                            got[at]
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn traffic_counts_copies_and_synchronisations() {
-        let runtime = EmulatedRuntime::new(ScheduleOrder::Forward);
-        let before = runtime.traffic().snapshot();
-        let memory = runtime.alloc(16).unwrap();
-        let data: Vec<u8> = (1..=16).collect();
-        runtime.upload(memory.ptr(), &data).unwrap();
-        // Device-side work counts nothing.
-        runtime.memset_zero(memory.ptr(), 4).unwrap();
-        let mut back = vec![0u8; 8];
-        runtime.download(memory.ptr(), &mut back).unwrap();
-        assert_eq!(back, [0, 0, 0, 0, 5, 6, 7, 8]);
-        let pending = runtime.download_async(memory.ptr(), 12).unwrap();
-        assert!(pending.is_ready());
-        assert_eq!(
-            pending.wait().unwrap(),
-            [0, 0, 0, 0, 5, 6, 7, 8, 9, 10, 11, 12]
-        );
-        runtime.synchronize().unwrap();
-        assert_eq!(
-            runtime.traffic().snapshot().since(&before),
-            HostTraffic {
-                uploads: 1,
-                upload_bytes: 16,
-                downloads: 2,
-                download_bytes: 20,
-                synchronizations: 2,
-            }
-        );
-    }
-
-    /// The bias is added in f32 and C rounded once: 1 + (2^-8 + 2^-20) rounds up to the next bf16
+    /// (The bias epilogue and the traffic counts against a plain computation, on the emulator and
+    /// on a GPU: tests/runtime.rs.) The bias is added in f32 and C rounded once: 1 + (2^-8 + 2^-20) rounds up to the next bf16
     /// above 1, whereas rounding the product to bf16 first (to 2^-8) and then adding would give a
     /// tie that rounds to 1.
     #[test]
