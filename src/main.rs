@@ -8,6 +8,12 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+
+/// What only the binary needs (not part of the library).
+mod cli {
+    pub mod interrupt;
+}
+use cli::interrupt;
 use undertale_maskedlm::checkpoint::load_model;
 use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
@@ -167,8 +173,13 @@ struct PretrainArgs {
     /// [default: 0]
     #[arg(long)]
     seed: Option<u64>,
+    /// Stop after this many optimiser steps; a new run plans its learning-rate schedule over
+    /// min(max-steps, epochs x batches) steps
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Replace the run already in OUTPUT (its last/, best/ and metrics) instead of refusing
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(clap::Args)]
@@ -267,6 +278,7 @@ fn device(arg: &Option<String>) -> Result<Device> {
 
 fn main() {
     let cli = Cli::parse();
+    interrupt::install();
     if let Some(threads) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -367,10 +379,21 @@ fn run(command: Command) -> Result<()> {
                 precision: args.precision,
                 seed: args.seed,
                 max_steps: args.max_steps,
+                overwrite: args.overwrite,
+                interrupt: Some(interrupt::training_in(&args.output)),
                 progress: true,
-                ..PretrainOptions::new(args.tokenizer, args.dataset, args.output)
+                ..PretrainOptions::new(args.tokenizer, args.dataset, args.output.clone())
             };
             let summary = pretrain(&options)?;
+            if summary.interrupted {
+                let step =
+                    interrupt::checkpoint_step(&summary.last_checkpoint).unwrap_or(summary.steps);
+                eprintln!(
+                    "interrupted at step {step}; resume with --checkpoint {}",
+                    summary.last_checkpoint.display()
+                );
+                std::process::exit(interrupt::EXIT_CODE);
+            }
             println!(
                 "{} steps, {} epochs{}; latest checkpoint {}",
                 summary.steps,

@@ -116,16 +116,12 @@ fn the_whole_workflow_on_real_disassembly() {
         "--learning-rate",
         "0.002",
     ];
-    // Stop part-way through, then resume from OUTPUT/last to the end.
-    let mut first: Vec<&str> = vec!["pretrain"];
-    first.extend(common);
-    first.extend(["--max-steps", "5"]);
-    ok(&first);
-    let mut resume: Vec<&str> = vec!["pretrain"];
-    resume.extend(common);
+    // (Stopping part-way and resuming is checked by
+    // `ctrl_c_stops_after_the_step_and_the_run_resumes_exactly`.)
+    let mut run: Vec<&str> = vec!["pretrain"];
+    run.extend(common);
     let last = out.join("last");
-    resume.extend(["--checkpoint", s(&last)]);
-    let said = ok(&resume);
+    let said = ok(&run);
     assert!(said.contains("epoch 3"), "{said}");
 
     let records = read_records(&out.join("metrics.jsonl")).unwrap();
@@ -581,6 +577,222 @@ fn a_killed_run_resumes_from_its_last_complete_checkpoint() {
         s(&out.join("last")),
     ]);
     assert!(said.contains(&format!("epoch {target}")), "{said}");
+}
+
+/// Pretrains `tiny` on the reference fixtures into `out`, with extra arguments.
+fn pretrain_tiny(out: &Path, extra: &[&str]) -> Output {
+    let (tokenizer, data) = reference_fixtures();
+    let mut args = vec![
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(out),
+        "--config",
+        "tiny",
+        "--batch-size",
+        "4",
+    ];
+    args.extend(extra);
+    maskedlm(&args)
+}
+
+fn step_records(out: &Path) -> Vec<(u64, f64)> {
+    read_records(&out.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Step { step, lr, .. } => Some((step, lr)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn max_steps_plans_the_learning_rate_schedule_over_the_steps_that_run() {
+    use undertale_maskedlm::train::LrSchedule;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let run = pretrain_tiny(&out, &["--max-steps", "12", "--learning-rate", "0.001"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("last/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["total_steps"], 12);
+    // The reference's warmup fraction of 12 steps, then a cosine that ends at the 12th.
+    let warmup = undertale_maskedlm::Config::new(undertale_maskedlm::Size::TINY, 10, 1, 2).warmup;
+    let schedule = LrSchedule::new(0.001, warmup, 12);
+    let records = step_records(&out);
+    assert_eq!(records.len(), 12);
+    for (step, lr) in records {
+        let want = schedule.lr(step - 1);
+        assert!(
+            (lr - want).abs() <= 1e-12 * want.max(1e-12),
+            "step {step}: lr {lr}, schedule {want}"
+        );
+    }
+}
+
+#[test]
+fn pretrain_refuses_to_overwrite_a_run_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    assert!(pretrain_tiny(&out, &["--max-steps", "3"]).status.success());
+    std::fs::create_dir_all(out.join("best")).unwrap();
+    let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
+
+    let again = pretrain_tiny(&out, &["--max-steps", "2"]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success(),
+        "a second run into the same folder was accepted"
+    );
+    assert!(
+        stderr.contains("already holds a run") && stderr.contains("--overwrite"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("metrics.jsonl")).unwrap(),
+        metrics,
+        "the old run was touched"
+    );
+
+    let replaced = pretrain_tiny(&out, &["--max-steps", "2", "--overwrite"]);
+    assert!(
+        replaced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replaced.stderr)
+    );
+    assert_eq!(step_records(&out).len(), 2);
+    assert!(!out.join("best").exists(), "the old run's best/ was kept");
+}
+
+#[test]
+fn a_pretrain_that_cannot_start_leaves_no_output_folder() {
+    let (tokenizer, _) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let missing = dir.path().join("missing.parquet");
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&missing),
+            s(&out),
+            "--config",
+            "tiny",
+        ],
+        "missing.parquet",
+    );
+    assert!(!out.exists(), "an empty output folder was left behind");
+}
+
+#[test]
+fn pretrain_names_its_default_model_and_warns_on_a_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // A folder holding a run stops it right after the model is announced.
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "").unwrap();
+    let (tokenizer, data) = reference_fixtures();
+    let run = maskedlm(&[
+        "pretrain",
+        "--tokenizer",
+        s(&tokenizer),
+        s(&data),
+        s(&out),
+        "--device",
+        "cpu",
+    ]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(stderr.contains("model: medium (the default)"), "{stderr}");
+    assert!(stderr.contains("--config tiny"), "{stderr}");
+}
+
+#[test]
+fn ctrl_c_stops_after_the_step_and_the_run_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    let steps = "300";
+    assert!(
+        pretrain_tiny(&whole, &["--max-steps", steps])
+            .status
+            .success()
+    );
+
+    let (tokenizer, data) = reference_fixtures();
+    let child = Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+        .args([
+            "pretrain",
+            "--tokenizer",
+            s(&tokenizer),
+            s(&data),
+            s(&parts),
+            "--config",
+            "tiny",
+            "--batch-size",
+            "4",
+            "--max-steps",
+            steps,
+        ])
+        .env("RAYON_NUM_THREADS", "2")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = parts.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.lines().count() >= 3) {
+        assert!(start.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let state = undertale_maskedlm::train::Trainer::resume(
+        &parts.join("last"),
+        undertale_maskedlm::Device::Cpu,
+    )
+    .expect("the interrupt wrote a checkpoint");
+    let stopped = state.state().step;
+    assert!((1..300).contains(&stopped), "stopped at step {stopped}");
+    assert!(
+        stderr.contains(&format!(
+            "interrupted at step {stopped}; resume with --checkpoint"
+        )),
+        "{stderr}"
+    );
+
+    let resumed = pretrain_tiny(&parts, &["--checkpoint", s(&parts.join("last"))]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let steps: Vec<u64> = step_records(&parts).iter().map(|r| r.0).collect();
+    assert_eq!(
+        steps,
+        (1..=300).collect::<Vec<_>>(),
+        "one record per step, none twice"
+    );
+    for file in ["model.safetensors", "optimizer.safetensors"] {
+        assert!(
+            std::fs::read(whole.join("last").join(file)).unwrap()
+                == std::fs::read(parts.join("last").join(file)).unwrap(),
+            "{file} differs from the uninterrupted run's"
+        );
+    }
 }
 
 #[test]

@@ -10,6 +10,8 @@
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -52,7 +54,15 @@ pub struct PretrainOptions {
     pub precision: Precision,
     /// Default 0; a resumed run keeps its checkpoint's.
     pub seed: Option<u64>,
+    /// Stop after this many optimiser steps in all. A new run plans its learning-rate schedule
+    /// over `min(max_steps, epochs x batches)` steps, as Lightning's `estimated_stepping_batches`
+    /// does; a resumed run keeps the schedule it was planned with.
     pub max_steps: Option<u64>,
+    /// Replace a run already in `output` (its `last/`, `best/` and metrics) instead of refusing.
+    pub overwrite: bool,
+    /// When this flag is set (by a Ctrl-C handler), training stops after the step in progress and
+    /// `OUTPUT/last` is written; the summary says `interrupted`.
+    pub interrupt: Option<Arc<AtomicBool>>,
     /// Draw a progress bar on standard error.
     pub progress: bool,
 }
@@ -78,6 +88,8 @@ impl PretrainOptions {
             precision: Precision::F32,
             seed: None,
             max_steps: None,
+            overwrite: false,
+            interrupt: None,
             progress: true,
         }
     }
@@ -89,6 +101,8 @@ pub struct PretrainSummary {
     pub steps: u64,
     pub epochs_completed: u64,
     pub stopped_early: bool,
+    /// Stopped by [`PretrainOptions::interrupt`]; `last_checkpoint` holds the step reached.
+    pub interrupted: bool,
     pub last_checkpoint: PathBuf,
     pub validation_f1: Option<f64>,
     pub probes: Vec<(String, String)>,
@@ -383,15 +397,97 @@ fn check_resume_flags(
     Ok(())
 }
 
+/// Says which model trains where, and for how long: the default configuration is the
+/// reference's `medium`, which a first try on a CPU should not get by surprise.
+fn announce(
+    model: &Model,
+    spec: &str,
+    options: &PretrainOptions,
+    rows: usize,
+    batch_size: usize,
+    total: u64,
+) {
+    let defaulted = if options.config.is_none() {
+        " (the default)"
+    } else {
+        ""
+    };
+    eprintln!(
+        "model: {spec}{defaulted}, {} parameters, on {} ({}); {rows} rows in batches of {batch_size}, {total} steps",
+        model.num_parameters(),
+        model.device(),
+        model.precision()
+    );
+    if options.config.is_none() && model.device() == Device::Cpu {
+        eprintln!(
+            "note: --config defaults to the reference's {DEFAULT_CONFIG} model, slow on a CPU; --config tiny trains a small one in minutes"
+        );
+    }
+}
+
+/// What is already in an output folder from an earlier run.
+fn earlier_run_files(output: &Path) -> Vec<PathBuf> {
+    ["last", "best", "metrics.jsonl", "metrics.png"]
+        .iter()
+        .map(|name| output.join(name))
+        .filter(|path| path.exists())
+        .collect()
+}
+
+/// A new run refuses an output folder that holds another run, unless told to replace it; a run
+/// resumed from that folder's own `last/` continues it.
+fn prepare_output(options: &PretrainOptions) -> Result<()> {
+    let earlier = earlier_run_files(&options.output);
+    let last = options.output.join("last");
+    let same = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let continues_it = options
+        .checkpoint
+        .as_deref()
+        .is_some_and(|c| same(c, &last));
+    if earlier.is_empty() || continues_it {
+        return Ok(());
+    }
+    if !options.overwrite {
+        let names: Vec<String> = earlier
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        return Err(Error::Config(format!(
+            "{} already holds a run ({}): resume it with --checkpoint {}, write to another folder, or pass --overwrite to replace it",
+            options.output.display(),
+            names.join(", "),
+            last.display()
+        )));
+    }
+    for path in earlier {
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Runs (or resumes) pretraining.
+///
+/// Everything is read and checked (tokenizer, configuration, datasets, the output folder) before
+/// the output folder is created, so a run that cannot start leaves nothing behind.
 pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     let tokenizer = InstructionTokenizer::load(&options.tokenizer)?;
-    std::fs::create_dir_all(&options.output)
-        .map_err(|e| Error::io(format!("creating {}", options.output.display()), e))?;
     let last = options.output.join("last");
     let best = options.output.join("best");
     let metrics_path = options.output.join("metrics.jsonl");
     let plot_path = options.output.join("metrics.png");
+    if options.max_steps == Some(0) {
+        return Err(Error::Config("--max-steps must be at least 1".into()));
+    }
 
     // The dataset is read once, checked against the model's configuration.
     let (mut trainer, train) = match &options.checkpoint {
@@ -408,21 +504,21 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             (trainer, train)
         }
         None => {
-            let config = resolve_config(
-                options.config.as_deref().unwrap_or(DEFAULT_CONFIG),
-                &tokenizer,
-                options.learning_rate,
-                options.warmup,
-            )?;
+            let spec = options.config.as_deref().unwrap_or(DEFAULT_CONFIG);
+            let config = resolve_config(spec, &tokenizer, options.learning_rate, options.warmup)?;
             let train = load_examples(&options.dataset, &config)?;
             let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
             let epochs = options.epochs.unwrap_or(DEFAULT_EPOCHS);
-            let total = epochs
+            let planned = epochs
                 .checked_mul(batches_per_epoch(train.len(), batch_size))
                 .ok_or_else(|| Error::Config(format!("--epochs {epochs} is too large")))?;
+            // The schedule spans the steps that will run, as Lightning plans it
+            // (`estimated_stepping_batches`): a short try warms up and decays within its steps.
+            let total = options.max_steps.map_or(planned, |m| m.min(planned));
             let seed = options.seed.unwrap_or(0);
             let model =
                 Model::new(config, options.device, seed)?.with_precision(options.precision)?;
+            announce(&model, spec, options, train.len(), batch_size, total);
             (Trainer::new(model, batch_size, total, seed)?, train)
         }
     };
@@ -440,13 +536,37 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         };
         *trainer.early_stopping_mut() = Some(EarlyStopping::new(goal));
     }
+    if let Some(flag) = &options.interrupt {
+        trainer.stop_when(flag.clone());
+    }
     let batch_size = trainer.state().batch_size;
+    // A resumed run keeps its schedule, after whose end the learning rate is 0.
+    if let Some(e) = options.epochs.filter(|_| options.checkpoint.is_some()) {
+        let asked = e.saturating_mul(batches_per_epoch(train.len(), batch_size));
+        let planned = trainer.state().total_steps;
+        if asked > planned {
+            return Err(Error::Config(format!(
+                "--epochs {e} asks for {asked} steps, past the {planned} this run's learning-rate schedule was planned for (its rate is 0 after them); drop the flag to finish the run"
+            )));
+        }
+    }
     // Unless told otherwise, run to the end of the schedule the run was planned with.
     let epochs = options.epochs.unwrap_or_else(|| {
-        (trainer.state().total_steps / batches_per_epoch(train.len(), batch_size).max(1)).max(1)
+        trainer
+            .state()
+            .total_steps
+            .div_ceil(batches_per_epoch(train.len(), batch_size).max(1))
+            .max(1)
     });
     let total = options.max_steps.map_or(trainer.state().total_steps, |m| {
         m.min(trainer.state().total_steps)
+    });
+    // A run planned with --max-steps ends where its schedule does, resumed or not.
+    let stop_at = options.max_steps.or_else(|| {
+        options
+            .epochs
+            .is_none()
+            .then_some(trainer.state().total_steps)
     });
 
     let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
@@ -459,6 +579,9 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             "the validation collator masks no token of it (too few real tokens to score)",
         ));
     }
+    prepare_output(options)?;
+    std::fs::create_dir_all(&options.output)
+        .map_err(|e| Error::io(format!("creating {}", options.output.display()), e))?;
     // Both callbacks append to the metrics file.
     let metrics = RefCell::new(MetricsWriter::open(&metrics_path, resume_step)?);
     let bar = progress_bar(total, trainer.state().step, options.progress);
@@ -472,7 +595,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     let outcome = trainer.train(
         &train,
         epochs,
-        options.max_steps,
+        stop_at,
         |t, report| {
             tokens_seen += report.tokens;
             let rate = tokens_seen as f64 / start.elapsed().as_secs_f64().max(1e-9);
@@ -532,7 +655,8 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     )?;
     bar.finish_and_clear();
 
-    // A run cut short by --max-steps mid-epoch still leaves a checkpoint to resume from.
+    // A run cut short mid-epoch (by --max-steps or an interrupt) still leaves a checkpoint to
+    // resume from.
     if trainer.state().step != saved_step || !last.exists() {
         trainer.save(&last)?;
         if last_probes.is_empty() {
@@ -550,6 +674,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         steps: trainer.state().step,
         epochs_completed: trainer.state().epoch,
         stopped_early: outcome == Continue::Stop,
+        interrupted: trainer.stop_requested(),
         last_checkpoint: last,
         validation_f1: last_f1,
         probes: last_probes,

@@ -194,6 +194,8 @@ pub fn quickstart(options: &QuickstartOptions) -> Result<PretrainSummary> {
     pretrain_options.device = options.device;
     pretrain_options.seed = Some(options.seed);
     pretrain_options.progress = options.progress;
+    // The work folder is the quickstart's own: running it again starts its model afresh.
+    pretrain_options.overwrite = true;
     println!(
         "  {epochs} epochs of {batches} batches of {} on {}",
         options.batch_size, options.device

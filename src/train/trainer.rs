@@ -5,6 +5,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -89,6 +91,9 @@ pub struct Trainer {
     /// it stops every later update until the host has seen the error.
     halted: Tensor,
     state: TrainerState,
+    /// Set from outside (a Ctrl-C handler): [`train`](Self::train) returns after the step in
+    /// progress, as it does at `max_steps`.
+    stop_requested: Option<Arc<AtomicBool>>,
 }
 
 /// A step whose work is queued on the device and whose loss is on its way to the host.
@@ -145,6 +150,7 @@ impl Trainer {
             grads,
             halted,
             state,
+            stop_requested: None,
         })
     }
 
@@ -155,6 +161,20 @@ impl Trainer {
 
     pub fn state(&self) -> &TrainerState {
         &self.state
+    }
+
+    /// Makes [`train`](Self::train) return after the step in progress once `flag` is set (by a
+    /// signal handler, another thread). The trainer's state is then that of a run cut short by
+    /// `max_steps`: save it and resume it exactly.
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop_requested = Some(flag);
+    }
+
+    /// Whether the flag given to [`stop_when`](Self::stop_when) is set.
+    pub fn stop_requested(&self) -> bool {
+        self.stop_requested
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// The early-stopping monitor is the caller's to set and update; it is saved with the state.
@@ -262,7 +282,9 @@ impl Trainer {
     /// Trains through `data` in order, batch by batch, up to `epochs` epochs (continuing from the
     /// current position after a resume) or until `max_steps` optimiser steps in total. `on_step`
     /// sees every step; `on_epoch` runs after each completed epoch (to evaluate, save a checkpoint,
-    /// decide to stop). Returns whether `on_epoch` stopped training.
+    /// decide to stop). Returns whether `on_epoch` stopped training; it also returns, with
+    /// [`Continue::Yes`], after the step in progress when a [`stop_when`](Self::stop_when) flag is
+    /// set.
     pub fn train(
         &mut self,
         data: &[Example],
@@ -299,7 +321,7 @@ impl Trainer {
             // device has moved past it.
             let mut in_flight: Option<QueuedStep> = None;
             while (self.state.batch_in_epoch as usize) < batches.len() {
-                if max_steps.is_some_and(|m| self.state.step >= m) {
+                if max_steps.is_some_and(|m| self.state.step >= m) || self.stop_requested() {
                     break;
                 }
                 let queued = self.queue_step(batches[self.state.batch_in_epoch as usize])?;
@@ -314,7 +336,7 @@ impl Trainer {
                 on_step(self, &report)?;
             }
             if (self.state.batch_in_epoch as usize) < batches.len() {
-                // Stopped by max_steps inside the epoch.
+                // Stopped by max_steps or a stop request inside the epoch.
                 return Ok(Continue::Yes);
             }
             let end = EpochEnd {
@@ -430,6 +452,7 @@ impl Trainer {
             grads,
             halted,
             state,
+            stop_requested: None,
         })
     }
 }
