@@ -4,13 +4,13 @@
 //! the model's logits are computed at the `[MASK]` positions only, and each mask is replaced by
 //! its most probable token. The output is decoded with special tokens kept and `[PAD]` removed,
 //! as the reference's infer pipeline prints it. Candidates carry softmax probabilities, computed
-//! with the choice of the best candidates by the backend ([`Backend::softmax_top_k`]).
+//! with the choice of the best candidates by the backend (`softmax_top_k` on a [`Backend`]).
 //!
 //! [`fill_inputs`] runs many inputs as the command line does: one output line per input (a blank
 //! input gives an empty line), warnings and errors naming the input by its line or argument
 //! number.
 //!
-//! [`Backend::softmax_top_k`]: crate::backend::Backend::softmax_top_k
+//! [`Backend`]: crate::backend::Backend
 
 use std::fmt;
 use std::io::Write;
