@@ -51,6 +51,24 @@ pub enum Error {
         vocab_size: usize,
     },
 
+    /// An index (a row to gather, a position to read) that is negative or not below the length
+    /// it indexes.
+    #[error("{what} {index} is out of range: expected an index in [0, {len})")]
+    IndexOutOfRange {
+        what: String,
+        index: i64,
+        len: usize,
+    },
+
+    /// An error in one input of several (a line of standard input, a command-line argument),
+    /// named so the caller knows which.
+    #[error("{input}: {source}")]
+    Input {
+        input: String,
+        #[source]
+        source: Box<Error>,
+    },
+
     /// An attention-mask entry other than 0 or 1.
     #[error("mask value {value} at row {row}, position {position}: mask entries must be 0 or 1")]
     MaskValue {

@@ -15,7 +15,7 @@ mod cli {
 }
 use cli::interrupt;
 use undertale_maskedlm::checkpoint::load_model;
-use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized, write_tokenized};
+use undertale_maskedlm::data::parquet::{read_corpus, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
 use undertale_maskedlm::device::Precision;
@@ -25,12 +25,16 @@ use undertale_maskedlm::model::{
 use undertale_maskedlm::pipeline::bench::{BenchOptions, format_report};
 use undertale_maskedlm::pipeline::corpus::disassemble_to_parquet;
 use undertale_maskedlm::pipeline::corpus::tokenize_rows;
+use undertale_maskedlm::pipeline::dataset::load_examples;
 use undertale_maskedlm::pipeline::evaluate::evaluate;
-use undertale_maskedlm::pipeline::infer::fill_masks;
+use undertale_maskedlm::pipeline::infer::{InputName, OutputFormat, fill_inputs};
 use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, check_tokenizer_matches, pretrain};
 use undertale_maskedlm::pipeline::quickstart::{QuickstartOptions, quickstart};
 use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
 use undertale_maskedlm::{Device, Error, Result, Tensor};
+
+/// Candidates per mask in `infer --json` when `--top-k` is not given.
+const DEFAULT_TOP_K: usize = 5;
 
 #[derive(Parser)]
 #[command(
@@ -76,16 +80,26 @@ enum Command {
     },
     /// Pretrain the masked language model.
     Pretrain(PretrainArgs),
-    /// Fill the [MASK] tokens of pre-tokenized disassembly (inputs from standard input, one per
+    /// Fill the `[MASK]` tokens of pre-tokenized disassembly (inputs from standard input, one per
     /// line, when none are given).
+    ///
+    /// One output line per input, in order: a blank input gives an empty line (with --json, an
+    /// object with no masks). An input longer than the tokenizer's sequence length is truncated,
+    /// as the reference does, with a warning; an input with no `[MASK]` is echoed with a warning.
+    /// Warnings and errors name the input: `line N` of standard input, or `input N` among the
+    /// arguments. The first input that cannot be filled stops the run with an error naming it
+    /// (exit status 1); the outputs of the inputs before it are already written.
     Infer {
         #[arg(long)]
         checkpoint: PathBuf,
         #[arg(long)]
         tokenizer: PathBuf,
-        /// Candidates to list per mask (with --json).
-        #[arg(long, default_value_t = 5)]
-        top_k: usize,
+        /// Candidates to list per mask, at least 1: with --json in each object (default 5),
+        /// without it on one indented line per mask after the filled line,
+        /// `    position P: token (probability), ...` (only the unindented lines are one per
+        /// input).
+        #[arg(long)]
+        top_k: Option<usize>,
         /// One JSON object per input.
         #[arg(long)]
         json: bool,
@@ -416,38 +430,41 @@ fn run(command: Command) -> Result<()> {
             precision,
             inputs,
         } => {
+            if top_k == Some(0) {
+                return Err(Error::Config(
+                    "--top-k 0: at least one candidate per mask is needed".into(),
+                ));
+            }
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             check_compatible(&model, &tokenizer)?;
-            let inputs = if inputs.is_empty() {
-                std::io::stdin()
+            let format = match (json, top_k) {
+                (true, _) => OutputFormat::Json,
+                (false, Some(_)) => OutputFormat::TextWithCandidates,
+                (false, None) => OutputFormat::Text,
+            };
+            let top_k = top_k.unwrap_or(DEFAULT_TOP_K);
+            let mut warn = |w: String| eprintln!("warning: {w}");
+            let stdout = std::io::stdout();
+            let mut out = stdout.lock();
+            if inputs.is_empty() {
+                // Read as it comes, so a pipe gets each answer before the next line is typed.
+                let lines = std::io::stdin()
                     .lock()
                     .lines()
-                    .collect::<std::io::Result<Vec<String>>>()
-                    .map_err(|e| Error::Io {
-                        context: "reading standard input".into(),
-                        source: e,
-                    })?
-                    .into_iter()
-                    .filter(|l| !l.trim().is_empty())
-                    .collect()
+                    .enumerate()
+                    .map(|(i, line)| (InputName::Line(i + 1), line));
+                fill_inputs(
+                    &model, &tokenizer, lines, top_k, format, &mut out, &mut warn,
+                )?;
             } else {
-                inputs
-            };
-            for input in &inputs {
-                let filled = fill_masks(&model, &tokenizer, input, top_k)?;
-                if filled.truncated {
-                    eprintln!(
-                        "warning: input longer than {} tokens was truncated: {:.60}...",
-                        tokenizer.sequence_length(),
-                        input
-                    );
-                }
-                if json {
-                    println!("{}", serde_json::to_string(&filled).expect("serialisable"));
-                } else {
-                    println!("{}", filled.output);
-                }
+                let arguments = inputs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, input)| (InputName::Argument(i + 1), Ok(input)));
+                fill_inputs(
+                    &model, &tokenizer, arguments, top_k, format, &mut out, &mut warn,
+                )?;
             }
             Ok(())
         }
@@ -463,10 +480,8 @@ fn run(command: Command) -> Result<()> {
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
             let tokenizer = InstructionTokenizer::load(&tokenizer)?;
             check_compatible(&model, &tokenizer)?;
-            let rows: Vec<_> = read_tokenized(&dataset)?
-                .into_iter()
-                .map(|r| r.example())
-                .collect();
+            // The check pretrain makes: a bad row is named by file, row id and position.
+            let rows = load_examples(&dataset, model.config())?;
             let report = evaluate(&model, &rows, batch_size)?;
             if json {
                 println!("{}", serde_json::to_string(&report).expect("serialisable"));

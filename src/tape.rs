@@ -3,7 +3,7 @@
 //! flat buffer aligned with the flat parameter buffer.
 //!
 //! The tape knows no op: each front module in [`crate::ops`] adds its recording method to `Tape`
-//! (`tape.layernorm(..)`) and defines the [`Rule`] its backward replays.
+//! (`tape.layernorm(..)`) and defines the `Rule` its backward replays.
 //!
 //! Values live in an arena indexed by [`Var`]. A tape made with [`Tape::inference`] records
 //! nothing, and [`Tape::keep_only`] lets the model drop a finished layer's activations, so

@@ -1,12 +1,13 @@
 //! The masked-LM collator: the reference's own unit tests, the masking statistics (15% selected;
 //! of those 80% [MASK], 10% random id, 10% unchanged; padding never), the uniformity of the random
-//! replacements, seeding and resumable state, and bad input.
+//! replacements, seeding and resumable state, and bad input; the training collator's draw order,
+//! and the evaluation collator whose masks depend only on the seed and the row.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::Error;
 use undertale_maskedlm::data::collator::DEFAULT_PROBABILITY;
-use undertale_maskedlm::data::{Example, MaskedBatch, MaskedLMCollator};
+use undertale_maskedlm::data::{Example, MaskedBatch, MaskedLMCollator, RowKeyedCollator};
 
 const IGNORE: i32 = -100;
 const MASK_ID: usize = 4;
@@ -370,4 +371,103 @@ fn bad_collator_arguments_are_errors() {
         assert!(matches!(err, Error::Config(_)), "probability {p}: {err:?}");
         assert!(err.to_string().contains(&p.to_string()), "{err}");
     }
+}
+
+/// The module's documented masking, drawn from `rng` over `tokens` (row-major), written
+/// independently of the crate: first uniforms, second uniforms, then the random ids.
+fn documented_masking(
+    rng: &mut ChaCha8Rng,
+    tokens: &[i32],
+    mask: &[i32],
+    vocab: usize,
+) -> (Vec<i32>, Vec<i32>) {
+    let n = tokens.len();
+    let first: Vec<f32> = (0..n).map(|_| rng.random()).collect();
+    let second: Vec<f32> = (0..n).map(|_| rng.random()).collect();
+    let mut out = tokens.to_vec();
+    let mut labels = vec![IGNORE; n];
+    for i in 0..n {
+        if first[i] < DEFAULT_PROBABILITY && mask[i] == 1 {
+            labels[i] = tokens[i];
+            if second[i] < 0.8 {
+                out[i] = MASK_ID as i32;
+            } else if second[i] < 0.9 {
+                out[i] = rng.random_range(0..vocab) as i32;
+            }
+        }
+    }
+    (out, labels)
+}
+
+// Training reproduces the reference's run only if the draw order never changes: two batches in a
+// row from one stream, as the module documents it.
+#[test]
+fn training_collator_draws_in_the_documented_order() {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let vocab = 300;
+    let batches = [
+        random_rows(&mut rng, 5, 24, 0, vocab, true),
+        random_rows(&mut rng, 3, 24, 0, vocab, true),
+    ];
+    let seed = rng.random::<u64>();
+    let mut collator = MaskedLMCollator::new(MASK_ID, vocab, DEFAULT_PROBABILITY, seed).unwrap();
+    let mut stream = ChaCha8Rng::seed_from_u64(seed);
+    for rows in &batches {
+        let (tokens, mask) = flat(rows);
+        let (t, m, l) = unpack(&collator.collate(rows).unwrap(), rows.len(), 24);
+        let (expected_tokens, expected_labels) =
+            documented_masking(&mut stream, &tokens, &mask, vocab);
+        assert_eq!((t, m, l), (expected_tokens, mask, expected_labels));
+    }
+}
+
+// Evaluation masks: row i is masked by the generator of (seed, i) alone, so every batching of the
+// same rows gives the same masks, and they are the documented masking on that row's stream.
+#[test]
+fn row_keyed_masks_depend_only_on_the_seed_and_the_row() {
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let vocab = 200;
+    let seq = 32;
+    let rows = random_rows(&mut rng, 11, seq, 0, vocab, true);
+    let seed = rng.random::<u64>();
+    let collator = RowKeyedCollator::new(MASK_ID, vocab, DEFAULT_PROBABILITY, seed).unwrap();
+    let batched = |batch_size: usize| {
+        let mut tokens = Vec::new();
+        let mut labels = Vec::new();
+        for (k, chunk) in rows.chunks(batch_size).enumerate() {
+            let (t, _, l) = unpack(
+                &collator.collate(chunk, k * batch_size).unwrap(),
+                chunk.len(),
+                seq,
+            );
+            tokens.extend(t);
+            labels.extend(l);
+        }
+        (tokens, labels)
+    };
+    let one = batched(1);
+    assert_eq!(one, batched(3));
+    assert_eq!(one, batched(8));
+    assert_eq!(one, batched(rows.len()));
+    assert!(one.1.iter().any(|&l| l != IGNORE), "something is masked");
+    for (i, row) in rows.iter().enumerate() {
+        let mut stream = ChaCha8Rng::seed_from_u64(seed);
+        stream.set_stream(i as u64);
+        let expected = documented_masking(&mut stream, &row.tokens, &row.mask, vocab);
+        let span = i * seq..(i + 1) * seq;
+        assert_eq!(
+            (one.0[span.clone()].to_vec(), one.1[span].to_vec()),
+            expected,
+            "row {i}"
+        );
+    }
+    // Another seed, other masks.
+    let other = RowKeyedCollator::new(MASK_ID, vocab, DEFAULT_PROBABILITY, seed ^ 1).unwrap();
+    let (_, _, l) = unpack(&other.collate(&rows, 0).unwrap(), rows.len(), seq);
+    assert_ne!(l, one.1);
+    // Its arguments are checked as the training collator's are.
+    assert!(matches!(
+        RowKeyedCollator::new(vocab, vocab, DEFAULT_PROBABILITY, 0),
+        Err(Error::Config(_))
+    ));
 }

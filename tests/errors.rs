@@ -675,3 +675,30 @@ fn trainer_bad_arguments() {
     );
     assert_names(&err, &["77"]);
 }
+
+// A position to read that is negative or past the sequence is IndexOutOfRange naming that very
+// index (a negative one used to be reported as 0).
+#[test]
+fn logits_at_a_position_out_of_range_names_it() {
+    let m = model();
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let seq = rng.random_range(2..=SEQ_LEN);
+    let t = i32s(&[seq], tokens(&mut rng, 1, seq));
+    let past = seq as i32 + rng.random_range(0..5);
+    let negative = -rng.random_range(1..1000);
+    for bad in [-1, negative, past] {
+        let err = m.logits_at_positions(&t, None, &[0, bad]).unwrap_err();
+        assert!(
+            matches!(err, Error::IndexOutOfRange { index, len, .. } if index == i64::from(bad) && len == seq),
+            "{err:?}"
+        );
+        assert_names(
+            &err,
+            &[&format!("row index {bad} "), &format!("[0, {seq})")],
+        );
+    }
+    assert!(
+        m.logits_at_positions(&t, None, &[seq as i32 - 1, 0])
+            .is_ok()
+    );
+}

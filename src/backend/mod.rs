@@ -91,7 +91,7 @@ pub struct MemoryUse {
 }
 
 /// The `k` most probable entries of each row of a softmax, best first
-/// ([`Backend::softmax_top_k`]).
+/// (`softmax_top_k` on a [`Backend`]).
 #[derive(Debug, Clone)]
 pub struct TopK {
     /// `[rows, k]` i32: the entries' indices (token ids, for logits over a vocabulary).

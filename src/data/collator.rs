@@ -9,6 +9,8 @@
 //! Draw order (fixed, so a seed reproduces a batch): the first uniform for every position of the
 //! batch in row-major order, then the second uniform for every position, then one random id per
 //! random-replacement position in row-major order.
+//!
+//! [`RowKeyedCollator`] masks the same way for evaluation, each row from its own generator.
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -98,30 +100,96 @@ impl MaskedLMCollator {
         Ok(())
     }
 
-    /// Masks a batch of equally long rows.
+    /// Masks a batch of equally long rows, drawing from the collator's one stream in the order the
+    /// module documentation gives (the training order: it continues from batch to batch).
     pub fn collate(&mut self, rows: &[Example]) -> Result<MaskedBatch> {
-        let Some(first) = rows.first() else {
-            return Err(Error::shape("collate", "at least one row", &[0]));
-        };
-        let seq = first.tokens.len();
-        for (i, r) in rows.iter().enumerate() {
-            if r.tokens.len() != seq || r.mask.len() != seq {
-                return Err(Error::shape(
-                    format!("row {i} (tokens, mask)"),
-                    format!("length {seq} like row 0"),
-                    &[r.tokens.len(), r.mask.len()],
-                ));
-            }
-        }
-        let mut tokens: Vec<i32> = rows.iter().flat_map(|r| r.tokens.iter().copied()).collect();
-        let mask: Vec<i32> = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
-        let n = tokens.len();
+        let (mut tokens, mask, seq) = flatten(rows)?;
+        let mut labels = vec![IGNORE_INDEX; tokens.len()];
+        self.masking()
+            .apply(&mut self.rng, &mut tokens, &mask, &mut labels);
+        batch(rows.len(), seq, tokens, mask, labels)
+    }
 
+    fn masking(&self) -> Masking {
+        Masking {
+            mask_token_id: self.mask_token_id,
+            vocab_size: self.vocab_size,
+            probability: self.probability,
+        }
+    }
+}
+
+/// Evaluation masking: the collator's masking, but each row drawn from its own generator keyed
+/// by (seed, the row's index in the dataset), so that a row's masks do not depend on the batch
+/// size, on the rows batched with it or on what was scored before it. `evaluate` and
+/// `pretrain`'s validation both score a checkpoint through it, and so agree.
+///
+/// The key is the ChaCha8 generator seeded by `seed`, on stream `row` (ChaCha's 64-bit stream
+/// number: every row a separate keystream); within a row the draw order is the collator's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowKeyedCollator {
+    pub mask_token_id: i32,
+    pub vocab_size: usize,
+    pub probability: f32,
+    pub seed: u64,
+}
+
+impl RowKeyedCollator {
+    /// The arguments of [`MaskedLMCollator::new`], checked the same way.
+    pub fn new(
+        mask_token_id: usize,
+        vocab_size: usize,
+        probability: f32,
+        seed: u64,
+    ) -> Result<Self> {
+        let checked = MaskedLMCollator::new(mask_token_id, vocab_size, probability, seed)?;
+        Ok(RowKeyedCollator {
+            mask_token_id: checked.mask_token_id,
+            vocab_size,
+            probability,
+            seed,
+        })
+    }
+
+    /// Masks equally long rows whose first is row `first_row` of the dataset (the next are
+    /// `first_row + 1`, ...).
+    pub fn collate(&self, rows: &[Example], first_row: usize) -> Result<MaskedBatch> {
+        let (mut tokens, mask, seq) = flatten(rows)?;
+        let mut labels = vec![IGNORE_INDEX; tokens.len()];
+        let masking = Masking {
+            mask_token_id: self.mask_token_id,
+            vocab_size: self.vocab_size,
+            probability: self.probability,
+        };
+        for (i, ((t, m), l)) in tokens
+            .chunks_mut(seq.max(1))
+            .zip(mask.chunks(seq.max(1)))
+            .zip(labels.chunks_mut(seq.max(1)))
+            .enumerate()
+        {
+            let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+            rng.set_stream((first_row + i) as u64);
+            masking.apply(&mut rng, t, m, l);
+        }
+        batch(rows.len(), seq, tokens, mask, labels)
+    }
+}
+
+/// The masking rule, shared by both collators.
+struct Masking {
+    mask_token_id: i32,
+    vocab_size: usize,
+    probability: f32,
+}
+
+impl Masking {
+    /// Masks `tokens` in place and writes `labels`, drawing from `rng` in the module's order.
+    fn apply(&self, rng: &mut ChaCha8Rng, tokens: &mut [i32], mask: &[i32], labels: &mut [i32]) {
+        let n = tokens.len();
         let selected: Vec<bool> = (0..n)
-            .map(|i| self.rng.random::<f32>() < self.probability && mask[i] == 1)
+            .map(|i| rng.random::<f32>() < self.probability && mask[i] == 1)
             .collect();
-        let split: Vec<f32> = (0..n).map(|_| self.rng.random::<f32>()).collect();
-        let mut labels = vec![IGNORE_INDEX; n];
+        let split: Vec<f32> = (0..n).map(|_| rng.random::<f32>()).collect();
         for i in 0..n {
             if !selected[i] {
                 continue;
@@ -130,14 +198,43 @@ impl MaskedLMCollator {
             if split[i] < 0.8 {
                 tokens[i] = self.mask_token_id;
             } else if split[i] < 0.9 {
-                tokens[i] = self.rng.random_range(0..self.vocab_size) as i32;
+                tokens[i] = rng.random_range(0..self.vocab_size) as i32;
             }
         }
-        let shape = [rows.len(), seq];
-        Ok(MaskedBatch {
-            tokens: Tensor::from_i32(&shape, tokens)?,
-            mask: Tensor::from_i32(&shape, mask)?,
-            labels: Tensor::from_i32(&shape, labels)?,
-        })
     }
+}
+
+/// The rows' tokens and masks, row-major, and their common length.
+fn flatten(rows: &[Example]) -> Result<(Vec<i32>, Vec<i32>, usize)> {
+    let Some(first) = rows.first() else {
+        return Err(Error::shape("collate", "at least one row", &[0]));
+    };
+    let seq = first.tokens.len();
+    for (i, r) in rows.iter().enumerate() {
+        if r.tokens.len() != seq || r.mask.len() != seq {
+            return Err(Error::shape(
+                format!("row {i} (tokens, mask)"),
+                format!("length {seq} like row 0"),
+                &[r.tokens.len(), r.mask.len()],
+            ));
+        }
+    }
+    let tokens = rows.iter().flat_map(|r| r.tokens.iter().copied()).collect();
+    let mask = rows.iter().flat_map(|r| r.mask.iter().copied()).collect();
+    Ok((tokens, mask, seq))
+}
+
+fn batch(
+    rows: usize,
+    seq: usize,
+    tokens: Vec<i32>,
+    mask: Vec<i32>,
+    labels: Vec<i32>,
+) -> Result<MaskedBatch> {
+    let shape = [rows, seq];
+    Ok(MaskedBatch {
+        tokens: Tensor::from_i32(&shape, tokens)?,
+        mask: Tensor::from_i32(&shape, mask)?,
+        labels: Tensor::from_i32(&shape, labels)?,
+    })
 }

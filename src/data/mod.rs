@@ -7,7 +7,7 @@ pub mod parquet;
 pub mod synthetic;
 pub mod tokenizer;
 
-pub use collator::{CollatorState, MaskedBatch, MaskedLMCollator};
+pub use collator::{CollatorState, MaskedBatch, MaskedLMCollator, RowKeyedCollator};
 
 /// One tokenized row: token ids and the attention mask (1 = real token, 0 = padding), of equal
 /// length.

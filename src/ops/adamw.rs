@@ -49,7 +49,7 @@ impl dyn Backend + '_ {
         self.adamw_step_guarded(params, None, grads, m, v, step, None)
     }
 
-    /// [`adamw_step`](Self::adamw_step) that also rewrites `gemm_copy` (the bf16 copy of the
+    /// `adamw_step` that also rewrites `gemm_copy` (the bf16 copy of the
     /// parameters the GEMMs read in mixed precision) and skips itself under `guard`.
     #[allow(clippy::too_many_arguments)]
     pub fn adamw_step_guarded(

@@ -78,11 +78,11 @@ pub(crate) fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Resul
 /// A row index for every entry, each below `n`.
 pub(crate) fn check_rows(idx: &[i32], n: usize) -> Result<()> {
     match idx.iter().find(|&&r| r < 0 || r as usize >= n) {
-        Some(&r) => Err(Error::shape(
-            "row index",
-            format!("an index below {n}"),
-            &[r.max(0) as usize],
-        )),
+        Some(&r) => Err(Error::IndexOutOfRange {
+            what: "row index".into(),
+            index: i64::from(r),
+            len: n,
+        }),
         None => Ok(()),
     }
 }

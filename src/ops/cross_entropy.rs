@@ -68,7 +68,7 @@ impl dyn Backend + '_ {
         })
     }
 
-    /// [`cross_entropy`](Self::cross_entropy) with the gradient, taking the logits by value: the
+    /// `cross_entropy` with the gradient, taking the logits by value: the
     /// gradient is written over them instead of into a second `[rows, vocab]` buffer, and is
     /// always returned.
     pub fn cross_entropy_in_place(

@@ -70,7 +70,7 @@ impl dyn Backend + '_ {
     }
 
     /// `z = x W^T + b` and `GELU(z)`: returns `(z, GELU(z))`, both of `x`'s element type; the
-    /// backward is [`linear_gelu_backward`](Self::linear_gelu_backward).
+    /// backward is `linear_gelu_backward`.
     pub fn linear_gelu_forward<'w>(
         &self,
         x: &Tensor,
@@ -121,7 +121,7 @@ impl dyn Backend + '_ {
         self.linear_backward_through(dy, None, x, weights.into(), grads, weight, bias)
     }
 
-    /// The backward of [`linear_gelu_forward`](Self::linear_gelu_forward): given `dy` (the gradient
+    /// The backward of `linear_gelu_forward`: given `dy` (the gradient
     /// of `GELU(z)`), `z` and the layer's input `x`, returns dx and adds dW and db into `grads`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_gelu_backward<'w>(

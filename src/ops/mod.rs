@@ -13,7 +13,7 @@
 //! So the same bad input gives the same error on every device by construction, and adding an op
 //! touches its front module, its kernel file, its CPU implementation and its tests. The CPU backend
 //! implements each family's trait in `backend/cpu/<family>.rs`, the GPU backend in
-//! `backend/cuda/ops/<family>.rs`; [`Backend`](crate::backend::Backend) is the sum of the families.
+//! `backend/cuda/ops/<family>.rs`; [`Backend`] is the sum of the families.
 
 pub(crate) mod checks;
 
@@ -39,7 +39,7 @@ use crate::tensor::{DType, Tensor};
 /// tables, always f32), and the copy the GEMMs multiply by. In f32 the two are the same buffer; in
 /// bf16 mixed precision the GEMM copy is a bf16 buffer aligned element for element with the master
 /// values, written by the optimiser in the same pass as the master values (see
-/// [`adamw`](adamw)), so it is current by construction.
+/// [`adamw`]), so it is current by construction.
 #[derive(Debug, Clone, Copy)]
 pub struct Weights<'a> {
     pub values: &'a Tensor,

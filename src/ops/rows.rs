@@ -70,7 +70,7 @@ impl dyn Backend + '_ {
 
     /// The `k` most probable entries of the softmax of each row of `logits` `[rows, width]`, best
     /// first: a larger logit first, the lower index first on ties (so entry 0 is
-    /// [`argmax_rows`](Self::argmax_rows)' answer), NaN logits last. `k` must be in `1..=width`.
+    /// `argmax_rows`' answer), NaN logits last. `k` must be in `1..=width`.
     pub fn softmax_top_k(&self, logits: &Tensor, k: usize) -> Result<TopK> {
         let (n, width) = rows_cols(logits, "top-k logits")?;
         check_top_k(k, width)?;

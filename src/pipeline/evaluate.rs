@@ -1,14 +1,19 @@
-//! `maskedlm evaluate`: masked-LM loss and accuracy of a checkpoint on a tokenized dataset under a
-//! fixed-seed collator, and the forward throughput.
+//! `maskedlm evaluate`: masked-LM loss and accuracy of a checkpoint on a tokenized dataset, and
+//! the forward throughput.
+//!
+//! Every evaluation (this command and `pretrain`'s validation) masks with a
+//! [`RowKeyedCollator`] seeded by [`EVALUATION_SEED`]: a row's masks depend only on the seed and
+//! the row's index in the dataset, so the scores do not change with the batch size, and
+//! `evaluate` of a checkpoint reproduces the validation scores `pretrain` logged for it.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::data::collator::DEFAULT_PROBABILITY;
-use crate::data::{Example, MaskedLMCollator};
+use crate::data::{Example, MaskedBatch, RowKeyedCollator};
 use crate::error::{Error, Result};
-use crate::model::{Evaluation, InstructionTraceTransformerEncoderForMaskedLM as Model};
+use crate::model::{Config, Evaluation, InstructionTraceTransformerEncoderForMaskedLM as Model};
 
 /// Loss and accuracy summed over batches. A batch in which the collator masked nothing has
 /// nothing to score and is skipped.
@@ -45,8 +50,42 @@ impl Totals {
     }
 }
 
-/// The collator seed of every evaluation, so two runs score the same masks.
+/// The masking seed of every evaluation, `evaluate`'s and `pretrain`'s validation alike, so
+/// every path scores a checkpoint on the same masks.
 pub const EVALUATION_SEED: u64 = 0;
+
+/// `rows` masked for evaluation under `seed`, in batches of `batch_size` (the last may be
+/// shorter). Row `i` of `rows` is masked the same whatever the batch size.
+pub fn evaluation_batches<'a>(
+    config: &Config,
+    rows: &'a [Example],
+    batch_size: usize,
+    seed: u64,
+) -> Result<impl Iterator<Item = Result<MaskedBatch>> + 'a> {
+    if batch_size == 0 {
+        return Err(Error::Config("batch size must be positive".into()));
+    }
+    let collator = RowKeyedCollator::new(
+        config.mask_token_id,
+        config.vocab_size,
+        DEFAULT_PROBABILITY,
+        seed,
+    )?;
+    Ok(rows
+        .chunks(batch_size)
+        .enumerate()
+        .map(move |(k, chunk)| collator.collate(chunk, k * batch_size)))
+}
+
+/// Mean loss and accuracy of `model` over the masked positions of `rows` under `seed`.
+pub fn score(model: &Model, rows: &[Example], batch_size: usize, seed: u64) -> Result<(f64, f64)> {
+    let mut totals = Totals::default();
+    for batch in evaluation_batches(model.config(), rows, batch_size, seed)? {
+        let batch = batch?;
+        totals.add(model.evaluate(&batch.tokens, &batch.mask, &batch.labels))?;
+    }
+    totals.finish()
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvaluationReport {
@@ -60,23 +99,13 @@ pub struct EvaluationReport {
     pub sequences_per_second: f64,
 }
 
+/// Scores `model` on `rows` in batches of `batch_size`, masked under [`EVALUATION_SEED`]; the
+/// loss and accuracy do not depend on `batch_size` (beyond f32 rounding).
 pub fn evaluate(model: &Model, rows: &[Example], batch_size: usize) -> Result<EvaluationReport> {
     if rows.is_empty() {
         return Err(Error::Config("the evaluation dataset has no rows".into()));
     }
-    if batch_size == 0 {
-        return Err(Error::Config("batch size must be positive".into()));
-    }
-    let config = model.config();
-    let mut collator = MaskedLMCollator::new(
-        config.mask_token_id,
-        config.vocab_size,
-        DEFAULT_PROBABILITY,
-        EVALUATION_SEED,
-    )?;
-    let batches = rows
-        .chunks(batch_size)
-        .map(|chunk| collator.collate(chunk))
+    let batches = evaluation_batches(model.config(), rows, batch_size, EVALUATION_SEED)?
         .collect::<Result<Vec<_>>>()?;
     // Warm-up: the first pass pays for allocations the later ones reuse.
     let warm = &batches[0];

@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod corpus;
+pub mod dataset;
 pub mod evaluate;
 pub mod infer;
 pub mod pretrain;

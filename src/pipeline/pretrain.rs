@@ -16,12 +16,12 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::evaluate::Totals;
+pub use super::dataset::load_examples;
+use super::evaluate::{EVALUATION_SEED, evaluation_batches, score};
 use super::probes;
 use crate::checkpoint::save_model;
-use crate::data::parquet::read_tokenized;
+use crate::data::Example;
 use crate::data::tokenizer::InstructionTokenizer;
-use crate::data::{Example, MaskedLMCollator};
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
@@ -217,67 +217,6 @@ pub fn resolve_config(
     Ok(config)
 }
 
-/// Reads tokenized rows and checks they fit the model.
-pub fn load_examples(path: &Path, config: &Config) -> Result<Vec<Example>> {
-    let rows = read_tokenized(path)?;
-    if rows.is_empty() {
-        return Err(Error::dataset(path, "it has no rows"));
-    }
-    for r in &rows {
-        if let Some((j, &id)) = r
-            .tokens
-            .iter()
-            .enumerate()
-            .find(|(_, id)| **id < 0 || **id as usize >= config.vocab_size)
-        {
-            return Err(Error::dataset(
-                path,
-                format!(
-                    "row {:?}: token id {id} at position {j} is not below vocab_size {}",
-                    r.id, config.vocab_size
-                ),
-            ));
-        }
-        if let Some((j, &m)) = r
-            .mask
-            .iter()
-            .enumerate()
-            .find(|(_, m)| **m != 0 && **m != 1)
-        {
-            return Err(Error::dataset(
-                path,
-                format!(
-                    "row {:?}: mask value {m} at position {j} is not 0 or 1",
-                    r.id
-                ),
-            ));
-        }
-        if r.tokens.len() > config.sequence_length {
-            return Err(Error::dataset(
-                path,
-                format!(
-                    "row {:?} has {} tokens but the model's sequence_length is {}",
-                    r.id,
-                    r.tokens.len(),
-                    config.sequence_length
-                ),
-            ));
-        }
-    }
-    Ok(rows.into_iter().map(|r| r.example()).collect())
-}
-
-/// The collator that masks the validation rows: a fixed seed, so every epoch is scored on the
-/// same masks.
-fn validation_collator(config: &Config, seed: u64) -> Result<MaskedLMCollator> {
-    MaskedLMCollator::new(
-        config.mask_token_id,
-        config.vocab_size,
-        crate::data::collator::DEFAULT_PROBABILITY,
-        seed,
-    )
-}
-
 /// Whether the validation masks leave anything to score; checked before training, so a set too
 /// small to score fails at once rather than after the first epoch.
 fn validation_has_masks(
@@ -286,36 +225,24 @@ fn validation_has_masks(
     batch_size: usize,
     seed: u64,
 ) -> Result<bool> {
-    let mut collator = validation_collator(config, seed)?;
-    for chunk in rows.chunks(batch_size) {
-        if collator
-            .collate(chunk)?
-            .labels
-            .to_vec_i32()?
-            .iter()
-            .any(|&l| l != -100)
-        {
+    for batch in evaluation_batches(config, rows, batch_size, seed)? {
+        if batch?.labels.to_vec_i32()?.iter().any(|&l| l != -100) {
             return Ok(true);
         }
     }
     Ok(false)
 }
 
-/// Validation loss and F1 (masked-token accuracy) under a collator with a fixed seed, so every
-/// epoch is scored on the same masks.
+/// Validation loss and F1 (masked-token accuracy), masked as `evaluate` masks (each row by the
+/// seed and its index), so every epoch is scored on the same masks and `evaluate` of a saved
+/// checkpoint reproduces them.
 pub fn validate(
     model: &Model,
     rows: &[Example],
     batch_size: usize,
     seed: u64,
 ) -> Result<(f64, f64)> {
-    let mut collator = validation_collator(model.config(), seed)?;
-    let mut totals = Totals::default();
-    for chunk in rows.chunks(batch_size) {
-        let batch = collator.collate(chunk)?;
-        totals.add(model.evaluate(&batch.tokens, &batch.mask, &batch.labels))?;
-    }
-    totals.finish()
+    score(model, rows, batch_size, seed)
 }
 
 fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
@@ -570,7 +497,9 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     });
 
     let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
-    let validation_seed = trainer.state().dropout_seed.wrapping_add(1);
+    // The seed `evaluate` masks with, so `evaluate` of OUTPUT/last on the validation file
+    // reproduces the logged validation scores.
+    let validation_seed = EVALUATION_SEED;
     if let (Some(rows), Some(path)) = (&validation, &options.validation)
         && !validation_has_masks(&config, rows, batch_size, validation_seed)?
     {

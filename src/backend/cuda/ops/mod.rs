@@ -1,5 +1,5 @@
 //! One launch wrapper file per kernel file (`kernels/<name>.cu` <-> `ops/<name>.rs`), each
-//! implementing its op family's device trait for [`GpuBackend`]. The front ([`crate::ops`]) has
+//! implementing its op family's device trait for [`GpuBackend`](super::GpuBackend). The front ([`crate::ops`]) has
 //! checked every operand and allocated every output: a wrapper only computes the launch
 //! configuration and the argument list, the same code on a GPU and in the emulator.
 
