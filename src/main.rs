@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use undertale_maskedlm::checkpoint::load_model;
+use undertale_maskedlm::checkpoint::{load_model, resolve_tokenizer};
 use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
@@ -23,7 +23,7 @@ use undertale_maskedlm::pipeline::evaluate::evaluate;
 use undertale_maskedlm::pipeline::infer::fill_masks;
 use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, check_tokenizer_matches, pretrain};
 use undertale_maskedlm::pipeline::quickstart::{QuickstartOptions, quickstart};
-use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
+use undertale_maskedlm::train::{Continue, Trainer, TrainerOptions, batches_per_epoch};
 use undertale_maskedlm::{Device, Error, Result, Tensor};
 
 #[derive(Parser)]
@@ -75,8 +75,9 @@ enum Command {
     Infer {
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The tokenizer (default: the checkpoint's tokenizer.json).
         #[arg(long)]
-        tokenizer: PathBuf,
+        tokenizer: Option<PathBuf>,
         /// Candidates to list per mask (with --json).
         #[arg(long, default_value_t = 5)]
         top_k: usize,
@@ -94,8 +95,9 @@ enum Command {
     Evaluate {
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The tokenizer (default: the checkpoint's tokenizer.json).
         #[arg(long)]
-        tokenizer: PathBuf,
+        tokenizer: Option<PathBuf>,
         dataset: PathBuf,
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
@@ -394,7 +396,7 @@ fn run(command: Command) -> Result<()> {
             inputs,
         } => {
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
-            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            let tokenizer = resolve_tokenizer(&checkpoint, tokenizer.as_deref())?;
             check_compatible(&model, &tokenizer)?;
             let inputs = if inputs.is_empty() {
                 std::io::stdin()
@@ -438,7 +440,7 @@ fn run(command: Command) -> Result<()> {
             json,
         } => {
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
-            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            let tokenizer = resolve_tokenizer(&checkpoint, tokenizer.as_deref())?;
             check_compatible(&model, &tokenizer)?;
             let rows: Vec<_> = read_tokenized(&dataset)?
                 .into_iter()
@@ -464,9 +466,10 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-/// A checkpoint and a tokenizer must agree on the ids the model was built with.
+/// A checkpoint and a tokenizer must agree on the ids the model was built with and on the
+/// sequence length.
 fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<()> {
-    check_tokenizer_matches(model.config(), tokenizer).map_err(Error::Config)
+    check_tokenizer_matches(model.config(), tokenizer)
 }
 
 fn demo(args: &DemoArgs) -> Result<()> {
@@ -492,7 +495,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
         args.steps,
         args.batch_size
     );
-    let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
+    let mut trainer = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: args.batch_size,
+            seed: args.seed,
+            ..TrainerOptions::new(args.steps)
+        },
+    )?;
     let epochs = args
         .steps
         .div_ceil(batches_per_epoch(train.len(), args.batch_size).max(1));

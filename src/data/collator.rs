@@ -52,15 +52,10 @@ pub const DEFAULT_PROBABILITY: f32 = 0.15;
 impl MaskedLMCollator {
     /// The reference's `MaskedLMCollator(mask_token_id, vocab_size, probability=0.15)`, with the
     /// random stream seeded by `seed`.
-    pub fn new(
-        mask_token_id: usize,
-        vocab_size: usize,
-        probability: f32,
-        seed: u64,
-    ) -> Result<Self> {
-        if mask_token_id >= vocab_size {
+    pub fn new(mask_token_id: i32, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
+        if usize::try_from(mask_token_id).map_or(true, |id| id >= vocab_size) {
             return Err(Error::Config(format!(
-                "mask_token_id {mask_token_id} is not below vocab_size {vocab_size}"
+                "mask_token_id {mask_token_id} is not in 0..vocab_size {vocab_size}"
             )));
         }
         if !(0.0..=1.0).contains(&probability) {
@@ -69,7 +64,7 @@ impl MaskedLMCollator {
             )));
         }
         Ok(MaskedLMCollator {
-            mask_token_id: mask_token_id as i32,
+            mask_token_id,
             vocab_size,
             probability,
             rng: ChaCha8Rng::seed_from_u64(seed),

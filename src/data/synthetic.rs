@@ -83,19 +83,19 @@ impl Vocabulary {
         self.index.get(token).copied()
     }
 
-    fn special(&self, token: &str) -> usize {
-        self.index[token] as usize
+    fn special(&self, token: &str) -> i32 {
+        self.index[token]
     }
 
-    pub fn pad_id(&self) -> usize {
+    pub fn pad_id(&self) -> i32 {
         self.special("[PAD]")
     }
 
-    pub fn mask_id(&self) -> usize {
+    pub fn mask_id(&self) -> i32 {
         self.special("[MASK]")
     }
 
-    pub fn next_id(&self) -> usize {
+    pub fn next_id(&self) -> i32 {
         self.special("[NEXT]")
     }
 
@@ -110,7 +110,7 @@ impl Vocabulary {
     /// Space-joined tokens, special tokens kept, `[PAD]` dropped.
     pub fn decode(&self, ids: &[i32]) -> String {
         ids.iter()
-            .filter(|&&i| i as usize != self.pad_id())
+            .filter(|&&i| i != self.pad_id())
             .map(|&i| self.tokens.get(i as usize).map_or("[UNK]", String::as_str))
             .collect::<Vec<_>>()
             .join(" ")

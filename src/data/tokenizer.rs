@@ -481,8 +481,9 @@ impl InstructionTokenizer {
     }
 
     /// The id of a token string, if the vocabulary holds it.
-    pub fn token_id(&self, token: &str) -> Option<usize> {
-        self.inner.token_to_id(token).map(|id| id as usize)
+    pub fn token_id(&self, token: &str) -> Option<i32> {
+        // Every id is below vocab_size, checked at load to fit i32.
+        self.inner.token_to_id(token).map(|id| id as i32)
     }
 
     /// The number of ids, added tokens included: the largest id plus one (for a tokenizer the
@@ -497,18 +498,18 @@ impl InstructionTokenizer {
     }
 
     /// The id of `[PAD]`.
-    pub fn pad_token_id(&self) -> usize {
-        self.pad_id
+    pub fn pad_token_id(&self) -> i32 {
+        self.pad_id as i32
     }
 
     /// The id of `[MASK]`.
-    pub fn mask_token_id(&self) -> usize {
-        self.mask_id
+    pub fn mask_token_id(&self) -> i32 {
+        self.mask_id as i32
     }
 
     /// The id of `[NEXT]`.
-    pub fn next_token_id(&self) -> usize {
-        self.next_id
+    pub fn next_token_id(&self) -> i32 {
+        self.next_id as i32
     }
 }
 

@@ -14,8 +14,8 @@ pub struct Config {
     pub sequence_length: usize,
     pub heads: usize,
     pub intermediate_dimensions: usize,
-    pub next_token_id: usize,
-    pub mask_token_id: usize,
+    pub next_token_id: i32,
+    pub mask_token_id: i32,
     pub dropout: f32,
     pub eps: f32,
     #[serde(default = "default_lr")]
@@ -99,7 +99,7 @@ impl Size {
 impl Config {
     /// A configuration from a size and the ids the tokenizer defines, with the reference's
     /// regularization and optimiser defaults.
-    pub fn new(size: Size, vocab_size: usize, next_token_id: usize, mask_token_id: usize) -> Self {
+    pub fn new(size: Size, vocab_size: usize, next_token_id: i32, mask_token_id: i32) -> Self {
         Config {
             depth: size.depth,
             hidden_dimensions: size.hidden_dimensions,
@@ -143,9 +143,9 @@ impl Config {
             ("next_token_id", self.next_token_id),
             ("mask_token_id", self.mask_token_id),
         ] {
-            if id >= self.vocab_size {
+            if usize::try_from(id).map_or(true, |id| id >= self.vocab_size) {
                 return Err(Error::Config(format!(
-                    "{name} {id} is not below vocab_size {}",
+                    "{name} {id} is not in 0..vocab_size {}",
                     self.vocab_size
                 )));
             }

@@ -97,6 +97,15 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         })
     }
 
+    /// Loads a checkpoint directory (`model.safetensors` and `config.json`, as
+    /// [`checkpoint::save_model`](crate::checkpoint::save_model) and the trainer write them, or as
+    /// converted from a reference PyTorch checkpoint) onto `device`. Every tensor's name, shape and
+    /// dtype is checked against the configuration.
+    pub fn from_checkpoint(dir: impl AsRef<std::path::Path>, device: Device) -> Result<Self> {
+        crate::checkpoint::load_model(dir.as_ref(), device)
+    }
+
+    /// The model's configuration (the reference's constructor arguments).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -188,6 +197,17 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
     }
 
+    /// The encoder's last hidden state `[batch, seq, hidden_dimensions]` (F32, evaluation mode: no
+    /// dropout), before the masked-LM head: what the reference's classifiers pool into an
+    /// embedding. `tokens` and `mask` as for [`forward`](Self::forward).
+    pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
+        let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
+        let state = self.encode(&mut tape, &inputs, None)?;
+        tape.take(state)?
+            .reshape(&[inputs.batch, inputs.seq, self.config.hidden_dimensions])
+    }
+
     /// Fills every `[MASK]` of one sequence with its argmax prediction and keeps every other
     /// token, as the reference's `infer`. Returns a 1-D I32 tensor of the sequence's length.
     pub fn infer(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -212,7 +232,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The checked tokens with every `[MASK]` replaced by its argmax prediction.
     fn fill_masks(&self, inputs: &CheckedInputs) -> Result<Vec<i32>> {
-        let mask_id = self.config.mask_token_id as i32;
+        let mask_id = self.config.mask_token_id;
         let rows: Vec<i32> = (0..inputs.tokens.len() as i32)
             .filter(|&j| inputs.tokens[j as usize] == mask_id)
             .collect();

@@ -50,7 +50,7 @@ pub fn fill_masks(
 ) -> Result<Filled> {
     let encoding = tokenizer.encode(text)?;
     let mut ids = encoding.real_tokens();
-    let mask_id = tokenizer.mask_token_id() as i32;
+    let mask_id = tokenizer.mask_token_id();
     let positions: Vec<i32> = (0..ids.len() as i32)
         .filter(|&j| ids[j as usize] == mask_id)
         .collect();
