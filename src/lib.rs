@@ -25,6 +25,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod error;
+pub mod fill_mask;
 pub mod model;
 pub mod ops;
 pub mod philox;
@@ -36,6 +37,7 @@ pub mod train;
 pub use data::MaskedLMCollator;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use fill_mask::{MaskFiller, MaskLogits};
 pub use model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM,
     InstructionTraceTransformerEncoderForMaskedLMConfiguration, MaskedLMHead, Size,

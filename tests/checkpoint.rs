@@ -246,3 +246,55 @@ fn a_batch_with_nothing_masked_still_takes_the_optimiser_step_like_the_reference
     }
     panic!("no seed in 0..20 left the batch unmasked");
 }
+
+#[test]
+fn training_checkpoints_carry_the_tokenizer_through_a_resume() {
+    let tokenizer = undertale_maskedlm::data::tokenizer::InstructionTokenizer::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizer_reference.json"),
+    )
+    .unwrap();
+    let mut size = Size::TINY;
+    size.sequence_length = tokenizer.sequence_length();
+    let config = Config::new(
+        size,
+        tokenizer.vocab_size(),
+        tokenizer.next_token_id(),
+        tokenizer.mask_token_id(),
+    );
+    let rows: Vec<_> = (0..4)
+        .map(|i| {
+            let e = tokenizer
+                .encode(&format!("push rbp [NEXT] mov eax {i} [NEXT] ret"))
+                .unwrap();
+            undertale_maskedlm::data::Example {
+                tokens: e.tokens,
+                mask: e.mask,
+            }
+        })
+        .collect();
+    let mut trainer = Trainer::new(
+        Model::new(config, Device::Cpu, 1).unwrap(),
+        TrainerOptions {
+            batch_size: 2,
+            tokenizer: Some(tokenizer.clone()),
+            ..TrainerOptions::new(4)
+        },
+    )
+    .unwrap();
+    trainer.step(&rows[..2]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    trainer.save(&first).unwrap();
+    let resumed = Trainer::resume(&first, Device::Cpu).unwrap();
+    let kept = resumed
+        .tokenizer()
+        .expect("the checkpoint's tokenizer is restored");
+    assert_eq!(kept.to_json().unwrap(), tokenizer.to_json().unwrap());
+    let second = dir.path().join("second");
+    resumed.save(&second).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(first.join("tokenizer.json")).unwrap(),
+        std::fs::read_to_string(second.join("tokenizer.json")).unwrap()
+    );
+}

@@ -674,6 +674,9 @@ fn trainer_bad_arguments() {
     .unwrap();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert_names(&err, &["batch size"]);
+    let err = Trainer::new(model(), TrainerOptions::new(0)).err().unwrap();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert_names(&err, &["total_steps", "0"]);
     let mut trainer = Trainer::new(
         model(),
         TrainerOptions {

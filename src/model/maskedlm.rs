@@ -197,9 +197,10 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
     }
 
-    /// The encoder's last hidden state `[batch, seq, hidden_dimensions]` (F32, evaluation mode: no
+    /// The encoder's last hidden state `[batch, seq, hidden_dimensions]` (evaluation mode: no
     /// dropout), before the masked-LM head: what the reference's classifiers pool into an
-    /// embedding. `tokens` and `mask` as for [`forward`](Self::forward).
+    /// embedding; F32, or BF16 in mixed precision. `tokens` and `mask` as for
+    /// [`forward`](Self::forward).
     pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
