@@ -131,19 +131,24 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.backend.precision()
     }
 
+    /// The device the parameters live on.
     pub fn device(&self) -> Device {
         self.backend.device()
     }
 
+    /// The backend the ops run on.
+    #[doc(hidden)]
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
     /// The backend, shared (for callers that update the parameters while holding it).
+    #[doc(hidden)]
     pub fn shared_backend(&self) -> Arc<dyn Backend> {
         self.backend.clone()
     }
 
+    /// Where each named parameter sits in the flat parameter buffer.
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
@@ -155,6 +160,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The parameter buffers the ops read: the f32 values, and in mixed precision the bf16 copy
     /// the GEMMs multiply by.
+    #[doc(hidden)]
     pub fn weights(&self) -> Weights<'_> {
         match &self.gemm_copy {
             Some(copy) => Weights::mixed(&self.params, copy),
@@ -164,10 +170,12 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The flat parameter buffer to write, and the bf16 copy (mixed precision) that must be written
     /// with it: AdamW writes both in one pass.
+    #[doc(hidden)]
     pub fn parameters_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
         (&mut self.params, self.gemm_copy.as_mut())
     }
 
+    /// The number of parameters (f32 values).
     pub fn num_parameters(&self) -> usize {
         self.layout.len()
     }

@@ -18,23 +18,31 @@ use crate::tensor::Tensor;
 /// One candidate token for a mask.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
+    /// The token's id.
     pub id: i32,
+    /// The token's string.
     pub token: String,
+    /// Its softmax probability at the mask.
     pub probability: f64,
 }
 
 /// The candidates for the mask at token position `position`, best first.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MaskPrediction {
+    /// The mask's token position in the encoded input.
     pub position: usize,
+    /// The most probable tokens, best first.
     pub candidates: Vec<Candidate>,
 }
 
 /// One input with its masks filled.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Filled {
+    /// The text as given.
     pub input: String,
+    /// The text with each mask replaced by its best candidate, decoded.
     pub output: String,
+    /// Each mask's candidates, in the order of their positions.
     pub masks: Vec<MaskPrediction>,
     /// The input was longer than the tokenizer's sequence length and was cut.
     #[serde(skip)]
