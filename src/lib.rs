@@ -73,9 +73,11 @@ pub use data::MaskedLMCollator;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use fill_mask::{MaskFiller, MaskLogits};
+#[doc(hidden)]
+pub use model::MaskedLMHead;
 pub use model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM,
-    InstructionTraceTransformerEncoderForMaskedLMConfiguration, MaskedLMHead, Size,
+    InstructionTraceTransformerEncoderForMaskedLMConfiguration, Size,
 };
 pub use tensor::{DType, Storage, Tensor};
 pub use train::{Trainer, TrainerOptions};

@@ -70,18 +70,22 @@ impl Tensor {
         Self::from_storage(shape, Storage::CpuI32(data))
     }
 
+    /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 
+    /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::CpuF32(_) => DType::F32,
@@ -90,6 +94,7 @@ impl Tensor {
         }
     }
 
+    /// The device holding the elements.
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::CpuF32(_) | Storage::CpuI32(_) => Device::Cpu,
@@ -97,10 +102,14 @@ impl Tensor {
         }
     }
 
+    /// The elements, where they are.
+    #[doc(hidden)]
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
 
+    /// The elements, where they are, to write.
+    #[doc(hidden)]
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
     }

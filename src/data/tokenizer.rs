@@ -99,6 +99,19 @@ const CONTINUING_SUBWORD_PREFIX: &str = "__";
 
 /// A trained tokenizer: the `tokenizers` tokenizer, its sequence length, and the ids the model
 /// and the collator need.
+///
+/// ```
+/// use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+///
+/// let texts = ["push rbp [NEXT] mov rbp rsp [NEXT] ret", "xor eax eax [NEXT] ret"];
+/// // A vocabulary of at most 64 ids; every encoding 16 ids long.
+/// let tokenizer = InstructionTokenizer::train(texts.into_iter(), 64, 16)?;
+/// let encoding = tokenizer.encode("mov rbp [MASK] [NEXT] ret")?;
+/// assert_eq!(encoding.tokens.len(), 16);
+/// assert!(encoding.real_tokens().contains(&tokenizer.mask_token_id()));
+/// assert_eq!(tokenizer.decode(&encoding.tokens)?, "mov rbp [MASK] [NEXT] ret");
+/// # Ok::<(), undertale_maskedlm::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct InstructionTokenizer {
     inner: Tokenizer,
@@ -125,8 +138,11 @@ impl std::fmt::Debug for InstructionTokenizer {
 /// whether it was truncated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
+    /// Token ids, `[PAD]` after the real tokens.
     pub tokens: Vec<i32>,
+    /// 1 at real tokens, 0 at padding.
     pub mask: Vec<i32>,
+    /// The text had more tokens than `sequence_length` and was cut.
     pub truncated: bool,
 }
 

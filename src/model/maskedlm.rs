@@ -61,6 +61,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     }
 
     /// The parameter layout a configuration produces.
+    #[doc(hidden)]
     pub fn layout_for(config: &Config) -> ParamLayout {
         Self::structure(config).0
     }
@@ -149,6 +150,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     }
 
     /// Where each named parameter sits in the flat parameter buffer.
+    #[doc(hidden)]
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
