@@ -224,7 +224,7 @@ fn a_batch_with_nothing_masked_still_takes_the_optimiser_step_like_the_reference
             model,
             TrainerOptions {
                 batch_size: 1,
-                seed: seed,
+                seed,
                 ..TrainerOptions::new(10)
             },
         )

@@ -121,7 +121,7 @@ impl Vocabulary {
         let mut tokens = self.encode(text);
         tokens.truncate(length);
         let real = tokens.len();
-        tokens.resize(length, self.pad_id() as i32);
+        tokens.resize(length, self.pad_id());
         let mask = (0..length).map(|i| (i < real) as i32).collect();
         Example { tokens, mask }
     }

@@ -481,7 +481,7 @@ impl Trainer {
         let tokenizer = load_tokenizer(dir)?;
         if let Some(tokenizer) = &tokenizer {
             check_tokenizer_matches(model.config(), tokenizer)
-                .map_err(|e| Error::checkpoint(&dir.join(TOKENIZER_FILE), e.to_string()))?;
+                .map_err(|e| Error::checkpoint(dir.join(TOKENIZER_FILE), e.to_string()))?;
         }
         let state_path = dir.join(STATE_FILE);
         let text = fs::read_to_string(&state_path).map_err(|e| {
