@@ -14,7 +14,7 @@
 //!   masks, or embeddings, one text or a batch;
 //! - [`InstructionTokenizer`](data::tokenizer::InstructionTokenizer), the reference's tokenizer;
 //! - [`MaskedLMCollator`], the reference's masking of a batch;
-//! - [`Trainer`](train::Trainer) with [`TrainerOptions`](train::TrainerOptions), the training
+//! - [`Trainer`] with [`TrainerOptions`], the training
 //!   loop and its resumable checkpoints ([`checkpoint`] describes the directory).
 //!
 //! The README's "Using the library" walks through loading, filling, training and saving, and

@@ -4,9 +4,8 @@
 //! the model's logits are computed at the `[MASK]` positions only, and each mask is replaced by
 //! its most probable token. The output is decoded with special tokens kept and `[PAD]` removed,
 //! as the reference's infer pipeline prints it. Candidates carry softmax probabilities, computed
-//! with the choice of the best candidates by the backend ([`Backend::softmax_top_k`]).
-//!
-//! [`Backend::softmax_top_k`]: crate::backend::Backend::softmax_top_k
+//! with the choice of the best candidates by the backend (`Backend::softmax_top_k`), where the
+//! logits are.
 
 use serde::Serialize;
 
