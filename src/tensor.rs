@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// Element types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
+    /// 32-bit floats: parameters, gradients, activations, logits.
     F32,
     /// bfloat16 activations of the GPU backend's mixed precision (read back as f32).
     BF16,
@@ -25,7 +26,9 @@ pub enum DType {
 /// writes, exactly as with CPU storage.
 #[derive(Debug, Clone)]
 pub enum Storage {
+    /// F32 elements in host memory.
     CpuF32(Vec<f32>),
+    /// I32 elements in host memory.
     CpuI32(Vec<i32>),
     /// Device memory of a GPU (or the emulated GPU), with its element type.
     Gpu(GpuStorage),

@@ -38,6 +38,7 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// A vocabulary of these tokens, ids in order; it must hold every special token.
     pub fn new(tokens: Vec<String>) -> Result<Self> {
         let index: HashMap<String, i32> = tokens
             .iter()
@@ -71,14 +72,17 @@ impl Vocabulary {
         Vocabulary::new(words).expect("the synthetic vocabulary holds every special token")
     }
 
+    /// The number of tokens.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
 
+    /// Whether it has no token.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
 
+    /// The id of a token.
     pub fn id(&self, token: &str) -> Option<i32> {
         self.index.get(token).copied()
     }
@@ -87,14 +91,17 @@ impl Vocabulary {
         self.index[token]
     }
 
+    /// The id of `[PAD]`.
     pub fn pad_id(&self) -> i32 {
         self.special("[PAD]")
     }
 
+    /// The id of `[MASK]`.
     pub fn mask_id(&self) -> i32 {
         self.special("[MASK]")
     }
 
+    /// The id of `[NEXT]`.
     pub fn next_id(&self) -> i32 {
         self.special("[NEXT]")
     }
