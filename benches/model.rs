@@ -16,7 +16,7 @@ use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
-use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::train::{Trainer, TrainerOptions};
 use undertale_maskedlm::{Device, Tensor};
 
 const SEQ: usize = 512;
@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
     } else {
         (Device::Cpu, Precision::F32, Size::SMALL, "small", 8)
     };
-    let model = Model::new(Config::new(size, VOCAB, 5, MASK as usize), device, 0)
+    let model = Model::new(Config::new(size, VOCAB, 5, MASK), device, 0)
         .unwrap()
         .with_precision(precision)
         .unwrap();
@@ -76,7 +76,15 @@ fn bench(c: &mut Criterion) {
     });
 
     // A training step downloads its loss, so it too has finished when it returns.
-    let mut trainer = Trainer::new(model, batch, 1_000_000, 0).unwrap();
+    let mut trainer = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: batch,
+            seed: 0,
+            ..TrainerOptions::new(1_000_000)
+        },
+    )
+    .unwrap();
     let data = rows(&mut rng, batch);
     group.throughput(Throughput::Elements((batch * SEQ) as u64));
     group.bench_function(format!("train_step_b{batch}"), |b| {

@@ -5,9 +5,12 @@ A Lightning checkpoint of the reference's `InstructionTraceTransformerEncoderFor
 model's parameters under `state_dict` (the names listed in the specification, per-head q/k/v
 included) and its constructor arguments under `hyper_parameters`. A `maskedlm` checkpoint
 directory holds the same tensors in `model.safetensors` and the same arguments in `config.json`,
-so conversion only moves tensors and keys; no value changes.
+so conversion only moves tensors and keys; no value changes. A directory may also hold the
+tokenizer the model was trained with (`tokenizer.json`): `to-dir --tokenizer` copies it in, which
+makes the directory self-contained; `to-ckpt` leaves it out (a Lightning checkpoint has no place
+for it).
 
-    python3 scripts/convert_checkpoint.py to-dir  model.ckpt  CHECKPOINT_DIR
+    python3 scripts/convert_checkpoint.py to-dir  model.ckpt  CHECKPOINT_DIR [--tokenizer tokenizer.json]
     python3 scripts/convert_checkpoint.py to-ckpt CHECKPOINT_DIR model.ckpt
 
 Needs torch and safetensors.
@@ -42,7 +45,7 @@ CONFIG_KEYS = [
 DEFAULTS = {"lr": 1e-4, "warmup": 0.025}
 
 
-def to_dir(ckpt_path: Path, out: Path) -> None:
+def to_dir(ckpt_path: Path, out: Path, tokenizer: Path | None = None) -> None:
     ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         sys.exit(f"{ckpt_path}: not a Lightning checkpoint (no state_dict / hyper_parameters)")
@@ -57,6 +60,8 @@ def to_dir(ckpt_path: Path, out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        shutil.copyfile(tokenizer, tmp / "tokenizer.json")
     if out.exists():
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.rename(out, old)
@@ -89,12 +94,13 @@ def main() -> None:
     a = sub.add_parser("to-dir", help="Lightning .ckpt -> checkpoint directory")
     a.add_argument("ckpt", type=Path)
     a.add_argument("directory", type=Path)
+    a.add_argument("--tokenizer", type=Path, help="the model's tokenizer.json, copied into the directory")
     b = sub.add_parser("to-ckpt", help="checkpoint directory -> Lightning .ckpt")
     b.add_argument("directory", type=Path)
     b.add_argument("ckpt", type=Path)
     args = parser.parse_args()
     if args.command == "to-dir":
-        to_dir(args.ckpt, args.directory)
+        to_dir(args.ckpt, args.directory, args.tokenizer)
     else:
         to_ckpt(args.directory, args.ckpt)
 

@@ -2,7 +2,9 @@
 //!
 //! A model checkpoint is a directory with `model.safetensors` (fp32 tensors under the reference's
 //! state_dict names, so PyTorch loads it with `load_state_dict(strict=True)`) and `config.json`
-//! (the reference's constructor arguments). A training checkpoint adds `optimizer.safetensors`
+//! (the reference's constructor arguments), and `tokenizer.json` (the tokenizer the model was
+//! trained with) when it was saved with one, so the directory is all that inference needs. A
+//! training checkpoint adds `optimizer.safetensors`
 //! (AdamW's moments) and `trainer_state.json` (step counters and random state) to the same
 //! directory. Directories are written next to their destination and renamed into place, so a
 //! crash never leaves a half-written checkpoint under the final name.
@@ -13,13 +15,18 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
+use crate::data::tokenizer::InstructionTokenizer;
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::model::state_dict::{TensorMap, from_state_dict, to_state_dict};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM};
 
+/// The parameters, under the reference's state_dict names.
 pub const MODEL_FILE: &str = "model.safetensors";
+/// The reference's constructor arguments.
 pub const CONFIG_FILE: &str = "config.json";
+/// The tokenizer the model was trained with (the `tokenizers` library's format).
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
 
 /// Writes a directory atomically: `write` fills a fresh temporary directory beside `dir`, its
 /// files are synced, and it then replaces `dir` (see `replace_dir`), so `dir` always holds either
@@ -178,8 +185,16 @@ pub fn read_f32_tensors(path: &Path) -> Result<TensorMap> {
 }
 
 /// Writes `model.safetensors` and `config.json` for a configuration and flat parameters into an
-/// existing directory.
-pub fn write_model_files(dir: &Path, config: &Config, values: &[f32]) -> Result<()> {
+/// existing directory, and `tokenizer.json` when a tokenizer is given.
+pub fn write_model_files(
+    dir: &Path,
+    config: &Config,
+    values: &[f32],
+    tokenizer: Option<&InstructionTokenizer>,
+) -> Result<()> {
+    if let Some(tokenizer) = tokenizer {
+        tokenizer.save(&dir.join(TOKENIZER_FILE))?;
+    }
     let tensors = to_state_dict(config, values)?;
     let named: Vec<(String, Vec<usize>, &[f32])> = tensors
         .iter()
@@ -195,10 +210,82 @@ pub fn write_model_files(dir: &Path, config: &Config, values: &[f32]) -> Result<
         .map_err(|e| Error::io(format!("writing {}", dir.join(CONFIG_FILE).display()), e))
 }
 
-/// Saves a model checkpoint directory atomically.
-pub fn save_model(dir: &Path, model: &InstructionTraceTransformerEncoderForMaskedLM) -> Result<()> {
+/// Saves a model checkpoint directory atomically, with its tokenizer when one is given (a
+/// checkpoint with its tokenizer is all that [`MaskFiller::from_checkpoint`] and `maskedlm infer`
+/// need). The tokenizer must match the model ([`check_tokenizer_matches`]).
+///
+/// [`MaskFiller::from_checkpoint`]: crate::MaskFiller::from_checkpoint
+pub fn save_model(
+    dir: &Path,
+    model: &InstructionTraceTransformerEncoderForMaskedLM,
+    tokenizer: Option<&InstructionTokenizer>,
+) -> Result<()> {
+    if let Some(tokenizer) = tokenizer {
+        check_tokenizer_matches(model.config(), tokenizer)?;
+    }
     let values = model.backend().download_f32(model.parameters())?;
-    write_dir_atomically(dir, |tmp| write_model_files(tmp, model.config(), &values))
+    write_dir_atomically(dir, |tmp| {
+        write_model_files(tmp, model.config(), &values, tokenizer)
+    })
+}
+
+/// The tokenizer saved in a checkpoint directory, or `None` when it holds no `tokenizer.json`.
+pub fn load_tokenizer(dir: &Path) -> Result<Option<InstructionTokenizer>> {
+    let path = dir.join(TOKENIZER_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    InstructionTokenizer::load(&path).map(Some)
+}
+
+/// The tokenizer to use with a checkpoint: the file given, else the checkpoint's own
+/// `tokenizer.json`; an error naming both places when neither exists.
+pub fn resolve_tokenizer(
+    checkpoint: &Path,
+    tokenizer: Option<&Path>,
+) -> Result<InstructionTokenizer> {
+    match tokenizer {
+        Some(path) => InstructionTokenizer::load(path),
+        None => load_tokenizer(checkpoint)?.ok_or_else(|| {
+            Error::checkpoint(
+                checkpoint,
+                format!(
+                    "no tokenizer: none was given (--tokenizer) and the checkpoint has no {TOKENIZER_FILE} (at {})",
+                    checkpoint.join(TOKENIZER_FILE).display()
+                ),
+            )
+        }),
+    }
+}
+
+/// A model and a tokenizer must agree on the ids the model was built with, and the tokenizer may
+/// not cut inputs at more positions than the model takes. The error says how they differ.
+pub fn check_tokenizer_matches(config: &Config, tokenizer: &InstructionTokenizer) -> Result<()> {
+    let model = (
+        config.vocab_size,
+        config.mask_token_id,
+        config.next_token_id,
+    );
+    let ids = (
+        tokenizer.vocab_size(),
+        tokenizer.mask_token_id(),
+        tokenizer.next_token_id(),
+    );
+    if model != ids {
+        return Err(Error::Config(format!(
+            "the model (vocab_size {}, [MASK] {}, [NEXT] {}) was not built for this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
+            model.0, model.1, model.2, ids.0, ids.1, ids.2
+        )));
+    }
+    if tokenizer.sequence_length() > config.sequence_length {
+        let n = config.sequence_length;
+        return Err(Error::Config(format!(
+            "the tokenizer's sequence length is {} but the model's is {n}: inputs would be cut at {} tokens but the model takes only {n} positions (train a tokenizer with `train-tokenizer --sequence-length {n}`)",
+            tokenizer.sequence_length(),
+            tokenizer.sequence_length(),
+        )));
+    }
+    Ok(())
 }
 
 /// Reads a checkpoint's `config.json`.

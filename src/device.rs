@@ -12,6 +12,7 @@ use crate::error::Result;
 /// code is the same on every device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Device {
+    /// The host's cores (the CPU backend).
     #[default]
     Cpu,
     /// The NVIDIA GPU of this ordinal, through the CUDA driver.

@@ -8,24 +8,33 @@ pub enum Error {
     /// A tensor or input has the wrong rank or shape.
     #[error("{what}: expected shape {expected}, got {got:?}")]
     Shape {
+        /// What was checked.
         what: String,
+        /// What was expected.
         expected: String,
+        /// What was found.
         got: Vec<usize>,
     },
 
     /// A tensor has the wrong element type for the operation.
     #[error("{what}: expected dtype {expected:?}, got {got:?}")]
     DType {
+        /// What was checked.
         what: String,
+        /// What was expected.
         expected: crate::DType,
+        /// What was found.
         got: crate::DType,
     },
 
     /// A tensor lives on another device than the backend that was asked to use it.
     #[error("{what}: tensor is on {got}, the backend runs on {expected}")]
     Device {
+        /// What was checked.
         what: String,
+        /// What was expected.
         expected: crate::Device,
+        /// What was found.
         got: crate::Device,
     },
 
@@ -34,9 +43,13 @@ pub enum Error {
         "token id {id} at row {row}, position {position} is out of range: vocab_size is {vocab_size}"
     )]
     TokenOutOfRange {
+        /// The id.
         id: i64,
+        /// The row in the batch.
         row: usize,
+        /// The position in the row.
         position: usize,
+        /// The vocabulary size.
         vocab_size: usize,
     },
 
@@ -45,9 +58,13 @@ pub enum Error {
         "label {label} at row {row}, position {position} is out of range: expected -100 or an id below {vocab_size}"
     )]
     LabelOutOfRange {
+        /// The label.
         label: i64,
+        /// The row in the batch.
         row: usize,
+        /// The position in the row.
         position: usize,
+        /// The vocabulary size.
         vocab_size: usize,
     },
 
@@ -72,20 +89,31 @@ pub enum Error {
     /// An attention-mask entry other than 0 or 1.
     #[error("mask value {value} at row {row}, position {position}: mask entries must be 0 or 1")]
     MaskValue {
+        /// The value.
         value: i64,
+        /// The row in the batch.
         row: usize,
+        /// The position in the row.
         position: usize,
     },
 
     /// An input sequence longer than the model's position tables.
     #[error("sequence of length {length} is longer than the model's sequence_length {max}")]
-    SequenceTooLong { length: usize, max: usize },
+    SequenceTooLong {
+        /// The sequence's length.
+        length: usize,
+        /// The model's `sequence_length`.
+        max: usize,
+    },
 
     /// A row whose mask is all zero: attention has no key to attend to.
     #[error(
         "row {row} has no real token (its mask is all zero), so attention over it is undefined"
     )]
-    EmptyRow { row: usize },
+    EmptyRow {
+        /// The row in the batch.
+        row: usize,
+    },
 
     /// A batch in which every label is -100: the mean loss divides by zero.
     #[error("the batch has no labelled position (every label is -100), so the loss is undefined")]
@@ -93,11 +121,19 @@ pub enum Error {
 
     /// A special token the model needs is missing from the vocabulary.
     #[error("special token {token} is missing from the vocabulary")]
-    MissingSpecialToken { token: String },
+    MissingSpecialToken {
+        /// The token.
+        token: String,
+    },
 
     /// The loss became NaN or infinite.
     #[error("non-finite loss {loss} at step {step}")]
-    NonFiniteLoss { loss: f32, step: u64 },
+    NonFiniteLoss {
+        /// The loss.
+        loss: f32,
+        /// The optimiser step.
+        step: u64,
+    },
 
     /// A model configuration that cannot be built.
     #[error("invalid configuration: {0}")]
@@ -105,39 +141,69 @@ pub enum Error {
 
     /// A checkpoint that cannot be read or does not fit the model.
     #[error("checkpoint {path}: {reason}")]
-    Checkpoint { path: PathBuf, reason: String },
+    Checkpoint {
+        /// The checkpoint's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A dataset file that cannot be read or does not have the expected columns and values.
     #[error("dataset {path}: {reason}")]
-    Dataset { path: PathBuf, reason: String },
+    Dataset {
+        /// The dataset's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A tokenizer that cannot be trained, loaded or used.
     #[error("tokenizer: {reason}")]
-    Tokenizer { reason: String },
+    Tokenizer {
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A GPU kernel (or its emulated twin) that could not be found, launched or run to completion.
     #[error("kernel `{kernel}`: {reason}")]
-    Kernel { kernel: String, reason: String },
+    Kernel {
+        /// The kernel's name.
+        kernel: String,
+        /// What is wrong.
+        reason: String,
+    },
 
     /// A binary that looked like an ELF file but could not be read.
     #[error("disassembly of {path}: {reason}")]
-    Disassembly { path: PathBuf, reason: String },
+    Disassembly {
+        /// The binary's path.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// A file or directory that could not be read or written.
     #[error("{context}: {source}")]
     Io {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: std::io::Error,
     },
 
+    /// JSON that could not be read or written.
     #[error("{context}: {source}")]
     Json {
+        /// What was being done.
         context: String,
+        /// The underlying error.
         #[source]
         source: serde_json::Error,
     },
 }
 
+/// The crate's result type.
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {

@@ -14,7 +14,7 @@ mod cli {
     pub mod interrupt;
 }
 use cli::interrupt;
-use undertale_maskedlm::checkpoint::load_model;
+use undertale_maskedlm::checkpoint::{load_model, resolve_tokenizer};
 use undertale_maskedlm::data::parquet::{read_corpus, write_tokenized};
 use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
@@ -30,7 +30,7 @@ use undertale_maskedlm::pipeline::evaluate::evaluate;
 use undertale_maskedlm::pipeline::infer::{InputName, OutputFormat, fill_inputs};
 use undertale_maskedlm::pipeline::pretrain::{PretrainOptions, check_tokenizer_matches, pretrain};
 use undertale_maskedlm::pipeline::quickstart::{QuickstartOptions, quickstart};
-use undertale_maskedlm::train::{Continue, Trainer, batches_per_epoch};
+use undertale_maskedlm::train::{Continue, Trainer, TrainerOptions, batches_per_epoch};
 use undertale_maskedlm::{Device, Error, Result, Tensor};
 
 /// Candidates per mask in `infer --json` when `--top-k` is not given.
@@ -92,8 +92,9 @@ enum Command {
     Infer {
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The tokenizer (default: the checkpoint's tokenizer.json).
         #[arg(long)]
-        tokenizer: PathBuf,
+        tokenizer: Option<PathBuf>,
         /// Candidates to list per mask, at least 1: with --json in each object (default 5),
         /// without it on one indented line per mask after the filled line,
         /// `    position P: token (probability), ...` (only the unindented lines are one per
@@ -114,8 +115,9 @@ enum Command {
     Evaluate {
         #[arg(long)]
         checkpoint: PathBuf,
+        /// The tokenizer (default: the checkpoint's tokenizer.json).
         #[arg(long)]
-        tokenizer: PathBuf,
+        tokenizer: Option<PathBuf>,
         dataset: PathBuf,
         #[arg(long, default_value_t = 8)]
         batch_size: usize,
@@ -436,7 +438,7 @@ fn run(command: Command) -> Result<()> {
                 ));
             }
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
-            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            let tokenizer = resolve_tokenizer(&checkpoint, tokenizer.as_deref())?;
             check_compatible(&model, &tokenizer)?;
             let format = match (json, top_k) {
                 (true, _) => OutputFormat::Json,
@@ -478,7 +480,7 @@ fn run(command: Command) -> Result<()> {
             json,
         } => {
             let model = load_model(&checkpoint, device(&dev)?)?.with_precision(precision)?;
-            let tokenizer = InstructionTokenizer::load(&tokenizer)?;
+            let tokenizer = resolve_tokenizer(&checkpoint, tokenizer.as_deref())?;
             check_compatible(&model, &tokenizer)?;
             // The check pretrain makes: a bad row is named by file, row id and position.
             let rows = load_examples(&dataset, model.config())?;
@@ -502,9 +504,10 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-/// A checkpoint and a tokenizer must agree on the ids the model was built with.
+/// A checkpoint and a tokenizer must agree on the ids the model was built with and on the
+/// sequence length.
 fn check_compatible(model: &Model, tokenizer: &InstructionTokenizer) -> Result<()> {
-    check_tokenizer_matches(model.config(), tokenizer).map_err(Error::Config)
+    check_tokenizer_matches(model.config(), tokenizer)
 }
 
 fn demo(args: &DemoArgs) -> Result<()> {
@@ -530,7 +533,14 @@ fn demo(args: &DemoArgs) -> Result<()> {
         args.steps,
         args.batch_size
     );
-    let mut trainer = Trainer::new(model, args.batch_size, args.steps, args.seed)?;
+    let mut trainer = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: args.batch_size,
+            seed: args.seed,
+            ..TrainerOptions::new(args.steps)
+        },
+    )?;
     let epochs = args
         .steps
         .div_ceil(batches_per_epoch(train.len(), args.batch_size).max(1));

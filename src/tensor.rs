@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 /// Element types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
+    /// 32-bit floats: parameters, gradients, activations, logits.
     F32,
     /// bfloat16 activations of the GPU backend's mixed precision (read back as f32).
     BF16,
@@ -25,7 +26,9 @@ pub enum DType {
 /// writes, exactly as with CPU storage.
 #[derive(Debug, Clone)]
 pub enum Storage {
+    /// F32 elements in host memory.
     CpuF32(Vec<f32>),
+    /// I32 elements in host memory.
     CpuI32(Vec<i32>),
     /// Device memory of a GPU (or the emulated GPU), with its element type.
     Gpu(GpuStorage),
@@ -70,18 +73,22 @@ impl Tensor {
         Self::from_storage(shape, Storage::CpuI32(data))
     }
 
+    /// The dimensions.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The number of dimensions.
     pub fn rank(&self) -> usize {
         self.shape.len()
     }
 
+    /// The number of elements.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         match &self.storage {
             Storage::CpuF32(_) => DType::F32,
@@ -90,6 +97,7 @@ impl Tensor {
         }
     }
 
+    /// The device holding the elements.
     pub fn device(&self) -> Device {
         match &self.storage {
             Storage::CpuF32(_) | Storage::CpuI32(_) => Device::Cpu,
@@ -97,10 +105,14 @@ impl Tensor {
         }
     }
 
+    /// The elements, where they are.
+    #[doc(hidden)]
     pub fn storage(&self) -> &Storage {
         &self.storage
     }
 
+    /// The elements, where they are, to write.
+    #[doc(hidden)]
     pub fn storage_mut(&mut self) -> &mut Storage {
         &mut self.storage
     }

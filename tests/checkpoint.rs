@@ -5,7 +5,7 @@ use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
-use undertale_maskedlm::train::{Continue, Trainer};
+use undertale_maskedlm::train::{Continue, Trainer, TrainerOptions};
 use undertale_maskedlm::{Device, Tensor};
 
 fn small_config(vocab: &Vocabulary) -> Config {
@@ -25,7 +25,7 @@ fn a_saved_model_loads_with_identical_weights_and_reference_names() {
     let model = Model::new(small_config(&vocab), Device::Cpu, 7).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ckpt");
-    save_model(&path, &model).unwrap();
+    save_model(&path, &model, None).unwrap();
 
     let loaded = load_model(&path, Device::Cpu).unwrap();
     assert_eq!(loaded.config(), model.config());
@@ -83,8 +83,8 @@ fn saving_over_a_checkpoint_replaces_it_and_leaves_no_temporary_files() {
     let path = dir.path().join("last");
     let first = Model::new(small_config(&vocab), Device::Cpu, 1).unwrap();
     let second = Model::new(small_config(&vocab), Device::Cpu, 2).unwrap();
-    save_model(&path, &first).unwrap();
-    save_model(&path, &second).unwrap();
+    save_model(&path, &first, None).unwrap();
+    save_model(&path, &second, None).unwrap();
     let loaded = load_model(&path, Device::Cpu).unwrap();
     assert_eq!(
         loaded.parameters().to_vec_f32().unwrap(),
@@ -109,7 +109,15 @@ fn train(split: Option<u64>, steps: u64) -> Params {
     let data = dataset(&vocab, 36, config.sequence_length, 3); // 5 batches of 8 (last partial)
     let epochs = 4;
     let model = Model::new(config, Device::Cpu, 11).unwrap();
-    let mut trainer = Trainer::new(model, 8, epochs * 5, 5).unwrap();
+    let mut trainer = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: 8,
+            seed: 5,
+            ..TrainerOptions::new(epochs * 5)
+        },
+    )
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     if let Some(split) = split {
         trainer
@@ -185,7 +193,15 @@ fn dropout_changes_the_step_and_depends_only_on_seed_and_step() {
     let step = |dropout: f32| {
         let mut c = config.clone();
         c.dropout = dropout;
-        let mut t = Trainer::new(Model::new(c, Device::Cpu, 4).unwrap(), 8, 10, 6).unwrap();
+        let mut t = Trainer::new(
+            Model::new(c, Device::Cpu, 4).unwrap(),
+            TrainerOptions {
+                batch_size: 8,
+                seed: 6,
+                ..TrainerOptions::new(10)
+            },
+        )
+        .unwrap();
         t.step(&data).unwrap().loss
     };
     assert_eq!(step(0.1), step(0.1));
@@ -204,7 +220,15 @@ fn a_batch_with_nothing_masked_still_takes_the_optimiser_step_like_the_reference
     for seed in 0..20 {
         let model = Model::new(config.clone(), Device::Cpu, 1).unwrap();
         let before = model.parameters().to_vec_f32().unwrap();
-        let mut trainer = Trainer::new(model, 1, 10, seed).unwrap();
+        let mut trainer = Trainer::new(
+            model,
+            TrainerOptions {
+                batch_size: 1,
+                seed,
+                ..TrainerOptions::new(10)
+            },
+        )
+        .unwrap();
         let report = trainer.step(std::slice::from_ref(&row)).unwrap();
         if !report.loss.is_nan() {
             continue;
@@ -221,4 +245,56 @@ fn a_batch_with_nothing_masked_still_takes_the_optimiser_step_like_the_reference
         return;
     }
     panic!("no seed in 0..20 left the batch unmasked");
+}
+
+#[test]
+fn training_checkpoints_carry_the_tokenizer_through_a_resume() {
+    let tokenizer = undertale_maskedlm::data::tokenizer::InstructionTokenizer::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/tokenizer_reference.json"),
+    )
+    .unwrap();
+    let mut size = Size::TINY;
+    size.sequence_length = tokenizer.sequence_length();
+    let config = Config::new(
+        size,
+        tokenizer.vocab_size(),
+        tokenizer.next_token_id(),
+        tokenizer.mask_token_id(),
+    );
+    let rows: Vec<_> = (0..4)
+        .map(|i| {
+            let e = tokenizer
+                .encode(&format!("push rbp [NEXT] mov eax {i} [NEXT] ret"))
+                .unwrap();
+            undertale_maskedlm::data::Example {
+                tokens: e.tokens,
+                mask: e.mask,
+            }
+        })
+        .collect();
+    let mut trainer = Trainer::new(
+        Model::new(config, Device::Cpu, 1).unwrap(),
+        TrainerOptions {
+            batch_size: 2,
+            tokenizer: Some(tokenizer.clone()),
+            ..TrainerOptions::new(4)
+        },
+    )
+    .unwrap();
+    trainer.step(&rows[..2]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    trainer.save(&first).unwrap();
+    let resumed = Trainer::resume(&first, Device::Cpu).unwrap();
+    let kept = resumed
+        .tokenizer()
+        .expect("the checkpoint's tokenizer is restored");
+    assert_eq!(kept.to_json().unwrap(), tokenizer.to_json().unwrap());
+    let second = dir.path().join("second");
+    resumed.save(&second).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(first.join("tokenizer.json")).unwrap(),
+        std::fs::read_to_string(second.join("tokenizer.json")).unwrap()
+    );
 }

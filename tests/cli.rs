@@ -173,6 +173,17 @@ fn the_whole_workflow_on_real_disassembly() {
         filled.starts_with("push rbp [NEXT] ") && !filled.contains("[MASK]"),
         "{filled}"
     );
+    // Every checkpoint carries its tokenizer: without --tokenizer, infer uses the checkpoint's.
+    assert!(out.join("best/tokenizer.json").exists());
+    assert_eq!(
+        ok(&[
+            "infer",
+            "--checkpoint",
+            s(&last),
+            "push rbp [NEXT] [MASK] rbp rsp"
+        ]),
+        filled
+    );
     let json = ok(&[
         "infer",
         "--checkpoint",

@@ -28,7 +28,7 @@ fn checkpoint(dir: &Path, seed: u64) -> PathBuf {
     let tokenizer = InstructionTokenizer::load(&tokenizer_path()).unwrap();
     let config = resolve_config("tiny", &tokenizer, None, None).unwrap();
     let path = dir.join("checkpoint");
-    save_model(&path, &Model::new(config, Device::Cpu, seed).unwrap()).unwrap();
+    save_model(&path, &Model::new(config, Device::Cpu, seed).unwrap(), None).unwrap();
     path
 }
 

@@ -10,7 +10,7 @@ use undertale_maskedlm::data::collator::DEFAULT_PROBABILITY;
 use undertale_maskedlm::data::{Example, MaskedBatch, MaskedLMCollator, RowKeyedCollator};
 
 const IGNORE: i32 = -100;
-const MASK_ID: usize = 4;
+const MASK_ID: i32 = 4;
 
 /// `rows` rows of `seq` random ids in `[lo, vocab)`; each row gets a random number of trailing
 /// padding positions (at least one real token) when `padded`.
@@ -187,7 +187,7 @@ fn masking_statistics_match_bert_recipe() {
                 continue;
             }
             selected += 1;
-            if tokens[i] == MASK_ID as i32 {
+            if tokens[i] == MASK_ID {
                 masked += 1;
             } else if tokens[i] == orig[i] {
                 kept += 1;
@@ -215,7 +215,7 @@ fn random_replacements_are_uniform_over_vocab() {
     const SEQ: usize = 100;
     // Chi-square critical value for 19 degrees of freedom at p ~ 1e-6 (Wilson-Hilferty).
     const CRITICAL: f64 = 64.0;
-    for (mask_id, seed) in [(4usize, 21u64), (17, 22)] {
+    for (mask_id, seed) in [(4i32, 21u64), (17, 22)] {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut c = MaskedLMCollator::new(mask_id, VOCAB, 1.0, seed * 100).unwrap();
         let mut observed = [0f64; VOCAB];
@@ -228,7 +228,7 @@ fn random_replacements_are_uniform_over_vocab() {
                         .map(|_| {
                             loop {
                                 let t = rng.random_range(0..VOCAB as i32);
-                                if t != mask_id as i32 {
+                                if t != mask_id {
                                     break t;
                                 }
                             }
@@ -245,18 +245,18 @@ fn random_replacements_are_uniform_over_vocab() {
                         *e += 0.1 / VOCAB as f64;
                     }
                 }
-                if tokens[i] != mask_id as i32 && tokens[i] != orig[i] {
+                if tokens[i] != mask_id && tokens[i] != orig[i] {
                     observed[tokens[i] as usize] += 1.0;
                 }
             }
         }
         let chi2: f64 = (0..VOCAB)
-            .filter(|&k| k != mask_id)
+            .filter(|&k| k as i32 != mask_id)
             .map(|k| (observed[k] - expected[k]).powi(2) / expected[k])
             .sum();
         assert!(
             (0..VOCAB)
-                .filter(|&k| k != mask_id)
+                .filter(|&k| k as i32 != mask_id)
                 .all(|k| expected[k] > 1000.0),
             "too few samples: {expected:?}"
         );
@@ -356,7 +356,7 @@ fn bad_batches_are_errors() {
 // A [MASK] id outside the vocabulary, or a probability outside [0, 1], is a configuration error.
 #[test]
 fn bad_collator_arguments_are_errors() {
-    for (mask_id, vocab) in [(100usize, 100usize), (250, 100)] {
+    for (mask_id, vocab) in [(100i32, 100usize), (250, 100), (-1, 100)] {
         let err = MaskedLMCollator::new(mask_id, vocab, 0.15, 0).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err:?}");
         let msg = err.to_string();
@@ -467,7 +467,7 @@ fn row_keyed_masks_depend_only_on_the_seed_and_the_row() {
     assert_ne!(l, one.1);
     // Its arguments are checked as the training collator's are.
     assert!(matches!(
-        RowKeyedCollator::new(vocab, vocab, DEFAULT_PROBABILITY, 0),
+        RowKeyedCollator::new(vocab as i32, vocab, DEFAULT_PROBABILITY, 0),
         Err(Error::Config(_))
     ));
 }

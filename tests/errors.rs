@@ -16,12 +16,12 @@ use undertale_maskedlm::data::Example;
 use undertale_maskedlm::model::{
     Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
 };
-use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::train::{Trainer, TrainerOptions};
 use undertale_maskedlm::{DType, Device, Error, Storage, Tensor};
 
 const VOCAB: usize = 50;
-const NEXT: usize = 5;
-const MASK: usize = 4;
+const NEXT: i32 = 5;
+const MASK: i32 = 4;
 const SEQ_LEN: usize = 16;
 
 fn config() -> Config {
@@ -269,8 +269,9 @@ fn other_bad_configs() {
     let cases: Vec<(Edit, &str)> = vec![
         (|c| c.heads = 0, "heads"),
         (|c| c.depth = 0, "depth"),
-        (|c| c.mask_token_id = VOCAB, "mask_token_id 50"),
-        (|c| c.next_token_id = VOCAB + 3, "next_token_id 53"),
+        (|c| c.mask_token_id = VOCAB as i32, "mask_token_id 50"),
+        (|c| c.next_token_id = VOCAB as i32 + 3, "next_token_id 53"),
+        (|c| c.mask_token_id = -1, "mask_token_id -1"),
         (|c| c.dropout = 1.0, "dropout 1"),
         (|c| c.eps = -1.0, "eps -1"),
     ];
@@ -367,7 +368,7 @@ fn infer_with_two_rows() {
     let m = model();
     let mut rng = ChaCha8Rng::seed_from_u64(10);
     let mut v = tokens(&mut rng, 2, 8);
-    v[3] = MASK as i32;
+    v[3] = MASK;
     let err = m.infer(&i32s(&[2, 8], v.clone()), None).unwrap_err();
     assert!(
         matches!(&err, Error::Shape { got, .. } if got == &vec![2, 8]),
@@ -390,7 +391,7 @@ fn infer_with_two_rows() {
 /// Saves a fresh tiny model into `dir/name` and returns that path.
 fn saved(dir: &Path, name: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    save_model(&path, &model()).unwrap();
+    save_model(&path, &model(), None).unwrap();
     path
 }
 
@@ -614,7 +615,15 @@ fn non_finite_loss_is_an_error_and_changes_nothing() {
         .iter()
         .map(|x| x.to_bits())
         .collect();
-    let mut trainer = Trainer::new(m, 4, 100, 3).unwrap();
+    let mut trainer = Trainer::new(
+        m,
+        TrainerOptions {
+            batch_size: 4,
+            seed: 3,
+            ..TrainerOptions::new(100)
+        },
+    )
+    .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(12);
     let rows: Vec<Example> = (0..4)
         .map(|_| Example {
@@ -653,10 +662,30 @@ fn non_finite_loss_is_an_error_and_changes_nothing() {
 // The trainer rejects a zero batch size and bad rows with typed errors.
 #[test]
 fn trainer_bad_arguments() {
-    let err = Trainer::new(model(), 0, 10, 0).err().unwrap();
+    let err = Trainer::new(
+        model(),
+        TrainerOptions {
+            batch_size: 0,
+            seed: 0,
+            ..TrainerOptions::new(10)
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, Error::Config(_)), "{err:?}");
     assert_names(&err, &["batch size"]);
-    let mut trainer = Trainer::new(model(), 2, 10, 0).unwrap();
+    let err = Trainer::new(model(), TrainerOptions::new(0)).err().unwrap();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert_names(&err, &["total_steps", "0"]);
+    let mut trainer = Trainer::new(
+        model(),
+        TrainerOptions {
+            batch_size: 2,
+            seed: 0,
+            ..TrainerOptions::new(10)
+        },
+    )
+    .unwrap();
     let err = trainer.step(&[]).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err:?}");
     let rows = vec![Example {

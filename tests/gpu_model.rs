@@ -8,7 +8,7 @@ use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
 use undertale_maskedlm::data::Example;
 use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::Config;
-use undertale_maskedlm::train::Trainer;
+use undertale_maskedlm::train::{Trainer, TrainerOptions};
 use undertale_maskedlm::{
     Device, InstructionTraceTransformerEncoderForMaskedLM as Model, Size, Tensor,
 };
@@ -26,7 +26,7 @@ fn config() -> Config {
         intermediate_dimensions: 52,
         sequence_length: 21,
     };
-    Config::new(size, VOCAB, NEXT as usize, MASK as usize)
+    Config::new(size, VOCAB, NEXT, MASK)
 }
 
 /// A padded batch with `[NEXT]` separators, one row of a single token.
@@ -172,16 +172,26 @@ fn training_steps_match(device: Device, precision: Precision, rel: f32) {
         .collect();
     let mut cpu = Trainer::new(
         Model::new(config.clone(), Device::Cpu, 5).unwrap(),
-        6,
-        10,
-        9,
+        TrainerOptions {
+            batch_size: 6,
+            seed: 9,
+            ..TrainerOptions::new(10)
+        },
     )
     .unwrap();
     let model = Model::new(config, device, 5)
         .unwrap()
         .with_precision(precision)
         .unwrap();
-    let mut gpu = Trainer::new(model, 6, 10, 9).unwrap();
+    let mut gpu = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: 6,
+            seed: 9,
+            ..TrainerOptions::new(10)
+        },
+    )
+    .unwrap();
     for step in 0..2 {
         let rows = &examples[step * 6..(step + 1) * 6];
         let want = cpu.step(rows).unwrap();
@@ -254,7 +264,7 @@ fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
         return;
     }
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let config = Config::new(Size::MEDIUM, 4096, NEXT as usize, MASK as usize);
+    let config = Config::new(Size::MEDIUM, 4096, NEXT, MASK);
     let seq = 128; // shorter than the 512 positions: the forward and the loss do not depend on it
     let (tokens, mask) = batch(&mut rng, 4, seq);
     let t = |v: &[i32]| Tensor::from_i32(&[4, seq], v.to_vec()).unwrap();
@@ -289,8 +299,24 @@ fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
             mask: m.to_vec(),
         })
         .collect();
-    let mut cpu = Trainer::new(cpu, 4, 3, 2).unwrap();
-    let mut gpu = Trainer::new(Model::new(config, Device::Cuda(0), 1).unwrap(), 4, 3, 2).unwrap();
+    let mut cpu = Trainer::new(
+        cpu,
+        TrainerOptions {
+            batch_size: 4,
+            seed: 2,
+            ..TrainerOptions::new(3)
+        },
+    )
+    .unwrap();
+    let mut gpu = Trainer::new(
+        Model::new(config, Device::Cuda(0), 1).unwrap(),
+        TrainerOptions {
+            batch_size: 4,
+            seed: 2,
+            ..TrainerOptions::new(3)
+        },
+    )
+    .unwrap();
     for step in 0..3 {
         let (w, g) = (
             cpu.step(&examples).unwrap().loss,

@@ -10,7 +10,7 @@ use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
 use undertale_maskedlm::data::Example;
 use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::Config;
-use undertale_maskedlm::train::{Continue, Trainer};
+use undertale_maskedlm::train::{Continue, Trainer, TrainerOptions};
 use undertale_maskedlm::{
     Device, InstructionTraceTransformerEncoderForMaskedLM as Model, Size, Tensor,
 };
@@ -27,7 +27,7 @@ fn config() -> Config {
         intermediate_dimensions: 48,
         sequence_length: 24,
     };
-    Config::new(size, VOCAB, NEXT as usize, MASK as usize)
+    Config::new(size, VOCAB, NEXT, MASK)
 }
 
 fn device() -> Device {
@@ -66,7 +66,15 @@ fn a_steady_state_training_step_reads_back_only_its_loss() {
             .unwrap()
             .with_precision(precision)
             .unwrap();
-        let mut trainer = Trainer::new(model, 4, 100, 7).unwrap();
+        let mut trainer = Trainer::new(
+            model,
+            TrainerOptions {
+                batch_size: 4,
+                seed: 7,
+                ..TrainerOptions::new(100)
+            },
+        )
+        .unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         let batches: Vec<Vec<Example>> = (0..4).map(|_| examples(&mut rng, 4)).collect();
         let mut in_flight = trainer.queue_step(&batches[0]).unwrap();
@@ -94,7 +102,15 @@ fn a_steady_state_training_step_reads_back_only_its_loss() {
 #[test]
 fn training_epochs_never_synchronise() {
     let model = Model::new(config(), device(), 5).unwrap();
-    let mut trainer = Trainer::new(model, 3, 100, 9).unwrap();
+    let mut trainer = Trainer::new(
+        model,
+        TrainerOptions {
+            batch_size: 3,
+            seed: 9,
+            ..TrainerOptions::new(100)
+        },
+    )
+    .unwrap();
     let data = examples(&mut ChaCha8Rng::seed_from_u64(2), 7);
     let before = traffic(&trainer);
     let mut losses = Vec::new();
@@ -125,7 +141,15 @@ fn queued_steps_train_exactly_as_synchronous_ones() {
     let data = examples(&mut ChaCha8Rng::seed_from_u64(4), 8);
     let run = |queued: bool| {
         let model = Model::new(config(), device(), 8).unwrap();
-        let mut trainer = Trainer::new(model, 4, 100, 1).unwrap();
+        let mut trainer = Trainer::new(
+            model,
+            TrainerOptions {
+                batch_size: 4,
+                seed: 1,
+                ..TrainerOptions::new(100)
+            },
+        )
+        .unwrap();
         let mut losses = Vec::new();
         if queued {
             trainer

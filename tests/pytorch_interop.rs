@@ -33,7 +33,7 @@ fn pytorch_loads_our_checkpoint_strictly_and_agrees() {
     let model = Model::new(Config::new(size, 60, 5, 4), Device::Cpu, 21).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = dir.path().join("ckpt");
-    save_model(&ckpt, &model).unwrap();
+    save_model(&ckpt, &model, None).unwrap();
 
     let ids: Vec<i32> = vec![7, 12, 5, 30, 4, 41, 5, 59, 6, 5, 18, 4, 22];
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/load_in_pytorch.py");
@@ -81,7 +81,7 @@ fn lightning_checkpoints_convert_both_ways_without_changing_a_value() {
     let original = dir.path().join("original");
     let ckpt = dir.path().join("model.ckpt");
     let back = dir.path().join("back");
-    save_model(&original, &model).unwrap();
+    save_model(&original, &model, None).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/convert_checkpoint.py");
     for args in [
         vec!["to-ckpt".as_ref(), original.as_os_str(), ckpt.as_os_str()],

@@ -111,7 +111,7 @@ fn special_tokens_have_ids_0_to_5() {
     let tokenizer = reference();
     for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
         assert_eq!(tokenizer.token(id as i32).as_deref(), Some(*token));
-        assert_eq!(tokenizer.token_id(token), Some(id));
+        assert_eq!(tokenizer.token_id(token), Some(id as i32));
     }
     assert_eq!(tokenizer.pad_token_id(), 0);
     assert_eq!(tokenizer.mask_token_id(), 4);
@@ -317,7 +317,7 @@ fn trained_special_tokens_come_first() {
     )
     .unwrap();
     for (id, token) in SPECIAL_TOKENS.iter().enumerate() {
-        assert_eq!(tokenizer.token_id(token), Some(id));
+        assert_eq!(tokenizer.token_id(token), Some(id as i32));
     }
     assert_eq!(tokenizer.sequence_length(), 8);
     let encoding = tokenizer.encode("push rbp [NEXT] ret").unwrap();

@@ -24,15 +24,20 @@ use crate::tensor::Tensor;
 /// A collated batch: `[batch, seq]` I32 tensors on the CPU.
 #[derive(Debug, Clone)]
 pub struct MaskedBatch {
+    /// The rows' ids with the chosen positions masked or replaced.
     pub tokens: Tensor,
+    /// The rows' attention masks, unchanged.
     pub mask: Tensor,
+    /// The original id at each chosen position, -100 elsewhere (ignored by the loss).
     pub labels: Tensor,
 }
 
 /// The generator's position, so a resumed run continues the same random stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CollatorState {
+    /// The ChaCha seed.
     pub seed: [u8; 32],
+    /// The ChaCha stream.
     pub stream: u64,
     /// Position in the ChaCha keystream, in 32-bit words (a decimal string: JSON numbers are
     /// not 128-bit).
@@ -40,10 +45,27 @@ pub struct CollatorState {
 }
 
 /// Collation function for masked language modeling.
+///
+/// ```
+/// use undertale_maskedlm::MaskedLMCollator;
+/// use undertale_maskedlm::data::Example;
+///
+/// // [MASK] is id 4 of 50; mask every real token (probability 1) to see the effect.
+/// let mut collator = MaskedLMCollator::new(4, 50, 1.0, 0)?;
+/// let row = Example { tokens: vec![10, 11, 5, 12, 0, 0], mask: vec![1, 1, 1, 1, 0, 0] };
+/// let batch = collator.collate(&[row])?;
+/// assert_eq!(batch.tokens.shape(), &[1, 6]);
+/// // Every real position is labelled with its original id; padding is ignored (-100).
+/// assert_eq!(batch.labels.to_vec_i32()?, vec![10, 11, 5, 12, -100, -100]);
+/// # Ok::<(), undertale_maskedlm::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct MaskedLMCollator {
+    /// The id real tokens are replaced by (80% of the chosen ones).
     pub mask_token_id: i32,
+    /// Random replacements (10% of the chosen ones) are drawn below this.
     pub vocab_size: usize,
+    /// The share of real tokens chosen.
     pub probability: f32,
     rng: ChaCha8Rng,
 }
@@ -54,15 +76,10 @@ pub const DEFAULT_PROBABILITY: f32 = 0.15;
 impl MaskedLMCollator {
     /// The reference's `MaskedLMCollator(mask_token_id, vocab_size, probability=0.15)`, with the
     /// random stream seeded by `seed`.
-    pub fn new(
-        mask_token_id: usize,
-        vocab_size: usize,
-        probability: f32,
-        seed: u64,
-    ) -> Result<Self> {
-        if mask_token_id >= vocab_size {
+    pub fn new(mask_token_id: i32, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
+        if usize::try_from(mask_token_id).map_or(true, |id| id >= vocab_size) {
             return Err(Error::Config(format!(
-                "mask_token_id {mask_token_id} is not below vocab_size {vocab_size}"
+                "mask_token_id {mask_token_id} is not in 0..vocab_size {vocab_size}"
             )));
         }
         if !(0.0..=1.0).contains(&probability) {
@@ -71,13 +88,14 @@ impl MaskedLMCollator {
             )));
         }
         Ok(MaskedLMCollator {
-            mask_token_id: mask_token_id as i32,
+            mask_token_id,
             vocab_size,
             probability,
             rng: ChaCha8Rng::seed_from_u64(seed),
         })
     }
 
+    /// The random stream's position, to save.
     pub fn state(&self) -> CollatorState {
         CollatorState {
             seed: self.rng.get_seed(),
@@ -86,6 +104,7 @@ impl MaskedLMCollator {
         }
     }
 
+    /// Continues the random stream from a saved position.
     pub fn restore(&mut self, state: &CollatorState) -> Result<()> {
         let word_pos: u128 = state.word_pos.parse().map_err(|_| {
             Error::Config(format!(
@@ -136,12 +155,7 @@ pub struct RowKeyedCollator {
 
 impl RowKeyedCollator {
     /// The arguments of [`MaskedLMCollator::new`], checked the same way.
-    pub fn new(
-        mask_token_id: usize,
-        vocab_size: usize,
-        probability: f32,
-        seed: u64,
-    ) -> Result<Self> {
+    pub fn new(mask_token_id: i32, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
         let checked = MaskedLMCollator::new(mask_token_id, vocab_size, probability, seed)?;
         Ok(RowKeyedCollator {
             mask_token_id: checked.mask_token_id,

@@ -13,6 +13,8 @@ pub use collator::{CollatorState, MaskedBatch, MaskedLMCollator, RowKeyedCollato
 /// length.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
+    /// Token ids, padding included.
     pub tokens: Vec<i32>,
+    /// 1 at real tokens, 0 at padding.
     pub mask: Vec<i32>,
 }

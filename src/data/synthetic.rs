@@ -38,6 +38,7 @@ pub struct Vocabulary {
 }
 
 impl Vocabulary {
+    /// A vocabulary of these tokens, ids in order; it must hold every special token.
     pub fn new(tokens: Vec<String>) -> Result<Self> {
         let index: HashMap<String, i32> = tokens
             .iter()
@@ -71,31 +72,37 @@ impl Vocabulary {
         Vocabulary::new(words).expect("the synthetic vocabulary holds every special token")
     }
 
+    /// The number of tokens.
     pub fn len(&self) -> usize {
         self.tokens.len()
     }
 
+    /// Whether it has no token.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
 
+    /// The id of a token.
     pub fn id(&self, token: &str) -> Option<i32> {
         self.index.get(token).copied()
     }
 
-    fn special(&self, token: &str) -> usize {
-        self.index[token] as usize
+    fn special(&self, token: &str) -> i32 {
+        self.index[token]
     }
 
-    pub fn pad_id(&self) -> usize {
+    /// The id of `[PAD]`.
+    pub fn pad_id(&self) -> i32 {
         self.special("[PAD]")
     }
 
-    pub fn mask_id(&self) -> usize {
+    /// The id of `[MASK]`.
+    pub fn mask_id(&self) -> i32 {
         self.special("[MASK]")
     }
 
-    pub fn next_id(&self) -> usize {
+    /// The id of `[NEXT]`.
+    pub fn next_id(&self) -> i32 {
         self.special("[NEXT]")
     }
 
@@ -110,7 +117,7 @@ impl Vocabulary {
     /// Space-joined tokens, special tokens kept, `[PAD]` dropped.
     pub fn decode(&self, ids: &[i32]) -> String {
         ids.iter()
-            .filter(|&&i| i as usize != self.pad_id())
+            .filter(|&&i| i != self.pad_id())
             .map(|&i| self.tokens.get(i as usize).map_or("[UNK]", String::as_str))
             .collect::<Vec<_>>()
             .join(" ")
@@ -121,7 +128,7 @@ impl Vocabulary {
         let mut tokens = self.encode(text);
         tokens.truncate(length);
         let real = tokens.len();
-        tokens.resize(length, self.pad_id() as i32);
+        tokens.resize(length, self.pad_id());
         let mask = (0..length).map(|i| (i < real) as i32).collect();
         Example { tokens, mask }
     }

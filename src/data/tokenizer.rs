@@ -99,6 +99,19 @@ const CONTINUING_SUBWORD_PREFIX: &str = "__";
 
 /// A trained tokenizer: the `tokenizers` tokenizer, its sequence length, and the ids the model
 /// and the collator need.
+///
+/// ```
+/// use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+///
+/// let texts = ["push rbp [NEXT] mov rbp rsp [NEXT] ret", "xor eax eax [NEXT] ret"];
+/// // A vocabulary of at most 64 ids; every encoding 16 ids long.
+/// let tokenizer = InstructionTokenizer::train(texts.into_iter(), 64, 16)?;
+/// let encoding = tokenizer.encode("mov rbp [MASK] [NEXT] ret")?;
+/// assert_eq!(encoding.tokens.len(), 16);
+/// assert!(encoding.real_tokens().contains(&tokenizer.mask_token_id()));
+/// assert_eq!(tokenizer.decode(&encoding.tokens)?, "mov rbp [MASK] [NEXT] ret");
+/// # Ok::<(), undertale_maskedlm::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct InstructionTokenizer {
     inner: Tokenizer,
@@ -125,8 +138,11 @@ impl std::fmt::Debug for InstructionTokenizer {
 /// whether it was truncated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoding {
+    /// Token ids, `[PAD]` after the real tokens.
     pub tokens: Vec<i32>,
+    /// 1 at real tokens, 0 at padding.
     pub mask: Vec<i32>,
+    /// The text had more tokens than `sequence_length` and was cut.
     pub truncated: bool,
 }
 
@@ -481,8 +497,9 @@ impl InstructionTokenizer {
     }
 
     /// The id of a token string, if the vocabulary holds it.
-    pub fn token_id(&self, token: &str) -> Option<usize> {
-        self.inner.token_to_id(token).map(|id| id as usize)
+    pub fn token_id(&self, token: &str) -> Option<i32> {
+        // Every id is below vocab_size, checked at load to fit i32.
+        self.inner.token_to_id(token).map(|id| id as i32)
     }
 
     /// The number of ids, added tokens included: the largest id plus one (for a tokenizer the
@@ -497,18 +514,18 @@ impl InstructionTokenizer {
     }
 
     /// The id of `[PAD]`.
-    pub fn pad_token_id(&self) -> usize {
-        self.pad_id
+    pub fn pad_token_id(&self) -> i32 {
+        self.pad_id as i32
     }
 
     /// The id of `[MASK]`.
-    pub fn mask_token_id(&self) -> usize {
-        self.mask_id
+    pub fn mask_token_id(&self) -> i32 {
+        self.mask_id as i32
     }
 
     /// The id of `[NEXT]`.
-    pub fn next_token_id(&self) -> usize {
-        self.next_id
+    pub fn next_token_id(&self) -> i32 {
+        self.next_id as i32
     }
 }
 

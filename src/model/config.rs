@@ -8,18 +8,30 @@ use crate::error::{Error, Result};
 /// are also the keys of a checkpoint's `config.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Config {
+    /// Encoder layers.
     pub depth: usize,
+    /// The width of every hidden state.
     pub hidden_dimensions: usize,
+    /// Token ids the model knows (the tokenizer's `vocab_size`).
     pub vocab_size: usize,
+    /// The most positions an input may have.
     pub sequence_length: usize,
+    /// Attention heads per layer (they divide `hidden_dimensions`).
     pub heads: usize,
+    /// The width of each layer's feed-forward block.
     pub intermediate_dimensions: usize,
-    pub next_token_id: usize,
-    pub mask_token_id: usize,
+    /// The id of `[NEXT]`, which separates instructions (positions restart after it).
+    pub next_token_id: i32,
+    /// The id of `[MASK]`.
+    pub mask_token_id: i32,
+    /// The dropout probability in training.
     pub dropout: f32,
+    /// The layer norms' epsilon.
     pub eps: f32,
+    /// The peak learning rate.
     #[serde(default = "default_lr")]
     pub lr: f64,
+    /// The share of training steps spent warming the learning rate up.
     #[serde(default = "default_warmup")]
     pub warmup: f64,
 }
@@ -35,18 +47,24 @@ fn default_warmup() -> f64 {
 /// The size keys of a preset: everything that does not come from the tokenizer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Size {
+    /// Encoder layers.
     pub depth: usize,
+    /// The width of every hidden state.
     pub hidden_dimensions: usize,
+    /// Attention heads per layer.
     pub heads: usize,
+    /// The width of each layer's feed-forward block.
     pub intermediate_dimensions: usize,
+    /// The most positions an input may have.
     pub sequence_length: usize,
 }
 
 /// The reference's name for its size table: `InstructionTraceTransformerEncoderForMaskedLMConfiguration::MEDIUM`.
 pub type InstructionTraceTransformerEncoderForMaskedLMConfiguration = Size;
 
-/// The reference's `regularization` block.
+/// The reference's `regularization` block: the dropout probability.
 pub const DROPOUT: f32 = 0.1;
+/// The reference's `regularization` block: the layer norms' epsilon.
 pub const EPS: f32 = 1e-12;
 
 impl Size {
@@ -77,12 +95,14 @@ impl Size {
         sequence_length: 512,
     };
 
+    /// Every preset by its command-line name.
     pub const PRESETS: [(&'static str, Size); 3] = [
         ("tiny", Size::TINY),
         ("small", Size::SMALL),
         ("medium", Size::MEDIUM),
     ];
 
+    /// The preset of that name (`tiny`, `small`, `medium`).
     pub fn preset(name: &str) -> Result<Size> {
         Size::PRESETS
             .iter()
@@ -99,7 +119,7 @@ impl Size {
 impl Config {
     /// A configuration from a size and the ids the tokenizer defines, with the reference's
     /// regularization and optimiser defaults.
-    pub fn new(size: Size, vocab_size: usize, next_token_id: usize, mask_token_id: usize) -> Self {
+    pub fn new(size: Size, vocab_size: usize, next_token_id: i32, mask_token_id: i32) -> Self {
         Config {
             depth: size.depth,
             hidden_dimensions: size.hidden_dimensions,
@@ -116,6 +136,7 @@ impl Config {
         }
     }
 
+    /// The width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_dimensions / self.heads
     }
@@ -143,9 +164,9 @@ impl Config {
             ("next_token_id", self.next_token_id),
             ("mask_token_id", self.mask_token_id),
         ] {
-            if id >= self.vocab_size {
+            if usize::try_from(id).map_or(true, |id| id >= self.vocab_size) {
                 return Err(Error::Config(format!(
-                    "{name} {id} is not below vocab_size {}",
+                    "{name} {id} is not in 0..vocab_size {}",
                     self.vocab_size
                 )));
             }

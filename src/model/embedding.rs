@@ -26,7 +26,7 @@ impl InstructionTracePositionEmbedding {
         vocab_size: usize,
         sequence_length: usize,
         hidden: usize,
-        next_token_id: usize,
+        next_token_id: i32,
         eps: f32,
     ) -> Self {
         InstructionTracePositionEmbedding {
@@ -48,7 +48,7 @@ impl InstructionTracePositionEmbedding {
             norm_weight: layout.add(format!("{prefix}.norm.weight"), &[hidden], Init::Ones),
             norm_bias: layout.add(format!("{prefix}.norm.bias"), &[hidden], Init::Zeros),
             hidden,
-            next_token_id: next_token_id as i32,
+            next_token_id,
             eps,
         }
     }

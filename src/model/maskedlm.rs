@@ -61,6 +61,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     }
 
     /// The parameter layout a configuration produces.
+    #[doc(hidden)]
     pub fn layout_for(config: &Config) -> ParamLayout {
         Self::structure(config).0
     }
@@ -97,6 +98,15 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         })
     }
 
+    /// Loads a checkpoint directory (`model.safetensors` and `config.json`, as
+    /// [`checkpoint::save_model`](crate::checkpoint::save_model) and the trainer write them, or as
+    /// converted from a reference PyTorch checkpoint) onto `device`. Every tensor's name, shape and
+    /// dtype is checked against the configuration.
+    pub fn from_checkpoint(dir: impl AsRef<std::path::Path>, device: Device) -> Result<Self> {
+        crate::checkpoint::load_model(dir.as_ref(), device)
+    }
+
+    /// The model's configuration (the reference's constructor arguments).
     pub fn config(&self) -> &Config {
         &self.config
     }
@@ -122,19 +132,25 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.backend.precision()
     }
 
+    /// The device the parameters live on.
     pub fn device(&self) -> Device {
         self.backend.device()
     }
 
+    /// The backend the ops run on.
+    #[doc(hidden)]
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
 
     /// The backend, shared (for callers that update the parameters while holding it).
+    #[doc(hidden)]
     pub fn shared_backend(&self) -> Arc<dyn Backend> {
         self.backend.clone()
     }
 
+    /// Where each named parameter sits in the flat parameter buffer.
+    #[doc(hidden)]
     pub fn layout(&self) -> &ParamLayout {
         &self.layout
     }
@@ -146,6 +162,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The parameter buffers the ops read: the f32 values, and in mixed precision the bf16 copy
     /// the GEMMs multiply by.
+    #[doc(hidden)]
     pub fn weights(&self) -> Weights<'_> {
         match &self.gemm_copy {
             Some(copy) => Weights::mixed(&self.params, copy),
@@ -155,10 +172,12 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The flat parameter buffer to write, and the bf16 copy (mixed precision) that must be written
     /// with it: AdamW writes both in one pass.
+    #[doc(hidden)]
     pub fn parameters_mut(&mut self) -> (&mut Tensor, Option<&mut Tensor>) {
         (&mut self.params, self.gemm_copy.as_mut())
     }
 
+    /// The number of parameters (f32 values).
     pub fn num_parameters(&self) -> usize {
         self.layout.len()
     }
@@ -188,6 +207,18 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
     }
 
+    /// The encoder's last hidden state `[batch, seq, hidden_dimensions]` (evaluation mode: no
+    /// dropout), before the masked-LM head: what the reference's classifiers pool into an
+    /// embedding; F32, or BF16 in mixed precision. `tokens` and `mask` as for
+    /// [`forward`](Self::forward).
+    pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+        let inputs = check_inputs(&self.config, tokens, mask)?;
+        let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
+        let state = self.encode(&mut tape, &inputs, None)?;
+        tape.take(state)?
+            .reshape(&[inputs.batch, inputs.seq, self.config.hidden_dimensions])
+    }
+
     /// Fills every `[MASK]` of one sequence with its argmax prediction and keeps every other
     /// token, as the reference's `infer`. Returns a 1-D I32 tensor of the sequence's length.
     pub fn infer(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
@@ -212,7 +243,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
 
     /// The checked tokens with every `[MASK]` replaced by its argmax prediction.
     fn fill_masks(&self, inputs: &CheckedInputs) -> Result<Vec<i32>> {
-        let mask_id = self.config.mask_token_id as i32;
+        let mask_id = self.config.mask_token_id;
         let rows: Vec<i32> = (0..inputs.tokens.len() as i32)
             .filter(|&j| inputs.tokens[j as usize] == mask_id)
             .collect();

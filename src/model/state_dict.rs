@@ -15,8 +15,11 @@ pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 /// One named tensor of a state_dict.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NamedTensor {
+    /// The reference's state_dict name.
     pub name: String,
+    /// The dimensions.
     pub shape: Vec<usize>,
+    /// The values, row-major.
     pub data: Vec<f32>,
 }
 

@@ -34,11 +34,11 @@ use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
 use crate::tensor::Tensor;
-use crate::train::Trainer;
+use crate::train::{Trainer, TrainerOptions};
 
 /// The `[MASK]` and `[NEXT]` ids of the benchmark's vocabulary (the reference tokenizer's order).
-const MASK_ID: usize = 4;
-const NEXT_ID: usize = 5;
+const MASK_ID: i32 = 4;
+const NEXT_ID: i32 = 5;
 /// The first id that is not a special token.
 const FIRST_ORDINARY_ID: i32 = 6;
 /// The share of positions masked for inference, as the collator masks for training.
@@ -193,7 +193,14 @@ pub fn run(options: &BenchOptions) -> Result<BenchReport> {
             options,
             seq,
             variant: precision.to_string(),
-            trainer: Trainer::new(model, options.batch, 1_000_000, options.seed)?,
+            trainer: Trainer::new(
+                model,
+                TrainerOptions {
+                    batch_size: options.batch,
+                    seed: options.seed,
+                    ..TrainerOptions::new(1_000_000)
+                },
+            )?,
             rng: ChaCha8Rng::seed_from_u64(options.seed),
         };
         results.extend(bench.training(&config)?);
@@ -360,7 +367,7 @@ impl Bench<'_> {
             .flat_map(|r| r.tokens)
             .map(|t| {
                 if self.rng.random_bool(MASKED_SHARE) {
-                    MASK_ID as i32
+                    MASK_ID
                 } else {
                     t
                 }

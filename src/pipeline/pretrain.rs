@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
 use crate::train::metrics::{MetricsWriter, Record, read_records};
 use crate::train::plot::plot_metrics;
-use crate::train::{Continue, EarlyStopping, Goal, Trainer, batches_per_epoch};
+use crate::train::{Continue, EarlyStopping, Goal, Trainer, TrainerOptions, batches_per_epoch};
 
 /// Everything `pretrain` takes; the defaults are the reference's.
 #[derive(Debug, Clone)]
@@ -180,12 +180,12 @@ pub fn resolve_config(
         };
         let mut config = Config::new(size, vocab, next, mask);
         for (key, from_tokenizer) in [
-            ("vocab_size", vocab),
-            ("mask_token_id", mask),
-            ("next_token_id", next),
+            ("vocab_size", vocab as i64),
+            ("mask_token_id", mask as i64),
+            ("next_token_id", next as i64),
         ] {
             if let Some(v) = object.get(key)
-                && v.as_u64() != Some(from_tokenizer as u64)
+                && v.as_i64() != Some(from_tokenizer)
             {
                 return Err(Error::Config(format!(
                     "{spec}: {key} is {v} but the tokenizer's is {from_tokenizer}"
@@ -264,30 +264,8 @@ fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
     bar
 }
 
-/// A model and a tokenizer must agree on the ids the model was built with; the error text says
-/// how they differ.
-pub fn check_tokenizer_matches(
-    config: &Config,
-    tokenizer: &InstructionTokenizer,
-) -> std::result::Result<(), String> {
-    let model = (
-        config.vocab_size,
-        config.mask_token_id,
-        config.next_token_id,
-    );
-    let ids = (
-        tokenizer.vocab_size(),
-        tokenizer.mask_token_id(),
-        tokenizer.next_token_id(),
-    );
-    if model == ids {
-        return Ok(());
-    }
-    Err(format!(
-        "the model (vocab_size {}, [MASK] {}, [NEXT] {}) was not built for this tokenizer (vocab_size {}, [MASK] {}, [NEXT] {})",
-        model.0, model.1, model.2, ids.0, ids.1, ids.2
-    ))
-}
+/// Kept here too, where the pretraining checks are.
+pub use crate::checkpoint::check_tokenizer_matches;
 
 /// On resume the checkpoint fixes the model, batch size, seed and schedule: a flag that asks for
 /// something else is an error rather than silently ignored.
@@ -419,13 +397,14 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     // The dataset is read once, checked against the model's configuration.
     let (mut trainer, train) = match &options.checkpoint {
         Some(checkpoint) => {
-            let trainer = Trainer::resume_with(checkpoint, options.device, options.precision)?;
+            let mut trainer = Trainer::resume_with(checkpoint, options.device, options.precision)?;
             check_tokenizer_matches(trainer.model.config(), &tokenizer).map_err(|reason| {
                 Error::checkpoint(
                     checkpoint,
                     format!("{reason} ({})", options.tokenizer.display()),
                 )
             })?;
+            trainer.set_tokenizer(Some(tokenizer.clone()))?;
             check_resume_flags(options, &trainer, &tokenizer)?;
             let train = load_examples(&options.dataset, trainer.model.config())?;
             (trainer, train)
@@ -433,6 +412,14 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         None => {
             let spec = options.config.as_deref().unwrap_or(DEFAULT_CONFIG);
             let config = resolve_config(spec, &tokenizer, options.learning_rate, options.warmup)?;
+            // Before the rows: a tokenizer longer than the model explains why they do not fit.
+            check_tokenizer_matches(&config, &tokenizer).map_err(|e| match e {
+                Error::Config(reason) => Error::Config(format!(
+                    "--config {spec} with {}: {reason}, then tokenize the corpus again",
+                    options.tokenizer.display()
+                )),
+                other => other,
+            })?;
             let train = load_examples(&options.dataset, &config)?;
             let batch_size = options.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
             let epochs = options.epochs.unwrap_or(DEFAULT_EPOCHS);
@@ -446,7 +433,16 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             let model =
                 Model::new(config, options.device, seed)?.with_precision(options.precision)?;
             announce(&model, spec, options, train.len(), batch_size, total);
-            (Trainer::new(model, batch_size, total, seed)?, train)
+            let trainer = Trainer::new(
+                model,
+                TrainerOptions {
+                    batch_size,
+                    total_steps: total,
+                    seed,
+                    tokenizer: Some(tokenizer.clone()),
+                },
+            )?;
+            (trainer, train)
         }
     };
     let config = trainer.model.config().clone();
@@ -563,7 +559,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
             t.save(&last)?;
             saved_step = t.state().step;
             if improved {
-                save_model(&best, &t.model)?;
+                save_model(&best, &t.model, t.tokenizer())?;
             }
             plot_metrics(&read_records(&metrics_path)?, &plot_path)?;
             let mut line = format!("epoch {}: training loss {:.4}", end.epoch, end.mean_loss);

@@ -5,6 +5,7 @@ use crate::error::Result;
 use crate::model::InstructionTraceTransformerEncoderForMaskedLM as Model;
 use crate::tensor::Tensor;
 
+/// The inputs filled after every epoch to show what the model has learned.
 pub const PROBES: [&str; 13] = [
     "xor rax [MASK]",
     "add rax [MASK]",

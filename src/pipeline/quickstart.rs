@@ -237,8 +237,8 @@ fn show_real_function(
     let Some(row) = validation.iter().find(|r| r.mask.iter().sum::<i32>() >= 24) else {
         return Ok(());
     };
-    let next = tokenizer.next_token_id() as i32;
-    let mask = tokenizer.mask_token_id() as i32;
+    let next = tokenizer.next_token_id();
+    let mask = tokenizer.mask_token_id();
     // The first eight instructions.
     let mut original = Vec::new();
     let mut instructions = 0;

@@ -11,9 +11,13 @@ use crate::tensor::Tensor;
 /// (biases and norms included), as the reference does.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
+    /// The first moment's decay.
     pub beta1: f64,
+    /// The second moment's decay.
     pub beta2: f64,
+    /// Added to the second moment's root.
     pub eps: f64,
+    /// Decoupled weight decay.
     pub weight_decay: f64,
 }
 
@@ -30,14 +34,18 @@ impl Default for AdamWConfig {
 
 /// The optimiser state: both moments, flat and aligned with the parameters, and the step count.
 pub struct AdamW {
+    /// The hyperparameters.
     pub config: AdamWConfig,
+    /// The first moments.
     pub exp_avg: Tensor,
+    /// The second moments.
     pub exp_avg_sq: Tensor,
     /// Steps taken so far.
     pub steps: u64,
 }
 
 impl AdamW {
+    /// Zero moments for `num_parameters` parameters on the backend's device.
     pub fn new(backend: &dyn Backend, num_parameters: usize, config: AdamWConfig) -> Result<Self> {
         Ok(AdamW {
             config,

@@ -8,20 +8,28 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Epochs without improvement before stopping.
 pub const PATIENCE: u32 = 5;
+/// The smallest change that counts as an improvement.
 pub const MIN_DELTA: f64 = 0.001;
 
 /// Which way the monitored value should move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Goal {
+    /// Higher is better (an F1 score).
     Maximise,
+    /// Lower is better (a loss).
     Minimise,
 }
 
+/// Stops training when the monitored value has not improved by `min_delta` for `patience` epochs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
+    /// Which way the value should move.
     pub goal: Goal,
+    /// Epochs without improvement before stopping.
     pub patience: u32,
+    /// The smallest change that counts as an improvement.
     pub min_delta: f64,
     /// Best value so far (None before the first epoch).
     pub best: Option<f64>,
@@ -30,6 +38,7 @@ pub struct EarlyStopping {
 }
 
 impl EarlyStopping {
+    /// A monitor with the default patience and minimum change.
     pub fn new(goal: Goal) -> Self {
         EarlyStopping {
             goal,

@@ -10,4 +10,6 @@ pub mod trainer;
 pub use adamw::{AdamW, AdamWConfig};
 pub use early_stopping::{EarlyStopping, Goal};
 pub use schedule::LrSchedule;
-pub use trainer::{Continue, EpochEnd, StepReport, Trainer, TrainerState, batches_per_epoch};
+pub use trainer::{
+    Continue, EpochEnd, StepReport, Trainer, TrainerOptions, TrainerState, batches_per_epoch,
+};

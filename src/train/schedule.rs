@@ -4,8 +4,11 @@
 /// `lr(s)` for optimiser steps `s = 0 .. total-1`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LrSchedule {
+    /// The peak learning rate.
     pub base: f64,
+    /// Steps of linear warmup.
     pub warmup_steps: u64,
+    /// Steps the schedule spans.
     pub total_steps: u64,
 }
 

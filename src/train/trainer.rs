@@ -1,6 +1,33 @@
 //! The training loop: collate, forward and backward with the head at labelled positions only,
 //! one AdamW step at the scheduled learning rate; and checkpoints from which training resumes
 //! exactly (same weights as a run that never stopped).
+//!
+//! ```
+//! use undertale_maskedlm::data::synthetic::{Vocabulary, dataset};
+//! use undertale_maskedlm::train::{Continue, Trainer, TrainerOptions};
+//! use undertale_maskedlm::{Config, Device, InstructionTraceTransformerEncoderForMaskedLM, Size};
+//!
+//! let vocab = Vocabulary::synthetic();
+//! let mut size = Size::TINY;
+//! size.sequence_length = 32;
+//! let config = Config::new(size, vocab.len(), vocab.next_id(), vocab.mask_id());
+//! let model = InstructionTraceTransformerEncoderForMaskedLM::new(config, Device::Cpu, 0)?;
+//! let rows = dataset(&vocab, 8, 32, 0);
+//! let options = TrainerOptions { batch_size: 4, seed: 1, ..TrainerOptions::new(4) };
+//! let mut trainer = Trainer::new(model, options)?;
+//! // Two epochs of two batches: the schedule's four steps.
+//! trainer.train(&rows, 2, None, |_, _| Ok(()), |_, _| Ok(Continue::Yes))?;
+//! assert_eq!(trainer.state().step, 4);
+//! // One more step on a batch of the caller's choosing, past the schedule's end (lr 0).
+//! let report = trainer.step(&rows[..4])?;
+//! assert_eq!((report.step, report.lr), (5, 0.0));
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! trainer.save(&dir.path().join("last"))?;
+//! let resumed = Trainer::resume(&dir.path().join("last"), Device::Cpu)?;
+//! assert_eq!(resumed.state().step, trainer.state().step);
+//! # Ok::<(), undertale_maskedlm::Error>(())
+//! ```
 
 use std::collections::HashMap;
 use std::fs;
@@ -12,9 +39,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{AdamW, AdamWConfig, EarlyStopping, LrSchedule};
 use crate::backend::PendingScalar;
+use crate::checkpoint::{TOKENIZER_FILE, check_tokenizer_matches, load_tokenizer};
 use crate::checkpoint::{
     load_model, read_f32_tensors, write_dir_atomically, write_f32_tensors, write_model_files,
 };
+use crate::data::tokenizer::InstructionTokenizer;
 use crate::data::{CollatorState, Example, MaskedLMCollator, collator::DEFAULT_PROBABILITY};
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
@@ -22,7 +51,9 @@ use crate::model::{DropoutSchedule, InstructionTraceTransformerEncoderForMaskedL
 use crate::ops::adamw::LossGuard;
 use crate::tensor::Tensor;
 
+/// AdamW's moments in a training checkpoint.
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// [`TrainerState`] in a training checkpoint.
 pub const STATE_FILE: &str = "trainer_state.json";
 
 /// Everything besides tensors that a resumed run needs to continue exactly.
@@ -36,16 +67,21 @@ pub struct TrainerState {
     pub batch_in_epoch: u64,
     /// Optimiser steps the schedule spans (epochs x batches per epoch).
     pub total_steps: u64,
+    /// Rows per batch.
     pub batch_size: usize,
     /// Seed of the dropout masks (they are keyed by this seed and the step).
     pub dropout_seed: u64,
+    /// The share of real tokens the collator masks.
     pub masking_probability: f32,
+    /// The collator's random state.
     pub collator: CollatorState,
+    /// AdamW's hyperparameters.
     pub adamw: AdamWConfig,
     /// The training losses of the epoch in progress, each weighted by its batch's rows (as
     /// Lightning averages a logged value over an epoch), and the rows counted.
     #[serde(default)]
     pub epoch_loss_sum: f64,
+    /// The rows counted in `epoch_loss_sum`.
     #[serde(default)]
     pub epoch_loss_count: u64,
     /// The early-stopping monitor, when the caller uses one.
@@ -65,7 +101,9 @@ pub struct EpochEnd {
 /// Whether training goes on after an epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Continue {
+    /// Go on to the next epoch.
     Yes,
+    /// Stop training here.
     Stop,
 }
 
@@ -82,8 +120,44 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
+/// How to build a [`Trainer`]: the schedule's length, the batch size, the seed, and optionally the
+/// tokenizer to save into every checkpoint. The learning rate and its warmup are the model's
+/// ([`Config::lr`](crate::Config::lr), [`Config::warmup`](crate::Config::warmup)), as in the
+/// reference, where they are the model's hyperparameters.
+#[derive(Debug, Clone)]
+pub struct TrainerOptions {
+    /// Rows per optimiser step (the last batch of an epoch may be smaller).
+    pub batch_size: usize,
+    /// Optimiser steps the learning-rate schedule spans; must be positive.
+    pub total_steps: u64,
+    /// Seeds the collator's masks and the dropout masks.
+    pub seed: u64,
+    /// Saved as `tokenizer.json` in every checkpoint, so that a checkpoint is self-contained; it
+    /// must match the model.
+    pub tokenizer: Option<InstructionTokenizer>,
+}
+
+impl TrainerOptions {
+    /// Options for a schedule of `total_steps` steps, batches of 8 (the CLI's default), seed 0, and
+    /// no tokenizer.
+    pub fn new(total_steps: u64) -> Self {
+        TrainerOptions {
+            batch_size: 8,
+            total_steps,
+            seed: 0,
+            tokenizer: None,
+        }
+    }
+}
+
+/// Trains a model with the reference's masked-LM recipe: the reference's collator, the loss at
+/// masked positions, AdamW at a linear warmup-and-decay schedule, dropout as in training mode.
+/// Built with [`Trainer::new`] or restored from a checkpoint with [`Trainer::resume`]; see the
+/// [module documentation](self) for an example.
 pub struct Trainer {
+    /// The model being trained (its parameters change with every step).
     pub model: Model,
+    tokenizer: Option<InstructionTokenizer>,
     optimizer: AdamW,
     collator: MaskedLMCollator,
     grads: Tensor,
@@ -113,10 +187,25 @@ pub fn batches_per_epoch(rows: usize, batch_size: usize) -> u64 {
 }
 
 impl Trainer {
-    /// A trainer for `total_steps` optimiser steps (the schedule's length), seeded by `seed`.
-    pub fn new(model: Model, batch_size: usize, total_steps: u64, seed: u64) -> Result<Self> {
+    /// A trainer for `model` with a fresh optimiser. A batch size or a schedule length of zero,
+    /// or a tokenizer that does not match the model, is an error.
+    pub fn new(model: Model, options: TrainerOptions) -> Result<Self> {
+        let TrainerOptions {
+            batch_size,
+            total_steps,
+            seed,
+            tokenizer,
+        } = options;
         if batch_size == 0 {
-            return Err(Error::Config("batch size must be positive".into()));
+            return Err(Error::Config("batch size must be positive, got 0".into()));
+        }
+        if total_steps == 0 {
+            return Err(Error::Config(
+                "total_steps must be positive, got 0 (the learning-rate schedule spans total_steps optimiser steps)".into(),
+            ));
+        }
+        if let Some(tokenizer) = &tokenizer {
+            check_tokenizer_matches(model.config(), tokenizer)?;
         }
         let config = model.config().clone();
         let collator = MaskedLMCollator::new(
@@ -145,6 +234,7 @@ impl Trainer {
         };
         Ok(Trainer {
             model,
+            tokenizer,
             optimizer,
             collator,
             grads,
@@ -154,11 +244,26 @@ impl Trainer {
         })
     }
 
+    /// The tokenizer saved with every checkpoint, if any.
+    pub fn tokenizer(&self) -> Option<&InstructionTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// Sets (or removes) the tokenizer saved with every checkpoint; it must match the model.
+    pub fn set_tokenizer(&mut self, tokenizer: Option<InstructionTokenizer>) -> Result<()> {
+        if let Some(tokenizer) = &tokenizer {
+            check_tokenizer_matches(self.model.config(), tokenizer)?;
+        }
+        self.tokenizer = tokenizer;
+        Ok(())
+    }
+
     /// The model being trained.
     pub fn model(&self) -> &Model {
         &self.model
     }
 
+    /// The step counters and everything else a checkpoint saves besides tensors.
     pub fn state(&self) -> &TrainerState {
         &self.state
     }
@@ -182,6 +287,7 @@ impl Trainer {
         &mut self.state.early_stopping
     }
 
+    /// The learning-rate schedule: the model's `lr` and `warmup` over `total_steps`.
     pub fn schedule(&self) -> LrSchedule {
         let c = self.model.config();
         LrSchedule::new(c.lr, c.warmup, self.state.total_steps)
@@ -354,8 +460,8 @@ impl Trainer {
         Ok(Continue::Yes)
     }
 
-    /// Writes a training checkpoint directory atomically: the model files plus the optimiser's
-    /// moments and the trainer state.
+    /// Writes a training checkpoint directory atomically: the model files (with the tokenizer,
+    /// when the trainer has one) plus the optimiser's moments and the trainer state.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let backend = self.model.backend();
         let values = backend.download_f32(self.model.parameters())?;
@@ -366,7 +472,7 @@ impl Trainer {
         let config = self.model.config().clone();
         let adamw_steps = self.optimizer.steps;
         write_dir_atomically(dir, |tmp| {
-            write_model_files(tmp, &config, &values)?;
+            write_model_files(tmp, &config, &values, self.tokenizer.as_ref())?;
             let n = values.len();
             let metadata = HashMap::from([("adamw_steps".to_string(), adamw_steps.to_string())]);
             write_f32_tensors(
@@ -385,7 +491,8 @@ impl Trainer {
         })
     }
 
-    /// Restores a trainer from a training checkpoint, exactly where it stopped.
+    /// Restores a trainer from a training checkpoint, exactly where it stopped (with the
+    /// checkpoint's tokenizer, when it holds one).
     pub fn resume(dir: &Path, device: Device) -> Result<Self> {
         Self::resume_with(dir, device, Precision::F32)
     }
@@ -393,6 +500,11 @@ impl Trainer {
     /// [`resume`](Self::resume) computing in `precision` (the checkpoint holds f32 values either way).
     pub fn resume_with(dir: &Path, device: Device, precision: Precision) -> Result<Self> {
         let model = load_model(dir, device)?.with_precision(precision)?;
+        let tokenizer = load_tokenizer(dir)?;
+        if let Some(tokenizer) = &tokenizer {
+            check_tokenizer_matches(model.config(), tokenizer)
+                .map_err(|e| Error::checkpoint(dir.join(TOKENIZER_FILE), e.to_string()))?;
+        }
         let state_path = dir.join(STATE_FILE);
         let text = fs::read_to_string(&state_path).map_err(|e| {
             Error::checkpoint(
@@ -447,6 +559,7 @@ impl Trainer {
         let halted = backend.upload_i32(&[1], &[0])?;
         Ok(Trainer {
             model,
+            tokenizer,
             optimizer,
             collator,
             grads,
