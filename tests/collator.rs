@@ -390,7 +390,7 @@ fn documented_masking(
         if first[i] < DEFAULT_PROBABILITY && mask[i] == 1 {
             labels[i] = tokens[i];
             if second[i] < 0.8 {
-                out[i] = MASK_ID as i32;
+                out[i] = MASK_ID;
             } else if second[i] < 0.9 {
                 out[i] = rng.random_range(0..vocab) as i32;
             }
