@@ -43,7 +43,8 @@ const DEFAULT_TOP_K: usize = 5;
     about = "undertale's masked language model over disassembled binary code"
 )]
 struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads for the CPU backend; 0 (or leaving it out) means one per core, or
+    /// RAYON_NUM_THREADS when that is set. At most four per core.
     #[arg(long, global = true)]
     threads: Option<usize>,
     #[command(subcommand)]
@@ -287,6 +288,24 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The most `--threads` per core. The CPU backend's loops are compute-bound, so threads beyond
+/// the cores only add switching; a few per core still allow for a core count that understates
+/// the machine (a container's CPU quota). Thousands of threads take minutes just to start.
+const THREADS_PER_CORE: usize = 4;
+
+/// `--threads N` must be at most `THREADS_PER_CORE` per core (0 means one per core).
+fn check_threads(threads: usize, cores: usize) -> Result<()> {
+    let limit = THREADS_PER_CORE * cores.max(1);
+    if threads > limit {
+        return Err(Error::Config(format!(
+            "--threads {threads} is more than {limit} ({THREADS_PER_CORE} per core on this \
+             machine's {cores} cores); more threads than cores only slow the CPU backend down, \
+             and --threads 0 uses one per core"
+        )));
+    }
+    Ok(())
+}
+
 fn device(arg: &Option<String>) -> Result<Device> {
     arg.as_deref()
         .map_or(Ok(Device::best_available()), str::parse)
@@ -295,13 +314,20 @@ fn device(arg: &Option<String>) -> Result<Device> {
 fn main() {
     let cli = Cli::parse();
     interrupt::install();
-    if let Some(threads) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
+    if let Some(threads) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        if let Err(e) = check_threads(threads, cores) {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+        // rayon reads 0 as "choose": RAYON_NUM_THREADS if set, else one thread per core.
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build_global()
-    {
-        eprintln!("error: cannot start {threads} threads: {e}");
-        std::process::exit(2);
+        {
+            eprintln!("error: cannot start {threads} threads: {e}");
+            std::process::exit(2);
+        }
     }
     let command = cli.command.unwrap_or(Command::Quickstart(QuickstartArgs {
         work: PathBuf::from("maskedlm-quickstart"),
@@ -334,10 +360,19 @@ fn run(command: Command) -> Result<()> {
             for (path, reason) in &s.failed {
                 eprintln!("warning: {}: {reason}", path.display());
             }
+            for (path, functions) in &s.stripped {
+                eprintln!(
+                    "warning: {} is stripped (it has no symbol table), so only its {functions} \
+                     exported functions were found",
+                    path.display()
+                );
+            }
             println!(
-                "{} functions from {} ELF files -> {} ({} files skipped: not ELF x86-64; {} unreadable)",
+                "{} functions from {} ELF files ({} duplicate paths skipped) -> {} ({} files \
+                 skipped: not ELF x86-64; {} unreadable)",
                 s.functions,
                 s.elf_files,
+                s.duplicates_skipped,
                 output.display(),
                 s.skipped_not_elf,
                 s.failed.len()
@@ -357,6 +392,16 @@ fn run(command: Command) -> Result<()> {
                 sequence_length,
             )?;
             tokenizer.save(&output)?;
+            // The trainer stops merging when no pair of symbols is left; a small corpus gets there
+            // long before `--vocab-size`, and its model then meets more `[UNK]`s on new code.
+            if tokenizer.vocab_size() < vocab_size / 2 {
+                eprintln!(
+                    "warning: the trained vocabulary has {} tokens, under half the --vocab-size \
+                     of {vocab_size}: the corpus ({} functions) is too small to learn more",
+                    tokenizer.vocab_size(),
+                    rows.len()
+                );
+            }
             println!(
                 "tokenizer of {} tokens (sequence length {sequence_length}) trained on {} functions -> {}",
                 tokenizer.vocab_size(),

@@ -918,3 +918,190 @@ fn bench_measures_every_figure_and_writes_json() {
     args.extend(["--lengths", s(&lengths)]);
     fails(&args, "not a lengths file");
 }
+
+/// `count` damaged copies of `bytes`, each with one to four bytes overwritten at random positions
+/// by random values (seeded, so every run damages the same bytes).
+fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let mut damaged = bytes.to_vec();
+            for _ in 0..rng.random_range(1..=4) {
+                let position = rng.random_range(0..damaged.len());
+                damaged[position] = rng.random();
+            }
+            damaged
+        })
+        .collect()
+}
+
+/// A corrupt corpus is an `error:` line naming the file, never a panic message or a backtrace,
+/// even where the Parquet decoder itself panics and even with `RUST_BACKTRACE=1`.
+#[test]
+fn corrupt_parquet_is_an_error_line_without_panic_output() {
+    use rand::{Rng, SeedableRng};
+    use undertale_maskedlm::data::parquet::{CorpusRow, write_corpus};
+    use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+    let words = [
+        "mov", "rax", "push", "rbp", "[", "]", "+", "qword", "ret", "[NEXT]",
+    ];
+    let rows: Vec<CorpusRow> = (0..48)
+        .map(|i| CorpusRow {
+            id: format!("f:{i:#x}"),
+            name: format!("f{i}"),
+            disassembly: (0..rng.random_range(4..40))
+                .map(|_| match rng.random_range(0..4) {
+                    0 => rng.random_range(0..5000u32).to_string(),
+                    _ => words[rng.random_range(0..words.len())].to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+        })
+        .collect();
+    let corpus = d.join("corpus.parquet");
+    write_corpus(&corpus, &rows).unwrap();
+    let tokenizer = d.join("tokenizer.json");
+    InstructionTokenizer::train(rows.iter().map(|r| r.disassembly.as_str()), 64, 32)
+        .unwrap()
+        .save(&tokenizer)
+        .unwrap();
+    let (mut failures, mut decoder_panics) = (0, 0);
+    for (i, damaged) in damaged_copies(&std::fs::read(&corpus).unwrap(), 60, 11)
+        .into_iter()
+        .enumerate()
+    {
+        let bad = d.join(format!("bad-{i}.parquet"));
+        std::fs::write(&bad, damaged).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+            .args([
+                "tokenize",
+                s(&bad),
+                s(&tokenizer),
+                s(&d.join("out.parquet")),
+            ])
+            .env("RAYON_NUM_THREADS", "2")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for noise in ["panicked", "backtrace"] {
+            assert!(!stderr.contains(noise), "copy {i}: {stderr}");
+        }
+        if !out.status.success() {
+            failures += 1;
+            assert!(
+                stderr.starts_with("error: ") && stderr.contains(s(&bad)),
+                "copy {i}: {stderr}"
+            );
+            decoder_panics += usize::from(stderr.contains("the decoder failed"));
+        }
+    }
+    assert!(failures > 0, "no damaged copy failed to read");
+    // Otherwise this test never reached the silenced panic.
+    assert!(decoder_panics > 0, "no damaged copy made the decoder panic");
+}
+
+/// `--threads` beyond four per core is refused at once, with the value and the limit; `--help`
+/// says what 0 means, and 0 runs.
+#[test]
+fn threads_are_bounded_and_zero_means_every_core() {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let limit = 4 * cores;
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.parquet");
+    let too_many = (limit + 1).to_string();
+    for threads in [too_many.as_str(), "10000"] {
+        let started = std::time::Instant::now();
+        let out = maskedlm(&["--threads", threads, "demo", "--steps", "1"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--threads {threads} ran: {stderr}");
+        assert!(
+            stderr.contains(&format!("--threads {threads} is more than {limit}")),
+            "{stderr}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "--threads {threads} took {:?} to be refused",
+            started.elapsed()
+        );
+    }
+    let help = ok(&["--help"]);
+    assert!(
+        help.contains("0 (or leaving it out) means one per core"),
+        "{help}"
+    );
+    for threads in [cores.to_string(), "0".to_string()] {
+        let said = ok(&[
+            "--threads",
+            &threads,
+            "disassemble",
+            s(&some_binary()),
+            "-o",
+            s(&corpus),
+        ]);
+        assert!(said.contains("functions from 1 ELF files"), "{said}");
+    }
+}
+
+/// `train-tokenizer` refuses a corpus without functions and warns when a small corpus gives a
+/// vocabulary far below `--vocab-size`.
+#[test]
+fn train_tokenizer_refuses_an_empty_corpus_and_warns_on_a_small_one() {
+    use undertale_maskedlm::data::parquet::{CorpusRow, write_corpus};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let empty = d.join("empty.parquet");
+    write_corpus(&empty, &[]).unwrap();
+    let tokenizer = d.join("tokenizer.json");
+    fails(
+        &["train-tokenizer", s(&empty), "-o", s(&tokenizer)],
+        "the corpus has no functions",
+    );
+    assert!(!tokenizer.exists());
+
+    let small = d.join("small.parquet");
+    let rows: Vec<CorpusRow> = (0..6)
+        .map(|i| CorpusRow {
+            id: format!("f:{i:#x}"),
+            name: format!("f{i}"),
+            disassembly: format!("push rbp [NEXT] mov eax {} [NEXT] ret", 100 + i * 37),
+        })
+        .collect();
+    write_corpus(&small, &rows).unwrap();
+    let out = maskedlm(&[
+        "train-tokenizer",
+        s(&small),
+        "-o",
+        s(&tokenizer),
+        "--vocab-size",
+        "4096",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let trained = undertale_maskedlm::data::tokenizer::InstructionTokenizer::load(&tokenizer)
+        .unwrap()
+        .vocab_size();
+    assert!(trained < 2048);
+    assert!(
+        stderr.contains(&format!(
+            "warning: the trained vocabulary has {trained} tokens, under half the --vocab-size \
+             of 4096: the corpus (6 functions) is too small"
+        )),
+        "{stderr}"
+    );
+    // A vocabulary size the corpus can fill is not warned about.
+    let out = maskedlm(&[
+        "train-tokenizer",
+        s(&small),
+        "-o",
+        s(&tokenizer),
+        "--vocab-size",
+        &trained.to_string(),
+    ]);
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
+}

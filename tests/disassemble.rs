@@ -8,6 +8,7 @@ use std::time::Instant;
 use undertale_maskedlm::Error;
 use undertale_maskedlm::data::disassemble::{
     FileFunctions, Function, disassemble_bytes, disassemble_code, disassemble_file,
+    has_symbol_table,
 };
 
 /// Bytes from a string of hex pairs, `"48 89 e5"`.
@@ -501,4 +502,168 @@ fn files_from_environment() {
             }
         }
     }
+}
+
+/// The C library this process runs with (from `/proc/self/maps`), or `None` with a note where
+/// there is none to find (a static or non-Linux build).
+fn loaded_libc() -> Option<std::path::PathBuf> {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    let found = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libc.so"))
+        })
+        .map(std::path::PathBuf::from);
+    if found.is_none() {
+        eprintln!("skipping: no C library is mapped into this process");
+    }
+    found
+}
+
+/// `data` with every section of the given types (`SHT_SYMTAB`, `SHT_DYNSYM`) turned into
+/// `SHT_NULL`, so that readers no longer find those symbol tables: what `strip` does to `.symtab`.
+fn without_sections(data: &[u8], types: &[u32]) -> Vec<u8> {
+    use object::read::elf::{ElfFile64, FileHeader, SectionHeader};
+    let file = ElfFile64::<object::Endianness>::parse(data).expect("an ELF file");
+    let endian = file.endian();
+    let header = file.elf_header();
+    let table = header.e_shoff(endian) as usize;
+    let entry = usize::from(header.e_shentsize(endian));
+    let mut out = data.to_vec();
+    for (index, section) in file.elf_section_table().iter().enumerate() {
+        if types.contains(&section.sh_type(endian)) {
+            // `sh_type` is the second 32-bit word of a section header.
+            let at = table + index * entry + 4;
+            out[at..at + 4].copy_from_slice(&object::elf::SHT_NULL.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn elf_functions(path: &Path, data: &[u8]) -> Vec<Function> {
+    match disassemble_bytes(path, data).expect("disassembles") {
+        FileFunctions::Elf(functions) => functions,
+        FileFunctions::NotElf => panic!("{} is an ELF x86-64 file", path.display()),
+    }
+}
+
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn has_symbol_table_tells_a_stripped_binary() {
+    use object::elf::SHT_SYMTAB;
+    let exe = std::env::current_exe().unwrap();
+    let data = std::fs::read(&exe).unwrap();
+    assert!(has_symbol_table(&data), "this test binary is not stripped");
+    let stripped = without_sections(&data, &[SHT_SYMTAB]);
+    assert!(!has_symbol_table(&stripped));
+    // Stripped, it yields only its exported functions, a subset of what it yielded before.
+    let all: HashSet<u64> = elf_functions(&exe, &data)
+        .iter()
+        .map(|f| f.address)
+        .collect();
+    let exported = elf_functions(&exe, &stripped);
+    assert!(exported.len() < all.len());
+    assert!(exported.iter().all(|f| all.contains(&f.address)));
+    assert!(!has_symbol_table(b"not an ELF file at all"));
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    assert!(!has_symbol_table(&std::fs::read(manifest).unwrap()));
+}
+
+fn maskedlm(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("the binary runs")
+}
+
+/// A folder of links to one library is one file: `disassemble` reads it once, says how many paths
+/// it skipped, and warns that the library is stripped.
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn disassemble_reads_a_linked_file_once_and_names_a_stripped_one() {
+    use undertale_maskedlm::data::parquet::read_corpus;
+    use undertale_maskedlm::pipeline::corpus::{distinct_files, expand_inputs};
+    let Some(libc) = loaded_libc() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("libs");
+    std::fs::create_dir(&d).unwrap();
+    let stripped = without_sections(&std::fs::read(&libc).unwrap(), &[object::elf::SHT_SYMTAB]);
+    let expected = elf_functions(&libc, &stripped).len();
+    assert!(expected > 0, "{} exports no functions", libc.display());
+    // Sorted, `b.so` comes first, so it is the path kept.
+    std::fs::write(d.join("c.so"), &stripped).unwrap();
+    std::os::unix::fs::symlink("c.so", d.join("d.so")).unwrap();
+    std::os::unix::fs::symlink(d.join("d.so"), d.join("e.so")).unwrap();
+    std::fs::hard_link(d.join("c.so"), d.join("b.so")).unwrap();
+    std::fs::write(d.join("a.txt"), "not a binary").unwrap();
+
+    let (kept, dropped) = distinct_files(["e.so", "b.so", "d.so", "c.so"].map(|n| d.join(n)));
+    assert_eq!((kept, dropped), (vec![d.join("e.so")], 3));
+    let inputs = [d.clone(), d.join("c.so")];
+    let (files, dropped) = expand_inputs(&inputs).unwrap();
+    assert_eq!((files, dropped), (vec![d.join("a.txt"), d.join("b.so")], 4));
+
+    let corpus = dir.path().join("corpus.parquet");
+    let out = maskedlm(&[
+        "disassemble".as_ref(),
+        d.as_os_str(),
+        d.join("c.so").as_os_str(),
+        "-o".as_ref(),
+        corpus.as_os_str(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{expected} functions from 1 ELF files (4 duplicate paths skipped)"
+        )),
+        "{stdout}"
+    );
+    let warning = format!(
+        "warning: {} is stripped (it has no symbol table), so only its {expected} exported \
+         functions were found",
+        d.join("b.so").display()
+    );
+    assert!(stderr.contains(&warning), "{stderr}");
+    let rows = read_corpus(&corpus).unwrap();
+    assert_eq!(rows.len(), expected);
+    let prefix = format!("{}:", d.join("b.so").display());
+    assert!(rows.iter().all(|r| r.id.starts_with(&prefix)));
+}
+
+/// No function in any input is an error that says why, and writes nothing.
+#[test]
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn disassemble_without_functions_fails_and_says_why() {
+    use object::elf::{SHT_DYNSYM, SHT_SYMTAB};
+    let Some(libc) = loaded_libc() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("bare.so");
+    let data = without_sections(&std::fs::read(&libc).unwrap(), &[SHT_SYMTAB, SHT_DYNSYM]);
+    std::fs::write(&bare, data).unwrap();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+    let corpus = dir.path().join("corpus.parquet");
+    let out = maskedlm(&[
+        "disassemble".as_ref(),
+        bare.as_os_str(),
+        manifest.as_os_str(),
+        "-o".as_ref(),
+        corpus.as_os_str(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    for part in [
+        "no functions found in 2 input files",
+        "1 not ELF x86-64",
+        "1 stripped (no symbol table) and exporting no functions",
+        bare.to_str().unwrap(),
+    ] {
+        assert!(stderr.contains(part), "{stderr:?} lacks {part:?}");
+    }
+    assert!(!corpus.exists());
 }

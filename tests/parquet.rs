@@ -632,3 +632,99 @@ fn corrupt_files_never_panic() {
         "only {errors} of 400 damaged files failed to read"
     );
 }
+
+/// `count` damaged copies of `bytes`, each with one to four bytes overwritten at random positions
+/// by random values (seeded, so every run damages the same bytes).
+fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let mut damaged = bytes.to_vec();
+            for _ in 0..rng.random_range(1..=4) {
+                let position = rng.random_range(0..damaged.len());
+                damaged[position] = rng.random();
+            }
+            damaged
+        })
+        .collect()
+}
+
+/// Set in the child process of `decoder_panics_print_nothing_and_other_panics_still_print`.
+const PANIC_CHILD: &str = "MASKEDLM_TEST_PANIC_CHILD";
+/// What the child's deliberate panic (outside any read) says.
+const DELIBERATE: &str = "a deliberate panic outside any Parquet read";
+
+/// The decoder's panics on corrupt files become `Dataset` errors naming the file, and print
+/// nothing, not even with `RUST_BACKTRACE=1`; a panic on another thread during those reads still
+/// reaches the previous hook. Runs itself again in a fresh process, where no other test has
+/// touched the panic hook and stderr is not captured.
+#[test]
+fn decoder_panics_print_nothing_and_other_panics_still_print() {
+    const NAME: &str = "decoder_panics_print_nothing_and_other_panics_still_print";
+    if let Some(dir) = std::env::var_os(PANIC_CHILD) {
+        let dir = PathBuf::from(dir);
+        let good = dir.join("good.parquet");
+        write_tokenized(&good, &sample_tokenized(40, 24)).unwrap();
+        let corpus = dir.join("corpus.parquet");
+        write_corpus(&corpus, &sample_corpus()).unwrap();
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let bystander = std::thread::spawn(move || {
+            wait.recv().unwrap();
+            panic!("{DELIBERATE}");
+        });
+        let mut caught = 0;
+        let mut copies = 0;
+        for (source, seed) in [(&good, 7), (&corpus, 8)] {
+            for (i, damaged) in damaged_copies(&std::fs::read(source).unwrap(), 60, seed)
+                .into_iter()
+                .enumerate()
+            {
+                let bad = dir.join(format!("bad-{seed}-{i}.parquet"));
+                std::fs::write(&bad, damaged).unwrap();
+                let result = if source == &good {
+                    read_tokenized(&bad).map(|_| ())
+                } else {
+                    read_corpus(&bad).map(|_| ())
+                };
+                if let Err(error) = result {
+                    let (path, reason) = dataset_error::<()>(Err(error));
+                    assert_eq!(path, bad);
+                    caught += usize::from(reason.contains("the decoder failed"));
+                }
+                copies += 1;
+                if copies == 30 {
+                    // The bystander panics while this thread goes on reading.
+                    go.send(()).unwrap();
+                }
+            }
+        }
+        assert!(bystander.join().is_err());
+        println!("decoder panics caught: {caught}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(PANIC_CHILD, dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
+    let caught: usize = stdout
+        .lines()
+        .find_map(|l| l.split_once("decoder panics caught: ").map(|(_, n)| n))
+        .unwrap_or_else(|| panic!("no count in the child's output:\n{stdout}"))
+        .parse()
+        .unwrap();
+    // Otherwise nothing here exercised the silenced path.
+    assert!(caught > 0, "no damaged file made the decoder panic");
+    assert_eq!(
+        stderr.matches("panicked").count(),
+        1,
+        "only the bystander's panic may print:\n{stderr}"
+    );
+    assert!(stderr.contains(DELIBERATE), "{stderr}");
+}

@@ -335,12 +335,28 @@ fn trained_special_tokens_come_first() {
 }
 
 #[test]
-fn train_on_an_empty_corpus_still_has_the_special_tokens() {
-    let tokenizer = InstructionTokenizer::train(std::iter::empty(), 4096, 4).unwrap();
-    assert_eq!(tokenizer.vocab_size(), 6);
-    let encoding = tokenizer.encode("[MASK] foo").unwrap();
-    assert_eq!(encoding.tokens, [4, 1, 1, 1]);
-    assert_eq!(encoding.mask, [1, 1, 1, 1]);
+fn train_refuses_an_empty_corpus() {
+    let err = InstructionTokenizer::train(std::iter::empty(), 4096, 4).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tokenizer { reason } if reason.contains("no functions")),
+        "{err:?}"
+    );
+}
+
+/// Texts that hold nothing but whitespace and special tokens would train a vocabulary of only
+/// the special tokens, in which every real token is `[UNK]`.
+#[test]
+fn train_refuses_a_corpus_of_only_special_tokens() {
+    let corpus = ["", "  \t", "[NEXT]", "[MASK] [NEXT] [PAD]"];
+    let err = InstructionTokenizer::train(corpus.into_iter(), 4096, 4).unwrap_err();
+    assert!(
+        matches!(&err, Error::Tokenizer { reason }
+            if reason.contains("4 functions") && reason.contains("special tokens")),
+        "{err:?}"
+    );
+    // One real token is enough.
+    let tokenizer = InstructionTokenizer::train(corpus.into_iter().chain(["ret"]), 4096, 4);
+    assert_eq!(tokenizer.unwrap().vocab_size(), SPECIAL_TOKENS.len() + 1);
 }
 
 #[test]

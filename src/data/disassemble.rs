@@ -236,6 +236,24 @@ pub fn disassemble_bytes(path: &Path, data: &[u8]) -> Result<FileFunctions> {
     Ok(FileFunctions::Elf(functions))
 }
 
+/// Whether `data` is an ELF x86-64 file with a symbol table (an `SHT_SYMTAB` section).
+///
+/// A *stripped* binary has none: [`disassemble_bytes`] then finds only the functions of the
+/// dynamic symbol table, the ones the file exports, which for an executable are few or none.
+/// Anything that is not a readable ELF x86-64 file gives `false`.
+pub fn has_symbol_table(data: &[u8]) -> bool {
+    if !is_elf_x86_64(data) {
+        return false;
+    }
+    let Ok(file) = ElfFile64::<Endianness>::parse(data) else {
+        return false;
+    };
+    let endian = file.endian();
+    file.elf_section_table()
+        .iter()
+        .any(|header| header.sh_type(endian) == elf::SHT_SYMTAB)
+}
+
 /// One instruction sequence: bytes decoded at `address` -> pre-tokenized text joined by `" [NEXT] "`.
 ///
 /// Decoding stops at the first undecodable (or truncated) instruction; empty input, or input that

@@ -43,7 +43,10 @@
 //! `mask` differ in length (the row's index and id, and both lengths), a value outside `i32`, a
 //! file that is not Parquet or is corrupt, an empty directory. The `parquet` crate's decoder
 //! panics on some corrupt files rather than returning an error; such a panic is caught and
-//! becomes an error too (the default panic hook still prints its message to stderr).
+//! becomes an error too, reason `corrupt Parquet file: the decoder failed (...)`. While a read is
+//! under way on a thread, panics on that thread print nothing (no message, no backtrace): the
+//! first read installs, once per process, a panic hook that stays silent for such threads and
+//! hands every other panic to the hook that was installed before it.
 //!
 //! # Writing
 //!
@@ -52,11 +55,12 @@
 //! Snappy, pyarrow's default. A tokenized row whose `tokens` and `mask` differ in length is
 //! refused, so a written file always reads back.
 
+use std::cell::Cell;
 use std::fmt::Display;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Once};
 
 use arrow_array::builder::{Int64Builder, ListBuilder};
 use arrow_array::cast::AsArray;
@@ -261,10 +265,56 @@ fn int64_list<'a>(
     Ok(builder.finish())
 }
 
+thread_local! {
+    /// How many guarded reads are under way on this thread (reads do not nest today, but a count
+    /// stays right if they ever do).
+    static READS_IN_PROGRESS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Installs, once per process, a panic hook that prints nothing for a panic on a thread inside a
+/// guarded read (the panic becomes an error there, so the message and backtrace would only be
+/// noise) and passes every other panic to the hook installed before it.
+fn install_quiet_hook() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // `try_with`: a panic while this thread's locals are being destroyed is not ours.
+            let in_read = READS_IN_PROGRESS
+                .try_with(|count| count.get() > 0)
+                .unwrap_or(false);
+            if !in_read {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Marks the current thread as inside a guarded read until dropped, even when unwinding.
+struct QuietPanics;
+
+impl QuietPanics {
+    fn enter() -> Self {
+        install_quiet_hook();
+        READS_IN_PROGRESS.with(|count| count.set(count.get() + 1));
+        QuietPanics
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        READS_IN_PROGRESS.with(|count| count.set(count.get() - 1));
+    }
+}
+
 /// Runs `read` and turns a panic inside it into an error: the Parquet decoder panics on some
-/// corrupt files instead of returning an error.
+/// corrupt files instead of returning an error. The panic prints nothing (see
+/// [`install_quiet_hook`]).
 fn guarded<T>(file: &Path, read: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|payload| {
+    let quiet = QuietPanics::enter();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(read));
+    drop(quiet);
+    outcome.unwrap_or_else(|payload| {
         let message = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())

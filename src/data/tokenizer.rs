@@ -162,6 +162,9 @@ impl InstructionTokenizer {
     /// The reference recipe over pre-tokenized texts (see the module documentation): BPE with
     /// `vocab_size` over the immediates, then every other token added whole in order of first
     /// appearance, then the special tokens; padding and truncation at `sequence_length`.
+    ///
+    /// An empty corpus, or one whose texts hold no token but the special tokens, is an
+    /// [`Error::Tokenizer`]: the vocabulary would map every real token to `[UNK]`.
     pub fn train<'a>(
         texts: impl Iterator<Item = &'a str>,
         vocab_size: usize,
@@ -178,7 +181,9 @@ impl InstructionTokenizer {
             std::collections::HashMap::new();
         let mut words: Vec<&'a str> = Vec::new();
         let mut seen_words: HashSet<&'a str> = HashSet::new();
+        let mut functions = 0usize;
         for text in texts {
+            functions += 1;
             for token in python_split(text) {
                 if is_python_int(token) {
                     match immediate_index.get(token) {
@@ -192,6 +197,12 @@ impl InstructionTokenizer {
                     words.push(token);
                 }
             }
+        }
+        if functions == 0 {
+            return Err(Error::tokenizer(
+                "the corpus has no functions to train on (was it disassembled from stripped \
+                 binaries or files that are not ELF x86-64?)",
+            ));
         }
 
         let special: Vec<AddedToken> = SPECIAL_TOKENS
@@ -247,7 +258,16 @@ impl InstructionTokenizer {
             Error::tokenizer(format!("cannot rebuild the renumbered tokenizer: {e}"))
         })?;
 
-        Self::from_tokenizer(tokenizer, "the trained tokenizer")
+        let trained = Self::from_tokenizer(tokenizer, "the trained tokenizer")?;
+        // A vocabulary of nothing but the special tokens turns every input into `[UNK]`s.
+        if trained.vocab_size() <= SPECIAL_TOKENS.len() {
+            return Err(Error::tokenizer(format!(
+                "the corpus's {functions} functions hold no token besides the special tokens \
+                 {SPECIAL_TOKENS:?}, so the trained vocabulary would be only those {}",
+                trained.vocab_size()
+            )));
+        }
+        Ok(trained)
     }
 
     /// Loads any `tokenizer.json`. It must hold `[PAD]`, `[MASK]` and `[NEXT]`

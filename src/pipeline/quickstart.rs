@@ -15,7 +15,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::corpus::{CorpusSummary, corpus_rows, tokenize_rows};
+use super::corpus::{CorpusSummary, corpus_rows, distinct_files, tokenize_rows};
 use super::pretrain::{PretrainOptions, PretrainSummary, pretrain};
 use crate::checkpoint::load_model;
 use crate::data::parquet::{CorpusRow, TokenizedRow, write_corpus, write_tokenized};
@@ -68,7 +68,6 @@ impl Default for QuickstartOptions {
 /// Binaries of this machine in a fixed (sorted) order; files of 16 KiB to 8 MiB only, so one huge
 /// library cannot dominate, and each file once however many links name it.
 fn candidate_binaries() -> Vec<PathBuf> {
-    let mut seen = std::collections::HashSet::new();
     let mut files = Vec::new();
     for dir in BINARY_DIRECTORIES {
         let Ok(entries) = std::fs::read_dir(dir) else {
@@ -83,13 +82,9 @@ fn candidate_binaries() -> Vec<PathBuf> {
             })
             .collect();
         names.sort();
-        files.extend(
-            names
-                .into_iter()
-                .filter(|p| std::fs::canonicalize(p).is_ok_and(|real| seen.insert(real))),
-        );
+        files.extend(names);
     }
-    files
+    distinct_files(files).0
 }
 
 /// Disassembles candidate binaries until `max_functions` functions are collected.
