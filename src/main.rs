@@ -86,7 +86,8 @@ enum Command {
     ///
     /// One output line per input, in order: a blank input gives an empty line (with --json, an
     /// object with no masks). An input longer than the tokenizer's sequence length is truncated,
-    /// as the reference does, with a warning; an input with no `[MASK]` is echoed with a warning.
+    /// as the reference does, with a warning; an input with no `[MASK]` is passed through (encoded
+    /// and decoded) with a warning.
     /// Warnings and errors name the input: `line N` of standard input, or `input N` among the
     /// arguments. The first input that cannot be filled stops the run with an error naming it
     /// (exit status 1); the outputs of the inputs before it are already written.
