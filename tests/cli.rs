@@ -705,6 +705,43 @@ fn a_pretrain_that_cannot_start_leaves_no_output_folder() {
 }
 
 #[test]
+fn a_tokenizer_longer_than_the_config_is_refused_with_the_fix() {
+    use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
+    let (reference, data) = reference_fixtures();
+    let dir = tempfile::tempdir().unwrap();
+    // The reference tokenizer's vocabulary, saved with train-tokenizer's default length of 512.
+    let text = std::fs::read_to_string(&reference).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        json["padding"]["strategy"]["Fixed"], 64,
+        "{}",
+        json["padding"]
+    );
+    json["padding"]["strategy"]["Fixed"] = 512.into();
+    json["truncation"]["max_length"] = 512.into();
+    let long = dir.path().join("tokenizer512.json");
+    std::fs::write(&long, json.to_string()).unwrap();
+    assert_eq!(
+        InstructionTokenizer::load(&long).unwrap().sequence_length(),
+        512
+    );
+    let out = dir.path().join("run");
+    fails(
+        &[
+            "pretrain",
+            "--tokenizer",
+            s(&long),
+            s(&data),
+            s(&out),
+            "--config",
+            "tiny",
+        ],
+        "train-tokenizer --sequence-length 128",
+    );
+    assert!(!out.exists());
+}
+
+#[test]
 fn pretrain_names_its_default_model_and_warns_on_a_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
