@@ -973,52 +973,60 @@ fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// A corrupt corpus is an `error:` line naming the file, never a panic message or a backtrace,
+/// A corrupt dataset is an `error:` line naming the file, never a panic message or a backtrace,
 /// even where the Parquet decoder itself panics and even with `RUST_BACKTRACE=1`.
 #[test]
 fn corrupt_parquet_is_an_error_line_without_panic_output() {
     use rand::{Rng, SeedableRng};
-    use undertale_maskedlm::data::parquet::{CorpusRow, write_corpus};
+    use undertale_maskedlm::data::parquet::{TokenizedRow, write_tokenized};
     use undertale_maskedlm::data::tokenizer::InstructionTokenizer;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
+    let tokenizer = d.join("tokenizer.json");
+    let trained = InstructionTokenizer::train(
+        ["push rbp [NEXT] mov eax 4096 [NEXT] ret"].into_iter(),
+        64,
+        24,
+    )
+    .unwrap();
+    trained.save(&tokenizer).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let words = [
-        "mov", "rax", "push", "rbp", "[", "]", "+", "qword", "ret", "[NEXT]",
-    ];
-    let rows: Vec<CorpusRow> = (0..48)
-        .map(|i| CorpusRow {
+    let rows: Vec<TokenizedRow> = (0..48)
+        .map(|i| TokenizedRow {
             id: format!("f:{i:#x}"),
-            name: format!("f{i}"),
-            disassembly: (0..rng.random_range(4..40))
-                .map(|_| match rng.random_range(0..4) {
-                    0 => rng.random_range(0..5000u32).to_string(),
-                    _ => words[rng.random_range(0..words.len())].to_string(),
-                })
-                .collect::<Vec<_>>()
-                .join(" "),
+            tokens: (0..24)
+                .map(|_| rng.random_range(0..trained.vocab_size() as i32))
+                .collect(),
+            mask: vec![1; 24],
         })
         .collect();
-    let corpus = d.join("corpus.parquet");
-    write_corpus(&corpus, &rows).unwrap();
-    let tokenizer = d.join("tokenizer.json");
-    InstructionTokenizer::train(rows.iter().map(|r| r.disassembly.as_str()), 64, 32)
-        .unwrap()
-        .save(&tokenizer)
-        .unwrap();
+    let dataset = d.join("data.parquet");
+    write_tokenized(&dataset, &rows).unwrap();
+    // A model shorter than the rows: a copy that still reads is refused right after reading,
+    // naming the file, so no copy trains.
+    let config = d.join("config.json");
+    std::fs::write(
+        &config,
+        r#"{"depth": 1, "hidden_dimensions": 16, "heads": 2, "intermediate_dimensions": 32, "sequence_length": 8}"#,
+    )
+    .unwrap();
     let (mut failures, mut decoder_panics) = (0, 0);
-    for (i, damaged) in damaged_copies(&std::fs::read(&corpus).unwrap(), 60, 11)
+    for (i, damaged) in damaged_copies(&std::fs::read(&dataset).unwrap(), 60, 11)
         .into_iter()
         .enumerate()
     {
         let bad = d.join(format!("bad-{i}.parquet"));
         std::fs::write(&bad, damaged).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_maskedlm"))
+            .args(["pretrain", "--tokenizer", s(&tokenizer), s(&bad)])
+            .arg(d.join(format!("run-{i}")))
             .args([
-                "tokenize",
-                s(&bad),
-                s(&tokenizer),
-                s(&d.join("out.parquet")),
+                "--config",
+                s(&config),
+                "--device",
+                "cpu",
+                "--max-steps",
+                "1",
             ])
             .env("RAYON_NUM_THREADS", "2")
             .env("RUST_BACKTRACE", "1")
@@ -1037,7 +1045,7 @@ fn corrupt_parquet_is_an_error_line_without_panic_output() {
             decoder_panics += usize::from(stderr.contains("the decoder failed"));
         }
     }
-    assert!(failures > 0, "no damaged copy failed to read");
+    assert!(failures > 0, "no damaged copy failed");
     // Otherwise this test never reached the silenced panic.
     assert!(decoder_panics > 0, "no damaged copy made the decoder panic");
 }
