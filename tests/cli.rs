@@ -8,6 +8,9 @@ use undertale_maskedlm::Device;
 use undertale_maskedlm::data::parquet::{read_corpus, read_tokenized};
 use undertale_maskedlm::train::metrics::{Record, read_records};
 
+mod common;
+use common::damaged_copies;
+
 fn maskedlm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_maskedlm"))
         .args(args)
@@ -956,23 +959,6 @@ fn bench_measures_every_figure_and_writes_json() {
     fails(&args, "not a lengths file");
 }
 
-/// `count` damaged copies of `bytes`, each with one to four bytes overwritten at random positions
-/// by random values (seeded, so every run damages the same bytes).
-fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| {
-            let mut damaged = bytes.to_vec();
-            for _ in 0..rng.random_range(1..=4) {
-                let position = rng.random_range(0..damaged.len());
-                damaged[position] = rng.random();
-            }
-            damaged
-        })
-        .collect()
-}
-
 /// A corrupt dataset is an `error:` line naming the file, never a panic message or a backtrace,
 /// even where the Parquet decoder itself panics and even with `RUST_BACKTRACE=1`.
 #[test]
@@ -986,7 +972,7 @@ fn corrupt_parquet_is_an_error_line_without_panic_output() {
     let trained = InstructionTokenizer::train(
         ["push rbp [NEXT] mov eax 4096 [NEXT] ret"].into_iter(),
         64,
-        24,
+        8,
     )
     .unwrap();
     trained.save(&tokenizer).unwrap();
@@ -1002,12 +988,12 @@ fn corrupt_parquet_is_an_error_line_without_panic_output() {
         .collect();
     let dataset = d.join("data.parquet");
     write_tokenized(&dataset, &rows).unwrap();
-    // A model shorter than the rows: a copy that still reads is refused right after reading,
-    // naming the file, so no copy trains.
+    // A model shorter than the rows (its tokenizer shorter still, so that the rows are read): a
+    // copy that still reads is refused right after reading, naming the file, so no copy trains.
     let config = d.join("config.json");
     std::fs::write(
         &config,
-        r#"{"depth": 1, "hidden_dimensions": 16, "heads": 2, "intermediate_dimensions": 32, "sequence_length": 8}"#,
+        r#"{"depth": 1, "hidden_dimensions": 16, "heads": 2, "intermediate_dimensions": 32, "sequence_length": 16}"#,
     )
     .unwrap();
     let (mut failures, mut decoder_panics) = (0, 0);

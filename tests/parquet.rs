@@ -18,6 +18,9 @@ use undertale_maskedlm::data::parquet::{
     write_tokenized,
 };
 
+mod common;
+use common::damaged_copies;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
@@ -631,23 +634,6 @@ fn corrupt_files_never_panic() {
         errors > 100,
         "only {errors} of 400 damaged files failed to read"
     );
-}
-
-/// `count` damaged copies of `bytes`, each with one to four bytes overwritten at random positions
-/// by random values (seeded, so every run damages the same bytes).
-fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    (0..count)
-        .map(|_| {
-            let mut damaged = bytes.to_vec();
-            for _ in 0..rng.random_range(1..=4) {
-                let position = rng.random_range(0..damaged.len());
-                damaged[position] = rng.random();
-            }
-            damaged
-        })
-        .collect()
 }
 
 /// Set in the child process of `decoder_panics_print_nothing_and_other_panics_still_print`.

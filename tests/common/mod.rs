@@ -102,3 +102,20 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f64], rel: f64, abs: f64) {
         ratio
     );
 }
+
+/// `count` damaged copies of `bytes`, each with one to four bytes overwritten at random positions
+/// by random values (seeded, so every run damages the same bytes).
+pub fn damaged_copies(bytes: &[u8], count: usize, seed: u64) -> Vec<Vec<u8>> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..count)
+        .map(|_| {
+            let mut damaged = bytes.to_vec();
+            for _ in 0..rng.random_range(1..=4) {
+                let position = rng.random_range(0..damaged.len());
+                damaged[position] = rng.random();
+            }
+            damaged
+        })
+        .collect()
+}
