@@ -45,12 +45,7 @@ fn untrained() -> Result<MaskFiller> {
     let path =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tokenizer_reference.json");
     let tokenizer = InstructionTokenizer::load(&path)?;
-    let config = Config::new(
-        Size::TINY,
-        tokenizer.vocab_size(),
-        tokenizer.next_token_id(),
-        tokenizer.mask_token_id(),
-    );
+    let config = Config::for_tokenizer(Size::TINY, &tokenizer);
     let model = InstructionTraceTransformerEncoderForMaskedLM::new(config, Device::Cpu, 0)?;
     MaskFiller::new(model, tokenizer)
 }

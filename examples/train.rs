@@ -53,12 +53,7 @@ fn train_save_and_fill(steps: u64, output: &Path) -> Result<String> {
         .collect();
 
     // `tiny` takes 128 positions: more than the tokenizer ever gives it.
-    let config = Config::new(
-        Size::TINY,
-        tokenizer.vocab_size(),
-        tokenizer.next_token_id(),
-        tokenizer.mask_token_id(),
-    );
+    let config = Config::for_tokenizer(Size::TINY, &tokenizer);
     let model = InstructionTraceTransformerEncoderForMaskedLM::new(config, Device::Cpu, 0)?;
     let options = TrainerOptions {
         batch_size: 16,

@@ -31,12 +31,7 @@ pub struct MaskLogits {
 /// use undertale_maskedlm::{Config, Device, InstructionTraceTransformerEncoderForMaskedLM, MaskFiller, Size};
 ///
 /// let tokenizer = InstructionTokenizer::load("tests/fixtures/tokenizer_reference.json".as_ref())?;
-/// let config = Config::new(
-///     Size::TINY,
-///     tokenizer.vocab_size(),
-///     tokenizer.next_token_id(),
-///     tokenizer.mask_token_id(),
-/// );
+/// let config = Config::for_tokenizer(Size::TINY, &tokenizer);
 /// // An untrained model; `MaskFiller::from_checkpoint(dir, device)` loads a trained one.
 /// let model = InstructionTraceTransformerEncoderForMaskedLM::new(config, Device::Cpu, 0)?;
 /// let filler = MaskFiller::new(model, tokenizer)?;

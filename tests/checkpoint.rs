@@ -256,12 +256,7 @@ fn training_checkpoints_carry_the_tokenizer_through_a_resume() {
     .unwrap();
     let mut size = Size::TINY;
     size.sequence_length = tokenizer.sequence_length();
-    let config = Config::new(
-        size,
-        tokenizer.vocab_size(),
-        tokenizer.next_token_id(),
-        tokenizer.mask_token_id(),
-    );
+    let config = Config::for_tokenizer(size, &tokenizer);
     let rows: Vec<_> = (0..4)
         .map(|i| {
             let e = tokenizer

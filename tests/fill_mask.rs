@@ -23,12 +23,7 @@ fn fixture_tokenizer() -> InstructionTokenizer {
 }
 
 fn model_for(tokenizer: &InstructionTokenizer, seed: u64) -> Model {
-    let config = Config::new(
-        Size::TINY,
-        tokenizer.vocab_size(),
-        tokenizer.next_token_id(),
-        tokenizer.mask_token_id(),
-    );
+    let config = Config::for_tokenizer(Size::TINY, tokenizer);
     Model::new(config, Device::Cpu, seed).unwrap()
 }
 

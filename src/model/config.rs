@@ -136,6 +136,20 @@ impl Config {
         }
     }
 
+    /// [`Config::new`] with the vocabulary size, `[NEXT]` and `[MASK]` ids of `tokenizer`: the
+    /// usual way to build a model for a trained tokenizer.
+    pub fn for_tokenizer(
+        size: Size,
+        tokenizer: &crate::data::tokenizer::InstructionTokenizer,
+    ) -> Self {
+        Config::new(
+            size,
+            tokenizer.vocab_size(),
+            tokenizer.next_token_id(),
+            tokenizer.mask_token_id(),
+        )
+    }
+
     /// The width of one attention head.
     pub fn head_dim(&self) -> usize {
         self.hidden_dimensions / self.heads

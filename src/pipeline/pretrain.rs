@@ -139,7 +139,7 @@ pub fn resolve_config(
         tokenizer.next_token_id(),
     );
     let mut config = if let Ok(size) = Size::preset(spec) {
-        Config::new(size, vocab, next, mask)
+        Config::for_tokenizer(size, tokenizer)
     } else {
         let path = Path::new(spec);
         if !path.exists() {
@@ -178,7 +178,7 @@ pub fn resolve_config(
             intermediate_dimensions: size_of("intermediate_dimensions")?,
             sequence_length: size_of("sequence_length")?,
         };
-        let mut config = Config::new(size, vocab, next, mask);
+        let mut config = Config::for_tokenizer(size, tokenizer);
         for (key, from_tokenizer) in [
             ("vocab_size", vocab as i64),
             ("mask_token_id", mask as i64),
