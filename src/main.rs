@@ -364,11 +364,19 @@ fn run(command: Command) -> Result<()> {
             for (path, reason) in &s.failed {
                 eprintln!("warning: {}: {reason}", path.display());
             }
-            for (path, functions) in &s.stripped {
+            // A system folder holds hundreds of stripped libraries: name a few, count the rest.
+            const NAMED: usize = 5;
+            for (path, functions) in s.stripped.iter().take(NAMED) {
                 eprintln!(
                     "warning: {} is stripped (it has no symbol table), so only its {functions} \
                      exported functions were found",
                     path.display()
+                );
+            }
+            if s.stripped.len() > NAMED {
+                eprintln!(
+                    "warning: {} more stripped files: only their exported functions were found",
+                    s.stripped.len() - NAMED
                 );
             }
             println!(
