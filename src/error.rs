@@ -72,8 +72,11 @@ pub enum Error {
     /// it indexes.
     #[error("{what} {index} is out of range: expected an index in [0, {len})")]
     IndexOutOfRange {
+        /// What the index picks (e.g. "row index").
         what: String,
+        /// The index as given.
         index: i64,
+        /// The length it must be below.
         len: usize,
     },
 
@@ -81,7 +84,9 @@ pub enum Error {
     /// named so the caller knows which.
     #[error("{input}: {source}")]
     Input {
+        /// The input's name (e.g. "line 3", "input 2").
         input: String,
+        /// What went wrong with it.
         #[source]
         source: Box<Error>,
     },

@@ -43,6 +43,9 @@
 //! # Ok::<(), undertale_maskedlm::Error>(())
 //! ```
 
+// Every public item of the documented API carries documentation.
+#![warn(missing_docs)]
+
 // The device trait, its CPU and CUDA implementations, the op front, the autograd tape and the
 // dropout generator are the model's machinery: public for the tests, benches and tools that
 // check them, but not part of the documented API.

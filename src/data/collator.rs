@@ -147,9 +147,13 @@ impl MaskedLMCollator {
 /// number: every row a separate keystream); within a row the draw order is the collator's.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowKeyedCollator {
+    /// The id real tokens are replaced by (80% of the chosen ones), as in [`MaskedLMCollator`].
     pub mask_token_id: i32,
+    /// Random replacements (10% of the chosen ones) are drawn below this.
     pub vocab_size: usize,
+    /// The share of real tokens chosen, in [0, 1].
     pub probability: f32,
+    /// The ChaCha8 seed every row's generator shares; the row index picks its stream.
     pub seed: u64,
 }
 

@@ -102,15 +102,22 @@ pub const NEXT_TOKEN: &str = "[NEXT]";
 /// One function: its symbol name, start address and pre-tokenized disassembly.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Function {
+    /// The name of the best of the symbols at its address (see the module documentation), as the
+    /// symbol table spells it (not demangled).
     pub name: String,
+    /// The symbol's value: the virtual address of the function's first byte.
     pub address: u64,
+    /// Whitespace-separated tokens in the module's format, [`NEXT_TOKEN`] between two
+    /// instructions.
     pub disassembly: String,
 }
 
 /// What `disassemble_file` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FileFunctions {
+    /// An ELF x86-64 file and the functions found in it, sorted by address (possibly none).
     Elf(Vec<Function>),
+    /// Not an ELF x86-64 file (wrong magic, another architecture, 32-bit): nothing to read.
     NotElf,
 }
 

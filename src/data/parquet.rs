@@ -87,16 +87,23 @@ const WRITE_BATCH_ROWS: usize = 8192;
 /// One function of a corpus: columns `id`, `name`, `disassembly` (all strings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorpusRow {
+    /// Unique within the corpus: `disassemble` writes the file's path and the function's address
+    /// (`path:0x1234`).
     pub id: String,
+    /// The function's symbol name.
     pub name: String,
+    /// The pre-tokenized disassembly ([`Function::disassembly`](crate::data::disassemble::Function::disassembly)).
     pub disassembly: String,
 }
 
 /// One tokenized row: columns `id` (string), `tokens` (list of int), `mask` (list of int).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenizedRow {
+    /// The [`CorpusRow::id`] the row was tokenized from.
     pub id: String,
+    /// Token ids, padded or truncated to the tokenizer's sequence length.
     pub tokens: Vec<i32>,
+    /// Attention mask, as long as `tokens`: 1 for a real token, 0 for padding.
     pub mask: Vec<i32>,
 }
 

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 /// What a disassembly run read and wrote.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct CorpusSummary {
+    /// Files read that are ELF x86-64 (whether or not functions were found in them).
     pub elf_files: usize,
     /// Paths that named a file already read (a symlink or hard link to it): not read again.
     pub duplicates_skipped: usize,
@@ -24,6 +25,7 @@ pub struct CorpusSummary {
     pub stripped: Vec<(PathBuf, usize)>,
     /// ELF files in which no function was found.
     pub elf_without_functions: usize,
+    /// Functions written to the corpus.
     pub functions: usize,
 }
 

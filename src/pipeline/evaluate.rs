@@ -25,6 +25,8 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// Adds one batch's scores, weighting its mean loss by its masked positions. A batch that
+    /// failed with [`Error::NoLabels`] is skipped; any other error is returned.
     pub fn add(&mut self, batch: Result<Evaluation>) -> Result<()> {
         match batch {
             Ok(e) => {
@@ -87,15 +89,18 @@ pub fn score(model: &Model, rows: &[Example], batch_size: usize, seed: u64) -> R
     totals.finish()
 }
 
+/// What [`evaluate`] measured; serialised as `evaluate`'s JSON output.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvaluationReport {
     /// Mean cross-entropy over the masked positions.
     pub loss: f64,
     /// Masked-token accuracy, which is the reference's micro-F1 over labelled positions.
     pub accuracy: f64,
+    /// Rows scored.
     pub sequences: usize,
     /// Time in forward passes, after one untimed warm-up batch.
     pub seconds: f64,
+    /// `sequences` over `seconds`.
     pub sequences_per_second: f64,
 }
 

@@ -169,7 +169,9 @@ fn warnings(
 /// arguments, both counted from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputName {
+    /// The n-th line of standard input (displayed `line n`).
     Line(usize),
+    /// The n-th input on the command line (displayed `input n`).
     Argument(usize),
 }
 

@@ -32,9 +32,14 @@ use crate::train::{Continue, EarlyStopping, Goal, Trainer, TrainerOptions, batch
 /// Everything `pretrain` takes; the defaults are the reference's.
 #[derive(Debug, Clone)]
 pub struct PretrainOptions {
+    /// The tokenizer file (`tokenizer.json`); its ids and length must match the configuration's.
     pub tokenizer: PathBuf,
+    /// The tokenized training rows (Parquet).
     pub dataset: PathBuf,
+    /// The run's folder: `last/`, `best/`, `metrics.jsonl` and `metrics.png` are written there.
     pub output: PathBuf,
+    /// Tokenized validation rows (Parquet), scored after every epoch; without them early stopping
+    /// monitors the training loss.
     pub validation: Option<PathBuf>,
     /// A training checkpoint to resume from.
     pub checkpoint: Option<PathBuf>,
@@ -49,6 +54,7 @@ pub struct PretrainOptions {
     /// A preset name or a JSON file of constructor arguments (default `medium`); a resumed run
     /// keeps its checkpoint's.
     pub config: Option<String>,
+    /// Where the model runs (default the CPU).
     pub device: Device,
     /// f32, or bf16 mixed precision on a GPU. A resumed run may change it.
     pub precision: Precision,
@@ -67,11 +73,16 @@ pub struct PretrainOptions {
     pub progress: bool,
 }
 
+/// Rows per batch when [`PretrainOptions::batch_size`] is not given (the reference's).
 pub const DEFAULT_BATCH_SIZE: usize = 8;
+/// Epochs when [`PretrainOptions::epochs`] is not given (the reference's).
 pub const DEFAULT_EPOCHS: u64 = 48;
+/// The model preset when [`PretrainOptions::config`] is not given (the reference's).
 pub const DEFAULT_CONFIG: &str = "medium";
 
 impl PretrainOptions {
+    /// A new run on the CPU in f32 with every other option at its default, a progress bar, and
+    /// no overwriting of an existing run.
     pub fn new(tokenizer: PathBuf, dataset: PathBuf, output: PathBuf) -> Self {
         PretrainOptions {
             tokenizer,
@@ -98,13 +109,20 @@ impl PretrainOptions {
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PretrainSummary {
+    /// Optimiser steps taken in all, counting those before a resume.
     pub steps: u64,
+    /// Epochs finished in all, counting those before a resume.
     pub epochs_completed: u64,
+    /// Early stopping ended the run.
     pub stopped_early: bool,
     /// Stopped by [`PretrainOptions::interrupt`]; `last_checkpoint` holds the step reached.
     pub interrupted: bool,
+    /// The training checkpoint written last (`OUTPUT/last`), to resume from.
     pub last_checkpoint: PathBuf,
+    /// The validation F1 after the last finished epoch; `None` without validation rows or when
+    /// no epoch finished in this run.
     pub validation_f1: Option<f64>,
+    /// The reference's fill-mask probes and what the final model filled in.
     pub probes: Vec<(String, String)>,
 }
 

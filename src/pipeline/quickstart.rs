@@ -34,18 +34,28 @@ pub const BINARY_DIRECTORIES: [&str; 4] = [
     "/lib/x86_64-linux-gnu",
 ];
 
+/// What [`quickstart`] takes; [`Default`] gives the built-in job.
 #[derive(Debug, Clone)]
 pub struct QuickstartOptions {
+    /// The work folder (default `maskedlm-quickstart`); its `model/` run is replaced.
     pub work: PathBuf,
-    /// Stop collecting binaries once this many functions are found.
+    /// Stop collecting binaries once this many functions are found (default 20,000).
     pub max_functions: usize,
-    /// Optimiser steps to aim for (rounded to whole epochs).
+    /// Optimiser steps to aim for (default 1,500), rounded up to whole epochs and bounded to 1
+    /// to 48 epochs.
     pub target_steps: u64,
+    /// Rows per training batch (default 32).
     pub batch_size: usize,
+    /// The tokenizer's BPE vocabulary size over immediates (default 4096).
     pub vocab_size: usize,
+    /// The peak learning rate (default 1e-3), overriding the `tiny` preset's.
     pub learning_rate: f64,
+    /// Where the model trains (default the best device available).
     pub device: Device,
+    /// Seeds the shuffle before the validation split, any synthetic functions and the model
+    /// (default 0).
     pub seed: u64,
+    /// Print each binary's function count and draw the training progress bar.
     pub progress: bool,
 }
 

@@ -13,24 +13,35 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
+    /// After an optimiser step (`"kind": "step"`).
     Step {
         /// 1-based optimiser step.
         step: u64,
+        /// 1-based number of the epoch the step belongs to.
         epoch: u64,
         /// None for a batch in which nothing was masked (it has no loss).
         loss: Option<f32>,
         /// The learning rate this step used.
         lr: f64,
+        /// Real (unpadded) tokens in the step's batch.
         tokens: usize,
+        /// Real tokens per second, averaged over the steps this process has run (a resumed run
+        /// starts counting afresh).
         tokens_per_second: f64,
     },
+    /// After an epoch (`"kind": "epoch"`).
     Epoch {
         /// 1-based number of the finished epoch.
         epoch: u64,
+        /// Optimiser steps taken in all when the epoch finished.
         step: u64,
+        /// Mean training loss over the epoch's steps, weighted by batch size.
         train_loss: f64,
+        /// Mean masked-LM loss on the validation rows; absent without validation.
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_loss: Option<f64>,
+        /// Masked-token accuracy (the reference's micro-F1) on the validation rows; absent
+        /// without validation.
         #[serde(skip_serializing_if = "Option::is_none")]
         validation_f1: Option<f64>,
         /// The reference's fill-mask probes and what the model filled in.
@@ -83,6 +94,7 @@ impl MetricsWriter {
         })
     }
 
+    /// Appends `record` as one JSON line and flushes it.
     pub fn write(&mut self, record: &Record) -> Result<()> {
         let line = serde_json::to_string(record).map_err(|e| Error::Json {
             context: "serialising a metrics record".into(),
@@ -93,6 +105,7 @@ impl MetricsWriter {
             .map_err(|e| Error::io(format!("writing {}", self.path.display()), e))
     }
 
+    /// The file written to.
     pub fn path(&self) -> &Path {
         &self.path
     }
