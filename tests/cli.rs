@@ -643,6 +643,20 @@ fn max_steps_plans_the_learning_rate_schedule_over_the_steps_that_run() {
     let schedule = LrSchedule::new(0.001, warmup, 12);
     let records = step_records(&out);
     assert_eq!(records.len(), 12);
+    // A resumed run keeps that schedule: more epochs than it spans are refused.
+    let past = pretrain_tiny(
+        &out,
+        &["--checkpoint", s(&out.join("last")), "--epochs", "3"],
+    );
+    let stderr = String::from_utf8_lossy(&past.stderr);
+    assert!(
+        !past.status.success(),
+        "a resume past the schedule was accepted"
+    );
+    assert!(
+        stderr.contains("--epochs 3") && stderr.contains("past the 12"),
+        "{stderr}"
+    );
     for (step, lr) in records {
         let want = schedule.lr(step - 1);
         assert!(

@@ -313,6 +313,8 @@ impl Trainer {
     /// back without waiting for it. Nothing is read back from the device.
     pub fn queue_step(&mut self, rows: &[Example]) -> Result<QueuedStep> {
         let batch = self.collator.collate(rows)?;
+        // Kept current, so that `state()` always shows where the masking stream stands.
+        self.state.collator = self.collator.state();
         let backend = self.model.shared_backend();
         backend.fill_zero(&mut self.grads)?;
         let dropout = DropoutSchedule {
@@ -467,8 +469,7 @@ impl Trainer {
         let values = backend.download_f32(self.model.parameters())?;
         let exp_avg = backend.download_f32(&self.optimizer.exp_avg)?;
         let exp_avg_sq = backend.download_f32(&self.optimizer.exp_avg_sq)?;
-        let mut state = self.state.clone();
-        state.collator = self.collator.state();
+        let state = self.state.clone();
         let config = self.model.config().clone();
         let adamw_steps = self.optimizer.steps;
         write_dir_atomically(dir, |tmp| {
