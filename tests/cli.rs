@@ -558,11 +558,7 @@ fn a_killed_run_resumes_from_its_last_complete_checkpoint() {
         .spawn()
         .unwrap();
     let state = out.join("last/trainer_state.json");
-    let start = std::time::Instant::now();
-    while !state.exists() {
-        assert!(start.elapsed().as_secs() < 120, "no checkpoint appeared");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    wait_until("a checkpoint appears", || state.exists());
     // Kill it at some point of a later epoch, possibly mid-write of the next checkpoint.
     std::thread::sleep(std::time::Duration::from_millis(700));
     child.kill().unwrap();
@@ -611,6 +607,28 @@ fn pretrain_tiny(out: &Path, extra: &[&str]) -> Output {
     maskedlm(&args)
 }
 
+/// Polls `done` every few milliseconds, for two minutes at most.
+fn wait_until(what: &str, done: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed().as_secs() < 120,
+            "waited 2 minutes for: {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// A run that failed with an error saying each of `expect`, and no panic.
+fn refused(run: &Output, expect: &[&str]) {
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "accepted; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "{stderr:?} lacks {e:?}");
+    }
+}
+
 fn step_records(out: &Path) -> Vec<(u64, f64)> {
     read_records(&out.join("metrics.jsonl"))
         .unwrap()
@@ -648,15 +666,7 @@ fn max_steps_plans_the_learning_rate_schedule_over_the_steps_that_run() {
         &out,
         &["--checkpoint", s(&out.join("last")), "--epochs", "3"],
     );
-    let stderr = String::from_utf8_lossy(&past.stderr);
-    assert!(
-        !past.status.success(),
-        "a resume past the schedule was accepted"
-    );
-    assert!(
-        stderr.contains("--epochs 3") && stderr.contains("past the 12"),
-        "{stderr}"
-    );
+    refused(&past, &["--epochs 3", "past the 12"]);
     for (step, lr) in records {
         let want = schedule.lr(step - 1);
         assert!(
@@ -675,15 +685,7 @@ fn pretrain_refuses_to_overwrite_a_run_unless_asked() {
     let metrics = std::fs::read(out.join("metrics.jsonl")).unwrap();
 
     let again = pretrain_tiny(&out, &["--max-steps", "2"]);
-    let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        !again.status.success(),
-        "a second run into the same folder was accepted"
-    );
-    assert!(
-        stderr.contains("already holds a run") && stderr.contains("--overwrite"),
-        "{stderr}"
-    );
+    refused(&again, &["already holds a run", "--overwrite"]);
     assert_eq!(
         std::fs::read(out.join("metrics.jsonl")).unwrap(),
         metrics,
@@ -812,11 +814,9 @@ fn ctrl_c_stops_after_the_step_and_the_run_resumes_exactly() {
         .spawn()
         .unwrap();
     let metrics = parts.join("metrics.jsonl");
-    let start = std::time::Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|t| t.lines().count() >= 3) {
-        assert!(start.elapsed().as_secs() < 120, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    wait_until("training starts", || {
+        std::fs::read_to_string(&metrics).is_ok_and(|t| t.lines().count() >= 3)
+    });
     let sent = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
