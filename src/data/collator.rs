@@ -145,16 +145,11 @@ impl MaskedLMCollator {
 ///
 /// The key is the ChaCha8 generator seeded by `seed`, on stream `row` (ChaCha's 64-bit stream
 /// number: every row a separate keystream); within a row the draw order is the collator's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct RowKeyedCollator {
-    /// The id real tokens are replaced by (80% of the chosen ones), as in [`MaskedLMCollator`].
-    pub mask_token_id: i32,
-    /// Random replacements (10% of the chosen ones) are drawn below this.
-    pub vocab_size: usize,
-    /// The share of real tokens chosen, in [0, 1].
-    pub probability: f32,
+    masking: Masking,
     /// The ChaCha8 seed every row's generator shares; the row index picks its stream.
-    pub seed: u64,
+    seed: u64,
 }
 
 impl RowKeyedCollator {
@@ -162,9 +157,7 @@ impl RowKeyedCollator {
     pub fn new(mask_token_id: i32, vocab_size: usize, probability: f32, seed: u64) -> Result<Self> {
         let checked = MaskedLMCollator::new(mask_token_id, vocab_size, probability, seed)?;
         Ok(RowKeyedCollator {
-            mask_token_id: checked.mask_token_id,
-            vocab_size,
-            probability,
+            masking: checked.masking(),
             seed,
         })
     }
@@ -174,11 +167,6 @@ impl RowKeyedCollator {
     pub fn collate(&self, rows: &[Example], first_row: usize) -> Result<MaskedBatch> {
         let (mut tokens, mask, seq) = flatten(rows)?;
         let mut labels = vec![IGNORE_INDEX; tokens.len()];
-        let masking = Masking {
-            mask_token_id: self.mask_token_id,
-            vocab_size: self.vocab_size,
-            probability: self.probability,
-        };
         for (i, ((t, m), l)) in tokens
             .chunks_mut(seq.max(1))
             .zip(mask.chunks(seq.max(1)))
@@ -187,13 +175,14 @@ impl RowKeyedCollator {
         {
             let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
             rng.set_stream((first_row + i) as u64);
-            masking.apply(&mut rng, t, m, l);
+            self.masking.apply(&mut rng, t, m, l);
         }
         batch(rows.len(), seq, tokens, mask, labels)
     }
 }
 
 /// The masking rule, shared by both collators.
+#[derive(Debug, Clone)]
 struct Masking {
     mask_token_id: i32,
     vocab_size: usize,

@@ -251,18 +251,6 @@ fn validation_has_masks(
     Ok(false)
 }
 
-/// Validation loss and F1 (masked-token accuracy), masked as `evaluate` masks (each row by the
-/// seed and its index), so every epoch is scored on the same masks and `evaluate` of a saved
-/// checkpoint reproduces them.
-pub fn validate(
-    model: &Model,
-    rows: &[Example],
-    batch_size: usize,
-    seed: u64,
-) -> Result<(f64, f64)> {
-    score(model, rows, batch_size, seed)
-}
-
 fn progress_bar(total: u64, position: u64, visible: bool) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(
         Some(total),
@@ -513,9 +501,8 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
     let resume_step = options.checkpoint.as_ref().map(|_| trainer.state().step);
     // The seed `evaluate` masks with, so `evaluate` of OUTPUT/last on the validation file
     // reproduces the logged validation scores.
-    let validation_seed = EVALUATION_SEED;
     if let (Some(rows), Some(path)) = (&validation, &options.validation)
-        && !validation_has_masks(&config, rows, batch_size, validation_seed)?
+        && !validation_has_masks(&config, rows, batch_size, EVALUATION_SEED)?
     {
         return Err(Error::dataset(
             path,
@@ -559,7 +546,7 @@ pub fn pretrain(options: &PretrainOptions) -> Result<PretrainSummary> {
         |t, end| {
             let scores = validation
                 .as_ref()
-                .map(|rows| validate(&t.model, rows, batch_size, validation_seed))
+                .map(|rows| score(&t.model, rows, batch_size, EVALUATION_SEED))
                 .transpose()?;
             let monitored = scores.map_or(end.mean_loss, |(_, f1)| f1);
             let early = t.early_stopping_mut().as_mut().expect("set above");
