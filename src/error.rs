@@ -111,6 +111,20 @@ pub enum Error {
         max: usize,
     },
 
+    /// A label at a position the mask marks as padding: the model never predicts padding (the
+    /// packed layout does not even compute it).
+    #[error(
+        "label {label} at row {row}, position {position} labels padding (its mask is 0): only real tokens can be labelled"
+    )]
+    LabelOnPadding {
+        /// The label.
+        label: i64,
+        /// The row in the batch.
+        row: usize,
+        /// The position in the row.
+        position: usize,
+    },
+
     /// A row whose mask is all zero: attention has no key to attend to.
     #[error(
         "row {row} has no real token (its mask is all zero), so attention over it is undefined"

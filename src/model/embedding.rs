@@ -5,6 +5,7 @@ use super::params::{Init, ParamLayout};
 use super::{DropoutSchedule, SITE_EMBEDDING};
 use crate::backend::Param;
 use crate::error::Result;
+use crate::ops::sequences::Sequences;
 use crate::tape::{Tape, Var};
 
 #[derive(Debug, Clone)]
@@ -53,20 +54,23 @@ impl InstructionTracePositionEmbedding {
         }
     }
 
-    /// `tokens`: `[batch, seq]` ids; returns `[batch * seq, hidden]`.
-    pub fn forward(
+    /// `tokens`: `[tokens]` ids, the rows of `sequences`; returns `[tokens, hidden]`.
+    pub fn forward<'a>(
         &self,
-        tape: &mut Tape,
+        tape: &mut Tape<'a>,
         tokens: Var,
+        sequences: &'a Sequences,
         dropout: Option<DropoutSchedule>,
     ) -> Result<Var> {
         let summed = tape.embedding(
             tokens,
+            sequences,
             self.next_token_id,
             [self.token, self.instruction, self.argument],
             self.hidden,
         )?;
         let normed = tape.layernorm(summed, self.norm_weight, self.norm_bias, self.eps)?;
-        tape.dropout(normed, dropout.map(|d| d.key(SITE_EMBEDDING)))
+        let key = dropout.map(|d| d.key(SITE_EMBEDDING));
+        tape.dropout(normed, key, sequences.dropout_rows())
     }
 }

@@ -14,6 +14,7 @@ use super::params::{Init, ParamLayout};
 use super::{Config, DropoutSchedule, site_feed_forward};
 use crate::backend::Param;
 use crate::error::Result;
+use crate::ops::sequences::Sequences;
 use crate::tape::{Tape, Var};
 
 /// LayerNorm eps inside the encoder layers (`nn.LayerNorm`'s default).
@@ -75,23 +76,25 @@ impl EncoderLayer {
         }
     }
 
-    pub fn forward(
+    /// `x`: `[tokens, hidden]`, the rows of `sequences`.
+    pub fn forward<'a>(
         &self,
-        tape: &mut Tape,
+        tape: &mut Tape<'a>,
         x: Var,
-        mask: Var,
+        sequences: &'a Sequences,
         dropout: Option<DropoutSchedule>,
     ) -> Result<Var> {
         let h = tape.layernorm(x, self.norm1[0], self.norm1[1], LAYER_NORM_EPS)?;
         let qkv = tape.linear(h, self.qkv[0], self.qkv[1], 3 * self.hidden)?;
-        let heads = tape.attention(qkv, mask, self.heads)?;
+        let heads = tape.attention(qkv, sequences, self.heads)?;
         let attended = tape.linear(heads, self.output[0], self.output[1], self.hidden)?;
         // x + attended, then norm2 of it: one fused pass on the GPU.
         let (x, h) =
             tape.add_layernorm(x, attended, self.norm2[0], self.norm2[1], LAYER_NORM_EPS)?;
         let h = tape.linear_gelu(h, self.linear1[0], self.linear1[1], self.intermediate)?;
         let h = tape.linear(h, self.linear2[0], self.linear2[1], self.hidden)?;
-        tape.dropout_add(x, h, dropout.map(|d| d.key(site_feed_forward(self.index))))
+        let key = dropout.map(|d| d.key(site_feed_forward(self.index)));
+        tape.dropout_add(x, h, key, sequences.dropout_rows())
     }
 }
 
@@ -119,19 +122,19 @@ impl InstructionTraceTransformerEncoder {
         InstructionTraceTransformerEncoder { embedding, layers }
     }
 
-    /// `tokens`, `mask`: `[batch, seq]`; returns the hidden states `[batch * seq, hidden]`.
-    pub fn forward(
+    /// `tokens`: `[tokens]`, the rows of `sequences`; returns the hidden states `[tokens, hidden]`.
+    pub fn forward<'a>(
         &self,
-        tape: &mut Tape,
+        tape: &mut Tape<'a>,
         tokens: Var,
-        mask: Var,
+        sequences: &'a Sequences,
         dropout: Option<DropoutSchedule>,
     ) -> Result<Var> {
-        let mut x = self.embedding.forward(tape, tokens, dropout)?;
+        let mut x = self.embedding.forward(tape, tokens, sequences, dropout)?;
         for layer in &self.layers {
-            x = layer.forward(tape, x, mask, dropout)?;
+            x = layer.forward(tape, x, sequences, dropout)?;
             // On an inference tape this frees the finished layer's activations.
-            tape.keep_only(&[tokens, mask, x]);
+            tape.keep_only(&[tokens, x]);
         }
         Ok(x)
     }

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::model::Config;
+use crate::ops::sequences::Sequences;
 use crate::tensor::{DType, Tensor};
 
 /// Token ids and mask that passed every check, as `[batch, seq]` host arrays.
@@ -124,6 +125,13 @@ pub fn labelled_positions(
                 vocab_size: config.vocab_size,
             });
         }
+        if inputs.mask[i] == 0 {
+            return Err(Error::LabelOnPadding {
+                label: l as i64,
+                row: i / inputs.seq,
+                position: i % inputs.seq,
+            });
+        }
         rows.push(i as i32);
         targets.push(l);
     }
@@ -131,4 +139,103 @@ pub fn labelled_positions(
         return Err(Error::NoLabels);
     }
     Ok((rows, targets))
+}
+
+/// How a batch runs: its padded rows as the reference computes them, or only their real tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Packing {
+    /// Each row cut after its last real token and the rows laid back to back: no op computes a
+    /// padding position. The same loss, logits and gradients as `Padded`, to rounding.
+    #[default]
+    Packed,
+    /// Every position of every row, padding included, as the reference runs a batch.
+    Padded,
+}
+
+/// A checked batch laid out on a token axis: the ids of its rows and where each sequence starts.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenAxis {
+    /// The ids of the axis's rows, `[tokens]`.
+    pub tokens: Vec<i32>,
+    /// Each sequence's length.
+    pub lengths: Vec<usize>,
+    /// One 0/1 per row, when some row is not a real key.
+    pub key_mask: Option<Vec<i32>>,
+    /// Each row's index in the padded batch, when the axis is not that batch.
+    pub padded_rows: Option<Vec<i32>>,
+    /// The padded batch's row length (positions per sequence in the padded layout).
+    seq: usize,
+}
+
+impl TokenAxis {
+    /// The axis of `inputs` in the given layout. Packed, a row keeps its positions up to its last
+    /// real token; a hole before it (a 0 in the mask followed by a 1) stays, masked as a key.
+    pub fn new(inputs: &CheckedInputs, packing: Packing) -> Self {
+        let seq = inputs.seq;
+        if packing == Packing::Padded {
+            return TokenAxis {
+                tokens: inputs.tokens.clone(),
+                lengths: vec![seq; inputs.batch],
+                key_mask: inputs.mask.contains(&0).then(|| inputs.mask.clone()),
+                padded_rows: None,
+                seq,
+            };
+        }
+        let mut axis = TokenAxis {
+            tokens: Vec::new(),
+            lengths: Vec::with_capacity(inputs.batch),
+            key_mask: None,
+            padded_rows: None,
+            seq,
+        };
+        let mut key_mask = Vec::new();
+        let mut padded_rows = Vec::new();
+        for (b, row) in inputs.mask.chunks(seq).enumerate() {
+            // check_inputs guarantees a real token in every row.
+            let len = row.iter().rposition(|&m| m == 1).map_or(0, |last| last + 1);
+            axis.lengths.push(len);
+            axis.tokens
+                .extend_from_slice(&inputs.tokens[b * seq..][..len]);
+            key_mask.extend_from_slice(&row[..len]);
+            padded_rows.extend((b * seq..b * seq + len).map(|r| r as i32));
+        }
+        if key_mask.contains(&0) {
+            axis.key_mask = Some(key_mask);
+        }
+        if axis.tokens.len() < inputs.tokens.len() {
+            axis.padded_rows = Some(padded_rows);
+        }
+        axis
+    }
+
+    /// The axis's sequences, uploaded to `backend`.
+    pub fn sequences(&self, backend: &dyn crate::backend::Backend) -> Result<Sequences> {
+        Sequences::new(
+            backend,
+            &self.lengths,
+            self.key_mask.as_deref(),
+            self.padded_rows.as_deref(),
+        )
+    }
+
+    /// The axis row of each flat padded position `b * seq + j` (each below `batch * seq`), or
+    /// `None` if one was cut (it lies after its row's last real token).
+    pub fn rows_of(&self, padded: &[i32]) -> Option<Vec<i32>> {
+        if self.padded_rows.is_none() {
+            return Some(padded.to_vec());
+        }
+        let mut starts = Vec::with_capacity(self.lengths.len());
+        let mut total = 0;
+        for &len in &self.lengths {
+            starts.push(total);
+            total += len;
+        }
+        padded
+            .iter()
+            .map(|&p| {
+                let (b, j) = (p as usize / self.seq, p as usize % self.seq);
+                (j < self.lengths[b]).then(|| (starts[b] + j) as i32)
+            })
+            .collect()
+    }
 }

@@ -6,13 +6,15 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::encoder::InstructionTraceTransformerEncoder;
-use super::inputs::{CheckedInputs, check_inputs, labelled_positions};
+use super::inputs::{CheckedInputs, Packing, TokenAxis, check_inputs, labelled_positions};
 use super::params::ParamLayout;
 use super::{Config, DropoutSchedule, MaskedLMHead};
 use crate::backend::Backend;
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
 use crate::ops::Weights;
+use crate::ops::checks::check_rows;
+use crate::ops::sequences::Sequences;
 use crate::tape::{Tape, Var};
 use crate::tensor::Tensor;
 
@@ -38,6 +40,7 @@ pub struct InstructionTraceTransformerEncoderForMaskedLM {
     gemm_copy: Option<Tensor>,
     encoder: InstructionTraceTransformerEncoder,
     head: MaskedLMHead,
+    packing: Packing,
 }
 
 impl InstructionTraceTransformerEncoderForMaskedLM {
@@ -95,6 +98,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
             gemm_copy: None,
             encoder,
             head,
+            packing: Packing::default(),
         })
     }
 
@@ -125,6 +129,20 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         };
         self.backend = backend;
         Ok(self)
+    }
+
+    /// The same model running training, evaluation and inference batches in `packing`: packed
+    /// (the default: only real tokens are computed) or padded (every position, as the reference
+    /// runs them; the slower path, kept for comparison). [`forward`](Self::forward) and
+    /// [`hidden_states`](Self::hidden_states) return every padded position either way.
+    pub fn with_packing(mut self, packing: Packing) -> Self {
+        self.packing = packing;
+        self
+    }
+
+    /// How training, evaluation and inference batches are laid out.
+    pub fn packing(&self) -> Packing {
+        self.packing
     }
 
     /// The arithmetic the model runs in.
@@ -182,16 +200,29 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.layout.len()
     }
 
-    fn encode(
+    /// The hidden states `[tokens, hidden]` of the axis's rows.
+    fn encode<'a>(
         &self,
-        tape: &mut Tape,
-        inputs: &CheckedInputs,
+        tape: &mut Tape<'a>,
+        axis: &TokenAxis,
+        sequences: &'a Sequences,
         dropout: Option<DropoutSchedule>,
     ) -> Result<Var> {
-        let shape = [inputs.batch, inputs.seq];
-        let tokens = tape.input(self.backend.upload_i32(&shape, &inputs.tokens)?);
-        let mask = tape.input(self.backend.upload_i32(&shape, &inputs.mask)?);
-        self.encoder.forward(tape, tokens, mask, dropout)
+        let tokens = tape.input(
+            self.backend
+                .upload_i32(&[axis.tokens.len()], &axis.tokens)?,
+        );
+        self.encoder.forward(tape, tokens, sequences, dropout)
+    }
+
+    /// The hidden states of every padded position, `[batch * seq, hidden]`, on `tape`.
+    fn encode_padded<'a>(
+        &self,
+        tape: &mut Tape<'a>,
+        inputs: &CheckedInputs,
+        sequences: &'a Sequences,
+    ) -> Result<Var> {
+        self.encode(tape, &TokenAxis::new(inputs, Packing::Padded), sequences, None)
     }
 
     /// Logits `[batch, seq, vocab]` at every position, padding included, as the reference's
@@ -200,8 +231,9 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// than `sequence_length`.
     pub fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
+        let sequences = TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend())?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
-        let state = self.encode(&mut tape, &inputs, None)?;
+        let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
         let logits = self.head.forward(&mut tape, state)?;
         tape.take(logits)?
             .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
@@ -213,8 +245,9 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// [`forward`](Self::forward).
     pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
+        let sequences = TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend())?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
-        let state = self.encode(&mut tape, &inputs, None)?;
+        let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
         tape.take(state)?
             .reshape(&[inputs.batch, inputs.seq, self.config.hidden_dimensions])
     }
@@ -275,10 +308,22 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.logits_at(&inputs, rows)
     }
 
+    /// Logits at flat padded positions `rows`, in the model's packing (padded if packing would
+    /// cut one of them: a position after its row's last real token).
     fn logits_at(&self, inputs: &CheckedInputs, rows: &[i32]) -> Result<Tensor> {
+        check_rows(rows, inputs.batch * inputs.seq)?;
+        let mut axis = TokenAxis::new(inputs, self.packing);
+        let rows = match axis.rows_of(rows) {
+            Some(rows) => rows,
+            None => {
+                axis = TokenAxis::new(inputs, Packing::Padded);
+                rows.to_vec()
+            }
+        };
+        let sequences = axis.sequences(self.backend())?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
-        let state = self.encode(&mut tape, inputs, None)?;
-        let rows = tape.input(self.backend.upload_i32(&[rows.len()], rows)?);
+        let state = self.encode(&mut tape, &axis, &sequences, None)?;
+        let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);
         let picked = tape.gather_rows(state, rows)?;
         let logits = self.head.forward(&mut tape, picked)?;
         tape.take(logits)
@@ -313,8 +358,12 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     ) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, Some(mask))?;
         let (rows, targets) = labelled_positions(&self.config, &inputs, labels)?;
+        let axis = TokenAxis::new(&inputs, self.packing);
+        // Labels are on real tokens only (checked), and packing keeps every real token.
+        let rows = axis.rows_of(&rows).expect("packing keeps every labelled position");
+        let sequences = axis.sequences(self.backend())?;
         let mut tape = Tape::new(self.backend.as_ref(), self.weights());
-        let state = self.encode(&mut tape, &inputs, dropout)?;
+        let state = self.encode(&mut tape, &axis, &sequences, dropout)?;
         let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);
         let picked = tape.gather_rows(state, rows)?;
         let logits = self.head.forward(&mut tape, picked)?;

@@ -19,6 +19,7 @@ pub mod state_dict;
 pub use config::{Config, InstructionTraceTransformerEncoderForMaskedLMConfiguration, Size};
 #[doc(hidden)]
 pub use head::MaskedLMHead;
+pub use inputs::Packing;
 pub use maskedlm::{Evaluation, InstructionTraceTransformerEncoderForMaskedLM};
 #[doc(hidden)]
 pub use params::{Init, ParamEntry, ParamLayout};

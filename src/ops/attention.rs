@@ -1,7 +1,9 @@
-//! Multi-head attention with a key-padding mask, fused (FlashAttention-2's algorithm on the GPU):
-//! the probabilities are never stored; the backward rebuilds them from the saved log-sum-exp.
+//! Multi-head attention over variable-length sequences (see [`Sequences`]), with a key-padding
+//! mask, fused (FlashAttention-2's algorithm on the GPU): the probabilities are never stored; the
+//! backward rebuilds them from the saved log-sum-exp.
 
 use super::checks::{AttentionDims, attention_dims, check_attention_saved};
+use super::sequences::Sequences;
 use super::{activation, expect};
 use crate::backend::{AttentionOut, Backend};
 use crate::error::Result;
@@ -9,13 +11,14 @@ use crate::tape::{BackwardPass, Rule, Tape, Var};
 use crate::tensor::{DType, Tensor};
 
 pub trait AttentionKernels {
-    /// `out` `[batch * seq, hidden]` (activation type) and `lse` `[batch, heads, seq]` (f32) from
-    /// `qkv` `[batch * seq, 3 * hidden]` (all heads' q, then k, then v) and the I32 key mask
-    /// `[batch, seq]` (1 = real key). `batch * seq > 0`.
+    /// `out` `[tokens, hidden]` (activation type) and `lse` `[heads, tokens]` (f32) from `qkv`
+    /// `[tokens, 3 * hidden]` (all heads' q, then k, then v): each row attends to the real keys of
+    /// its own sequence (`sequences`: offsets, and the key mask when some row is not a real key).
+    /// `tokens > 0`.
     fn attention_forward_into(
         &self,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         dims: AttentionDims,
         out: &mut AttentionOut,
     ) -> Result<()>;
@@ -26,7 +29,7 @@ pub trait AttentionKernels {
         &self,
         dout: &Tensor,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         out: &Tensor,
         lse: &Tensor,
         dims: AttentionDims,
@@ -35,24 +38,23 @@ pub trait AttentionKernels {
 }
 
 impl dyn Backend + '_ {
-    /// `qkv`: `[batch * seq, 3 * hidden]` laid out as all heads' q, then k, then v (head n's
-    /// features at `n * d .. (n + 1) * d` inside each third). `mask`: `[batch, seq]`, 1 = real key.
+    /// `qkv`: `[tokens, 3 * hidden]` laid out as all heads' q, then k, then v (head n's
+    /// features at `n * d .. (n + 1) * d` inside each third), one row per row of `sequences`.
     pub fn attention_forward(
         &self,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         heads: usize,
     ) -> Result<AttentionOut> {
-        let dims = attention_dims(qkv, mask, heads)?;
+        let dims = attention_dims(qkv, sequences, heads)?;
         let dtype = activation(self, qkv, "qkv")?;
-        expect(self, mask, DType::I32, "attention mask")?;
-        let rows = dims.batch * dims.seq;
+        check_sequences(self, sequences)?;
         let mut out = AttentionOut {
-            out: self.alloc(&[rows, heads * dims.head_dim], dtype)?,
-            lse: self.alloc(&[dims.batch, heads, dims.seq], DType::F32)?,
+            out: self.alloc(&[dims.tokens, heads * dims.head_dim], dtype)?,
+            lse: self.alloc(&[heads, dims.tokens], DType::F32)?,
         };
-        if rows > 0 {
-            self.attention_forward_into(qkv, mask, dims, &mut out)?;
+        if dims.tokens > 0 {
+            self.attention_forward_into(qkv, sequences, dims, &mut out)?;
         }
         Ok(out)
     }
@@ -62,35 +64,44 @@ impl dyn Backend + '_ {
         &self,
         dout: &Tensor,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         out: &Tensor,
         lse: &Tensor,
         heads: usize,
     ) -> Result<Tensor> {
-        let dims = attention_dims(qkv, mask, heads)?;
+        let dims = attention_dims(qkv, sequences, heads)?;
         check_attention_saved(&dims, dout, out, lse)?;
         let dtype = activation(self, qkv, "qkv")?;
         expect(self, dout, dtype, "attention dout")?;
-        expect(self, mask, DType::I32, "attention mask")?;
+        check_sequences(self, sequences)?;
         expect(self, out, dtype, "attention output")?;
         expect(self, lse, DType::F32, "attention lse")?;
         let mut dqkv = self.alloc(qkv.shape(), dtype)?;
-        if dims.batch * dims.seq > 0 {
-            self.attention_backward_into(dout, qkv, mask, out, lse, dims, &mut dqkv)?;
+        if dims.tokens > 0 {
+            self.attention_backward_into(dout, qkv, sequences, out, lse, dims, &mut dqkv)?;
         }
         Ok(dqkv)
     }
 }
 
-struct AttentionRule {
+/// The sequences' device tensors live where the op runs.
+fn check_sequences(backend: &dyn Backend, sequences: &Sequences) -> Result<()> {
+    expect(backend, sequences.device_offsets(), DType::I32, "sequence offsets")?;
+    if let Some(mask) = sequences.key_mask() {
+        expect(backend, mask, DType::I32, "attention key mask")?;
+    }
+    Ok(())
+}
+
+struct AttentionRule<'a> {
     qkv: Var,
-    mask: Var,
+    sequences: &'a Sequences,
     out: Var,
     lse: Tensor,
     heads: usize,
 }
 
-impl Rule for AttentionRule {
+impl Rule for AttentionRule<'_> {
     fn output(&self) -> Var {
         self.out
     }
@@ -99,7 +110,7 @@ impl Rule for AttentionRule {
         let dqkv = pass.backend.attention_backward(
             &dy,
             pass.value(self.qkv)?,
-            pass.value(self.mask)?,
+            self.sequences,
             pass.value(self.out)?,
             &self.lse,
             self.heads,
@@ -108,15 +119,16 @@ impl Rule for AttentionRule {
     }
 }
 
-impl Tape<'_> {
-    pub fn attention(&mut self, qkv: Var, mask: Var, heads: usize) -> Result<Var> {
+impl<'a> Tape<'a> {
+    /// Multi-head attention over `qkv`'s rows, each row attending within its sequence.
+    pub fn attention(&mut self, qkv: Var, sequences: &'a Sequences, heads: usize) -> Result<Var> {
         let r = self
             .backend()
-            .attention_forward(self.value(qkv)?, self.value(mask)?, heads)?;
+            .attention_forward(self.value(qkv)?, sequences, heads)?;
         let out = self.push(r.out);
         self.record(AttentionRule {
             qkv,
-            mask,
+            sequences,
             out,
             lse: r.lse,
             heads,

@@ -2,14 +2,16 @@
 //! with the same typed errors.
 
 use super::Param;
+use super::sequences::Sequences;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The sizes of one attention call.
+/// The sizes of one attention call: `tokens` rows in `sequences` sequences, the longest `max_len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AttentionDims {
-    pub batch: usize,
-    pub seq: usize,
+    pub tokens: usize,
+    pub sequences: usize,
+    pub max_len: usize,
     pub heads: usize,
     pub head_dim: usize,
 }
@@ -52,24 +54,24 @@ pub(crate) fn check_dropout_probability(p: f32) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn attention_dims(qkv: &Tensor, mask: &Tensor, heads: usize) -> Result<AttentionDims> {
-    let [batch, seq] = *mask.shape() else {
-        return Err(Error::shape("attention mask", "[batch, seq]", mask.shape()));
-    };
+pub(crate) fn attention_dims(
+    qkv: &Tensor,
+    sequences: &Sequences,
+    heads: usize,
+) -> Result<AttentionDims> {
+    let tokens = sequences.tokens();
     let (rows, width) = rows_cols(qkv, "qkv")?;
-    if rows != batch * seq || width % 3 != 0 || heads == 0 || (width / 3) % heads != 0 {
+    if rows != tokens || width % 3 != 0 || heads == 0 || (width / 3) % heads != 0 {
         return Err(Error::shape(
             "qkv",
-            format!(
-                "[{}, 3 * hidden] with hidden divisible by {heads} heads",
-                batch * seq
-            ),
+            format!("[{tokens}, 3 * hidden] with hidden divisible by {heads} heads"),
             qkv.shape(),
         ));
     }
     Ok(AttentionDims {
-        batch,
-        seq,
+        tokens,
+        sequences: sequences.count(),
+        max_len: sequences.max_len(),
         heads,
         head_dim: width / 3 / heads,
     })
@@ -87,29 +89,30 @@ pub(crate) fn check_rows(idx: &[i32], n: usize) -> Result<()> {
     }
 }
 
-/// The `[batch, seq]` token tensor of an embedding call, with a sequence no longer than the
-/// position tables (instruction and argument, each `[positions, hidden]`).
+/// The `[tokens]` ids of an embedding call over `sequences`, none longer than the position tables
+/// (instruction and argument, each `[positions, hidden]`). Returns the token count.
 pub(crate) fn embedding_dims(
     tokens: &Tensor,
+    sequences: &Sequences,
     instruction: Param,
     argument: Param,
     hidden: usize,
-) -> Result<(usize, usize)> {
-    let [batch, seq] = *tokens.shape() else {
+) -> Result<usize> {
+    if *tokens.shape() != [sequences.tokens()] {
         return Err(Error::shape(
             "embedding tokens",
-            "[batch, seq]",
+            format!("[{}], one per row of the sequences", sequences.tokens()),
             tokens.shape(),
         ));
-    };
+    }
     let positions = instruction.len.min(argument.len) / hidden.max(1);
-    if seq > positions {
+    if sequences.max_len() > positions {
         return Err(Error::SequenceTooLong {
-            length: seq,
+            length: sequences.max_len(),
             max: positions,
         });
     }
-    Ok((batch, seq))
+    Ok(sequences.tokens())
 }
 
 /// The gradient views an op adds into: pairwise disjoint and inside the flat buffer.
@@ -130,21 +133,18 @@ pub(crate) fn check_disjoint_slots(slots: &[Param], buffer_len: usize, what: &st
     Ok(())
 }
 
-/// Every token id below `vocab`, or the first that is not, by row and position.
-pub(crate) fn check_token_ids(ids: &[i32], seq: usize, vocab: usize) -> Result<()> {
-    match ids
-        .iter()
-        .enumerate()
-        .find(|(_, id)| **id < 0 || **id as usize >= vocab)
-    {
-        Some((i, &id)) => Err(Error::TokenOutOfRange {
-            id: i64::from(id),
-            row: i / seq.max(1),
-            position: i % seq.max(1),
-            vocab_size: vocab,
-        }),
-        None => Ok(()),
-    }
+/// Every token id below `vocab`, or the first that is not, by sequence and position.
+pub(crate) fn check_token_ids(ids: &[i32], sequences: &Sequences, vocab: usize) -> Result<()> {
+    let Some(i) = ids.iter().position(|&id| id < 0 || id as usize >= vocab) else {
+        return Ok(());
+    };
+    let row = sequences.offsets().partition_point(|&o| o as usize <= i) - 1;
+    Err(Error::TokenOutOfRange {
+        id: i64::from(ids[i]),
+        row,
+        position: i - sequences.range(row).0,
+        vocab_size: vocab,
+    })
 }
 
 /// LayerNorm backward's inputs: `dy` like `x`, one mean and one rstd per row. Returns (rows, features).
@@ -188,8 +188,8 @@ pub(crate) fn check_attention_saved(
     lse: &Tensor,
 ) -> Result<()> {
     check_same_shape(out, dout, "attention dout")?;
-    let (rows, hidden) = (dims.batch * dims.seq, dims.heads * dims.head_dim);
-    if out.numel() != rows * hidden || lse.numel() != dims.batch * dims.heads * dims.seq {
+    let (rows, hidden) = (dims.tokens, dims.heads * dims.head_dim);
+    if out.numel() != rows * hidden || lse.numel() != dims.heads * rows {
         return Err(Error::shape(
             "attention saved output",
             format!("[{rows}, {hidden}]"),

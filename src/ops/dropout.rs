@@ -1,35 +1,55 @@
 //! Inverted dropout (kept elements scaled by `1 / (1 - p)`), alone or fused into the residual add
 //! after it. Masks come from Philox keyed by [`DropoutKey`], so every backend draws the same and
 //! the backward regenerates them instead of storing them.
+//!
+//! Element `(r, c)` of a `[rows, width]` operand draws Philox's uniform number `r * width + c`, or,
+//! given `rows` (a packed batch's place of each row in the padded batch, see
+//! [`Sequences::dropout_rows`]), number `rows[r] * width + c`: a packed step drops exactly what the
+//! padded step would.
+//!
+//! [`Sequences::dropout_rows`]: super::sequences::Sequences::dropout_rows
 
-use super::checks::{check_dropout_probability, check_same_shape};
+use super::checks::{check_dropout_probability, check_same_shape, rows_cols};
 use super::elementwise::AddRule;
 use super::{activation, expect};
 use crate::backend::{Backend, DropoutKey};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::tape::{BackwardPass, Rule, Tape, Var};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 pub trait DropoutKernels {
     /// `y = x * mask / (1 - p)`, or with `residual`, `y = residual + x * mask / (1 - p)`. `p` is in
-    /// `[0, 1)`; operands of one shape and activation type, not empty.
+    /// `[0, 1)`; operands of one shape and activation type, not empty. `rows`, when given, is I32
+    /// with one entry per row of `x` (`[rows, width]`), and the width is a multiple of 4.
     fn dropout_into(
         &self,
         x: &Tensor,
         residual: Option<&Tensor>,
         key: DropoutKey,
+        rows: Option<&Tensor>,
         y: &mut Tensor,
     ) -> Result<()>;
 }
 
 impl dyn Backend + '_ {
-    pub fn dropout_forward(&self, x: &Tensor, key: DropoutKey) -> Result<Tensor> {
-        self.dropout_then_add(x, None, key)
+    /// Dropout of `x`; `rows` as in the module's documentation.
+    pub fn dropout_forward(
+        &self,
+        x: &Tensor,
+        key: DropoutKey,
+        rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.dropout_then_add(x, None, key, rows)
     }
 
     /// Inverted dropout is its own adjoint: the same mask, the same scale.
-    pub fn dropout_backward(&self, dy: &Tensor, key: DropoutKey) -> Result<Tensor> {
-        self.dropout_then_add(dy, None, key)
+    pub fn dropout_backward(
+        &self,
+        dy: &Tensor,
+        key: DropoutKey,
+        rows: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        self.dropout_then_add(dy, None, key, rows)
     }
 
     /// `residual + dropout(x)` in one pass on the GPU. The backward is that of the two ops apart.
@@ -38,9 +58,10 @@ impl dyn Backend + '_ {
         residual: &Tensor,
         x: &Tensor,
         key: DropoutKey,
+        rows: Option<&Tensor>,
     ) -> Result<Tensor> {
         check_same_shape(residual, x, "add")?;
-        self.dropout_then_add(x, Some(residual), key)
+        self.dropout_then_add(x, Some(residual), key, rows)
     }
 
     fn dropout_then_add(
@@ -48,64 +69,90 @@ impl dyn Backend + '_ {
         x: &Tensor,
         residual: Option<&Tensor>,
         key: DropoutKey,
+        rows: Option<&Tensor>,
     ) -> Result<Tensor> {
         check_dropout_probability(key.p)?;
         let dtype = activation(self, x, "dropout input")?;
         if let Some(r) = residual {
             expect(self, r, dtype, "add")?;
         }
+        if let Some(rows) = rows {
+            let (count, width) = rows_cols(x, "dropout input")?;
+            expect(self, rows, DType::I32, "dropout rows")?;
+            if *rows.shape() != [count] || width % 4 != 0 {
+                return Err(Error::shape(
+                    "dropout rows",
+                    format!("[{count}], for an input whose width is a multiple of 4"),
+                    rows.shape(),
+                ));
+            }
+        }
         let mut y = self.alloc(x.shape(), dtype)?;
         if x.numel() > 0 {
-            self.dropout_into(x, residual, key, &mut y)?;
+            self.dropout_into(x, residual, key, rows, &mut y)?;
         }
         Ok(y)
     }
 }
 
-struct DropoutRule {
+struct DropoutRule<'a> {
     x: Var,
     out: Var,
     key: DropoutKey,
+    rows: Option<&'a Tensor>,
 }
 
-impl Rule for DropoutRule {
+impl Rule for DropoutRule<'_> {
     fn output(&self) -> Var {
         self.out
     }
 
     fn backward(self: Box<Self>, pass: &mut BackwardPass<'_, '_>, dy: Tensor) -> Result<()> {
-        let dx = pass.backend.dropout_backward(&dy, self.key)?;
+        let dx = pass.backend.dropout_backward(&dy, self.key, self.rows)?;
         pass.accumulate(self.x, dx)
     }
 }
 
-impl Tape<'_> {
+impl<'a> Tape<'a> {
     /// Dropout with probability `key.p`; the identity (and no node) when `key` is `None` or p == 0.
-    pub fn dropout(&mut self, x: Var, key: Option<DropoutKey>) -> Result<Var> {
+    /// `rows` as in the module's documentation.
+    pub fn dropout(
+        &mut self,
+        x: Var,
+        key: Option<DropoutKey>,
+        rows: Option<&'a Tensor>,
+    ) -> Result<Var> {
         let Some(key) = key.filter(|k| k.p > 0.0) else {
             return Ok(x);
         };
-        let y = self.backend().dropout_forward(self.value(x)?, key)?;
+        let y = self.backend().dropout_forward(self.value(x)?, key, rows)?;
         let out = self.push(y);
-        self.record(DropoutRule { x, out, key });
+        self.record(DropoutRule { x, out, key, rows });
         Ok(out)
     }
 
     /// `residual + dropout(x)`: with dropout active, computed in one call (one fused pass on the
     /// GPU) and recorded as the two ops; the dropped values themselves are never stored, since
     /// neither backward reads them. Without dropout, a plain add.
-    pub fn dropout_add(&mut self, residual: Var, x: Var, key: Option<DropoutKey>) -> Result<Var> {
+    pub fn dropout_add(
+        &mut self,
+        residual: Var,
+        x: Var,
+        key: Option<DropoutKey>,
+        rows: Option<&'a Tensor>,
+    ) -> Result<Var> {
         let Some(key) = key.filter(|k| k.p > 0.0) else {
             return self.add(residual, x);
         };
-        let y = self
-            .backend()
-            .dropout_add_forward(self.value(residual)?, self.value(x)?, key)?;
+        let y =
+            self.backend()
+                .dropout_add_forward(self.value(residual)?, self.value(x)?, key, rows)?;
         let dropped = self.push_unstored();
         self.record(DropoutRule {
             x,
             out: dropped,
             key,
+            rows,
         });
         let out = self.push(y);
         self.record(AddRule {

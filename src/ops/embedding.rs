@@ -4,28 +4,30 @@
 use super::checks::{
     check_disjoint_slots, check_param, check_token_ids, embedding_dims, rows_cols,
 };
-use super::{activation, expect_buffer, host_ints};
+use super::sequences::Sequences;
+use super::{activation, expect, expect_buffer, host_ints};
 use crate::backend::{Backend, Param};
 use crate::error::{Error, Result};
 use crate::tape::{BackwardPass, Rule, Tape, Var};
 use crate::tensor::{DType, Tensor};
 
-/// The sizes of one embedding call: `tokens` is `[batch, seq]`, rows have `hidden` features.
+/// The sizes of one embedding call: `tokens` ids, rows of `hidden` features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddingDims {
-    pub batch: usize,
-    pub seq: usize,
+    pub tokens: usize,
     pub hidden: usize,
     pub next_token_id: i32,
 }
 
 pub trait EmbeddingKernels {
-    /// `out[b*S + j] = token[tokens[b, j]] + instruction[i(b, j)] + argument[a(b, j)]`. The ids are
-    /// below the token table's rows and `seq` within the position tables (checked by the front);
-    /// `out` is `[batch * seq, hidden]` of the activation type, and `batch * seq * hidden > 0`.
+    /// `out[t] = token[tokens[t]] + instruction[i(t)] + argument[a(t)]`, with the positions `i`, `a`
+    /// counted from each sequence's first row. The ids are below the token table's rows and every
+    /// sequence within the position tables (checked by the front); `out` is `[tokens, hidden]` of
+    /// the activation type, and `tokens * hidden > 0`.
     fn embedding_forward_into(
         &self,
         tokens: &Tensor,
+        sequences: &Sequences,
         dims: EmbeddingDims,
         params: &Tensor,
         tables: [Param; 3],
@@ -37,33 +39,42 @@ pub trait EmbeddingKernels {
         &self,
         dout: &Tensor,
         tokens: &Tensor,
+        sequences: &Sequences,
         dims: EmbeddingDims,
         grads: &mut Tensor,
         tables: [Param; 3],
     ) -> Result<()>;
 }
 
-/// The `[batch, seq]` shape and checked ids of an embedding call's tokens.
+/// The token count of an embedding call, its ids checked.
 fn checked_tokens(
     backend: &dyn Backend,
     tokens: &Tensor,
+    sequences: &Sequences,
     tables: [Param; 3],
     hidden: usize,
-) -> Result<(usize, usize)> {
+) -> Result<usize> {
     let [token, instruction, argument] = tables;
-    let (batch, seq) = embedding_dims(tokens, instruction, argument, hidden)?;
+    let count = embedding_dims(tokens, sequences, instruction, argument, hidden)?;
     let ids = host_ints(backend, tokens, "embedding tokens")?;
-    check_token_ids(&ids, seq, token.len / hidden.max(1))?;
-    Ok((batch, seq))
+    check_token_ids(&ids, sequences, token.len / hidden.max(1))?;
+    expect(
+        backend,
+        sequences.device_offsets(),
+        DType::I32,
+        "sequence offsets",
+    )?;
+    Ok(count)
 }
 
 impl dyn Backend + '_ {
-    /// `tokens`: `[batch, seq]` I32; returns `[batch * seq, hidden]` of the backend's activation
-    /// type.
+    /// `tokens`: `[tokens]` I32, the rows of `sequences`; returns `[tokens, hidden]` of the
+    /// backend's activation type.
     #[allow(clippy::too_many_arguments)]
     pub fn embedding_forward(
         &self,
         tokens: &Tensor,
+        sequences: &Sequences,
         next_token_id: i32,
         params: &Tensor,
         token: Param,
@@ -72,7 +83,7 @@ impl dyn Backend + '_ {
         hidden: usize,
     ) -> Result<Tensor> {
         let tables = [token, instruction, argument];
-        let (batch, seq) = checked_tokens(self, tokens, tables, hidden)?;
+        let count = checked_tokens(self, tokens, sequences, tables, hidden)?;
         expect_buffer(self, params, "parameters")?;
         let vocab = token.len / hidden.max(1);
         let positions = instruction.len / hidden.max(1);
@@ -98,15 +109,14 @@ impl dyn Backend + '_ {
             crate::device::Precision::F32 => DType::F32,
             crate::device::Precision::Bf16 => DType::BF16,
         };
-        let mut out = self.alloc(&[batch * seq, hidden], dtype)?;
-        if batch * seq * hidden > 0 {
+        let mut out = self.alloc(&[count, hidden], dtype)?;
+        if count * hidden > 0 {
             let dims = EmbeddingDims {
-                batch,
-                seq,
+                tokens: count,
                 hidden,
                 next_token_id,
             };
-            self.embedding_forward_into(tokens, dims, params, tables, &mut out)?;
+            self.embedding_forward_into(tokens, sequences, dims, params, tables, &mut out)?;
         }
         Ok(out)
     }
@@ -118,6 +128,7 @@ impl dyn Backend + '_ {
         &self,
         dout: &Tensor,
         tokens: &Tensor,
+        sequences: &Sequences,
         next_token_id: i32,
         grads: &mut Tensor,
         token: Param,
@@ -126,16 +137,14 @@ impl dyn Backend + '_ {
     ) -> Result<()> {
         let tables = [token, instruction, argument];
         let (rows, hidden) = rows_cols(dout, "embedding dout")?;
-        let [_, instruction, argument] = tables;
-        embedding_dims(tokens, instruction, argument, hidden)?;
-        if rows != tokens.numel() {
+        let count = checked_tokens(self, tokens, sequences, tables, hidden)?;
+        if rows != count {
             return Err(Error::shape(
                 "embedding dout",
                 format!("[{}, {hidden}]", tokens.numel()),
                 dout.shape(),
             ));
         }
-        let (batch, seq) = checked_tokens(self, tokens, tables, hidden)?;
         activation(self, dout, "embedding dout")?;
         expect_buffer(self, grads, "gradients")?;
         check_disjoint_slots(&tables, grads.numel(), "embedding")?;
@@ -143,24 +152,24 @@ impl dyn Backend + '_ {
             return Ok(());
         }
         let dims = EmbeddingDims {
-            batch,
-            seq,
+            tokens: count,
             hidden,
             next_token_id,
         };
-        self.embedding_backward_into(dout, tokens, dims, grads, tables)
+        self.embedding_backward_into(dout, tokens, sequences, dims, grads, tables)
     }
 }
 
 /// The embedding's backward: the tables' gradients, from the tokens the forward read.
-struct EmbeddingRule {
+struct EmbeddingRule<'a> {
     tokens: Var,
+    sequences: &'a Sequences,
     out: Var,
     next_token_id: i32,
     tables: [Param; 3],
 }
 
-impl Rule for EmbeddingRule {
+impl Rule for EmbeddingRule<'_> {
     fn output(&self) -> Var {
         self.out
     }
@@ -171,6 +180,7 @@ impl Rule for EmbeddingRule {
         pass.backend.embedding_backward(
             &dy,
             tokens,
+            self.sequences,
             self.next_token_id,
             pass.grads,
             token,
@@ -180,10 +190,12 @@ impl Rule for EmbeddingRule {
     }
 }
 
-impl Tape<'_> {
+impl<'a> Tape<'a> {
+    /// The summed embedding of `tokens` (`[tokens]`, the rows of `sequences`).
     pub fn embedding(
         &mut self,
         tokens: Var,
+        sequences: &'a Sequences,
         next_token_id: i32,
         tables: [Param; 3],
         hidden: usize,
@@ -191,6 +203,7 @@ impl Tape<'_> {
         let [token, instruction, argument] = tables;
         let y = self.backend().embedding_forward(
             self.value(tokens)?,
+            sequences,
             next_token_id,
             self.weights().values,
             token,
@@ -201,6 +214,7 @@ impl Tape<'_> {
         let out = self.push(y);
         self.record(EmbeddingRule {
             tokens,
+            sequences,
             out,
             next_token_id,
             tables,

@@ -28,6 +28,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod memory;
 pub mod rows;
+pub mod sequences;
 
 use std::borrow::Cow;
 

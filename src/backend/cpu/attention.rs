@@ -1,4 +1,5 @@
-//! Multi-head attention with a key-padding mask, one (sequence, head) pair per rayon task.
+//! Multi-head attention over variable-length sequences with a key-padding mask, one (sequence,
+//! head) pair per rayon task, longest first.
 //!
 //! For head h of sequence b, with `q, k, v` the `[S, d]` slices of the fused QKV activation:
 //! `P = softmax(q k^T / sqrt(d) + mask)`, `out = P v`, where masked keys get -inf. Forward saves
@@ -9,6 +10,7 @@ use super::{CpuBackend, f32s, i32s};
 use crate::backend::AttentionOut;
 use crate::error::Result;
 use crate::ops::attention::AttentionKernels;
+use crate::ops::sequences::Sequences;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -18,33 +20,63 @@ use super::gemm::{MatLayout, matmul};
 /// Shapes of one attention call.
 pub use crate::ops::checks::AttentionDims as Dims;
 
+/// Where one (sequence, head) pair's rows lie: `len` rows from row `start` of the token axis.
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    start: usize,
+    len: usize,
+    head: usize,
+}
+
 impl Dims {
     fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
 
-    /// Offset of head `h`'s q (part 0), k (1) or v (2) in sequence `b` of the fused QKV tensor.
-    fn qkv_offset(&self, b: usize, h: usize, part: usize) -> usize {
-        b * self.seq * 3 * self.hidden() + part * self.hidden() + h * self.head_dim
+    /// Offset of the slice's q (part 0), k (1) or v (2) in the fused QKV tensor.
+    fn qkv_offset(&self, at: Slice, part: usize) -> usize {
+        at.start * 3 * self.hidden() + part * self.hidden() + at.head * self.head_dim
     }
 
-    /// Head h's `[S, d]` slice inside rows of width `3H` (qkv) or `H` (out).
-    fn head_view(&self, row_width: usize) -> MatLayout {
-        MatLayout::strided(self.seq, self.head_dim, row_width)
+    /// A head's `[len, d]` slice inside rows of width `3H` (qkv) or `H` (out).
+    fn head_view(&self, len: usize, row_width: usize) -> MatLayout {
+        MatLayout::strided(len, self.head_dim, row_width)
+    }
+}
+
+/// Every (sequence, head) pair, longest sequences first so the big tasks start early.
+fn slices(dims: &Dims, offsets: &[i32]) -> Vec<Slice> {
+    let mut sequences: Vec<(usize, usize)> = offsets
+        .windows(2)
+        .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+        .filter(|&(_, len)| len > 0)
+        .collect();
+    sequences.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
+    sequences
+        .into_iter()
+        .flat_map(|(start, len)| (0..dims.heads).map(move |head| Slice { start, len, head }))
+        .collect()
+}
+
+/// The key mask of a slice's rows: the given one, or all real.
+fn keys_of<'m>(mask: Option<&'m [i32]>, at: Slice, ones: &'m [i32]) -> &'m [i32] {
+    match mask {
+        Some(m) => &m[at.start..][..at.len],
+        None => &ones[..at.len],
     }
 }
 
 /// `scores = q k^T / sqrt(d)` for one (sequence, head).
-fn scores(dims: &Dims, qkv: &[f32], b: usize, h: usize) -> Vec<f32> {
-    let s = dims.seq;
-    let view = dims.head_view(3 * dims.hidden());
+fn scores(dims: &Dims, qkv: &[f32], at: Slice) -> Vec<f32> {
+    let s = at.len;
+    let view = dims.head_view(s, 3 * dims.hidden());
     let mut scores = vec![0.0f32; s * s];
     matmul(
         &mut scores,
         MatLayout::row_major(s, s),
-        &qkv[dims.qkv_offset(b, h, 0)..],
+        &qkv[dims.qkv_offset(at, 0)..],
         view,
-        &qkv[dims.qkv_offset(b, h, 1)..],
+        &qkv[dims.qkv_offset(at, 1)..],
         view.t(),
         1.0 / (dims.head_dim as f32).sqrt(),
         false,
@@ -84,26 +116,31 @@ fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
         .collect()
 }
 
-/// Returns `(out, lse)`: out `[B*S, H]`, lse `[B, heads, S]`.
-pub fn forward(dims: &Dims, qkv: &[f32], mask: &[i32]) -> (Vec<f32>, Vec<f32>) {
-    if dims.seq == 0 || dims.batch == 0 {
-        return (Vec::new(), Vec::new()); // nothing to attend to (the slices below need a row)
-    }
-    let (s, d, hidden) = (dims.seq, dims.head_dim, dims.hidden());
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = (0..dims.batch * dims.heads)
-        .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / dims.heads, bh % dims.heads);
-            let mut p = scores(dims, qkv, b, h);
-            let lse = softmax_rows(&mut p, &mask[b * s..][..s]);
+/// Returns `(out, lse)`: out `[tokens, H]`, lse `[heads, tokens]`. `offsets` delimit the
+/// sequences; `mask` (`[tokens]`, 1 = real key) is `None` when every row is real.
+pub fn forward(
+    dims: &Dims,
+    qkv: &[f32],
+    offsets: &[i32],
+    mask: Option<&[i32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
+    let ones = vec![1i32; dims.max_len];
+    let work = slices(dims, offsets);
+    let per_head: Vec<(Vec<f32>, Vec<f32>)> = work
+        .par_iter()
+        .map(|&at| {
+            let s = at.len;
+            let mut p = scores(dims, qkv, at);
+            let lse = softmax_rows(&mut p, keys_of(mask, at, &ones));
             let mut out = vec![0.0f32; s * d];
             matmul(
                 &mut out,
                 MatLayout::row_major(s, d),
                 &p,
                 MatLayout::row_major(s, s),
-                &qkv[dims.qkv_offset(b, h, 2)..],
-                dims.head_view(3 * hidden),
+                &qkv[dims.qkv_offset(at, 2)..],
+                dims.head_view(s, 3 * hidden),
                 1.0,
                 false,
                 false,
@@ -112,42 +149,43 @@ pub fn forward(dims: &Dims, qkv: &[f32], mask: &[i32]) -> (Vec<f32>, Vec<f32>) {
         })
         .collect();
 
-    let mut out = vec![0.0f32; dims.batch * s * hidden];
-    let mut lse = Vec::with_capacity(dims.batch * dims.heads * s);
-    for (bh, (head_out, head_lse)) in per_head.into_iter().enumerate() {
-        let (b, h) = (bh / dims.heads, bh % dims.heads);
-        for i in 0..s {
-            out[(b * s + i) * hidden + h * d..][..d].copy_from_slice(&head_out[i * d..][..d]);
+    let mut out = vec![0.0f32; tokens * hidden];
+    let mut lse = vec![0.0f32; dims.heads * tokens];
+    for (at, (head_out, head_lse)) in work.iter().zip(per_head) {
+        for i in 0..at.len {
+            out[(at.start + i) * hidden + at.head * d..][..d]
+                .copy_from_slice(&head_out[i * d..][..d]);
         }
-        lse.extend_from_slice(&head_lse);
+        lse[at.head * tokens + at.start..][..at.len].copy_from_slice(&head_lse);
     }
     (out, lse)
 }
 
-/// Returns dqkv `[B*S, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
+/// Returns dqkv `[tokens, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
 /// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`.
+#[allow(clippy::too_many_arguments)]
 pub fn backward(
     dims: &Dims,
     dout: &[f32],
     qkv: &[f32],
-    mask: &[i32],
+    offsets: &[i32],
+    mask: Option<&[i32]>,
     out: &[f32],
     lse: &[f32],
 ) -> Vec<f32> {
-    if dims.seq == 0 || dims.batch == 0 {
-        return Vec::new();
-    }
-    let (s, d, hidden) = (dims.seq, dims.head_dim, dims.hidden());
+    let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
     let scale = 1.0 / (d as f32).sqrt();
-    let qkv_view = dims.head_view(3 * hidden);
-    let out_view = dims.head_view(hidden);
-    let per_head: Vec<[Vec<f32>; 3]> = (0..dims.batch * dims.heads)
-        .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / dims.heads, bh % dims.heads);
-            let key_mask = &mask[b * s..][..s];
-            let row_lse = &lse[bh * s..][..s];
-            let mut p = scores(dims, qkv, b, h);
+    let ones = vec![1i32; dims.max_len];
+    let work = slices(dims, offsets);
+    let per_head: Vec<[Vec<f32>; 3]> = work
+        .par_iter()
+        .map(|&at| {
+            let s = at.len;
+            let qkv_view = dims.head_view(s, 3 * hidden);
+            let out_view = dims.head_view(s, hidden);
+            let key_mask = keys_of(mask, at, &ones);
+            let row_lse = &lse[at.head * tokens + at.start..][..s];
+            let mut p = scores(dims, qkv, at);
             for (row, &l) in p.chunks_mut(s).zip(row_lse) {
                 for (x, &m) in row.iter_mut().zip(key_mask) {
                     *x = if m != 0 && l != f32::NEG_INFINITY {
@@ -158,11 +196,11 @@ pub fn backward(
                 }
                 exp_in_place(row);
             }
-            let dout_h = &dout[b * s * hidden + h * d..];
-            let out_h = &out[b * s * hidden + h * d..];
-            let q = &qkv[dims.qkv_offset(b, h, 0)..];
-            let k = &qkv[dims.qkv_offset(b, h, 1)..];
-            let v = &qkv[dims.qkv_offset(b, h, 2)..];
+            let dout_h = &dout[at.start * hidden + at.head * d..];
+            let out_h = &out[at.start * hidden + at.head * d..];
+            let q = &qkv[dims.qkv_offset(at, 0)..];
+            let k = &qkv[dims.qkv_offset(at, 1)..];
+            let v = &qkv[dims.qkv_offset(at, 2)..];
 
             let mut dv = vec![0.0f32; s * d];
             let sd = MatLayout::row_major(s, d);
@@ -197,12 +235,11 @@ pub fn backward(
         })
         .collect();
 
-    let mut dqkv = vec![0.0f32; dims.batch * s * 3 * hidden];
-    for (bh, parts) in per_head.into_iter().enumerate() {
-        let (b, h) = (bh / dims.heads, bh % dims.heads);
+    let mut dqkv = vec![0.0f32; tokens * 3 * hidden];
+    for (&at, parts) in work.iter().zip(per_head) {
         for (part, grad) in parts.iter().enumerate() {
-            let base = dims.qkv_offset(b, h, part);
-            for i in 0..s {
+            let base = dims.qkv_offset(at, part);
+            for i in 0..at.len {
                 dqkv[base + i * 3 * hidden..][..d].copy_from_slice(&grad[i * d..][..d]);
             }
         }
@@ -214,11 +251,16 @@ impl AttentionKernels for CpuBackend {
     fn attention_forward_into(
         &self,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         dims: Dims,
         out: &mut AttentionOut,
     ) -> Result<()> {
-        let (o, lse) = forward(&dims, f32s(qkv, "qkv")?, i32s(mask, "attention mask")?);
+        let (o, lse) = forward(
+            &dims,
+            f32s(qkv, "qkv")?,
+            sequences.offsets(),
+            key_mask(sequences)?,
+        );
         // The results replace the front's buffers (same shapes) instead of being copied in.
         out.out = Tensor::from_f32(out.out.shape(), o)?;
         out.lse = Tensor::from_f32(out.lse.shape(), lse)?;
@@ -229,7 +271,7 @@ impl AttentionKernels for CpuBackend {
         &self,
         dout: &Tensor,
         qkv: &Tensor,
-        mask: &Tensor,
+        sequences: &Sequences,
         out: &Tensor,
         lse: &Tensor,
         dims: Dims,
@@ -239,11 +281,20 @@ impl AttentionKernels for CpuBackend {
             &dims,
             f32s(dout, "attention dout")?,
             f32s(qkv, "qkv")?,
-            i32s(mask, "attention mask")?,
+            sequences.offsets(),
+            key_mask(sequences)?,
             f32s(out, "attention output")?,
             f32s(lse, "attention lse")?,
         );
         *dqkv = Tensor::from_f32(dqkv.shape(), d)?;
         Ok(())
     }
+}
+
+/// The sequences' key mask as host values, if they have one.
+fn key_mask(sequences: &Sequences) -> Result<Option<&[i32]>> {
+    sequences
+        .key_mask()
+        .map(|m| i32s(m, "attention key mask"))
+        .transpose()
 }

@@ -2,12 +2,15 @@
 //!
 //! A row `foo bar baz [NEXT] blah` has instruction indices `0 0 0 0 1` and argument indices
 //! `0 1 2 3 0`: a new instruction starts at the token *after* each `[NEXT]`, so the `[NEXT]`
-//! belongs to the instruction before it. Padding continues the count like any other token.
+//! belongs to the instruction before it. Padding continues the count like any other token. The
+//! count restarts at each sequence's first row, so a packed batch gives every token the positions
+//! it has in its padded row.
 
 use super::{CpuBackend, f32s, f32s_mut, i32s, param, params_mut};
 use crate::backend::Param;
 use crate::error::Result;
 use crate::ops::embedding::{EmbeddingDims, EmbeddingKernels};
+use crate::ops::sequences::Sequences;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -27,30 +30,43 @@ pub fn trace_positions(row: &[i32], next_token_id: i32) -> (Vec<usize>, Vec<usiz
     (instruction, argument)
 }
 
-/// `out[b*S + j] = token[t] + instruction[i] + argument[a]`, for `tokens` `[batch, seq]`.
+/// Each sequence's rows, `offsets[s] .. offsets[s + 1]`.
+fn ranges(offsets: &[i32]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    offsets.windows(2).map(|w| w[0] as usize..w[1] as usize)
+}
+
+/// `out[t] = token[tokens[t]] + instruction[i(t)] + argument[a(t)]`, positions counted within each
+/// of the sequences `offsets` delimits.
 pub fn forward(
     out: &mut [f32],
     tokens: &[i32],
-    seq: usize,
+    offsets: &[i32],
     next_token_id: i32,
     tables: [&[f32]; 3],
     hidden: usize,
 ) {
     let [token, instruction, argument] = tables;
-    out.par_chunks_mut(seq * hidden)
-        .zip(tokens.par_chunks(seq))
-        .for_each(|(out_row, row)| {
-            let (ins, arg) = trace_positions(row, next_token_id);
-            for j in 0..seq {
-                let t = &token[row[j] as usize * hidden..][..hidden];
-                let i = &instruction[ins[j] * hidden..][..hidden];
-                let a = &argument[arg[j] * hidden..][..hidden];
-                let o = &mut out_row[j * hidden..][..hidden];
-                for c in 0..hidden {
-                    o[c] = t[c] + i[c] + a[c];
-                }
+    // Split the output at the sequence boundaries so that every sequence is one parallel task.
+    let mut rest = out;
+    let mut pieces = Vec::with_capacity(offsets.len());
+    for range in ranges(offsets) {
+        let (piece, tail) = rest.split_at_mut(range.len() * hidden);
+        pieces.push((piece, range));
+        rest = tail;
+    }
+    pieces.into_par_iter().for_each(|(out_row, range)| {
+        let row = &tokens[range];
+        let (ins, arg) = trace_positions(row, next_token_id);
+        for j in 0..row.len() {
+            let t = &token[row[j] as usize * hidden..][..hidden];
+            let i = &instruction[ins[j] * hidden..][..hidden];
+            let a = &argument[arg[j] * hidden..][..hidden];
+            let o = &mut out_row[j * hidden..][..hidden];
+            for c in 0..hidden {
+                o[c] = t[c] + i[c] + a[c];
             }
-        });
+        }
+    });
 }
 
 /// Adds each output row's gradient into the three table rows it was gathered from. Sequential,
@@ -58,15 +74,17 @@ pub fn forward(
 pub fn backward(
     dout: &[f32],
     tokens: &[i32],
-    seq: usize,
+    offsets: &[i32],
     next_token_id: i32,
     dtables: [&mut [f32]; 3],
     hidden: usize,
 ) {
     let [dtoken, dinstruction, dargument] = dtables;
-    for (drow, row) in dout.chunks(seq * hidden).zip(tokens.chunks(seq)) {
+    for range in ranges(offsets) {
+        let drow = &dout[range.start * hidden..range.end * hidden];
+        let row = &tokens[range];
         let (ins, arg) = trace_positions(row, next_token_id);
-        for j in 0..seq {
+        for j in 0..row.len() {
             let d = &drow[j * hidden..][..hidden];
             for (dst, index) in [
                 (&mut *dtoken, row[j] as usize),
@@ -85,6 +103,7 @@ impl EmbeddingKernels for CpuBackend {
     fn embedding_forward_into(
         &self,
         tokens: &Tensor,
+        sequences: &Sequences,
         dims: EmbeddingDims,
         params: &Tensor,
         tables: [Param; 3],
@@ -94,7 +113,7 @@ impl EmbeddingKernels for CpuBackend {
         forward(
             f32s_mut(out, "embedding output")?,
             i32s(tokens, "embedding tokens")?,
-            dims.seq,
+            sequences.offsets(),
             dims.next_token_id,
             tables.map(|t| param(p, t)),
             dims.hidden,
@@ -106,6 +125,7 @@ impl EmbeddingKernels for CpuBackend {
         &self,
         dout: &Tensor,
         tokens: &Tensor,
+        sequences: &Sequences,
         dims: EmbeddingDims,
         grads: &mut Tensor,
         tables: [Param; 3],
@@ -113,7 +133,7 @@ impl EmbeddingKernels for CpuBackend {
         backward(
             f32s(dout, "embedding dout")?,
             i32s(tokens, "embedding tokens")?,
-            dims.seq,
+            sequences.offsets(),
             dims.next_token_id,
             params_mut(f32s_mut(grads, "gradients")?, tables),
             dims.hidden,

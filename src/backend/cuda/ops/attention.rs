@@ -88,7 +88,7 @@ fn variant(dims: &AttentionDims) -> Result<Variant> {
             ))
         })?;
     let blocks = int(
-        dims.seq.div_ceil(ROWS) * dims.heads * dims.batch,
+        dims.max_len.div_ceil(ROWS) * dims.heads * dims.sequences,
         "attention blocks",
     )?;
     Ok(Variant {
@@ -102,7 +102,7 @@ fn variant(dims: &AttentionDims) -> Result<Variant> {
 /// `1 / sqrt(head_dim)`, computed exactly as the CPU backend computes it.
 fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
     Ok(args
-        .i32(int(dims.seq, "sequence length")?)
+        .i32(int(dims.max_len, "sequence length")?)
         .i32(int(dims.heads, "attention heads")?)
         .i32(int(dims.head_dim, "head_dim")?)
         .f32(1.0 / (dims.head_dim as f32).sqrt()))
@@ -111,88 +111,24 @@ fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
 impl AttentionKernels for GpuBackend {
     fn attention_forward_into(
         &self,
-        qkv: &Tensor,
-        mask: &Tensor,
-        dims: AttentionDims,
-        out: &mut AttentionOut,
+        _qkv: &Tensor,
+        _sequences: &crate::ops::sequences::Sequences,
+        _dims: AttentionDims,
+        _out: &mut AttentionOut,
     ) -> Result<()> {
-        let dtype = qkv.dtype();
-        let mut variant = variant(&dims)?;
-        let mut name = type_name(dtype).to_string();
-        if dtype == DType::BF16 && self.attention.0 == ForwardKernel::TensorCores {
-            name.push_str("_mma");
-            variant.threads = MMA_THREADS;
-        }
-        let mut args = size_args(
-            KernelArgs::new()
-                .ptr(self.ptr(qkv)?)
-                .ptr(self.ptr(mask)?)
-                .ptr(self.ptr_mut(&mut out.out)?)
-                .ptr(self.ptr_mut(&mut out.lse)?),
-            &dims,
-        )?;
-        self.runtime().launch(
-            &format!("attention_forward_{name}_{}", variant.suffix),
-            &variant.config(),
-            &mut args,
-        )
+        Err(crate::error::Error::Config("pending: packed CUDA kernels".into()))
     }
 
     fn attention_backward_into(
         &self,
-        dout: &Tensor,
-        qkv: &Tensor,
-        mask: &Tensor,
-        out: &Tensor,
-        lse: &Tensor,
-        dims: AttentionDims,
-        dqkv: &mut Tensor,
+        _dout: &Tensor,
+        _qkv: &Tensor,
+        _sequences: &crate::ops::sequences::Sequences,
+        _out: &Tensor,
+        _lse: &Tensor,
+        _dims: AttentionDims,
+        _dqkv: &mut Tensor,
     ) -> Result<()> {
-        let dtype = qkv.dtype();
-        let mut name = type_name(dtype).to_string();
-        let mut variant = variant(&dims)?;
-        if dtype == DType::BF16 && self.attention.1 == BackwardKernel::TensorCores {
-            name.push_str("_mma");
-            variant.threads = MMA_THREADS;
-        }
-        let (dout_ptr, qkv_ptr, mask_ptr) = (self.ptr(dout)?, self.ptr(qkv)?, self.ptr(mask)?);
-        let lse_ptr = self.ptr(lse)?;
-        // D_i = dO_i . out_i for every (sequence, head, row): written by the dQ kernel, read by
-        // dK/dV.
-        let delta = self.alloc(&[dims.batch, dims.heads, dims.seq], DType::F32)?;
-        let delta_ptr = self.ptr(&delta)?;
-        let dqkv_ptr = self.ptr_mut(dqkv)?;
-
-        let mut dq_args = size_args(
-            KernelArgs::new()
-                .ptr(dout_ptr)
-                .ptr(qkv_ptr)
-                .ptr(mask_ptr)
-                .ptr(self.ptr(out)?)
-                .ptr(lse_ptr)
-                .ptr(delta_ptr)
-                .ptr(dqkv_ptr),
-            &dims,
-        )?;
-        self.runtime().launch(
-            &format!("attention_backward_dq_{name}_{}", variant.suffix),
-            &variant.config(),
-            &mut dq_args,
-        )?;
-        let mut dkv_args = size_args(
-            KernelArgs::new()
-                .ptr(dout_ptr)
-                .ptr(qkv_ptr)
-                .ptr(mask_ptr)
-                .ptr(lse_ptr)
-                .ptr(delta_ptr)
-                .ptr(dqkv_ptr),
-            &dims,
-        )?;
-        self.runtime().launch(
-            &format!("attention_backward_dkv_{name}_{}", variant.suffix),
-            &variant.config(),
-            &mut dkv_args,
-        )
+        Err(crate::error::Error::Config("pending: packed CUDA kernels".into()))
     }
 }

@@ -26,6 +26,7 @@ impl DropoutKernels for GpuBackend {
         x: &Tensor,
         residual: Option<&Tensor>,
         key: DropoutKey,
+        _rows: Option<&Tensor>,
         y: &mut Tensor,
     ) -> Result<()> {
         let (n, dtype) = (x.numel(), x.dtype());
