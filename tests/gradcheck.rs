@@ -32,6 +32,7 @@ use rand_distr::StandardNormal;
 use undertale_maskedlm::Tensor;
 use undertale_maskedlm::backend::cpu::{CpuBackend, IGNORE_INDEX};
 use undertale_maskedlm::backend::{DropoutKey, Param};
+use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::philox::dropout_uniform;
 use undertale_maskedlm::tape::Tape;
 
@@ -329,7 +330,8 @@ fn embedding_tables_gradient() {
     // Derived by hand: a new instruction starts after each [NEXT].
     let want_ins = [0, 1, 1, 1, 2, 2, 3, 0, 0, 0, 1, 1, 1, 1];
     let want_arg = [0, 0, 1, 2, 0, 1, 0, 0, 1, 2, 0, 1, 2, 3];
-    let tokens = i32t(&[batch, seq], tokens_v.clone());
+    let tokens = i32t(&[batch * seq], tokens_v.clone());
+    let sequences = Sequences::padded(&b, batch, seq, &[1; 14]).unwrap();
 
     let mut layout = Layout::new();
     let tables = [
@@ -340,8 +342,10 @@ fn embedding_tables_gradient() {
     let params = normal(&mut rng, layout.len, 0.0, 1.0);
     let forward = |p: &Tensor| {
         vals(
-            &b.embedding_forward(&tokens, NEXT, p, tables[0], tables[1], tables[2], hidden)
-                .unwrap(),
+            &b.embedding_forward(
+                &tokens, &sequences, NEXT, p, tables[0], tables[1], tables[2], hidden,
+            )
+            .unwrap(),
         )
     };
 
@@ -365,6 +369,7 @@ fn embedding_tables_gradient() {
     b.embedding_backward(
         &f32t(&[batch * seq, hidden], r.clone()),
         &tokens,
+        &sequences,
         NEXT,
         &mut grads,
         tables[0],
@@ -561,7 +566,7 @@ fn attention_gradient() {
     let (batch, seq, heads, d) = (2, 7, 3, 5);
     let hidden = heads * d;
     let mask_v = vec![1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0];
-    let mask = i32t(&[batch, seq], mask_v.clone());
+    let mask = Sequences::padded(&b, batch, seq, &mask_v).unwrap();
     let shape = [batch * seq, 3 * hidden];
     let qkv = normal(&mut rng, batch * seq * 3 * hidden, 0.0, 1.0);
     let forward = |v: &[f32]| {
@@ -576,7 +581,7 @@ fn attention_gradient() {
         .attention_forward(&f32t(&shape, qkv.clone()), &mask, heads)
         .unwrap();
     assert_eq!(fwd.out.shape(), &[batch * seq, hidden]);
-    assert_eq!(fwd.lse.shape(), &[batch, heads, seq]);
+    assert_eq!(fwd.lse.shape(), &[heads, batch * seq]);
     assert_forward_close(
         "attention output",
         &vals(&fwd.out),
@@ -612,6 +617,65 @@ fn attention_gradient() {
     });
 }
 
+/// Variable-length attention (sequences back to back, no mask): each sequence's output matches an
+/// f64 reference of that sequence alone, no key of one sequence reaches another (a sequence's
+/// gradient is zero outside its rows), and dqkv matches finite differences elementwise.
+#[test]
+fn variable_length_attention_gradient() {
+    let b = CpuBackend::new();
+    let mut rng = seeded(12);
+    let (lengths, heads, d) = ([5usize, 1, 8, 3], 2, 4);
+    let hidden = heads * d;
+    let tokens: usize = lengths.iter().sum();
+    let sequences = Sequences::new(&b, &lengths, None, None).unwrap();
+    let shape = [tokens, 3 * hidden];
+    let qkv = normal(&mut rng, tokens * 3 * hidden, 0.0, 1.0);
+    let forward = |v: &[f32]| {
+        vals(
+            &b.attention_forward(&f32t(&shape, v.to_vec()), &sequences, heads)
+                .unwrap()
+                .out,
+        )
+    };
+
+    let fwd = b
+        .attention_forward(&f32t(&shape, qkv.clone()), &sequences, heads)
+        .unwrap();
+    assert_eq!(fwd.lse.shape(), &[heads, tokens]);
+    let out = vals(&fwd.out);
+    let mut start = 0;
+    for &len in &lengths {
+        let alone = &qkv[start * 3 * hidden..(start + len) * 3 * hidden];
+        assert_forward_close(
+            "variable-length attention output",
+            &out[start * hidden..(start + len) * hidden],
+            &reference_attention(alone, &vec![1; len], 1, len, heads, d),
+        );
+        start += len;
+    }
+
+    let r = normal(&mut rng, tokens * hidden, 0.0, 1.0);
+    let dqkv = vals(
+        &b.attention_backward(
+            &f32t(&[tokens, hidden], r.clone()),
+            &f32t(&shape, qkv.clone()),
+            &sequences,
+            &fwd.out,
+            &fwd.lse,
+            heads,
+        )
+        .unwrap(),
+    );
+    gradcheck("variable-length attention dqkv", &qkv, &dqkv, Coords::All, &mut rng, |v| {
+        project(&r, &forward(v))
+    });
+    // A sequence's output depends on its own rows only: perturbing sequence 0 leaves the others.
+    let mut moved = qkv.clone();
+    moved[..lengths[0] * 3 * hidden].iter_mut().for_each(|x| *x += 1.0);
+    let after = forward(&moved);
+    assert_eq!(after[lengths[0] * hidden..], out[lengths[0] * hidden..]);
+}
+
 /// A sequence whose keys are all masked: forward gives a finite (zero) output and lse -inf for
 /// it, backward gives finite, zero gradients for it, and the other sequence is unaffected (equal
 /// to running it alone).
@@ -621,7 +685,7 @@ fn attention_fully_masked_row_is_finite() {
     let mut rng = seeded(6);
     let (batch, seq, heads, d) = (2, 5, 2, 3);
     let hidden = heads * d;
-    let mask = i32t(&[batch, seq], vec![1, 1, 1, 0, 1, 0, 0, 0, 0, 0]);
+    let mask = Sequences::padded(&b, batch, seq, &[1, 1, 1, 0, 1, 0, 0, 0, 0, 0]).unwrap();
     let qkv = normal(&mut rng, batch * seq * 3 * hidden, 0.0, 1.0);
     let dout = normal(&mut rng, batch * seq * hidden, 0.0, 1.0);
     let qkv_t = f32t(&[batch * seq, 3 * hidden], qkv.clone());
@@ -638,8 +702,11 @@ fn attention_fully_masked_row_is_finite() {
         out[seq * hidden..].iter().all(|&v| v == 0.0),
         "fully masked sequence has non-zero output"
     );
+    // lse is [heads, tokens]: the second sequence's rows of every head.
     assert!(
-        lse[heads * seq..].iter().all(|&v| v == f32::NEG_INFINITY),
+        (0..heads)
+            .flat_map(|h| &lse[h * batch * seq + seq..][..seq])
+            .all(|&v| v == f32::NEG_INFINITY),
         "fully masked lse is not -inf"
     );
     let dqkv = vals(
@@ -656,7 +723,7 @@ fn attention_fully_masked_row_is_finite() {
     );
 
     // The first sequence alone gives the same output and gradient.
-    let mask0 = i32t(&[1, seq], vec![1, 1, 1, 0, 1]);
+    let mask0 = Sequences::padded(&b, 1, seq, &[1, 1, 1, 0, 1]).unwrap();
     let qkv0 = f32t(&[seq, 3 * hidden], qkv[..seq * 3 * hidden].to_vec());
     let fwd0 = b.attention_forward(&qkv0, &mask0, heads).unwrap();
     assert_eq!(vals(&fwd0.out), out[..seq * hidden].to_vec());
@@ -765,7 +832,7 @@ fn dropout_backward_applies_the_forward_mask() {
     assert!((dropped - 0.3).abs() < 0.02, "dropped fraction {dropped}");
 
     let x = normal(&mut rng, n, 0.0, 1.0);
-    let forward = |v: &[f32]| vals(&b.dropout_forward(&f32t(&shape, v.to_vec()), key).unwrap());
+    let forward = |v: &[f32]| vals(&b.dropout_forward(&f32t(&shape, v.to_vec()), key, None).unwrap());
     let y = forward(&x);
     for i in 0..n {
         assert_eq!(
@@ -775,7 +842,7 @@ fn dropout_backward_applies_the_forward_mask() {
         );
     }
     let r = normal(&mut rng, n, 0.0, 1.0);
-    let dx = vals(&b.dropout_backward(&f32t(&shape, r.clone()), key).unwrap());
+    let dx = vals(&b.dropout_backward(&f32t(&shape, r.clone()), key, None).unwrap());
     for i in 0..n {
         assert_eq!(
             dx[i],
@@ -793,7 +860,7 @@ fn dropout_backward_applies_the_forward_mask() {
 }
 
 fn forward_with(b: &CpuBackend, x: &[f32], shape: &[usize], key: DropoutKey) -> Vec<f32> {
-    vals(&b.dropout_forward(&f32t(shape, x.to_vec()), key).unwrap())
+    vals(&b.dropout_forward(&f32t(shape, x.to_vec()), key, None).unwrap())
 }
 
 /// Cross-entropy with some labels -100: the loss is the mean over labelled rows (against an f64
@@ -903,8 +970,10 @@ fn gather_and_scatter_are_adjoint() {
 
 /// The parameters and inputs of the composed network.
 struct Composed {
+    /// `[batch * seq]` ids of `batch` padded rows.
     tokens: Tensor,
-    mask: Tensor,
+    mask: Vec<i32>,
+    batch: usize,
     rows: Tensor,
     labels: Tensor,
     hidden: usize,
@@ -932,17 +1001,18 @@ impl Composed {
     /// with `grads`, back-propagates it through the tape into them.
     fn loss(&self, b: &CpuBackend, params: &Tensor, grads: Option<&mut Tensor>) -> f64 {
         let h = self.hidden;
+        let seq = self.mask.len() / self.batch;
+        let sequences = Sequences::padded(b, self.batch, seq, &self.mask).unwrap();
         let mut tape = Tape::new(b, params);
         let tokens = tape.input(self.tokens.clone());
-        let mask = tape.input(self.mask.clone());
         let rows = tape.input(self.rows.clone());
-        let e = tape.embedding(tokens, NEXT, self.tables, h).unwrap();
+        let e = tape.embedding(tokens, &sequences, NEXT, self.tables, h).unwrap();
         let n = tape.layernorm(e, self.ln[0], self.ln[1], 1e-5).unwrap();
         let f = tape.linear(n, self.ff[0], self.ff[1], h).unwrap();
         let g = tape.gelu(f).unwrap();
-        let g = tape.dropout(g, Some(self.dropout)).unwrap();
+        let g = tape.dropout(g, Some(self.dropout), None).unwrap();
         let qkv = tape.linear(g, self.qkv[0], self.qkv[1], 3 * h).unwrap();
-        let a = tape.attention(qkv, mask, self.heads).unwrap();
+        let a = tape.attention(qkv, &sequences, self.heads).unwrap();
         let s = tape.add(a, g).unwrap();
         let sel = tape.gather_rows(s, rows).unwrap();
         let logits = tape
@@ -971,13 +1041,11 @@ fn composed_tape_gradients() {
     let mut layout = Layout::new();
     let c = Composed {
         tokens: i32t(
-            &[batch, seq],
+            &[batch * seq],
             vec![3, 5, 6, 3, 7, 3, 3, 4, 8, 3, 1, 2, 9, 3],
         ),
-        mask: i32t(
-            &[batch, seq],
-            vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
-        ),
+        mask: vec![1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0],
+        batch,
         rows: i32t(&[6], vec![1, 4, 6, 8, 10, 12]),
         labels: i32t(&[6], vec![2, IGNORE_INDEX, 7, 0, 9, IGNORE_INDEX]),
         hidden,
