@@ -27,6 +27,8 @@ METRICS = [
     ("peak_memory_mib", "peak memory in training, MiB", False),
     ("lengths_pad512_real_tokens_per_s", "real lengths, padded to sequence length, real tokens/s", True),
     ("lengths_padlongest_real_tokens_per_s", "real lengths, padded to longest, real tokens/s", True),
+    ("lengths_eval_real_tokens_per_s", "real lengths, evaluation, real tokens/s", True),
+    ("lengths_infer_real_tokens_per_s", "real lengths, inference, real tokens/s", True),
 ]
 PEER_BASELINES = ["reference-fp32", "reference-bf16", "best"]
 NOT_MEASURED = "not measured"

@@ -611,6 +611,7 @@ class Variant:
     model: nn.Module
     train_step: object  # Batch -> None
     infer: object  # (tokens, mask, has_padding) -> host tensor of ids at the [MASK] positions
+    evaluate: object  # Batch -> float: the masked-LM loss, no gradient (validation)
     notes: dict = field(default_factory=dict)
     attention_probe: object = None  # (Batch) -> str: the attention kernels one step runs
 
@@ -639,13 +640,17 @@ def reference_variant(name, base, device, bf16):
             ids = logits.argmax(-1)[tokens == MASK_ID]
         return ids.cpu()
 
+    def evaluate(b):
+        with torch.inference_mode(), autocast(device, bf16):
+            return reference.mlm_loss(model(b.tokens, b.mask), b.labels).item()
+
     precision = "bf16 autocast" if bf16 else "fp32 (default matmul precision, no TF32)"
     notes = {
         "model": "reference.py: per-head q/k/v Linear, one attention per head, logits at every position",
         "precision": precision,
         "optimizer": "torch.optim.AdamW defaults (%s)" % ("foreach" if device.type == "cuda" else "for-loop"),
     }
-    return Variant(name, model, train_step, infer, notes)
+    return Variant(name, model, train_step, infer, evaluate, notes)
 
 
 def best_variant(base, config, device, args, backends):
@@ -668,6 +673,11 @@ def best_variant(base, config, device, args, backends):
             ids = predict_fn(tokens, mask if has_padding else None, index)
         return ids.cpu()
 
+    def evaluate(b):
+        with torch.inference_mode(), autocast(device, True), backends.context(b.has_padding):
+            return model.loss(b.tokens, b.mask if b.has_padding else None, b.label_index,
+                              b.label_values).item()
+
     def attention_probe(b):
         """One eager forward of the loss with the same precision and backend choice as the step."""
         def forward():
@@ -682,7 +692,7 @@ def best_variant(base, config, device, args, backends):
         "sdpa_unpadded": backends.report[False],
         "sdpa_padded": backends.report[True],
     }
-    variant = Variant("best", model, train_step, infer, notes, attention_probe)
+    variant = Variant("best", model, train_step, infer, evaluate, notes, attention_probe)
     variant.compile_status = lambda: f"loss: {loss_fn.status}; predict: {predict_fn.status}"
     return variant
 
@@ -782,6 +792,24 @@ def run_variant(variant, inputs, args, device, seq):
                 record(metric, real / seconds, "tokens/s", args.batch, note)
 
             attempt(metric, "tokens/s", args.batch, measure_lengths)
+
+        # Validation and inference over the same real-length rows, padded to seq as the reference
+        # pads them: the loss without a gradient, and every [MASK] of the collated rows filled.
+        batches = inputs["lengths_pad512"]
+        real = sum(b.real_tokens for b in batches)
+        for metric, run in (
+            ("lengths_eval_real_tokens_per_s", lambda b: variant.evaluate(b)),
+            ("lengths_infer_real_tokens_per_s", lambda b: variant.infer(b.tokens, b.mask, True)),
+        ):
+            def measure_pass(metric=metric, run=run):
+                variant.model.eval()
+                seconds = median_seconds(lambda: [run(b) for b in batches], device, args.warmup,
+                                         args.length_repeats)
+                note = (f"every row padded to {seq}; {len(batches)} batches, {real:,} real tokens; "
+                        f"median of {args.length_repeats} passes")
+                record(metric, real / seconds, "tokens/s", args.batch, note)
+
+            attempt(metric, "tokens/s", args.batch, measure_pass)
     return records
 
 

@@ -136,8 +136,13 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// runs them; the slower path, kept for comparison). [`forward`](Self::forward) and
     /// [`hidden_states`](Self::hidden_states) return every padded position either way.
     pub fn with_packing(mut self, packing: Packing) -> Self {
-        self.packing = packing;
+        self.set_packing(packing);
         self
+    }
+
+    /// [`with_packing`](Self::with_packing) in place.
+    pub fn set_packing(&mut self, packing: Packing) {
+        self.packing = packing;
     }
 
     /// How training, evaluation and inference batches are laid out.

@@ -13,12 +13,16 @@
 //! - `peak_memory_mib`: on a GPU the most device memory the backend's tensors held during a
 //!   training step (PyTorch: `torch.cuda.max_memory_allocated`); on the CPU the process's peak
 //!   resident set (PyTorch: the same), which includes everything the process ever held.
-//! - With a file of function lengths (`benches/data/function_lengths.json`): training on batches of
-//!   real functions' lengths, `lengths_pad512_real_tokens_per_s` with every row padded to 512 as the
-//!   reference pads them, and `lengths_padlongest_real_tokens_per_s` with each batch padded only to
-//!   its longest row. Real (unpadded) tokens over the total time. Batch `i` takes the lengths at
-//!   `i * batch .. (i + 1) * batch` of the file (its order is already a random sample), so both
-//!   implementations train on the same batches.
+//! - With a file of function lengths (`benches/data/function_lengths.json`): batches of real
+//!   functions' lengths, rows padded to 512 as the tokenizer pads them, run twice: packed (the
+//!   variant's own name: only real tokens computed, what training runs) and padded (`f32-padded`:
+//!   every position, as the reference computes them). `lengths_pad512_real_tokens_per_s` trains on
+//!   them, `lengths_padlongest_real_tokens_per_s` (padded only) trains on the rows cut to each
+//!   batch's longest, `lengths_eval_real_tokens_per_s` evaluates them (the evaluation collator's
+//!   masks) and `lengths_infer_real_tokens_per_s` fills their `[MASK]`s. Real (unpadded) tokens
+//!   over the time of one pass. Batch `i` takes the lengths at `i * batch .. (i + 1) * batch` of
+//!   the file (its order is already a random sample), so both implementations run the same
+//!   batches.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,10 +33,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::HostTraffic;
-use crate::data::Example;
+use crate::data::{Example, MaskedBatch, RowKeyedCollator};
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
-use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size};
+use crate::model::{
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Packing, Size,
+};
 use crate::tensor::Tensor;
 use crate::train::{Trainer, TrainerOptions};
 
@@ -403,6 +409,8 @@ impl Bench<'_> {
         Ok(records)
     }
 
+    /// Training, evaluation and inference on batches of real lengths, packed (the variant's own
+    /// name) and padded (`<variant>-padded`, every row computed to `seq` as the reference does).
     fn real_lengths(&mut self, source: &str, lengths: &[usize]) -> Result<Vec<BenchRecord>> {
         let batch = self.options.batch;
         let batches: Vec<&[usize]> = lengths
@@ -415,43 +423,117 @@ impl Bench<'_> {
                 lengths.len()
             )));
         }
-        let real: usize = batches.iter().flat_map(|b| b.iter()).sum();
+        let real = (batches.len(), batches.iter().flat_map(|b| b.iter()).sum());
+        let padded: Vec<Vec<Example>> = batches.iter().map(|b| self.rows(b, self.seq)).collect();
+        let longest: Vec<Vec<Example>> = padded
+            .iter()
+            .zip(&batches)
+            .map(|(rows, lengths)| {
+                let width = *lengths.iter().max().expect("a batch is not empty");
+                rows.iter()
+                    .map(|r| Example {
+                        tokens: r.tokens[..width].to_vec(),
+                        mask: r.mask[..width].to_vec(),
+                    })
+                    .collect()
+            })
+            .collect();
+        // Validation batches (the evaluation collator's masks) and, from them, inference inputs
+        // whose [MASK] positions are the masked labels.
+        let collator = RowKeyedCollator::new(
+            MASK_ID,
+            self.options.vocab,
+            MASKED_SHARE as f32,
+            self.options.seed,
+        )?;
+        let masked: Vec<MaskedBatch> = padded
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| collator.collate(rows, i * batch))
+            .collect::<Result<_>>()?;
+
+        let precision = self.variant.clone();
         let mut records = Vec::new();
-        for (metric, pad_to_longest) in [
-            ("lengths_pad512_real_tokens_per_s", false),
-            ("lengths_padlongest_real_tokens_per_s", true),
-        ] {
-            let data: Vec<Vec<Example>> = batches
-                .iter()
-                .map(|b| {
-                    let width = if pad_to_longest {
-                        *b.iter().max().expect("a batch is not empty")
-                    } else {
-                        self.seq
-                    };
-                    self.rows(b, width)
-                })
-                .collect();
-            let what = if pad_to_longest {
-                "real lengths, padded to the longest"
-            } else {
-                "real lengths, padded to 512"
+        for packing in [Packing::Packed, Packing::Padded] {
+            self.trainer.set_packing(packing);
+            let (variant, how) = match packing {
+                Packing::Packed => (precision.clone(), "packed: real tokens only"),
+                Packing::Padded => (format!("{precision}-padded"), "every position computed"),
             };
-            let time = self.median_time(what, |b| {
-                for rows in &data {
-                    b.trainer.step(rows)?;
+            self.variant = variant;
+            let mut runs: Vec<(&str, &Vec<Vec<Example>>, String)> = vec![(
+                "lengths_pad512_real_tokens_per_s",
+                &padded,
+                format!("rows padded to {}; {how}", self.seq),
+            )];
+            if packing == Packing::Padded {
+                runs.push((
+                    "lengths_padlongest_real_tokens_per_s",
+                    &longest,
+                    format!("rows padded to each batch's longest; {how}"),
+                ));
+            }
+            for (metric, data, note) in runs {
+                let time = self.median_time(&note, |b| {
+                    for rows in data {
+                        b.trainer.step(rows)?;
+                    }
+                    Ok(())
+                })?;
+                records.push(self.lengths_record(metric, real, time, &note, source));
+            }
+            let note = format!("validation loss and accuracy; {how}");
+            let time = self.median_time(&note, |b| {
+                for m in &masked {
+                    b.trainer
+                        .model()
+                        .evaluate(&m.tokens, &m.mask, &m.labels)?;
                 }
                 Ok(())
             })?;
-            let mut record =
-                self.record(metric, real as f64 / time.as_secs_f64(), "tokens/s", batch);
-            record.note = Some(format!(
-                "{} batches, {real} real tokens; lengths: {source}",
-                data.len()
+            records.push(self.lengths_record(
+                "lengths_eval_real_tokens_per_s",
+                real,
+                time,
+                &note,
+                source,
             ));
-            records.push(record);
+            let note = format!("every [MASK] filled; {how}");
+            let time = self.median_time(&note, |b| {
+                for m in &masked {
+                    b.trainer.model().infer_batch(&m.tokens, Some(&m.mask))?;
+                }
+                Ok(())
+            })?;
+            records.push(self.lengths_record(
+                "lengths_infer_real_tokens_per_s",
+                real,
+                time,
+                &note,
+                source,
+            ));
         }
+        self.trainer.set_packing(Packing::Packed);
+        self.variant = precision;
         Ok(records)
+    }
+
+    /// A real-lengths record: real tokens over the time of one pass over the batches. `real`:
+    /// the number of batches and the real tokens in them.
+    fn lengths_record(
+        &self,
+        metric: &str,
+        (batches, real): (usize, usize),
+        time: Duration,
+        how: &str,
+        source: &str,
+    ) -> BenchRecord {
+        let batch = self.options.batch;
+        let mut record = self.record(metric, real as f64 / time.as_secs_f64(), "tokens/s", batch);
+        record.note = Some(format!(
+            "{how}; {batches} batches, {real} real tokens; lengths: {source}"
+        ));
+        record
     }
 }
 

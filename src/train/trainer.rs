@@ -263,6 +263,12 @@ impl Trainer {
         &self.model
     }
 
+    /// Runs the model's batches packed or padded (see [`Packing`](crate::model::Packing)); the
+    /// steps' results are the same either way, to rounding.
+    pub fn set_packing(&mut self, packing: crate::model::Packing) {
+        self.model.set_packing(packing);
+    }
+
     /// The step counters and everything else a checkpoint saves besides tensors.
     pub fn state(&self) -> &TrainerState {
         &self.state
