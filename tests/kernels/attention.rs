@@ -188,7 +188,12 @@ fn check(case: &Case, seed: u64) {
 fn head_dim_16_with_padding_and_an_all_padding_sequence() {
     let seq = 37;
     check(
-        &Case::padded(2, 16, seq, vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)]),
+        &Case::padded(
+            2,
+            16,
+            seq,
+            vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        ),
         1,
     );
     // The tiny preset's shape: 4 heads of 16 over 128 positions, two whole tiles.
@@ -205,11 +210,16 @@ fn head_dim_64_over_more_than_two_tiles() {
     // sequence has holes in its mask and padding after 140; its last key tile is partly padding.
     let seq = 150;
     check(
-        &Case::padded(2, 64, seq, vec![
+        &Case::padded(
+            2,
+            64,
+            seq,
+            vec![
                 prefix(seq, 131),
                 with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
                 prefix(seq, 0),
-            ]),
+            ],
+        ),
         2,
     );
 }
@@ -225,12 +235,22 @@ fn odd_head_dims_of_every_capacity() {
     );
     let seq = 70;
     check(
-        &Case::padded(1, 27, seq, vec![prefix(seq, 65), with_holes(seq, seq, &[1, 2, 69])]),
+        &Case::padded(
+            1,
+            27,
+            seq,
+            vec![prefix(seq, 65), with_holes(seq, seq, &[1, 2, 69])],
+        ),
         4,
     );
     let seq = 41;
     check(
-        &Case::padded(2, 100, seq, vec![prefix(seq, 33), prefix(seq, 0), prefix(seq, seq)]),
+        &Case::padded(
+            2,
+            100,
+            seq,
+            vec![prefix(seq, 33), prefix(seq, 0), prefix(seq, seq)],
+        ),
         5,
     );
 }
@@ -299,7 +319,12 @@ fn backward_is_deterministic() {
     let gpu = &gpus()[2].1;
     let seq = 70;
     for case in [
-        Case::padded(heads, head_dim, seq, vec![prefix(seq, 50), prefix(seq, seq)]),
+        Case::padded(
+            heads,
+            head_dim,
+            seq,
+            vec![prefix(seq, 50), prefix(seq, seq)],
+        ),
         Case::packed(heads, head_dim, &[3, 70, 129, 1]),
     ] {
         let tokens = case.tokens();
@@ -614,7 +639,12 @@ fn check_bf16(case: &Case, seed: u64) {
 fn bf16_head_dim_16_with_padding_and_an_all_padding_sequence() {
     let seq = 37;
     check_bf16(
-        &Case::padded(2, 16, seq, vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)]),
+        &Case::padded(
+            2,
+            16,
+            seq,
+            vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        ),
         11,
     );
 }
@@ -623,10 +653,15 @@ fn bf16_head_dim_16_with_padding_and_an_all_padding_sequence() {
 fn bf16_head_dim_64_over_more_than_two_tiles() {
     let seq = 150;
     check_bf16(
-        &Case::padded(2, 64, seq, vec![
+        &Case::padded(
+            2,
+            64,
+            seq,
+            vec![
                 with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
                 prefix(seq, 0),
-            ]),
+            ],
+        ),
         12,
     );
 }
@@ -637,7 +672,12 @@ fn bf16_odd_head_dims() {
     // zero-fill.
     let seq = 45;
     check_bf16(
-        &Case::padded(2, 32, seq, vec![prefix(seq, 1), with_holes(seq, seq, &[1, 2, 44])]),
+        &Case::padded(
+            2,
+            32,
+            seq,
+            vec![prefix(seq, 1), with_holes(seq, seq, &[1, 2, 44])],
+        ),
         13,
     );
     let seq = 41;
@@ -645,10 +685,7 @@ fn bf16_odd_head_dims() {
         &Case::padded(1, 27, seq, vec![prefix(seq, 33), prefix(seq, 0)]),
         14,
     );
-    check_bf16(
-        &Case::padded(1, 100, seq, vec![prefix(seq, 30)]),
-        15,
-    );
+    check_bf16(&Case::padded(1, 100, seq, vec![prefix(seq, 30)]), 15);
 }
 
 #[test]
@@ -664,26 +701,46 @@ fn bf16_backward_odd_lengths_and_ragged_head_dims() {
     );
     let seq = 17;
     check_bf16(
-        &Case::padded(3, 12, seq, vec![
+        &Case::padded(
+            3,
+            12,
+            seq,
+            vec![
                 with_holes(seq, 15, &[0, 8]),
                 prefix(seq, 0),
                 prefix(seq, seq),
-            ]),
+            ],
+        ),
         22,
     );
     let seq = 70;
     check_bf16(
-        &Case::padded(2, 27, seq, vec![prefix(seq, 67), with_holes(seq, seq, &[15, 16, 63, 64, 69])]),
+        &Case::padded(
+            2,
+            27,
+            seq,
+            vec![prefix(seq, 67), with_holes(seq, seq, &[15, 16, 63, 64, 69])],
+        ),
         23,
     );
     let seq = 130;
     check_bf16(
-        &Case::padded(1, 64, seq, vec![with_holes(seq, 129, &[1, 64, 127]), prefix(seq, 0)]),
+        &Case::padded(
+            1,
+            64,
+            seq,
+            vec![with_holes(seq, 129, &[1, 64, 127]), prefix(seq, 0)],
+        ),
         24,
     );
     let seq = 70;
     check_bf16(
-        &Case::padded(1, 100, seq, vec![prefix(seq, 0), with_holes(seq, 66, &[0, 31, 32, 65])]),
+        &Case::padded(
+            1,
+            100,
+            seq,
+            vec![prefix(seq, 0), with_holes(seq, 66, &[0, 31, 32, 65])],
+        ),
         25,
     );
 }

@@ -240,10 +240,7 @@ impl AttentionKernels for GpuBackend {
             sequences,
             schedule,
         )?;
-        let mut dkv_args = size_args(
-            dkv_args.ptr(lse_ptr).ptr(delta_ptr).ptr(dqkv_ptr),
-            &dims,
-        )?;
+        let mut dkv_args = size_args(dkv_args.ptr(lse_ptr).ptr(delta_ptr).ptr(dqkv_ptr), &dims)?;
         self.runtime().launch(
             &format!("attention_backward_dkv_{name}_{}", variant.suffix),
             &config,

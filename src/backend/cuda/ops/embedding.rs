@@ -54,12 +54,8 @@ fn positions(
         .max(1)
         .next_multiple_of(32)
         .min(MAX_SCAN_THREADS) as u32;
-    let blocks = u32::try_from(sequences.count()).map_err(|_| {
-        Error::Config(format!(
-            "{} sequences exceed the grid",
-            sequences.count()
-        ))
-    })?;
+    let blocks = u32::try_from(sequences.count())
+        .map_err(|_| Error::Config(format!("{} sequences exceed the grid", sequences.count())))?;
     backend.runtime().launch(
         "embedding_positions",
         &LaunchConfig::linear(blocks, threads, 0),
