@@ -1,5 +1,6 @@
-// Multi-head attention with a key-padding mask, forward and backward: the algorithm of
-// FlashAttention-2 (Dao, 2023), with the [seq, seq] score matrix never written to memory.
+// Multi-head attention over variable-length sequences, with an optional key-padding mask, forward and
+// backward: the algorithm of FlashAttention-2 (Dao, 2023), with no score matrix ever written to
+// memory.
 // CPU reference: src/backend/cpu/attention.rs; launch wrappers: src/backend/cuda/ops/attention.rs.
 //
 // Element types. The CUDA-core kernels are templates over the activation type E (float or
@@ -8,11 +9,19 @@
 // (mma.sync m16n8k16, at the end of the file), which the wrapper uses by default; the CUDA-core bf16
 // kernels stay as the reference the tests hold them to. f32 runs on CUDA cores only.
 //
-// ---- The math --------------------------------------------------------------------------------------
-// For one (sequence b, head h), with q, k, v the [S, d] slices of the fused QKV activation (row i of
-// q is qkv[b*S + i, h*d .. h*d + d]; k and v sit `hidden` and `2 hidden` floats further on):
+// ---- Layout ----------------------------------------------------------------------------------------
+// The token axis holds the batch's sequences back to back (FlashAttention's varlen layout): sequence b
+// is rows o_b .. o_b + S_b of every [tokens, *] operand, o_b = offsets[b], S_b = offsets[b + 1] - o_b.
+// A padded batch is the case S_b = seq for every b, with a key mask for its padding; a packed batch
+// has every row real and no mask (null). lse and the backward's D are [heads, tokens] f32: row o_b + i
+// of head h at h * tokens + o_b + i.
 //
-//     s_ij = (q_i . k_j) / sqrt(d)              (s_ij = -inf for a padding key: mask[b, j] == 0)
+// ---- The math --------------------------------------------------------------------------------------
+// For one (sequence b, head h), with q, k, v the [S_b, d] slices of the fused QKV activation (row i
+// of q is qkv[o_b + i, h*d .. h*d + d]; k and v sit `hidden` and `2 hidden` floats further on), a
+// query attends to the keys of its own sequence only:
+//
+//     s_ij = (q_i . k_j) / sqrt(d),  j < S_b    (s_ij = -inf for a padding key: mask[o_b + j] == 0)
 //     m_i  = max_j s_ij,   l_i = sum_j exp(s_ij - m_i),   lse_i = m_i + log l_i
 //     P_ij = exp(s_ij - lse_i),                 out_i = sum_j P_ij v_j
 //
@@ -61,7 +70,16 @@
 // zero-filled too (they contribute nothing) and their threads still take part in every barrier and
 // shuffle; only their stores are skipped.
 //
-// Forward, `attention_forward_f32_d*`: one block per (batch, head, tile of ROWS query rows); q_i and
+// The grid. A block owns one 64-row tile of one (sequence, head); which one comes from a schedule the
+// host builds once per batch from the offsets: one (sequence, tile) entry per tile of every sequence,
+// ceil(S_b / 64) of them, so no block exists for rows past a sequence's end, and `entries * heads`
+// blocks with the heads of an entry adjacent. Every tile of sequence b costs about S_b (a query tile
+// visits all S_b keys, a key tile all S_b queries), so the schedule lists the longest sequences
+// first (longest-processing-time first): the GPU starts the longest blocks at once and fills in with
+// shorter ones, and a batch of one long and many short sequences does not end on the long one's
+// blocks running alone. (A padded batch has equal lengths: its order is the sequences'.)
+//
+// Forward, `attention_forward_f32_d*`: one block per (sequence, head, tile of ROWS query rows); q_i and
 // the accumulator o_i stay in registers for the whole key loop; K and V tiles stream through shared
 // memory. Scores are taken CHUNK = 16 keys at a time (16 independent dot products in flight), then
 // the chunk's max updates the online softmax and its probabilities accumulate P V.
@@ -70,27 +88,30 @@
 // adds each block's share of dQ with float atomics, whose order (and so rounding) changes from run to
 // run; here, as in deterministic variants of it, the work is split so that every block owns its
 // outputs:
-//   1. `attention_backward_dq_f32_d*`: one block per (batch, head, query tile), launched first. Each
+//   1. `attention_backward_dq_f32_d*`: one block per (sequence, head, query tile), launched first. Each
 //      group computes D_i for its row (and saves it for step 2), then streams K and V tiles and
 //      accumulates dQ_i in registers.
-//   2. `attention_backward_dkv_f32_d*`: one block per (batch, head, key tile). Each group keeps k_j,
-//      v_j, dK_j, dV_j in registers and streams Q, dO, lse and D over all query tiles.
+//   2. `attention_backward_dkv_f32_d*`: one block per (sequence, head, key tile). Each group keeps
+//      k_j, v_j, dK_j, dV_j in registers and streams Q, dO, lse and D over all the sequence's query
+//      tiles.
 // Each output element is owned by exactly one thread and summed in a fixed order, so the results are
 // bitwise reproducible from run to run.
 //
-// ---- Memory traffic and work (per (batch, head), S keys, head_dim d, T = ceil(S / ROWS) tiles) -----
+// ---- Memory traffic and work (per (sequence, head), S = S_b keys, head_dim d, T = ceil(S / ROWS)) -
+// A batch costs the sum over its sequences: sum_b S_b^2 d flops per unit below, not batch * seq^2 d,
+// so a packed batch pays for its real tokens only (a padded one pays for its padding queries too).
 //   forward:  reads Q once and K, V once per query tile (S d + 2 T S d floats), writes out and lse
-//             (S d + S), 4 S^2 d flops. The blocks of one (batch, head) are adjacent in the grid,
-//             so the T re-reads of K and V mostly hit L2. Unfused attention writes and re-reads
+//             (S d + S), 4 S^2 d flops. The blocks of one sequence are adjacent in the grid, so the
+//             T re-reads of K and V mostly hit L2. Unfused attention writes and re-reads
 //             S^2 scores and S^2 probabilities instead (S = 512: 1 MiB each, per head).
 //   dQ:       reads Q, dO, out once and K, V once per query tile; 6 S^2 d flops (recomputes s, dP).
 //   dK/dV:    reads K, V once and Q, dO, lse, D once per key tile;  8 S^2 d flops.
 // Backward is 14 S^2 d flops: 8 for a backward that stored P, 2 to recompute s from lse (O(S) memory
 // instead of O(S^2)), and 4 because each of the two kernels computes s and dP (the price of
-// determinism without atomics; a single kernel with atomics does 10). Keys after the sequence's last
-// real key are padding: every kernel finds that end first and stops its key loop there, and a dK/dV
-// block whose keys are all padding skips its query loop, so padded batches cost what their real
-// lengths cost. (Padded query rows still get their gradients: the reference computes them.)
+// determinism without atomics; a single kernel with atomics does 10). With a key mask, keys after the
+// sequence's last real key are padding: every kernel finds that end first (real_key_end) and stops its
+// key loop there, and a dK/dV block whose keys are all padding skips its query loop. (Padded query
+// rows still get their gradients: the reference computes them.) Without a mask the end is S_b.
 //
 // On CUDA cores each broadcast float4 from shared memory feeds four FMAs, so shared-memory
 // bandwidth and FMA issue, not DRAM, should bound these kernels (not yet measured on a GPU). The
@@ -484,8 +505,9 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
 
 // ---- forward in bf16 on tensor cores ----------------------------------------------------------------
 // `attention_forward_bf16_mma_d*`, for head-dim capacities D = 16, 32, 64, 128: the same grid as the
-// CUDA-core kernels (one block per (batch, head, tile of 64 query rows)), but the block is 4 warps and
-// each warp owns 16 query rows as tensor-core fragments (mma.sync m16n8k16, bf16 in, f32 accumulate).
+// CUDA-core kernels (one block per (sequence, head, tile of 64 query rows), from the schedule), but
+// the block is 4 warps and each warp owns 16 query rows as tensor-core fragments (mma.sync m16n8k16,
+// bf16 in, f32 accumulate).
 //
 //   Q    the block's 64 rows are staged once through shared memory (in the K tile's space) and each
 //        warp keeps its 16 x D slice as D / 16 A fragments (ldmatrix.x4) for the whole key loop.
@@ -502,7 +524,7 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
 //   O    16 x D f32 per warp in D / 8 accumulator tiles, normalised by 1 / l and rounded to bf16.
 //
 // Registers per lane: Q fragments D / 4, S 32, P fragments 16, O D / 2. Shared memory per block:
-// 2 * 64 * (D + 8) bf16 + 64 ints: 18.3 KiB for D = 64, 34.3 KiB for D = 128. ptxas: 122, 123, 128
+// 2 * 64 * (D + 8) bf16 + 64 ints: 18.3 KiB for D = 64, 34.3 KiB for D = 128. ptxas: 120, 128, 128
 // and 168 registers for D = 16, 32, 64, 128 on sm_90 (122, 125, 168, 239 on sm_80), no spills.
 // Exponentials use __expf: bf16 outputs do not need the accurate expf.
 
@@ -755,7 +777,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 // Each output element lives in one lane's accumulator and sums its terms in a fixed order (mma over
 // the k-steps, tiles in order), so results are bitwise reproducible and independent of scheduling.
 //
-// Per (batch, head) with T = ceil(S / 64): dQ reads Q, dO, out once and K, V once per query tile
+// Per (sequence, head) with T = ceil(S / 64): dQ reads Q, dO, out once and K, V once per query tile
 // (3 S d + 2 T S d bf16), writes dQ and D, and runs 6 S^2 d flops (S, dP, dQ) on tensor cores;
 // dK/dV reads K, V once and Q, dO, lse, D once per key tile (2 S d + 2 T S d bf16, 2 T S f32) and
 // runs 8 S^2 d (S^T, dP^T, dV, dK). Exponentials: S^2 per kernel.
@@ -763,7 +785,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 //     D                                  16     32     64    128
 //     shared memory, dQ (KiB)           6.3   10.3   18.3   34.3
 //     shared memory, dK/dV (KiB)        6.5   10.5   18.5   42.6
-//     registers sm_90, dQ / dK/dV   108/119 124/154 157/218 238/247   (sm_80: 104/123, 118/153,
+//     registers sm_90, dQ / dK/dV   106/122 122/153 156/213 237/247   (sm_80: 104/123, 118/153,
 //     blocks per SM (16-warp max)     4 / 4   4 / 3   3 / 2   2 / 2    156/214, 238/244), no spills
 //
 // MIN_BLOCKS_DQ / MIN_BLOCKS_DKV are what ptxas reaches without a bound, on both architectures:
