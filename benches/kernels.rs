@@ -336,7 +336,6 @@ fn kernels(c: &mut Criterion) {
 
     // ---- fused attention, every key real ----
     let qkv = t.activation(&[rows, 3 * h], 1.0);
-    let mask = &full;
     let per_head = s.seq * s.seq * (h / s.heads);
     let attention = s.batch * s.heads * per_head;
     t.bench(
@@ -344,10 +343,10 @@ fn kernels(c: &mut Criterion) {
         "attention_forward",
         flops(4 * attention),
         || {
-            backend.attention_forward(&qkv, &mask, s.heads).unwrap();
+            backend.attention_forward(&qkv, &full, s.heads).unwrap();
         },
     );
-    let saved = backend.attention_forward(&qkv, &mask, s.heads).unwrap();
+    let saved = backend.attention_forward(&qkv, &full, s.heads).unwrap();
     let dout = t.activation(&[rows, h], 1.0);
     t.bench(
         &mut group,
@@ -355,7 +354,7 @@ fn kernels(c: &mut Criterion) {
         flops(10 * attention),
         || {
             backend
-                .attention_backward(&dout, &qkv, &mask, &saved.out, &saved.lse, s.heads)
+                .attention_backward(&dout, &qkv, &full, &saved.out, &saved.lse, s.heads)
                 .unwrap();
         },
     );
@@ -414,7 +413,9 @@ fn kernels(c: &mut Criterion) {
         "dropout_add_forward",
         bytes(3 * rows * h * e),
         || {
-            backend.dropout_add_forward(&residual, &x, key, None).unwrap();
+            backend
+                .dropout_add_forward(&residual, &x, key, None)
+                .unwrap();
         },
     );
     t.bench(
