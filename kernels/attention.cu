@@ -244,7 +244,8 @@ __device__ __forceinline__ void load_tile(float* __restrict__ tile, const E* __r
 
 // One past the sequence's last real key (0 for a sequence that is all padding). Keys from there on
 // are padding, so the key loops stop there. An integer max through shared memory: the result does
-// not depend on the order of the atomics. Ends with a barrier, so `end` may be read at once.
+// not depend on the order of the atomics. Ends with a barrier, so `end` may be read at once. Without
+// a mask (null, the same for the whole block) every key is real: the end is `seq`, with no barrier.
 template <int THREADS>
 __device__ __forceinline__ int real_key_end(const int* __restrict__ key_mask, int seq, int* end) {
     if (key_mask == nullptr) return seq;  // no mask: every key of the sequence is real
