@@ -26,6 +26,7 @@ use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::backend::cuda::GpuBackend;
 use undertale_maskedlm::backend::{AdamWStep, Backend, DropoutKey, Param};
 use undertale_maskedlm::device::Precision;
+use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::{DType, Device, Tensor};
 
 /// The shapes of one preset at one batch.
@@ -222,7 +223,9 @@ fn kernels(c: &mut Criterion) {
     for j in (0..rows).step_by(7) {
         tokens[j] = 5; // [NEXT] every seventh token
     }
-    let tokens = backend.upload_i32(&[s.batch, s.seq], &tokens).unwrap();
+    let tokens = backend.upload_i32(&[rows], &tokens).unwrap();
+    // Every row a whole sequence: the padded batch with no padding.
+    let full = Sequences::new(backend.as_ref(), &vec![s.seq; s.batch], None, None).unwrap();
     let [tok, ins, arg] = tables;
     t.bench(
         &mut group,
@@ -230,7 +233,7 @@ fn kernels(c: &mut Criterion) {
         bytes(rows * (3 * 4 * h + e * h)),
         || {
             backend
-                .embedding_forward(&tokens, 5, &params, tok, ins, arg, h)
+                .embedding_forward(&tokens, &full, 5, &params, tok, ins, arg, h)
                 .unwrap();
         },
     );
@@ -242,7 +245,7 @@ fn kernels(c: &mut Criterion) {
         bytes(rows * (e * h + 3 * 4 * h)),
         || {
             backend
-                .embedding_backward(&dout, &tokens, 5, &mut grads, tok, ins, arg)
+                .embedding_backward(&dout, &tokens, &full, 5, &mut grads, tok, ins, arg)
                 .unwrap();
         },
     );
@@ -333,9 +336,6 @@ fn kernels(c: &mut Criterion) {
 
     // ---- fused attention, every key real ----
     let qkv = t.activation(&[rows, 3 * h], 1.0);
-    let mask = backend
-        .upload_i32(&[s.batch, s.seq], &vec![1; rows])
-        .unwrap();
     let per_head = s.seq * s.seq * (h / s.heads);
     let attention = s.batch * s.heads * per_head;
     t.bench(
@@ -343,10 +343,10 @@ fn kernels(c: &mut Criterion) {
         "attention_forward",
         flops(4 * attention),
         || {
-            backend.attention_forward(&qkv, &mask, s.heads).unwrap();
+            backend.attention_forward(&qkv, &full, s.heads).unwrap();
         },
     );
-    let saved = backend.attention_forward(&qkv, &mask, s.heads).unwrap();
+    let saved = backend.attention_forward(&qkv, &full, s.heads).unwrap();
     let dout = t.activation(&[rows, h], 1.0);
     t.bench(
         &mut group,
@@ -354,7 +354,49 @@ fn kernels(c: &mut Criterion) {
         flops(10 * attention),
         || {
             backend
-                .attention_backward(&dout, &qkv, &mask, &saved.out, &saved.lse, s.heads)
+                .attention_backward(&dout, &qkv, &full, &saved.out, &saved.lse, s.heads)
+                .unwrap();
+        },
+    );
+
+    // ---- fused attention over packed sequences of unequal lengths ----
+    // Real lengths from a quarter of `seq` to all of it, as a tokenized batch has: the grid covers
+    // only their tiles, the longest first.
+    let lengths: Vec<usize> = (0..s.batch)
+        .map(|b| (s.seq / 4 + b * 37 % (s.seq - s.seq / 4).max(1)).clamp(1, s.seq))
+        .collect();
+    let packed_rows: usize = lengths.iter().sum();
+    let packed = Sequences::new(backend.as_ref(), &lengths, None, None).unwrap();
+    let packed_qkv = t.activation(&[packed_rows, 3 * h], 1.0);
+    let packed_work: usize = lengths.iter().map(|l| l * l * h).sum();
+    t.bench(
+        &mut group,
+        "attention_forward_packed",
+        flops(4 * packed_work),
+        || {
+            backend
+                .attention_forward(&packed_qkv, &packed, s.heads)
+                .unwrap();
+        },
+    );
+    let packed_saved = backend
+        .attention_forward(&packed_qkv, &packed, s.heads)
+        .unwrap();
+    let packed_dout = t.activation(&[packed_rows, h], 1.0);
+    t.bench(
+        &mut group,
+        "attention_backward_packed",
+        flops(10 * packed_work),
+        || {
+            backend
+                .attention_backward(
+                    &packed_dout,
+                    &packed_qkv,
+                    &packed,
+                    &packed_saved.out,
+                    &packed_saved.lse,
+                    s.heads,
+                )
                 .unwrap();
         },
     );
@@ -371,7 +413,9 @@ fn kernels(c: &mut Criterion) {
         "dropout_add_forward",
         bytes(3 * rows * h * e),
         || {
-            backend.dropout_add_forward(&residual, &x, key).unwrap();
+            backend
+                .dropout_add_forward(&residual, &x, key, None)
+                .unwrap();
         },
     );
     t.bench(
@@ -379,7 +423,7 @@ fn kernels(c: &mut Criterion) {
         "dropout_backward",
         bytes(2 * rows * h * e),
         || {
-            backend.dropout_backward(&dy, key).unwrap();
+            backend.dropout_backward(&dy, key, None).unwrap();
         },
     );
 

@@ -1,5 +1,6 @@
-// Multi-head attention with a key-padding mask, forward and backward: the algorithm of
-// FlashAttention-2 (Dao, 2023), with the [seq, seq] score matrix never written to memory.
+// Multi-head attention over variable-length sequences, with an optional key-padding mask, forward and
+// backward: the algorithm of FlashAttention-2 (Dao, 2023), with no score matrix ever written to
+// memory.
 // CPU reference: src/backend/cpu/attention.rs; launch wrappers: src/backend/cuda/ops/attention.rs.
 //
 // Element types. The CUDA-core kernels are templates over the activation type E (float or
@@ -8,11 +9,19 @@
 // (mma.sync m16n8k16, at the end of the file), which the wrapper uses by default; the CUDA-core bf16
 // kernels stay as the reference the tests hold them to. f32 runs on CUDA cores only.
 //
-// ---- The math --------------------------------------------------------------------------------------
-// For one (sequence b, head h), with q, k, v the [S, d] slices of the fused QKV activation (row i of
-// q is qkv[b*S + i, h*d .. h*d + d]; k and v sit `hidden` and `2 hidden` floats further on):
+// ---- Layout ----------------------------------------------------------------------------------------
+// The token axis holds the batch's sequences back to back (FlashAttention's varlen layout): sequence b
+// is rows o_b .. o_b + S_b of every [tokens, *] operand, o_b = offsets[b], S_b = offsets[b + 1] - o_b.
+// A padded batch is the case S_b = seq for every b, with a key mask for its padding; a packed batch
+// has every row real and no mask (null). lse and the backward's D are [heads, tokens] f32: row o_b + i
+// of head h at h * tokens + o_b + i.
 //
-//     s_ij = (q_i . k_j) / sqrt(d)              (s_ij = -inf for a padding key: mask[b, j] == 0)
+// ---- The math --------------------------------------------------------------------------------------
+// For one (sequence b, head h), with q, k, v the [S_b, d] slices of the fused QKV activation (row i
+// of q is qkv[o_b + i, h*d .. h*d + d]; k and v sit `hidden` and `2 hidden` floats further on), a
+// query attends to the keys of its own sequence only:
+//
+//     s_ij = (q_i . k_j) / sqrt(d),  j < S_b    (s_ij = -inf for a padding key: mask[o_b + j] == 0)
 //     m_i  = max_j s_ij,   l_i = sum_j exp(s_ij - m_i),   lse_i = m_i + log l_i
 //     P_ij = exp(s_ij - lse_i),                 out_i = sum_j P_ij v_j
 //
@@ -61,7 +70,16 @@
 // zero-filled too (they contribute nothing) and their threads still take part in every barrier and
 // shuffle; only their stores are skipped.
 //
-// Forward, `attention_forward_f32_d*`: one block per (batch, head, tile of ROWS query rows); q_i and
+// The grid. A block owns one 64-row tile of one (sequence, head); which one comes from a schedule the
+// host builds once per batch from the offsets: one (sequence, tile) entry per tile of every sequence,
+// ceil(S_b / 64) of them, so no block exists for rows past a sequence's end, and `entries * heads`
+// blocks with the heads of an entry adjacent. Every tile of sequence b costs about S_b (a query tile
+// visits all S_b keys, a key tile all S_b queries), so the schedule lists the longest sequences
+// first (longest-processing-time first): the GPU starts the longest blocks at once and fills in with
+// shorter ones, and a batch of one long and many short sequences does not end on the long one's
+// blocks running alone. (A padded batch has equal lengths: its order is the sequences'.)
+//
+// Forward, `attention_forward_f32_d*`: one block per (sequence, head, tile of ROWS query rows); q_i and
 // the accumulator o_i stay in registers for the whole key loop; K and V tiles stream through shared
 // memory. Scores are taken CHUNK = 16 keys at a time (16 independent dot products in flight), then
 // the chunk's max updates the online softmax and its probabilities accumulate P V.
@@ -70,27 +88,30 @@
 // adds each block's share of dQ with float atomics, whose order (and so rounding) changes from run to
 // run; here, as in deterministic variants of it, the work is split so that every block owns its
 // outputs:
-//   1. `attention_backward_dq_f32_d*`: one block per (batch, head, query tile), launched first. Each
+//   1. `attention_backward_dq_f32_d*`: one block per (sequence, head, query tile), launched first. Each
 //      group computes D_i for its row (and saves it for step 2), then streams K and V tiles and
 //      accumulates dQ_i in registers.
-//   2. `attention_backward_dkv_f32_d*`: one block per (batch, head, key tile). Each group keeps k_j,
-//      v_j, dK_j, dV_j in registers and streams Q, dO, lse and D over all query tiles.
+//   2. `attention_backward_dkv_f32_d*`: one block per (sequence, head, key tile). Each group keeps
+//      k_j, v_j, dK_j, dV_j in registers and streams Q, dO, lse and D over all the sequence's query
+//      tiles.
 // Each output element is owned by exactly one thread and summed in a fixed order, so the results are
 // bitwise reproducible from run to run.
 //
-// ---- Memory traffic and work (per (batch, head), S keys, head_dim d, T = ceil(S / ROWS) tiles) -----
+// ---- Memory traffic and work (per (sequence, head), S = S_b keys, head_dim d, T = ceil(S / ROWS)) -
+// A batch costs the sum over its sequences: sum_b S_b^2 d flops per unit below, not batch * seq^2 d,
+// so a packed batch pays for its real tokens only (a padded one pays for its padding queries too).
 //   forward:  reads Q once and K, V once per query tile (S d + 2 T S d floats), writes out and lse
-//             (S d + S), 4 S^2 d flops. The blocks of one (batch, head) are adjacent in the grid,
-//             so the T re-reads of K and V mostly hit L2. Unfused attention writes and re-reads
+//             (S d + S), 4 S^2 d flops. The blocks of one sequence are adjacent in the grid, so the
+//             T re-reads of K and V mostly hit L2. Unfused attention writes and re-reads
 //             S^2 scores and S^2 probabilities instead (S = 512: 1 MiB each, per head).
 //   dQ:       reads Q, dO, out once and K, V once per query tile; 6 S^2 d flops (recomputes s, dP).
 //   dK/dV:    reads K, V once and Q, dO, lse, D once per key tile;  8 S^2 d flops.
 // Backward is 14 S^2 d flops: 8 for a backward that stored P, 2 to recompute s from lse (O(S) memory
 // instead of O(S^2)), and 4 because each of the two kernels computes s and dP (the price of
-// determinism without atomics; a single kernel with atomics does 10). Keys after the sequence's last
-// real key are padding: every kernel finds that end first and stops its key loop there, and a dK/dV
-// block whose keys are all padding skips its query loop, so padded batches cost what their real
-// lengths cost. (Padded query rows still get their gradients: the reference computes them.)
+// determinism without atomics; a single kernel with atomics does 10). With a key mask, keys after the
+// sequence's last real key are padding: every kernel finds that end first (real_key_end) and stops its
+// key loop there, and a dK/dV block whose keys are all padding skips its query loop. (Padded query
+// rows still get their gradients: the reference computes them.) Without a mask the end is S_b.
 //
 // On CUDA cores each broadcast float4 from shared memory feeds four FMAs, so shared-memory
 // bandwidth and FMA issue, not DRAM, should bound these kernels (not yet measured on a GPU). The
@@ -223,9 +244,11 @@ __device__ __forceinline__ void load_tile(float* __restrict__ tile, const E* __r
 
 // One past the sequence's last real key (0 for a sequence that is all padding). Keys from there on
 // are padding, so the key loops stop there. An integer max through shared memory: the result does
-// not depend on the order of the atomics. Ends with a barrier, so `end` may be read at once.
+// not depend on the order of the atomics. Ends with a barrier, so `end` may be read at once. Without
+// a mask (null, the same for the whole block) every key is real: the end is `seq`, with no barrier.
 template <int THREADS>
 __device__ __forceinline__ int real_key_end(const int* __restrict__ key_mask, int seq, int* end) {
+    if (key_mask == nullptr) return seq;  // no mask: every key of the sequence is real
     if (threadIdx.x == 0) *end = 0;
     __syncthreads();
     int last = 0;
@@ -237,38 +260,52 @@ __device__ __forceinline__ int real_key_end(const int* __restrict__ key_mask, in
     return *end;
 }
 
-// The block's (tile, head, batch): a one-dimensional grid with the tile fastest, so that the blocks
-// reading the same head's K and V (forward, dQ) or Q and dO (dK/dV) run side by side and share L2.
+// Key j of a sequence (its mask, null when every key is real, starting at the sequence's first row)
+// is real.
+__device__ __forceinline__ bool key_is_real(const int* __restrict__ key_mask, int j) {
+    return key_mask == nullptr || key_mask[j] != 0;
+}
+
+// The block's work: 64-row tile `tile` of sequence `sequence` (rows first_row .. first_row + seq of
+// the token axis), head `head`. The grid is one block per (schedule entry, head), heads fastest:
+// entry e = blockIdx.x / heads is the pair (schedule[2 e], schedule[2 e + 1]) = (sequence, tile),
+// listed by the host longest sequence first, so the blocks with the most work start first.
 struct BlockCoords {
-    int tile, head, batch;
+    int tile, head, seq;
+    size_t first_row;
 };
-__device__ __forceinline__ BlockCoords block_coords(int seq, int heads, int rows_per_tile) {
-    const int tiles = (seq + rows_per_tile - 1) / rows_per_tile;
-    const int bh = blockIdx.x / tiles;
-    return {static_cast<int>(blockIdx.x) % tiles, bh % heads, bh / heads};
+__device__ __forceinline__ BlockCoords block_coords(const int* __restrict__ offsets, const int* __restrict__ schedule,
+                                                    int heads) {
+    const int entry = static_cast<int>(blockIdx.x) / heads;
+    const int sequence = schedule[2 * entry];
+    const int first = offsets[sequence];
+    return {schedule[2 * entry + 1], static_cast<int>(blockIdx.x) % heads, offsets[sequence + 1] - first,
+            static_cast<size_t>(first)};
 }
 
 // ---- forward --------------------------------------------------------------------------------------
 
 template <int D, typename E>
-__device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __restrict__ mask, E* __restrict__ out,
-                                        float* __restrict__ lse, int seq, int heads, int d, float scale) {
+__device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __restrict__ offsets,
+                                        const int* __restrict__ schedule, const int* __restrict__ mask, E* __restrict__ out,
+                                        float* __restrict__ lse, int tokens, int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, k_tile, T::STREAM * D);
     SHARED_ARRAY(float, v_tile, T::STREAM * D);
     SHARED_ARRAY(int, key_real, T::STREAM);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, T::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int lane = threadIdx.x % T::LANES;
     const int i = at.tile * T::ROWS + threadIdx.x / T::LANES;  // this group's query row
     const bool row_exists = i < seq;
-    const E* q = qkv + static_cast<size_t>(at.batch) * seq * stride + at.head * d;  // row 0 of q
+    const E* q = qkv + at.first_row * stride + at.head * d;  // row 0 of q
     const E* k = q + hidden;
     const E* v = q + 2 * hidden;
-    const int* key_mask = mask + static_cast<size_t>(at.batch) * seq;
+    const int* key_mask = mask ? mask + at.first_row : nullptr;
 
     const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
 
@@ -285,7 +322,7 @@ __device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __
         load_tile<D, E>(k_tile, k, stride, first, key_end, d);
         load_tile<D, E>(v_tile, v, stride, first, key_end, d);
         for (int j = threadIdx.x; j < T::STREAM; j += T::THREADS) {
-            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+            key_real[j] = first + j < key_end && key_is_real(key_mask, first + j);
         }
         __syncthreads();
 
@@ -320,10 +357,10 @@ __device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __
     // l >= 1 once any key was real (the max key contributes exp(0)); l == 0 means no real key.
     const bool any_key = l > 0.0f;
     if (row_exists) {
-        const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-        store_row<D, E>(out + (static_cast<size_t>(at.batch) * seq + i) * hidden + at.head * d, o,
+        const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
+        store_row<D, E>(out + (at.first_row + i) * hidden + at.head * d, o,
                      any_key ? 1.0f / l : 0.0f, d, lane);
-        if (lane == 0) lse[bh * seq + i] = any_key ? m + logf(l) : NEG_INF;
+        if (lane == 0) lse[bh + i] = any_key ? m + logf(l) : NEG_INF;
     }
 }
 
@@ -331,28 +368,30 @@ __device__ __forceinline__ void forward(const E* __restrict__ qkv, const int* __
 
 template <int D, typename E>
 __device__ __forceinline__ void backward_dq(const E* __restrict__ dout, const E* __restrict__ qkv,
+                                            const int* __restrict__ offsets, const int* __restrict__ schedule,
                                             const int* __restrict__ mask, const E* __restrict__ out,
                                             const float* __restrict__ lse, float* __restrict__ delta,
-                                            E* __restrict__ dqkv, int seq, int heads, int d, float scale) {
+                                            E* __restrict__ dqkv, int tokens, int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, k_tile, T::STREAM * D);
     SHARED_ARRAY(float, v_tile, T::STREAM * D);
     SHARED_ARRAY(int, key_real, T::STREAM);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, T::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int lane = threadIdx.x % T::LANES;
     const int i = at.tile * T::ROWS + threadIdx.x / T::LANES;
     const bool row_exists = i < seq;
-    const size_t first_row = static_cast<size_t>(at.batch) * seq;  // this sequence's first token row
+    const size_t first_row = at.first_row;  // this sequence's first token row
     const E* q = qkv + first_row * stride + at.head * d;
     const E* k = q + hidden;
     const E* v = q + 2 * hidden;
     const size_t out_at = (first_row + i) * hidden + at.head * d;  // row i in out and dout
-    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-    const int* key_mask = mask + first_row;
+    const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
+    const int* key_mask = mask ? mask + first_row : nullptr;
 
     const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
 
@@ -367,16 +406,16 @@ __device__ __forceinline__ void backward_dq(const E* __restrict__ dout, const E*
         dqi[f] = 0.0f;
     }
     const float delta_i = group_sum<T::LANES>(partial);  // D_i = dO_i . out_i
-    const float lse_i = row_exists ? lse[bh * seq + i] : NEG_INF;
+    const float lse_i = row_exists ? lse[bh + i] : NEG_INF;
     const bool row_has_keys = lse_i != NEG_INF;
-    if (row_exists && lane == 0) delta[bh * seq + i] = delta_i;  // for the dK/dV kernel
+    if (row_exists && lane == 0) delta[bh + i] = delta_i;  // for the dK/dV kernel
 
     for (int first = 0; first < key_end; first += T::STREAM) {
         __syncthreads();
         load_tile<D, E>(k_tile, k, stride, first, key_end, d);
         load_tile<D, E>(v_tile, v, stride, first, key_end, d);
         for (int j = threadIdx.x; j < T::STREAM; j += T::THREADS) {
-            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+            key_real[j] = first + j < key_end && key_is_real(key_mask, first + j);
         }
         __syncthreads();
 
@@ -397,8 +436,9 @@ __device__ __forceinline__ void backward_dq(const E* __restrict__ dout, const E*
 
 template <int D, typename E>
 __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E* __restrict__ qkv,
+                                             const int* __restrict__ offsets, const int* __restrict__ schedule,
                                              const int* __restrict__ mask, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, E* __restrict__ dqkv, int seq,
+                                             const float* __restrict__ delta, E* __restrict__ dqkv, int tokens,
                                              int heads, int d, float scale) {
     using T = Tiles<D>;
     SHARED_ARRAY(float, q_tile, T::STREAM * D);
@@ -407,20 +447,21 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
     SHARED_ARRAY(float, delta_tile, T::STREAM);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, T::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int lane = threadIdx.x % T::LANES;
     const int j = at.tile * T::ROWS + threadIdx.x / T::LANES;  // this group's key row
     const bool key_exists = j < seq;
-    const size_t first_row = static_cast<size_t>(at.batch) * seq;
+    const size_t first_row = at.first_row;
     const E* q = qkv + first_row * stride + at.head * d;
     const E* do_rows = dout + first_row * hidden + at.head * d;  // row 0 of this head's dO
-    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-    const int* key_mask = mask + first_row;
+    const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
+    const int* key_mask = mask ? mask + first_row : nullptr;
 
     const int key_end = real_key_end<T::THREADS>(key_mask, seq, key_end_shared);
-    const bool key_real = key_exists && key_mask[j] != 0;
+    const bool key_real = key_exists && key_is_real(key_mask, j);
 
     float kj[T::FEATURES], vj[T::FEATURES], dk[T::FEATURES], dv[T::FEATURES];
     load_row<D, E>(kj, q + hidden + j * stride, key_exists, d, lane);
@@ -437,8 +478,8 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
             load_tile<D, E>(do_tile, do_rows, hidden, first, seq, d);
             for (int r = threadIdx.x; r < T::STREAM; r += T::THREADS) {
                 const bool exists = first + r < seq;
-                lse_tile[r] = exists ? lse[bh * seq + first + r] : NEG_INF;
-                delta_tile[r] = exists ? delta[bh * seq + first + r] : 0.0f;
+                lse_tile[r] = exists ? lse[bh + first + r] : NEG_INF;
+                delta_tile[r] = exists ? delta[bh + first + r] : 0.0f;
             }
             __syncthreads();
 
@@ -465,8 +506,9 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
 
 // ---- forward in bf16 on tensor cores ----------------------------------------------------------------
 // `attention_forward_bf16_mma_d*`, for head-dim capacities D = 16, 32, 64, 128: the same grid as the
-// CUDA-core kernels (one block per (batch, head, tile of 64 query rows)), but the block is 4 warps and
-// each warp owns 16 query rows as tensor-core fragments (mma.sync m16n8k16, bf16 in, f32 accumulate).
+// CUDA-core kernels (one block per (sequence, head, tile of 64 query rows), from the schedule), but
+// the block is 4 warps and each warp owns 16 query rows as tensor-core fragments (mma.sync m16n8k16,
+// bf16 in, f32 accumulate).
 //
 //   Q    the block's 64 rows are staged once through shared memory (in the K tile's space) and each
 //        warp keeps its 16 x D slice as D / 16 A fragments (ldmatrix.x4) for the whole key loop.
@@ -483,7 +525,7 @@ __device__ __forceinline__ void backward_dkv(const E* __restrict__ dout, const E
 //   O    16 x D f32 per warp in D / 8 accumulator tiles, normalised by 1 / l and rounded to bf16.
 //
 // Registers per lane: Q fragments D / 4, S 32, P fragments 16, O D / 2. Shared memory per block:
-// 2 * 64 * (D + 8) bf16 + 64 ints: 18.3 KiB for D = 64, 34.3 KiB for D = 128. ptxas: 122, 123, 128
+// 2 * 64 * (D + 8) bf16 + 64 ints: 18.3 KiB for D = 64, 34.3 KiB for D = 128. ptxas: 120, 128, 128
 // and 168 registers for D = 16, 32, 64, 128 on sm_90 (122, 125, 168, 239 on sm_80), no spills.
 // Exponentials use __expf: bf16 outputs do not need the accurate expf.
 
@@ -552,8 +594,10 @@ __device__ __forceinline__ void load_tile_bf16(__nv_bfloat16* __restrict__ tile,
 }
 
 template <int D>
-__device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
-                                            __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq,
+__device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ offsets,
+                                            const int* __restrict__ schedule,
+                                            const int* __restrict__ mask,
+                                            __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int tokens,
                                             int heads, int d, float scale) {
     using M = MmaTiles<D>;
     SHARED_ARRAY(__nv_bfloat16, k_tile, M::KEYS * M::STRIDE);  // the block's Q rows first
@@ -561,15 +605,16 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
     SHARED_ARRAY(int, key_real, M::KEYS);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;  // this lane's rows g, g + 8 and column pair 2t, 2t + 1 of a tile
-    const __nv_bfloat16* q = qkv + static_cast<size_t>(at.batch) * seq * stride + at.head * d;  // row 0 of q
+    const __nv_bfloat16* q = qkv + at.first_row * stride + at.head * d;  // row 0 of q
     const __nv_bfloat16* k = q + hidden;
     const __nv_bfloat16* v = q + 2 * hidden;
-    const int* key_mask = mask + static_cast<size_t>(at.batch) * seq;
+    const int* key_mask = mask ? mask + at.first_row : nullptr;
 
     const int key_end = real_key_end<M::THREADS>(key_mask, seq, key_end_shared);
     const bool chunks = d == D && reinterpret_cast<size_t>(qkv) % 16 == 0;  // 16-byte loads (and 4-byte stores)
@@ -595,7 +640,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
         load_tile_bf16<D>(k_tile, k, stride, first, key_end, d, chunks);
         load_tile_bf16<D>(v_tile, v, stride, first, key_end, d, chunks);
         for (int j = threadIdx.x; j < M::KEYS; j += M::THREADS) {
-            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+            key_real[j] = first + j < key_end && key_is_real(key_mask, first + j);
         }
         __syncthreads();
 
@@ -673,7 +718,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
         }
     }
 
-    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
+    const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         l[h] += __shfl_xor_sync(0xffffffffu, l[h], 1);
@@ -683,7 +728,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
         // l >= 1 once any key was real; l == 0 means no real key: out = 0, lse = -inf.
         const bool any_key = l[h] > 0.0f;
         const float inv = any_key ? 1.0f / l[h] : 0.0f;
-        __nv_bfloat16* row = out + (static_cast<size_t>(at.batch) * seq + i) * hidden + at.head * d;
+        __nv_bfloat16* row = out + (at.first_row + i) * hidden + at.head * d;
 #pragma unroll
         for (int n = 0; n < M::O_TILES; ++n) {
             const int c = 8 * n + 2 * t;
@@ -695,7 +740,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
                 if (c + 1 < d) row[c + 1] = __float2bfloat16(hi);
             }
         }
-        if (t == 0) lse[bh * seq + i] = any_key ? m[h] + logf(l[h]) : NEG_INF;
+        if (t == 0) lse[bh + i] = any_key ? m[h] + logf(l[h]) : NEG_INF;
     }
 }
 
@@ -733,7 +778,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 // Each output element lives in one lane's accumulator and sums its terms in a fixed order (mma over
 // the k-steps, tiles in order), so results are bitwise reproducible and independent of scheduling.
 //
-// Per (batch, head) with T = ceil(S / 64): dQ reads Q, dO, out once and K, V once per query tile
+// Per (sequence, head) with T = ceil(S / 64): dQ reads Q, dO, out once and K, V once per query tile
 // (3 S d + 2 T S d bf16), writes dQ and D, and runs 6 S^2 d flops (S, dP, dQ) on tensor cores;
 // dK/dV reads K, V once and Q, dO, lse, D once per key tile (2 S d + 2 T S d bf16, 2 T S f32) and
 // runs 8 S^2 d (S^T, dP^T, dV, dK). Exponentials: S^2 per kernel.
@@ -741,7 +786,7 @@ __device__ __forceinline__ void forward_mma(const __nv_bfloat16* __restrict__ qk
 //     D                                  16     32     64    128
 //     shared memory, dQ (KiB)           6.3   10.3   18.3   34.3
 //     shared memory, dK/dV (KiB)        6.5   10.5   18.5   42.6
-//     registers sm_90, dQ / dK/dV   108/119 124/154 157/218 238/247   (sm_80: 104/123, 118/153,
+//     registers sm_90, dQ / dK/dV   106/122 122/153 156/213 237/247   (sm_80: 104/123, 118/153,
 //     blocks per SM (16-warp max)     4 / 4   4 / 3   3 / 2   2 / 2    156/214, 238/244), no spills
 //
 // MIN_BLOCKS_DQ / MIN_BLOCKS_DKV are what ptxas reaches without a bound, on both architectures:
@@ -803,9 +848,11 @@ __device__ __forceinline__ void store_rows_bf16(__nv_bfloat16* __restrict__ base
 
 template <int D>
 __device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict__ dout,
-                                                const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                                const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ offsets,
+                                                const int* __restrict__ schedule,
+                                                const int* __restrict__ mask,
                                                 const __nv_bfloat16* __restrict__ out, const float* __restrict__ lse,
-                                                float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq,
+                                                float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int tokens,
                                                 int heads, int d, float scale) {
     using M = MmaTiles<D>;
     SHARED_ARRAY(__nv_bfloat16, k_tile, M::KEYS * M::STRIDE);  // the block's out rows, then its Q rows first
@@ -813,19 +860,20 @@ __device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict_
     SHARED_ARRAY(int, key_real, M::KEYS);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
-    const size_t first_row = static_cast<size_t>(at.batch) * seq;
+    const size_t first_row = at.first_row;
     const __nv_bfloat16* q = qkv + first_row * stride + at.head * d;
     const __nv_bfloat16* k = q + hidden;
     const __nv_bfloat16* v = q + 2 * hidden;
     const __nv_bfloat16* do_rows = dout + first_row * hidden + at.head * d;  // row 0 of this head's dO
     const __nv_bfloat16* out_rows = out + first_row * hidden + at.head * d;
-    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-    const int* key_mask = mask + first_row;
+    const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
+    const int* key_mask = mask ? mask + first_row : nullptr;
     const int row0 = at.tile * M::ROWS;           // the block's first query row
     const int warp_row0 = row0 + 16 * warp;       // the warp's
 
@@ -857,8 +905,8 @@ __device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict_
         partial += __shfl_xor_sync(0xffffffffu, partial, 2);
         delta_i[h] = partial;
         const int i = row0 + r;
-        lse_i[h] = i < seq ? lse[bh * seq + i] : NEG_INF;
-        if (i < seq && t == 0) delta[bh * seq + i] = partial;  // for the dK/dV kernel
+        lse_i[h] = i < seq ? lse[bh + i] : NEG_INF;
+        if (i < seq && t == 0) delta[bh + i] = partial;  // for the dK/dV kernel
     }
     uint32_t dof[M::K_STEPS][4];  // the warp's 16 dO rows as A fragments
     a_rows<D>(dof, v_tile, warp, lane);
@@ -877,7 +925,7 @@ __device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict_
         load_tile_bf16<D>(k_tile, k, stride, first, key_end, d, chunks);
         load_tile_bf16<D>(v_tile, v, stride, first, key_end, d, chunks);
         for (int j = threadIdx.x; j < M::KEYS; j += M::THREADS) {
-            key_real[j] = first + j < key_end && key_mask[first + j] != 0;
+            key_real[j] = first + j < key_end && key_is_real(key_mask, first + j);
         }
         __syncthreads();
 
@@ -935,9 +983,11 @@ __device__ __forceinline__ void backward_dq_mma(const __nv_bfloat16* __restrict_
 
 template <int D>
 __device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict__ dout,
-                                                 const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,
+                                                 const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ offsets,
+                                                 const int* __restrict__ schedule,
+                                                 const int* __restrict__ mask,
                                                  const float* __restrict__ lse, const float* __restrict__ delta,
-                                                 __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int d,
+                                                 __nv_bfloat16* __restrict__ dqkv, int tokens, int heads, int d,
                                                  float scale) {
     using M = MmaTiles<D>;
     // D = 128: K, V, dK and dV of a warp's 16 keys would take 192 registers, and ptxas spills at 255
@@ -957,16 +1007,17 @@ __device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict
     SHARED_ARRAY(float, delta_tile, QUERIES);
     SHARED_ARRAY(int, key_end_shared, 1);
 
-    const BlockCoords at = block_coords(seq, heads, M::ROWS);
+    const BlockCoords at = block_coords(offsets, schedule, heads);
+    const int seq = at.seq;  // the sequence's length
     const int hidden = heads * d;
     const size_t stride = 3 * static_cast<size_t>(hidden);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;
-    const size_t first_row = static_cast<size_t>(at.batch) * seq;
+    const size_t first_row = at.first_row;
     const __nv_bfloat16* q = qkv + first_row * stride + at.head * d;
     const __nv_bfloat16* do_rows = dout + first_row * hidden + at.head * d;
-    const size_t bh = static_cast<size_t>(at.batch) * heads + at.head;
-    const int* key_mask = mask + first_row;
+    const size_t bh = static_cast<size_t>(at.head) * tokens + at.first_row;  // row 0 in lse, D
+    const int* key_mask = mask ? mask + first_row : nullptr;
     const int row0 = at.tile * M::ROWS;      // the block's first key row
     const int warp_row0 = row0 + 16 * warp;  // the warp's
 
@@ -977,7 +1028,7 @@ __device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int j = warp_row0 + g + 8 * h;
-        key_real[h] = j < seq && key_mask[j] != 0;
+        key_real[h] = j < seq && key_is_real(key_mask, j);
     }
 
     float dk[M::O_TILES][4], dv[M::O_TILES][4];
@@ -1011,8 +1062,8 @@ __device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict
             load_tile_bf16<D, QUERIES>(do_tile, do_rows, hidden, first, seq, d, chunks_do);
             for (int r = threadIdx.x; r < QUERIES; r += M::THREADS) {
                 const bool exists = first + r < seq;
-                lse_tile[r] = exists ? lse[bh * seq + first + r] : NEG_INF;
-                delta_tile[r] = exists ? delta[bh * seq + first + r] : 0.0f;
+                lse_tile[r] = exists ? lse[bh + first + r] : NEG_INF;
+                delta_tile[r] = exists ? delta[bh + first + r] : 0.0f;
             }
             __syncthreads();
 
@@ -1085,48 +1136,57 @@ __device__ __forceinline__ void backward_dkv_mma(const __nv_bfloat16* __restrict
 
 // ---- entry points ---------------------------------------------------------------------------------
 // One per kernel, element type (f32, bf16) and head-dim capacity D in {16, 32, 64, 128}; the wrapper
-// launches the smallest D >= head_dim with Tiles<D>::THREADS threads and ceil(seq / 64) * heads * batch
-// blocks. The element type is that of qkv, dout, out and dqkv; lse and delta are always f32.
+// launches the smallest D >= head_dim with Tiles<D>::THREADS threads and `entries * heads` blocks,
+// entries being the schedule's (sequence, tile) pairs. The element type is that of qkv, dout, out and
+// dqkv; lse and delta are always f32.
 //
-// forward:       qkv [batch*seq, 3 hidden], mask [batch, seq] -> out [batch*seq, hidden], lse [batch, heads, seq]
-// backward_dq:   dout, qkv, mask, out, lse -> delta [batch, heads, seq] (scratch), dQ part of dqkv
-// backward_dkv:  dout, qkv, mask, lse, delta -> dK and dV parts of dqkv (launch after backward_dq)
+// offsets   [sequences + 1] cu_seqlens: sequence s is token rows offsets[s] .. offsets[s + 1]
+// schedule  [entries, 2] (sequence, 64-row tile) pairs, every tile of every sequence once, longest
+//           sequences first
+// mask      [tokens] 1 = a real key, or null when every key is real
+// forward:       qkv [tokens, 3 hidden] -> out [tokens, hidden], lse [heads, tokens]
+// backward_dq:   dout, qkv, out, lse -> delta [heads, tokens] (scratch), dQ part of dqkv
+// backward_dkv:  dout, qkv, lse, delta -> dK and dV parts of dqkv (launch after backward_dq)
 // forward_mma:   the forward on tensor cores, bf16 only; MmaTiles<D>::THREADS (128) threads and the
 //                same blocks.
 // backward_*_mma: the backward on tensor cores, bf16 only, the same arguments as backward_dq and
 //                backward_dkv (and the same order: dq first); 128 threads and the same blocks.
 // `scale` is 1 / sqrt(head_dim), computed by the caller exactly as the CPU backend does.
+#define ATTENTION_SEQUENCES \
+    const int *__restrict__ offsets, const int *__restrict__ schedule, const int *__restrict__ mask
 #define ATTENTION_FORWARD(E, NAME, D)                                                                          \
     extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
-        attention_forward_##NAME##_d##D(const E* __restrict__ qkv, const int* __restrict__ mask,                \
-                                        E* __restrict__ out, float* __restrict__ lse, int seq, int heads,       \
-                                        int head_dim, float scale) {                                            \
-        attention::forward<D>(qkv, mask, out, lse, seq, heads, head_dim, scale);                                \
+        attention_forward_##NAME##_d##D(const E* __restrict__ qkv, ATTENTION_SEQUENCES, E* __restrict__ out,     \
+                                        float* __restrict__ lse, int tokens, int heads, int head_dim,           \
+                                        float scale) {                                                          \
+        attention::forward<D>(qkv, offsets, schedule, mask, out, lse, tokens, heads, head_dim, scale);          \
     }
 #define ATTENTION_BACKWARD_DQ(E, NAME, D)                                                                      \
     extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
         attention_backward_dq_##NAME##_d##D(const E* __restrict__ dout, const E* __restrict__ qkv,              \
-                                            const int* __restrict__ mask, const E* __restrict__ out,            \
+                                            ATTENTION_SEQUENCES, const E* __restrict__ out,                     \
                                             const float* __restrict__ lse, float* __restrict__ delta,           \
-                                            E* __restrict__ dqkv, int seq, int heads, int head_dim,             \
+                                            E* __restrict__ dqkv, int tokens, int heads, int head_dim,          \
                                             float scale) {                                                      \
-        attention::backward_dq<D>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);         \
+        attention::backward_dq<D>(dout, qkv, offsets, schedule, mask, out, lse, delta, dqkv, tokens, heads,     \
+                                  head_dim, scale);                                                             \
     }
 #define ATTENTION_BACKWARD_DKV(E, NAME, D)                                                                     \
     extern "C" __global__ void __launch_bounds__(attention::Tiles<D>::THREADS, attention::Tiles<D>::MIN_BLOCKS) \
         attention_backward_dkv_##NAME##_d##D(const E* __restrict__ dout, const E* __restrict__ qkv,             \
-                                             const int* __restrict__ mask, const float* __restrict__ lse,       \
-                                             const float* __restrict__ delta, E* __restrict__ dqkv, int seq,    \
+                                             ATTENTION_SEQUENCES, const float* __restrict__ lse,                \
+                                             const float* __restrict__ delta, E* __restrict__ dqkv, int tokens, \
                                              int heads, int head_dim, float scale) {                            \
-        attention::backward_dkv<D>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);             \
+        attention::backward_dkv<D>(dout, qkv, offsets, schedule, mask, lse, delta, dqkv, tokens, heads,         \
+                                   head_dim, scale);                                                            \
     }
 #define ATTENTION_FORWARD_MMA(D)                                                                                \
     extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
                                                  attention::MmaTiles<D>::MIN_BLOCKS)                            \
-        attention_forward_bf16_mma_d##D(const __nv_bfloat16* __restrict__ qkv, const int* __restrict__ mask,    \
-                                        __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int seq,      \
+        attention_forward_bf16_mma_d##D(const __nv_bfloat16* __restrict__ qkv, ATTENTION_SEQUENCES,             \
+                                        __nv_bfloat16* __restrict__ out, float* __restrict__ lse, int tokens,   \
                                         int heads, int head_dim, float scale) {                                 \
-        attention::forward_mma<D>(qkv, mask, out, lse, seq, heads, head_dim, scale);                            \
+        attention::forward_mma<D>(qkv, offsets, schedule, mask, out, lse, tokens, heads, head_dim, scale);      \
     }
 #define ATTENTION_ENTRY_POINTS(E, NAME, D) \
     ATTENTION_FORWARD(E, NAME, D)          \
@@ -1145,19 +1205,20 @@ ATTENTION_ENTRY_POINTS(__nv_bfloat16, bf16, 128)
     extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
                                                  attention::MmaTiles<D>::MIN_BLOCKS_DQ)                         \
         attention_backward_dq_bf16_mma_d##D(                                                                   \
-            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,                      \
-            const int* __restrict__ mask, const __nv_bfloat16* __restrict__ out, const float* __restrict__ lse, \
-            float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim,      \
-            float scale) {                                                                                      \
-        attention::backward_dq_mma<D>(dout, qkv, mask, out, lse, delta, dqkv, seq, heads, head_dim, scale);     \
+            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv, ATTENTION_SEQUENCES, \
+            const __nv_bfloat16* __restrict__ out, const float* __restrict__ lse, float* __restrict__ delta,    \
+            __nv_bfloat16* __restrict__ dqkv, int tokens, int heads, int head_dim, float scale) {               \
+        attention::backward_dq_mma<D>(dout, qkv, offsets, schedule, mask, out, lse, delta, dqkv, tokens, heads, \
+                                      head_dim, scale);                                                         \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(attention::MmaTiles<D>::THREADS,                              \
                                                  attention::MmaTiles<D>::MIN_BLOCKS_DKV)                        \
         attention_backward_dkv_bf16_mma_d##D(                                                                  \
-            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv,                      \
-            const int* __restrict__ mask, const float* __restrict__ lse, const float* __restrict__ delta,       \
-            __nv_bfloat16* __restrict__ dqkv, int seq, int heads, int head_dim, float scale) {                  \
-        attention::backward_dkv_mma<D>(dout, qkv, mask, lse, delta, dqkv, seq, heads, head_dim, scale);         \
+            const __nv_bfloat16* __restrict__ dout, const __nv_bfloat16* __restrict__ qkv, ATTENTION_SEQUENCES, \
+            const float* __restrict__ lse, const float* __restrict__ delta, __nv_bfloat16* __restrict__ dqkv,   \
+            int tokens, int heads, int head_dim, float scale) {                                                 \
+        attention::backward_dkv_mma<D>(dout, qkv, offsets, schedule, mask, lse, delta, dqkv, tokens, heads,     \
+                                       head_dim, scale);                                                        \
     }
 #define ATTENTION_MMA_ENTRY_POINTS(D) \
     ATTENTION_FORWARD_MMA(D)          \

@@ -10,6 +10,13 @@
 // scalar tail for the last n % 4 elements. Backward regenerates the same mask from the key instead of
 // storing it.
 //
+// Packed batches (`rows` not null): x is [rows, width] with width % 4 == 0 (checked by the front),
+// and element (r, c) draws uniform number rows[r] * width + c, its place in the padded batch the row
+// came from, so a packed and a padded step drop the same elements. A group of four never straddles
+// two rows (width % 4 == 0), so group g of row r = g / (width / 4) uses Philox counter
+// rows[r] * (width / 4) + g % (width / 4), and there is no partial group. One extra int read per
+// group (the same row index for a whole row's groups: L1 hits).
+//
 // The element type follows the input: `dropout_f32` and `dropout_bf16` are the one template over T.
 // Bit-identical to the CPU: the uniform is exact (see philox.cuh), `u >= p` compares the same floats,
 // and `x * scale` is one correctly rounded f32 multiply by the same f32 scale, computed on the host as
@@ -61,15 +68,22 @@ __device__ __forceinline__ void store4(__nv_bfloat16* __restrict__ y, int g, con
 // y = residual + dropout(x), the dropped value rounded to T first as the unfused dropout stores it,
 // then the sum rounded once. One read of x and of residual and one write of y, where the unfused
 // pair writes dropout(x) and reads it back.
+// `rows` (may be null) and `row_groups` = width / 4: the packed rows' places in the padded batch.
 template <typename T>
 __device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
-                                        int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
-                                        unsigned step_lo, unsigned step_hi, unsigned site) {
+                                        const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                        unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
+                                        unsigned site) {
     const int full = n / 4;                          // groups of four elements
     const int groups = full + (n % 4 != 0 ? 1 : 0);  // and a partial one (no overflow near INT_MAX)
     const int stride = gridDim.x * blockDim.x;
     for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
-        unsigned word[4] = {static_cast<unsigned>(g), site, step_lo, step_hi};
+        // The counter is the group's index in the padded batch (32 bits, as on the CPU).
+        const unsigned counter =
+            rows ? static_cast<unsigned>(rows[g / row_groups]) * static_cast<unsigned>(row_groups) +
+                       static_cast<unsigned>(g % row_groups)
+                 : static_cast<unsigned>(g);
+        unsigned word[4] = {counter, site, step_lo, step_hi};
         philox4x32_10(word, seed_lo, seed_hi);
         const int i = 4 * g;
         if (g < full) {
@@ -92,28 +106,31 @@ __device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __rest
     }
 }
 
-extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, int n, float p,
-                                       float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
-                                       unsigned step_hi, unsigned site) {
-    dropout<float>(x, nullptr, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, const int* __restrict__ rows,
+                                       int row_groups, int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
+                                       unsigned step_lo, unsigned step_hi, unsigned site) {
+    dropout<float>(x, nullptr, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
-extern "C" __global__ void dropout_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y, int n,
-                                        float p, float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
-                                        unsigned step_hi, unsigned site) {
-    dropout<__nv_bfloat16>(x, nullptr, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+extern "C" __global__ void dropout_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y,
+                                        const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                        unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
+                                        unsigned site) {
+    dropout<__nv_bfloat16>(x, nullptr, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 // y = residual + dropout(x).
 extern "C" __global__ void dropout_add_f32(const float* __restrict__ x, const float* __restrict__ residual,
-                                           float* __restrict__ y, int n, float p, float scale, unsigned seed_lo,
-                                           unsigned seed_hi, unsigned step_lo, unsigned step_hi, unsigned site) {
-    dropout<float>(x, residual, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+                                           float* __restrict__ y, const int* __restrict__ rows, int row_groups, int n,
+                                           float p, float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
+                                           unsigned step_hi, unsigned site) {
+    dropout<float>(x, residual, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 extern "C" __global__ void dropout_add_bf16(const __nv_bfloat16* __restrict__ x,
                                             const __nv_bfloat16* __restrict__ residual, __nv_bfloat16* __restrict__ y,
-                                            int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
-                                            unsigned step_lo, unsigned step_hi, unsigned site) {
-    dropout<__nv_bfloat16>(x, residual, y, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+                                            const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                            unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
+                                            unsigned site) {
+    dropout<__nv_bfloat16>(x, residual, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }

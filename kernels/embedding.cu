@@ -2,7 +2,11 @@
 // every token derived from the `[NEXT]` tokens of its sequence. CPU reference:
 // src/backend/cpu/embedding.rs (`trace_positions`, `forward`, `backward`).
 //
-//   out[b*S + j] = token[tokens[b, j]] + instruction[ins(b, j)] + argument[arg(b, j)]
+//   out[o_b + j] = token[tokens[o_b + j]] + instruction[ins(b, j)] + argument[arg(b, j)]
+//
+// where sequence b is the rows offsets[b] .. offsets[b + 1] (o_b = offsets[b]) of the token axis: a
+// padded batch (every sequence `seq` long) or a packed one (sequences of their real lengths, back to
+// back); positions restart at each sequence's first row either way.
 //
 // A new instruction starts at the token *after* each `[NEXT]`. With
 //   g[j] = (j >= 1 && tokens[j - 1] == NEXT)      "an instruction starts at j"
@@ -13,13 +17,13 @@
 // gather (embedding_forward) and its adjoint (embedding_backward) are one warp per token row.
 //
 // Three launches per call:
-//   1. embedding_positions: one block per sequence. Reads the S token ids once, writes two ints per
-//      token. The ids were validated on the host before they were uploaded (the front, src/ops/
-//      embedding.rs), so nothing here reads back or waits.
+//   1. embedding_positions: one block per sequence (from the offsets). Reads its token ids once,
+//      writes two ints per token. The ids were validated on the host before they were uploaded (the
+//      front, src/ops/embedding.rs), so nothing here reads back or waits.
 //   2. embedding_forward_{f32,bf16}: reads 3 * H floats per token (table rows, mostly L2 hits: the
 //      position tables are small and every sequence uses their first rows) and writes H elements of
 //      the activation type (f32, or bf16 in mixed precision). Bandwidth-bound on the write of the
-//      [B*S, H] output and the token-table reads.
+//      [tokens, H] output and the token-table reads.
 //   3. embedding_backward_{f32,bf16}: reads H elements of dout (f32 or bf16) per token and issues
 //      3 * H f32 atomic adds into the gradient tables (gradients stay f32 in mixed precision). Float
 //      atomics make the summation order depend on scheduling, so the last bits of the gradient vary
@@ -37,20 +41,24 @@ __device__ __forceinline__ int max_int(int a, int b) { return a > b ? a : b; }
 //   - within a warp, a Hillis-Steele scan with __shfl_up_sync (5 steps of log2(32));
 //   - the warps' totals go through shared memory, and each thread adds those of the warps before it;
 //   - `carry` holds the totals of the chunks before this one.
-// Outputs: instruction[b*S + j] = ins[j], argument[b*S + j] = arg[j].
-extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, int seq, int next_id,
-                                               int* __restrict__ instruction, int* __restrict__ argument) {
+// Block b scans sequence b, rows offsets[b] .. offsets[b + 1].
+// Outputs: instruction[o_b + j] = ins[j], argument[o_b + j] = arg[j].
+extern "C" __global__ void embedding_positions(const int* __restrict__ tokens, const int* __restrict__ offsets,
+                                               int next_id, int* __restrict__ instruction,
+                                               int* __restrict__ argument) {
     SHARED_ARRAY(int, warp_count, 32);  // per warp of the chunk: instruction starts in it
     SHARED_ARRAY(int, warp_start, 32);  // per warp of the chunk: the latest start in it (0 if none)
     const int lane = threadIdx.x % 32;
     const int warp = threadIdx.x / 32;
     const int warps = blockDim.x / 32;
-    const size_t row_base = static_cast<size_t>(blockIdx.x) * seq;
+    const size_t row_base = static_cast<size_t>(offsets[blockIdx.x]);
+    const int seq = offsets[blockIdx.x + 1] - offsets[blockIdx.x];
     const int* row = tokens + row_base;
 
     int carry_count = 0;  // instruction starts before this chunk
     int carry_start = 0;  // the latest instruction start before this chunk
-    // The trip count depends only on seq and blockDim, so every thread reaches every barrier.
+    // The trip count depends only on the block's seq and blockDim, so every thread reaches every
+    // barrier.
     for (int chunk = 0; chunk < seq; chunk += blockDim.x) {
         const int j = chunk + threadIdx.x;
         const bool inside = j < seq;

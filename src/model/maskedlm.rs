@@ -227,7 +227,12 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         inputs: &CheckedInputs,
         sequences: &'a Sequences,
     ) -> Result<Var> {
-        self.encode(tape, &TokenAxis::new(inputs, Packing::Padded), sequences, None)
+        self.encode(
+            tape,
+            &TokenAxis::new(inputs, Packing::Padded),
+            sequences,
+            None,
+        )
     }
 
     /// Logits `[batch, seq, vocab]` at every position, padding included, as the reference's
@@ -365,7 +370,9 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         let (rows, targets) = labelled_positions(&self.config, &inputs, labels)?;
         let axis = TokenAxis::new(&inputs, self.packing);
         // Labels are on real tokens only (checked), and packing keeps every real token.
-        let rows = axis.rows_of(&rows).expect("packing keeps every labelled position");
+        let rows = axis
+            .rows_of(&rows)
+            .expect("packing keeps every labelled position");
         let sequences = axis.sequences(self.backend())?;
         let mut tape = Tape::new(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, &axis, &sequences, dropout)?;

@@ -86,7 +86,12 @@ impl dyn Backend + '_ {
 
 /// The sequences' device tensors live where the op runs.
 fn check_sequences(backend: &dyn Backend, sequences: &Sequences) -> Result<()> {
-    expect(backend, sequences.device_offsets(), DType::I32, "sequence offsets")?;
+    expect(
+        backend,
+        sequences.device_offsets(),
+        DType::I32,
+        "sequence offsets",
+    )?;
     if let Some(mask) = sequences.key_mask() {
         expect(backend, mask, DType::I32, "attention key mask")?;
     }

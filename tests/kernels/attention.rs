@@ -1,20 +1,87 @@
 //! Kernel tests for kernels/attention.cu: forward (out, lse) and backward (dqkv) against the CPU
 //! backend, for every head-dim capacity the kernels are compiled for, with sizes that are no multiple
-//! of any tile, padding at the end of sequences, holes in masks and sequences that are all padding;
-//! and the bf16 kernels (tensor-core and CUDA-core, forward and backward) against the CPU run on the
-//! same bf16-rounded inputs.
+//! of any tile, in the padded layout (padding at the end of sequences, holes in masks and sequences
+//! that are all padding) and the packed one (sequences of their own lengths back to back, from 1 row
+//! to several 64-row tiles); the bf16 kernels (tensor-core and CUDA-core, forward and backward)
+//! against the CPU run on the same bf16-rounded inputs; and the schedule of tiles the grid runs.
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::backend::Backend;
-use undertale_maskedlm::backend::cuda::ops::attention::{BackwardKernel, ForwardKernel};
+use undertale_maskedlm::backend::cuda::ops::attention::{BackwardKernel, ForwardKernel, schedule};
+use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::{DType, Error, Tensor};
 
-/// One attention call: sizes and, per sequence, which keys are real.
+/// How a batch's rows are divided into sequences.
+enum Layout {
+    /// `masks.len()` sequences of `seq` rows, each with its key mask (padding and holes).
+    Padded { seq: usize, masks: Vec<Vec<i32>> },
+    /// Sequences of these lengths back to back, every key real.
+    Packed(Vec<usize>),
+}
+
+/// One attention call: sizes and the sequences.
 struct Case {
     heads: usize,
     head_dim: usize,
-    seq: usize,
-    masks: Vec<Vec<i32>>,
+    layout: Layout,
+}
+
+impl Case {
+    fn padded(heads: usize, head_dim: usize, seq: usize, masks: Vec<Vec<i32>>) -> Self {
+        Case {
+            heads,
+            head_dim,
+            layout: Layout::Padded { seq, masks },
+        }
+    }
+
+    fn packed(heads: usize, head_dim: usize, lengths: &[usize]) -> Self {
+        Case {
+            heads,
+            head_dim,
+            layout: Layout::Packed(lengths.to_vec()),
+        }
+    }
+
+    /// Rows in all sequences.
+    fn tokens(&self) -> usize {
+        match &self.layout {
+            Layout::Padded { seq, masks } => seq * masks.len(),
+            Layout::Packed(lengths) => lengths.iter().sum(),
+        }
+    }
+
+    /// The sequences on `backend`.
+    fn sequences(&self, backend: &dyn Backend) -> Sequences {
+        match &self.layout {
+            Layout::Padded { seq, masks } => {
+                Sequences::padded(backend, masks.len(), *seq, &masks.concat()).unwrap()
+            }
+            Layout::Packed(lengths) => Sequences::new(backend, lengths, None, None).unwrap(),
+        }
+    }
+
+    /// Whether each row is a real key, and whether its sequence has any real key.
+    fn rows(&self) -> Vec<(bool, bool)> {
+        match &self.layout {
+            Layout::Padded { masks, .. } => masks
+                .iter()
+                .flat_map(|mask| {
+                    let any = mask.contains(&1);
+                    mask.iter().map(move |&m| (m != 0, any))
+                })
+                .collect(),
+            Layout::Packed(lengths) => vec![(true, true); lengths.iter().sum()],
+        }
+    }
+
+    fn describe(&self) -> String {
+        let layout = match &self.layout {
+            Layout::Padded { seq, masks } => format!("batch {} seq {seq}", masks.len()),
+            Layout::Packed(lengths) => format!("packed {lengths:?}"),
+        };
+        format!("{layout} heads {} head_dim {}", self.heads, self.head_dim)
+    }
 }
 
 /// A mask whose first `len` keys are real: padding at the end (all padding for `len` 0).
@@ -60,29 +127,18 @@ fn worst(got: &[f32], want: &[f32]) -> f32 {
 
 /// Forward and backward of `case` on the emulated GPU, in every scheduling order, against the CPU.
 fn check(case: &Case, seed: u64) {
-    let Case {
-        heads,
-        head_dim,
-        seq,
-        ref masks,
-    } = *case;
-    let batch = masks.len();
-    let hidden = heads * head_dim;
+    let (heads, tokens) = (case.heads, case.tokens());
+    let hidden = heads * case.head_dim;
     let mut rng = rng(seed);
     // Scores of a few units: softmax rows are peaked, so the online max moves between key tiles.
-    let qkv = random(&mut rng, batch * seq * 3 * hidden, 2.0);
-    let dout = random(&mut rng, batch * seq * hidden, 1.0);
-    let mask: Vec<i32> = masks.concat();
-    let (qkv_shape, out_shape, mask_shape) = (
-        [batch * seq, 3 * hidden],
-        [batch * seq, hidden],
-        [batch, seq],
-    );
-    let what = format!("batch {batch} seq {seq} heads {heads} head_dim {head_dim}");
+    let qkv = random(&mut rng, tokens * 3 * hidden, 2.0);
+    let dout = random(&mut rng, tokens * hidden, 1.0);
+    let (qkv_shape, out_shape) = ([tokens, 3 * hidden], [tokens, hidden]);
+    let what = case.describe();
 
     let cpu = cpu();
     let c_qkv = cpu.upload_f32(&qkv_shape, &qkv).unwrap();
-    let c_mask = cpu.upload_i32(&mask_shape, &mask).unwrap();
+    let c_mask = case.sequences(&cpu);
     let c_dout = cpu.upload_f32(&out_shape, &dout).unwrap();
     let want = cpu.attention_forward(&c_qkv, &c_mask, heads).unwrap();
     let want_dqkv = cpu
@@ -97,7 +153,7 @@ fn check(case: &Case, seed: u64) {
 
     for (order, gpu) in gpus() {
         let g_qkv = gpu.upload_f32(&qkv_shape, &qkv).unwrap();
-        let g_mask = gpu.upload_i32(&mask_shape, &mask).unwrap();
+        let g_mask = case.sequences(gpu.as_ref());
         let g_dout = gpu.upload_f32(&out_shape, &dout).unwrap();
         let got = gpu.attention_forward(&g_qkv, &g_mask, heads).unwrap();
         assert_eq!(got.out.shape(), want.out.shape());
@@ -132,23 +188,18 @@ fn check(case: &Case, seed: u64) {
 fn head_dim_16_with_padding_and_an_all_padding_sequence() {
     let seq = 37;
     check(
-        &Case {
-            heads: 2,
-            head_dim: 16,
+        &Case::padded(
+            2,
+            16,
             seq,
-            masks: vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
-        },
+            vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        ),
         1,
     );
     // The tiny preset's shape: 4 heads of 16 over 128 positions, two whole tiles.
     let seq = 128;
     check(
-        &Case {
-            heads: 4,
-            head_dim: 16,
-            seq,
-            masks: vec![prefix(seq, 64), prefix(seq, 100)],
-        },
+        &Case::padded(4, 16, seq, vec![prefix(seq, 64), prefix(seq, 100)]),
         7,
     );
 }
@@ -159,16 +210,16 @@ fn head_dim_64_over_more_than_two_tiles() {
     // sequence has holes in its mask and padding after 140; its last key tile is partly padding.
     let seq = 150;
     check(
-        &Case {
-            heads: 2,
-            head_dim: 64,
+        &Case::padded(
+            2,
+            64,
             seq,
-            masks: vec![
+            vec![
                 prefix(seq, 131),
                 with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
                 prefix(seq, 0),
             ],
-        },
+        ),
         2,
     );
 }
@@ -179,78 +230,145 @@ fn odd_head_dims_of_every_capacity() {
     // head_dim are padding inside the kernels. One real key only; padding crossing a row tile.
     let seq = 45;
     check(
-        &Case {
-            heads: 3,
-            head_dim: 7,
-            seq,
-            masks: vec![prefix(seq, 1), prefix(seq, seq)],
-        },
+        &Case::padded(3, 7, seq, vec![prefix(seq, 1), prefix(seq, seq)]),
         3,
     );
     let seq = 70;
     check(
-        &Case {
-            heads: 1,
-            head_dim: 27,
+        &Case::padded(
+            1,
+            27,
             seq,
-            masks: vec![prefix(seq, 65), with_holes(seq, seq, &[1, 2, 69])],
-        },
+            vec![prefix(seq, 65), with_holes(seq, seq, &[1, 2, 69])],
+        ),
         4,
     );
     let seq = 41;
     check(
-        &Case {
-            heads: 2,
-            head_dim: 100,
+        &Case::padded(
+            2,
+            100,
             seq,
-            masks: vec![prefix(seq, 33), prefix(seq, 0), prefix(seq, seq)],
-        },
+            vec![prefix(seq, 33), prefix(seq, 0), prefix(seq, seq)],
+        ),
         5,
     );
 }
 
 #[test]
-fn backward_is_deterministic() {
-    let (batch, seq, heads, head_dim) = (2, 70, 2, 32);
+fn packed_sequences_of_odd_lengths() {
+    // Many sequences back to back: length 1, lengths that are no multiple of 16 or 64, exactly one
+    // and two tiles, and one of 300 rows spanning five 64-row tiles (its last one ragged), in an
+    // order that is not the schedule's. Every capacity's tiling, the 128 one streaming 32-row tiles.
+    check(&Case::packed(2, 16, &[5, 1, 300, 64, 37, 128, 1, 65]), 31);
+    check(&Case::packed(1, 27, &[130, 3, 1, 17]), 32);
+    check(&Case::packed(2, 64, &[1, 150, 9]), 33);
+    check(&Case::packed(1, 100, &[70, 1, 33]), 34);
+}
+
+#[test]
+fn schedule_covers_the_real_tiles_longest_first() {
+    // The grid is one block per schedule entry and head; the schedule must list each 64-row tile of
+    // each sequence once (ceil(len / 64) per sequence: no tile for rows past a sequence's end, none
+    // for an empty sequence), the longest sequences first, and be built once per `Sequences`.
+    let lengths = [5usize, 0, 300, 64, 1, 129, 65, 300];
+    let gpu = &gpus()[0].1;
+    let sequences = Sequences::new(gpu.as_ref(), &lengths, None, None).unwrap();
+    let (heads, head_dim) = (2, 16);
+    let tokens: usize = lengths.iter().sum();
     let hidden = heads * head_dim;
-    let mut rng = rng(6);
-    let qkv = random(&mut rng, batch * seq * 3 * hidden, 2.0);
-    let dout = random(&mut rng, batch * seq * hidden, 1.0);
-    let mask = [prefix(seq, 50), prefix(seq, seq)].concat();
-    let gpu = &gpus()[2].1;
-    let qkv = gpu.upload_f32(&[batch * seq, 3 * hidden], &qkv).unwrap();
-    let mask = gpu.upload_i32(&[batch, seq], &mask).unwrap();
-    let dout = gpu.upload_f32(&[batch * seq, hidden], &dout).unwrap();
-    let fwd = gpu.attention_forward(&qkv, &mask, heads).unwrap();
-    let run = || {
-        gpu.attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, heads)
-            .unwrap()
-            .to_vec_f32()
-            .unwrap()
-    };
-    let (a, b) = (run(), run());
+    let qkv = random(&mut rng(41), tokens * 3 * hidden, 1.0);
+    let qkv = gpu.upload_f32(&[tokens, 3 * hidden], &qkv).unwrap();
+    gpu.attention_forward(&qkv, &sequences, heads).unwrap();
+    // The forward built and cached it: asking again does not build.
+    let cached = sequences
+        .schedule(|_| panic!("the schedule is built once"))
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
+    assert_eq!(cached, schedule(sequences.offsets()));
+    let entries: Vec<(usize, usize)> = cached
+        .chunks(2)
+        .map(|e| (e[0] as usize, e[1] as usize))
+        .collect();
+    let tiles: usize = lengths.iter().map(|len| len.div_ceil(64)).sum();
+    assert_eq!(entries.len(), tiles, "one entry per tile of real rows");
+    let mut seen = entries.clone();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), entries.len(), "a tile listed twice");
+    for &(s, tile) in &entries {
+        assert!(
+            tile * 64 < lengths[s],
+            "tile {tile} of sequence {s} (length {}) is past its end",
+            lengths[s]
+        );
+    }
+    let listed: Vec<usize> = entries.iter().map(|&(s, _)| lengths[s]).collect();
     assert!(
-        a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
-        "two backward runs differ"
+        listed.windows(2).all(|w| w[0] >= w[1]),
+        "not longest first: {listed:?}"
     );
 }
 
 #[test]
+fn backward_is_deterministic() {
+    // A padded batch with padding and a packed one: the same bits from two runs.
+    let (heads, head_dim) = (2, 32);
+    let hidden = heads * head_dim;
+    let gpu = &gpus()[2].1;
+    let seq = 70;
+    for case in [
+        Case::padded(
+            heads,
+            head_dim,
+            seq,
+            vec![prefix(seq, 50), prefix(seq, seq)],
+        ),
+        Case::packed(heads, head_dim, &[3, 70, 129, 1]),
+    ] {
+        let tokens = case.tokens();
+        let mut rng = rng(6);
+        let qkv = random(&mut rng, tokens * 3 * hidden, 2.0);
+        let dout = random(&mut rng, tokens * hidden, 1.0);
+        let qkv = gpu.upload_f32(&[tokens, 3 * hidden], &qkv).unwrap();
+        let sequences = case.sequences(gpu.as_ref());
+        let dout = gpu.upload_f32(&[tokens, hidden], &dout).unwrap();
+        let fwd = gpu.attention_forward(&qkv, &sequences, heads).unwrap();
+        let run = || {
+            gpu.attention_backward(&dout, &qkv, &sequences, &fwd.out, &fwd.lse, heads)
+                .unwrap()
+                .to_vec_f32()
+                .unwrap()
+        };
+        let (a, b) = (run(), run());
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{}: two backward runs differ",
+            case.describe()
+        );
+    }
+}
+
+#[test]
 fn empty_sizes() {
-    // seq 0: empty outputs (and no launch on the GPU), on every backend.
+    // No token (two empty sequences, or none): empty outputs (and no launch on the GPU), on every
+    // backend.
     let cpu = cpu();
     let gpu = gpus()[0].1.clone();
     for backend in [&cpu as &dyn Backend, gpu.as_ref()] {
-        let qkv = backend.upload_f32(&[0, 12], &[]).unwrap();
-        let mask = backend.upload_i32(&[2, 0], &[]).unwrap();
-        let fwd = backend.attention_forward(&qkv, &mask, 2).unwrap();
-        assert_eq!(fwd.out.shape(), &[0, 4]);
-        assert_eq!(fwd.lse.shape(), &[2, 2, 0]);
-        let dout = backend.upload_f32(&[0, 4], &[]).unwrap();
-        let dqkv = backend
-            .attention_backward(&dout, &qkv, &mask, &fwd.out, &fwd.lse, 2)
-            .unwrap();
-        assert_eq!(dqkv.shape(), &[0, 12]);
+        for lengths in [&[0usize, 0][..], &[]] {
+            let qkv = backend.upload_f32(&[0, 12], &[]).unwrap();
+            let sequences = Sequences::new(backend, lengths, None, None).unwrap();
+            let fwd = backend.attention_forward(&qkv, &sequences, 2).unwrap();
+            assert_eq!(fwd.out.shape(), &[0, 4]);
+            assert_eq!(fwd.lse.shape(), &[2, 0]);
+            let dout = backend.upload_f32(&[0, 4], &[]).unwrap();
+            let dqkv = backend
+                .attention_backward(&dout, &qkv, &sequences, &fwd.out, &fwd.lse, 2)
+                .unwrap();
+            assert_eq!(dqkv.shape(), &[0, 12]);
+        }
     }
 }
 
@@ -268,34 +386,29 @@ fn bad_shapes_fail_as_on_the_cpu() {
         let n = shape.iter().product();
         backend.upload_f32(shape, &vec![0.5; n]).unwrap()
     };
-    let mask = |backend: &dyn Backend, shape: &[usize]| -> Tensor {
-        let n = shape.iter().product();
-        backend.upload_i32(shape, &vec![1; n]).unwrap()
-    };
-    let forward = |qkv: &'static [usize], m: &'static [usize], heads: usize| {
+    // Two sequences of 5 rows.
+    let sequences = |backend: &dyn Backend| Sequences::new(backend, &[5, 5], None, None).unwrap();
+    let forward = |qkv: &'static [usize], heads: usize| {
         move |b: &dyn Backend| {
-            b.attention_forward(&upload(b, qkv), &mask(b, m), heads)
+            b.attention_forward(&upload(b, qkv), &sequences(b), heads)
                 .map(|_| ())
         }
     };
-    // qkv width not a multiple of 3, hidden not divisible by the heads, rows not batch * seq,
-    // a mask that is not [batch, seq].
+    // qkv width not a multiple of 3, hidden not divisible by the heads, rows not the sequences'.
     for (what, call) in [
-        ("width 13", forward(&[10, 13], &[2, 5], 1)),
-        ("hidden 8 over 3 heads", forward(&[10, 24], &[2, 5], 3)),
-        ("9 rows", forward(&[9, 24], &[2, 5], 2)),
-        ("mask rank 1", forward(&[10, 24], &[10], 2)),
+        ("width 13", forward(&[10, 13], 1)),
+        ("hidden 8 over 3 heads", forward(&[10, 24], 3)),
+        ("9 rows", forward(&[9, 24], 2)),
     ] {
         let error = same_error(what, call);
         assert!(matches!(error, Error::Shape { .. }), "{what}: {error}");
     }
 
-    // A mask of floats: the same dtype error.
-    let error = same_error("f32 mask", |b| {
-        b.attention_forward(&upload(b, &[10, 24]), &upload(b, &[2, 5]), 2)
-            .map(|_| ())
+    // A key mask that is not one entry per row: the same shape error.
+    let error = same_error("mask of 9", |b| {
+        Sequences::new(b, &[5, 5], Some(&[1; 9]), None).map(|_| ())
     });
-    assert!(matches!(error, Error::DType { .. }), "{error}");
+    assert!(matches!(error, Error::Shape { .. }), "{error}");
 
     // Backward: dout not shaped like out, and an lse of the wrong size.
     let backward = |dout: &'static [usize], lse: &'static [usize]| {
@@ -303,7 +416,7 @@ fn bad_shapes_fail_as_on_the_cpu() {
             b.attention_backward(
                 &upload(b, dout),
                 &upload(b, &[10, 24]),
-                &mask(b, &[2, 5]),
+                &sequences(b),
                 &upload(b, &[10, 8]),
                 &upload(b, lse),
                 2,
@@ -312,8 +425,8 @@ fn bad_shapes_fail_as_on_the_cpu() {
         }
     };
     for (what, call) in [
-        ("dout [10, 9]", backward(&[10, 9], &[2, 2, 5])),
-        ("lse [2, 2, 4]", backward(&[10, 8], &[2, 2, 4])),
+        ("dout [10, 9]", backward(&[10, 9], &[2, 10])),
+        ("lse [2, 9]", backward(&[10, 8], &[2, 9])),
     ] {
         let error = same_error(what, call);
         assert!(matches!(error, Error::Shape { .. }), "{what}: {error}");
@@ -327,16 +440,16 @@ fn head_dims_past_128_are_a_clear_error() {
     let qkv = gpu
         .upload_f32(&[2, 3 * 136], &vec![0.5; 2 * 3 * 136])
         .unwrap();
-    let mask = gpu.upload_i32(&[1, 2], &[1, 1]).unwrap();
-    let error = gpu.attention_forward(&qkv, &mask, 1).unwrap_err();
+    let sequences = Sequences::new(gpu.as_ref(), &[2], None, None).unwrap();
+    let error = gpu.attention_forward(&qkv, &sequences, 1).unwrap_err();
     assert!(matches!(error, Error::Config(_)), "{error}");
     assert!(error.to_string().contains("head_dim 136"), "{error}");
     let cpu = cpu();
     let c_qkv = cpu
         .upload_f32(&[2, 3 * 136], &vec![0.5; 2 * 3 * 136])
         .unwrap();
-    let c_mask = cpu.upload_i32(&[1, 2], &[1, 1]).unwrap();
-    assert!(cpu.attention_forward(&c_qkv, &c_mask, 1).is_ok());
+    let c_sequences = Sequences::new(&cpu, &[2], None, None).unwrap();
+    assert!(cpu.attention_forward(&c_qkv, &c_sequences, 1).is_ok());
 }
 
 // ---- bf16 -------------------------------------------------------------------------------------------
@@ -381,28 +494,18 @@ fn assert_parts_close(what: &str, got: &[f32], want: &[f32], hidden: usize) {
 /// tensor-core backward gives the same bits in every scheduling order (every output has one owner
 /// and a fixed summation order).
 fn check_bf16(case: &Case, seed: u64) {
-    let Case {
-        heads,
-        head_dim,
-        seq,
-        ref masks,
-    } = *case;
-    let batch = masks.len();
-    let hidden = heads * head_dim;
+    let (heads, tokens) = (case.heads, case.tokens());
+    let hidden = heads * case.head_dim;
     let mut rng = rng(seed);
-    let qkv = round_bf16(&random(&mut rng, batch * seq * 3 * hidden, 2.0));
-    let dout = round_bf16(&random(&mut rng, batch * seq * hidden, 1.0));
-    let mask: Vec<i32> = masks.concat();
-    let (qkv_shape, out_shape, mask_shape) = (
-        [batch * seq, 3 * hidden],
-        [batch * seq, hidden],
-        [batch, seq],
-    );
-    let what = format!("bf16 batch {batch} seq {seq} heads {heads} head_dim {head_dim}");
+    let qkv = round_bf16(&random(&mut rng, tokens * 3 * hidden, 2.0));
+    let dout = round_bf16(&random(&mut rng, tokens * hidden, 1.0));
+    let (qkv_shape, out_shape) = ([tokens, 3 * hidden], [tokens, hidden]);
+    let what = format!("bf16 {}", case.describe());
+    let rows = case.rows();
 
     let cpu = cpu();
     let c_qkv = cpu.upload_f32(&qkv_shape, &qkv).unwrap();
-    let c_mask = cpu.upload_i32(&mask_shape, &mask).unwrap();
+    let c_mask = case.sequences(&cpu);
     let c_dout = cpu.upload_f32(&out_shape, &dout).unwrap();
     let want = cpu.attention_forward(&c_qkv, &c_mask, heads).unwrap();
     let want_dqkv = cpu
@@ -418,7 +521,7 @@ fn check_bf16(case: &Case, seed: u64) {
     let mut first_dqkv: Option<(String, Vec<f32>)> = None;
     for (name, gpu) in gpus_bf16() {
         let g_qkv = upload_bf16(&gpu, &qkv_shape, &qkv);
-        let g_mask = gpu.upload_i32(&mask_shape, &mask).unwrap();
+        let g_mask = case.sequences(&gpu);
         let g_dout = upload_bf16(&gpu, &out_shape, &dout);
         let got = gpu.attention_forward(&g_qkv, &g_mask, heads).unwrap();
         assert_eq!(got.out.shape(), want.out.shape());
@@ -496,11 +599,10 @@ fn check_bf16(case: &Case, seed: u64) {
         );
         // Every gradient of an all-padding sequence, and dK, dV of every padding key, is exactly 0.
         for (row, values) in dqkv.chunks(3 * hidden).enumerate() {
-            let (b, j) = (row / seq, row % seq);
-            let all_padding = masks[b].iter().all(|&m| m == 0);
-            let from = if all_padding {
+            let (real, any_real) = rows[row];
+            let from = if !any_real {
                 0
-            } else if masks[b][j] == 0 {
+            } else if !real {
                 hidden
             } else {
                 continue;
@@ -537,12 +639,12 @@ fn check_bf16(case: &Case, seed: u64) {
 fn bf16_head_dim_16_with_padding_and_an_all_padding_sequence() {
     let seq = 37;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 16,
+        &Case::padded(
+            2,
+            16,
             seq,
-            masks: vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
-        },
+            vec![prefix(seq, seq), prefix(seq, 20), prefix(seq, 0)],
+        ),
         11,
     );
 }
@@ -551,15 +653,15 @@ fn bf16_head_dim_16_with_padding_and_an_all_padding_sequence() {
 fn bf16_head_dim_64_over_more_than_two_tiles() {
     let seq = 150;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 64,
+        &Case::padded(
+            2,
+            64,
             seq,
-            masks: vec![
+            vec![
                 with_holes(seq, 140, &[0, 3, 63, 64, 70, 71, 72, 100]),
                 prefix(seq, 0),
             ],
-        },
+        ),
         12,
     );
 }
@@ -570,33 +672,20 @@ fn bf16_odd_head_dims() {
     // zero-fill.
     let seq = 45;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 32,
+        &Case::padded(
+            2,
+            32,
             seq,
-            masks: vec![prefix(seq, 1), with_holes(seq, seq, &[1, 2, 44])],
-        },
+            vec![prefix(seq, 1), with_holes(seq, seq, &[1, 2, 44])],
+        ),
         13,
     );
     let seq = 41;
     check_bf16(
-        &Case {
-            heads: 1,
-            head_dim: 27,
-            seq,
-            masks: vec![prefix(seq, 33), prefix(seq, 0)],
-        },
+        &Case::padded(1, 27, seq, vec![prefix(seq, 33), prefix(seq, 0)]),
         14,
     );
-    check_bf16(
-        &Case {
-            heads: 1,
-            head_dim: 100,
-            seq,
-            masks: vec![prefix(seq, 30)],
-        },
-        15,
-    );
+    check_bf16(&Case::padded(1, 100, seq, vec![prefix(seq, 30)]), 15);
 }
 
 #[test]
@@ -607,56 +696,51 @@ fn bf16_backward_odd_lengths_and_ragged_head_dims() {
     // that is all padding.
     let seq = 1;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 12,
-            seq,
-            masks: vec![prefix(seq, 1), prefix(seq, 0)],
-        },
+        &Case::padded(2, 12, seq, vec![prefix(seq, 1), prefix(seq, 0)]),
         21,
     );
     let seq = 17;
     check_bf16(
-        &Case {
-            heads: 3,
-            head_dim: 12,
+        &Case::padded(
+            3,
+            12,
             seq,
-            masks: vec![
+            vec![
                 with_holes(seq, 15, &[0, 8]),
                 prefix(seq, 0),
                 prefix(seq, seq),
             ],
-        },
+        ),
         22,
     );
     let seq = 70;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 27,
+        &Case::padded(
+            2,
+            27,
             seq,
-            masks: vec![prefix(seq, 67), with_holes(seq, seq, &[15, 16, 63, 64, 69])],
-        },
+            vec![prefix(seq, 67), with_holes(seq, seq, &[15, 16, 63, 64, 69])],
+        ),
         23,
     );
     let seq = 130;
     check_bf16(
-        &Case {
-            heads: 1,
-            head_dim: 64,
+        &Case::padded(
+            1,
+            64,
             seq,
-            masks: vec![with_holes(seq, 129, &[1, 64, 127]), prefix(seq, 0)],
-        },
+            vec![with_holes(seq, 129, &[1, 64, 127]), prefix(seq, 0)],
+        ),
         24,
     );
     let seq = 70;
     check_bf16(
-        &Case {
-            heads: 1,
-            head_dim: 100,
+        &Case::padded(
+            1,
+            100,
             seq,
-            masks: vec![prefix(seq, 0), with_holes(seq, 66, &[0, 31, 32, 65])],
-        },
+            vec![prefix(seq, 0), with_holes(seq, 66, &[0, 31, 32, 65])],
+        ),
         25,
     );
 }
@@ -666,24 +750,23 @@ fn bf16_backward_whole_capacities() {
     // head_dim equal to its capacity: whole 16-byte rows, loaded and stored in chunks.
     let seq = 130;
     check_bf16(
-        &Case {
-            heads: 2,
-            head_dim: 32,
-            seq,
-            masks: vec![prefix(seq, 100), prefix(seq, seq)],
-        },
+        &Case::padded(2, 32, seq, vec![prefix(seq, 100), prefix(seq, seq)]),
         26,
     );
     let seq = 33;
     check_bf16(
-        &Case {
-            heads: 1,
-            head_dim: 128,
-            seq,
-            masks: vec![prefix(seq, 20), prefix(seq, 0)],
-        },
+        &Case::padded(1, 128, seq, vec![prefix(seq, 20), prefix(seq, 0)]),
         27,
     );
+}
+
+#[test]
+fn bf16_packed_sequences_of_odd_lengths() {
+    // Packed: length 1, ragged lengths, a 200-row sequence over four tiles; head_dim 64 (K and V in
+    // registers), 27 (ragged) and 128 (K and V in shared memory, 16-row query tiles).
+    check_bf16(&Case::packed(2, 64, &[17, 1, 200, 64, 5]), 35);
+    check_bf16(&Case::packed(1, 27, &[1, 70, 3]), 36);
+    check_bf16(&Case::packed(1, 128, &[33, 1, 80]), 37);
 }
 
 #[test]
@@ -695,7 +778,7 @@ fn mixed_element_types_are_a_dtype_error() {
     let qkv_f32 = gpu
         .upload_f32(&[batch * seq, 3 * heads * head_dim], &values)
         .unwrap();
-    let mask = gpu.upload_i32(&[batch, seq], &[1; 5]).unwrap();
+    let mask = Sequences::new(gpu, &[seq], None, None).unwrap();
     let fwd = gpu.attention_forward(&qkv, &mask, heads).unwrap();
     let dout_f32 = gpu
         .upload_f32(&[batch * seq, heads * head_dim], &values[..seq * head_dim])

@@ -1,6 +1,6 @@
 // Kernel tests for kernels/dropout.cu and kernels/philox.cuh: masks bit-identical to the CPU's, for
 // keys with high bits set, sizes that are not multiples of four, forward and backward; in bf16, the
-// same masks with every kept element rounded once.
+// same masks with every kept element rounded once; and packed rows drawing their padded rows' masks.
 
 use crate::harness::{cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use undertale_maskedlm::DType;
@@ -45,9 +45,13 @@ fn masks_are_bit_identical_to_the_cpu() {
         cpu.upload_f32(&shape, &dy).unwrap(),
     );
     for key in keys {
-        let want_y = cpu.dropout_forward(&cx, key).unwrap().to_vec_f32().unwrap();
+        let want_y = cpu
+            .dropout_forward(&cx, key, None)
+            .unwrap()
+            .to_vec_f32()
+            .unwrap();
         let want_dx = cpu
-            .dropout_backward(&cdy, key)
+            .dropout_backward(&cdy, key, None)
             .unwrap()
             .to_vec_f32()
             .unwrap();
@@ -59,7 +63,7 @@ fn masks_are_bit_identical_to_the_cpu() {
         );
         for (order, gpu) in gpus() {
             let y = gpu
-                .dropout_forward(&gpu.upload_f32(&shape, &x).unwrap(), key)
+                .dropout_forward(&gpu.upload_f32(&shape, &x).unwrap(), key, None)
                 .unwrap();
             assert_eq!(y.shape(), &shape);
             assert_eq!(
@@ -68,7 +72,7 @@ fn masks_are_bit_identical_to_the_cpu() {
                 "forward {key:?} {order:?}"
             );
             let dx = gpu
-                .dropout_backward(&gpu.upload_f32(&shape, &dy).unwrap(), key)
+                .dropout_backward(&gpu.upload_f32(&shape, &dy).unwrap(), key, None)
                 .unwrap();
             assert_eq!(
                 bits(&gpu.download_f32(&dx).unwrap()),
@@ -93,12 +97,12 @@ fn every_tail_length_and_the_site_and_step_matter() {
     for n in 1..10 {
         let x = random(&mut rng(33 + n as u64), n, 1.0);
         let want = cpu
-            .dropout_forward(&cpu.upload_f32(&[n], &x).unwrap(), key)
+            .dropout_forward(&cpu.upload_f32(&[n], &x).unwrap(), key, None)
             .unwrap()
             .to_vec_f32()
             .unwrap();
         let got = gpu
-            .dropout_forward(&gpu.upload_f32(&[n], &x).unwrap(), key)
+            .dropout_forward(&gpu.upload_f32(&[n], &x).unwrap(), key, None)
             .unwrap();
         assert_eq!(bits(&gpu.download_f32(&got).unwrap()), bits(&want), "{n}");
     }
@@ -106,7 +110,7 @@ fn every_tail_length_and_the_site_and_step_matter() {
     let x = vec![1.0f32; 256];
     let mask = |key: DropoutKey| {
         let y = gpu
-            .dropout_forward(&gpu.upload_f32(&[256], &x).unwrap(), key)
+            .dropout_forward(&gpu.upload_f32(&[256], &x).unwrap(), key, None)
             .unwrap();
         gpu.download_f32(&y).unwrap()
     };
@@ -131,7 +135,7 @@ fn probabilities_outside_zero_to_one_are_the_cpus_error() {
             .iter()
             .map(|b| {
                 let x = b.upload_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
-                b.dropout_forward(&x, key).unwrap_err().to_string()
+                b.dropout_forward(&x, key, None).unwrap_err().to_string()
             })
             .collect();
         assert_eq!(errors[0], errors[1]);
@@ -144,9 +148,9 @@ fn want_bf16(x: &[f32], shape: &[usize], key: DropoutKey, backward: bool) -> Vec
     let cpu = cpu();
     let t = cpu.upload_f32(shape, &round_bf16(x)).unwrap();
     let y = if backward {
-        cpu.dropout_backward(&t, key)
+        cpu.dropout_backward(&t, key, None)
     } else {
-        cpu.dropout_forward(&t, key)
+        cpu.dropout_forward(&t, key, None)
     };
     round_bf16(&y.unwrap().to_vec_f32().unwrap())
 }
@@ -190,7 +194,7 @@ fn bf16_masks_are_the_cpus_and_kept_elements_are_rounded_once() {
         // The f32 mask: the inputs are never zero, so an element is kept iff its output is not.
         let cpu = cpu();
         let mask_f32: Vec<bool> = cpu
-            .dropout_forward(&cpu.upload_f32(&shape, &x).unwrap(), key)
+            .dropout_forward(&cpu.upload_f32(&shape, &x).unwrap(), key, None)
             .unwrap()
             .to_vec_f32()
             .unwrap()
@@ -199,7 +203,7 @@ fn bf16_masks_are_the_cpus_and_kept_elements_are_rounded_once() {
             .collect();
         for (name, gpu) in gpus_bf16() {
             let y = gpu
-                .dropout_forward(&upload_bf16(&gpu, &shape, &x), key)
+                .dropout_forward(&upload_bf16(&gpu, &shape, &x), key, None)
                 .unwrap();
             assert_eq!(y.dtype(), DType::BF16, "{name}");
             assert_eq!(y.shape(), &shape);
@@ -208,7 +212,7 @@ fn bf16_masks_are_the_cpus_and_kept_elements_are_rounded_once() {
             let mask: Vec<bool> = y.iter().map(|&v| v != 0.0).collect();
             assert_eq!(mask, mask_f32, "the f32 mask {key:?} {name}");
             let dx = gpu
-                .dropout_backward(&upload_bf16(&gpu, &shape, &dy), key)
+                .dropout_backward(&upload_bf16(&gpu, &shape, &dy), key, None)
                 .unwrap();
             assert_eq!(dx.dtype(), DType::BF16, "{name}");
             assert_eq!(
@@ -233,7 +237,7 @@ fn bf16_every_tail_length() {
             let x = random(&mut rng(133 + n as u64), n, 1.0);
             let want = want_bf16(&x, &[n], key, false);
             let got = gpu
-                .dropout_forward(&upload_bf16(&gpu, &[n], &x), key)
+                .dropout_forward(&upload_bf16(&gpu, &[n], &x), key, None)
                 .unwrap();
             assert_eq!(got.dtype(), DType::BF16);
             assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "{n} {name}");
@@ -262,6 +266,7 @@ fn dropout_fused_into_the_residual_add_matches_the_two_ops() {
             &cpu.upload_f32(&shape, &residual).unwrap(),
             &cpu.upload_f32(&shape, &x).unwrap(),
             key,
+            None,
         )
         .unwrap()
         .to_vec_f32()
@@ -272,17 +277,18 @@ fn dropout_fused_into_the_residual_add_matches_the_two_ops() {
                 &gpu.upload_f32(&shape, &residual).unwrap(),
                 &gpu.upload_f32(&shape, &x).unwrap(),
                 key,
+                None,
             )
             .unwrap();
         assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "{name}");
         let wrong = gpu.upload_f32(&[53, 37], &x).unwrap();
         assert!(
-            gpu.dropout_add_forward(&wrong, &gpu.upload_f32(&shape, &x).unwrap(), key)
+            gpu.dropout_add_forward(&wrong, &gpu.upload_f32(&shape, &x).unwrap(), key, None)
                 .is_err()
         );
     }
     let dropped = round_bf16(
-        &cpu.dropout_forward(&cpu.upload_f32(&shape, &round_bf16(&x)).unwrap(), key)
+        &cpu.dropout_forward(&cpu.upload_f32(&shape, &round_bf16(&x)).unwrap(), key, None)
             .unwrap()
             .to_vec_f32()
             .unwrap(),
@@ -300,9 +306,119 @@ fn dropout_fused_into_the_residual_add_matches_the_two_ops() {
                 &upload_bf16(&gpu, &shape, &residual),
                 &upload_bf16(&gpu, &shape, &x),
                 key,
+                None,
             )
             .unwrap();
         assert_eq!(got.dtype(), DType::BF16);
         assert_eq!(bits(&got.to_vec_f32().unwrap()), bits(&want), "bf16 {name}");
+    }
+}
+
+/// A padded `[batch, seq, width]` batch and its packed rows: the rows `b * seq + j` for `j` below
+/// each sequence's length, back to back, and each one's index in the padded batch.
+fn packed_rows(
+    padded: &[f32],
+    seq: usize,
+    width: usize,
+    lengths: &[usize],
+) -> (Vec<f32>, Vec<i32>) {
+    let mut rows = Vec::new();
+    let mut values = Vec::new();
+    for (b, &len) in lengths.iter().enumerate() {
+        for j in 0..len {
+            let r = b * seq + j;
+            rows.push(r as i32);
+            values.extend_from_slice(&padded[r * width..(r + 1) * width]);
+        }
+    }
+    (values, rows)
+}
+
+/// Packed rows (with `rows`, their places in the padded batch) draw the padded batch's masks: the
+/// packed result is the padded one at the kept rows, on the CPU and bit for bit on the GPU, in f32
+/// and bf16, forward, backward and fused into the residual add.
+#[test]
+fn packed_rows_draw_the_padded_batchs_masks() {
+    // Width 20: five Philox groups per row, and padded rows (a multiple of 4 in the padded batch's
+    // numbering only because width is) that differ from the packed ones after the first sequence.
+    let (seq, width) = (11, 20);
+    let lengths = [11usize, 3, 0, 1, 7];
+    let batch = lengths.len();
+    let x = random(&mut rng(51), batch * seq * width, 2.0);
+    let residual = random(&mut rng(52), batch * seq * width, 2.0);
+    let (px, rows) = packed_rows(&x, seq, width, &lengths);
+    let (presidual, _) = packed_rows(&residual, seq, width, &lengths);
+    let (padded_shape, packed_shape) = ([batch * seq, width], [rows.len(), width]);
+    let key = DropoutKey {
+        p: 0.4,
+        seed: 0xfeed_0000_beef,
+        step: 3,
+        site: 7,
+    };
+    let cpu = cpu();
+    let c_rows = cpu.upload_i32(&[rows.len()], &rows).unwrap();
+    let padded = cpu
+        .dropout_forward(&cpu.upload_f32(&padded_shape, &x).unwrap(), key, None)
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    let (want, _) = packed_rows(&padded, seq, width, &lengths);
+    let cpu_packed = cpu
+        .dropout_forward(
+            &cpu.upload_f32(&packed_shape, &px).unwrap(),
+            key,
+            Some(&c_rows),
+        )
+        .unwrap()
+        .to_vec_f32()
+        .unwrap();
+    assert_eq!(bits(&cpu_packed), bits(&want), "CPU packed vs padded");
+    let dropped = want.iter().filter(|&&v| v == 0.0).count();
+    assert!(dropped > 0 && dropped < want.len(), "{dropped} dropped");
+    let want_add: Vec<f32> = want.iter().zip(&presidual).map(|(d, r)| r + d).collect();
+
+    for (name, gpu) in gpus() {
+        let g_rows = gpu.upload_i32(&[rows.len()], &rows).unwrap();
+        let g_x = gpu.upload_f32(&packed_shape, &px).unwrap();
+        let y = gpu.dropout_forward(&g_x, key, Some(&g_rows)).unwrap();
+        assert_eq!(
+            bits(&y.to_vec_f32().unwrap()),
+            bits(&want),
+            "forward {name}"
+        );
+        let dx = gpu.dropout_backward(&g_x, key, Some(&g_rows)).unwrap();
+        assert_eq!(
+            bits(&dx.to_vec_f32().unwrap()),
+            bits(&want),
+            "backward {name}"
+        );
+        let sum = gpu
+            .dropout_add_forward(
+                &gpu.upload_f32(&packed_shape, &presidual).unwrap(),
+                &g_x,
+                key,
+                Some(&g_rows),
+            )
+            .unwrap();
+        assert_eq!(
+            bits(&sum.to_vec_f32().unwrap()),
+            bits(&want_add),
+            "add {name}"
+        );
+    }
+
+    let padded_bf16 = want_bf16(&x, &padded_shape, key, false);
+    let (want_bf16_rows, _) = packed_rows(&padded_bf16, seq, width, &lengths);
+    for (name, gpu) in gpus_bf16() {
+        let g_rows = gpu.upload_i32(&[rows.len()], &rows).unwrap();
+        let y = gpu
+            .dropout_forward(&upload_bf16(&gpu, &packed_shape, &px), key, Some(&g_rows))
+            .unwrap();
+        assert_eq!(y.dtype(), DType::BF16);
+        assert_eq!(
+            bits(&y.to_vec_f32().unwrap()),
+            bits(&want_bf16_rows),
+            "bf16 forward {name}"
+        );
     }
 }

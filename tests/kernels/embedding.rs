@@ -1,10 +1,12 @@
 // Kernel tests for kernels/embedding.cu: the [NEXT] position scan, the three-table gather and its
 // atomic adjoint, against the CPU backend, plus the typed errors; in bf16 mixed precision, the bf16
-// output and the bf16 dout against the CPU on rounded values.
+// output and the bf16 dout against the CPU on rounded values; packed sequences (each row cut after
+// its real tokens, back to back) against the padded batch at the real rows.
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
 use rand::Rng;
 use undertale_maskedlm::backend::{Backend, Param};
+use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::{DType, Error};
 
 const NEXT: i32 = 5;
@@ -12,8 +14,9 @@ const PAD: i32 = 0;
 
 /// Tables at odd offsets inside a flat buffer, with gaps the kernels must leave alone.
 struct Case {
-    batch: usize,
     seq: usize,
+    /// Each sequence's length: `seq` for every row of the padded batch, or a packed batch's.
+    lengths: Vec<usize>,
     hidden: usize,
     tables: [Param; 3],
     params: Vec<f32>,
@@ -65,8 +68,8 @@ impl Case {
             *t = PAD;
         }
         Case {
-            batch,
             seq,
+            lengths: vec![seq; batch],
             hidden,
             tables: [token, instruction, argument],
             params,
@@ -74,12 +77,41 @@ impl Case {
         }
     }
 
+    /// The same batch packed: row b cut after its first `lengths[b]` tokens, the rows back to back.
+    fn packed(&self, lengths: &[usize]) -> Self {
+        let tokens = lengths
+            .iter()
+            .enumerate()
+            .flat_map(|(b, &len)| {
+                self.tokens[b * self.seq..b * self.seq + len]
+                    .iter()
+                    .copied()
+            })
+            .collect();
+        Case {
+            lengths: lengths.to_vec(),
+            tokens,
+            params: self.params.clone(),
+            ..*self
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.tokens.len()
+    }
+
+    fn sequences(&self, backend: &dyn Backend) -> Sequences {
+        Sequences::new(backend, &self.lengths, None, None).unwrap()
+    }
+
     fn forward(&self, backend: &dyn Backend) -> undertale_maskedlm::Result<Vec<f32>> {
-        let tokens = backend.upload_i32(&[self.batch, self.seq], &self.tokens)?;
+        let tokens = backend.upload_i32(&[self.rows()], &self.tokens)?;
         let params = backend.upload_f32(&[self.params.len()], &self.params)?;
         let [t, i, a] = self.tables;
-        let out = backend.embedding_forward(&tokens, NEXT, &params, t, i, a, self.hidden)?;
-        assert_eq!(out.shape(), &[self.batch * self.seq, self.hidden]);
+        let sequences = self.sequences(backend);
+        let out =
+            backend.embedding_forward(&tokens, &sequences, NEXT, &params, t, i, a, self.hidden)?;
+        assert_eq!(out.shape(), &[self.rows(), self.hidden]);
         backend.download_f32(&out)
     }
 
@@ -90,18 +122,19 @@ impl Case {
         dout: &[f32],
         start: &[f32],
     ) -> undertale_maskedlm::Result<Vec<f32>> {
-        let tokens = backend.upload_i32(&[self.batch, self.seq], &self.tokens)?;
-        let dout = backend.upload_f32(&[self.batch * self.seq, self.hidden], dout)?;
+        let tokens = backend.upload_i32(&[self.rows()], &self.tokens)?;
+        let dout = backend.upload_f32(&[self.rows(), self.hidden], dout)?;
         let mut grads = backend.upload_f32(&[start.len()], start)?;
         let [t, i, a] = self.tables;
-        backend.embedding_backward(&dout, &tokens, NEXT, &mut grads, t, i, a)?;
+        let sequences = self.sequences(backend);
+        backend.embedding_backward(&dout, &tokens, &sequences, NEXT, &mut grads, t, i, a)?;
         backend.download_f32(&grads)
     }
 }
 
 fn check_matches_cpu(case: &Case, seed: u64) {
     let mut rng = rng(seed);
-    let dout = random(&mut rng, case.batch * case.seq * case.hidden, 1.0);
+    let dout = random(&mut rng, case.rows() * case.hidden, 1.0);
     let start = random(&mut rng, case.params.len(), 1.0);
     let cpu = cpu();
     let want_out = case.forward(&cpu).unwrap();
@@ -182,10 +215,20 @@ fn positions_follow_next_tokens() {
         })
         .collect();
     for (order, gpu) in gpus() {
-        let t = gpu.upload_i32(&[1, seq], &tokens).unwrap();
+        let t = gpu.upload_i32(&[seq], &tokens).unwrap();
         let p = gpu.upload_f32(&[params.len()], &params).unwrap();
+        let sequences = Sequences::new(gpu.as_ref(), &[seq], None, None).unwrap();
         let out = gpu
-            .embedding_forward(&t, NEXT, &p, token, instruction, argument, hidden)
+            .embedding_forward(
+                &t,
+                &sequences,
+                NEXT,
+                &p,
+                token,
+                instruction,
+                argument,
+                hidden,
+            )
             .unwrap();
         assert_eq!(gpu.download_f32(&out).unwrap(), want, "positions {order:?}");
     }
@@ -219,12 +262,13 @@ fn bad_token_ids_are_the_cpus_errors() {
         assert_eq!(err.to_string(), want.to_string());
         let err = case.backward(&cpu, &dout, &start).unwrap_err();
         assert_eq!(err.to_string(), want.to_string());
-        let tokens = gpu.upload_i32(&[3, 37], &case.tokens).unwrap();
+        let tokens = gpu.upload_i32(&[3 * 37], &case.tokens).unwrap();
         let d = gpu.upload_f32(&[3 * 37, 45], &dout).unwrap();
         let mut grads = gpu.upload_f32(&[start.len()], &start).unwrap();
         let [t, i, a] = case.tables;
+        let sequences = case.sequences(gpu.as_ref());
         assert!(
-            gpu.embedding_backward(&d, &tokens, NEXT, &mut grads, t, i, a)
+            gpu.embedding_backward(&d, &tokens, &sequences, NEXT, &mut grads, t, i, a)
                 .is_err()
         );
         assert_eq!(gpu.download_f32(&grads).unwrap(), start);
@@ -251,21 +295,33 @@ fn sequences_longer_than_the_tables_and_bad_shapes_are_the_cpus_errors() {
     );
     assert_eq!(got.to_string(), want.to_string());
 
-    // Tokens of rank 1.
+    // Tokens that are not one per row of the sequences: 10 ids for 9 rows, or [1, 10].
     let case = Case::new(9, 1, 10, 6, 13, 40);
     let [t, i, a] = case.tables;
-    let errors: Vec<String> = [&cpu as &dyn Backend, gpu.as_ref()]
-        .iter()
-        .map(|b| {
-            let tokens = b.upload_i32(&[10], &case.tokens).unwrap();
-            let params = b.upload_f32(&[case.params.len()], &case.params).unwrap();
-            b.embedding_forward(&tokens, NEXT, &params, t, i, a, case.hidden)
-                .unwrap_err()
-                .to_string()
-        })
-        .collect();
+    let errors: Vec<String> = [
+        (&cpu as &dyn Backend, 9),
+        (gpu.as_ref(), 9),
+        (gpu.as_ref(), 10),
+    ]
+    .iter()
+    .map(|&(b, rows)| {
+        let tokens = b.upload_i32(&[1, 10], &case.tokens).unwrap();
+        let tokens = if rows == 9 {
+            b.upload_i32(&[10], &case.tokens).unwrap()
+        } else {
+            tokens
+        };
+        let sequences = Sequences::new(b, &[rows], None, None).unwrap();
+        let params = b.upload_f32(&[case.params.len()], &case.params).unwrap();
+        b.embedding_forward(&tokens, &sequences, NEXT, &params, t, i, a, case.hidden)
+            .unwrap_err()
+            .to_string()
+    })
+    .collect();
     assert_eq!(errors[0], errors[1]);
-    assert!(errors[1].contains("embedding tokens"), "{}", errors[1]);
+    for error in &errors {
+        assert!(error.contains("embedding tokens"), "{error}");
+    }
 }
 
 /// One bf16 ulp at `w` (a normal f32): the spacing of bf16 values in `w`'s binade.
@@ -276,7 +332,7 @@ fn bf16_ulp(w: f32) -> f32 {
 
 fn check_bf16_matches_cpu(case: &Case, seed: u64) {
     let mut rng = rng(seed);
-    let dout = random(&mut rng, case.batch * case.seq * case.hidden, 1.0);
+    let dout = random(&mut rng, case.rows() * case.hidden, 1.0);
     let start = random(&mut rng, case.params.len(), 1.0);
     let cpu = cpu();
     // The forward's inputs are f32 parameters: the reference is the CPU's f32 sum, rounded once.
@@ -285,14 +341,13 @@ fn check_bf16_matches_cpu(case: &Case, seed: u64) {
     let dout_rounded = round_bf16(&dout);
     let want_grads = case.backward(&cpu, &dout_rounded, &start).unwrap();
     let [t, i, a] = case.tables;
-    let rows = case.batch * case.seq;
+    let rows = case.rows();
     for (name, gpu) in gpus_bf16() {
-        let tokens = gpu
-            .upload_i32(&[case.batch, case.seq], &case.tokens)
-            .unwrap();
+        let tokens = gpu.upload_i32(&[rows], &case.tokens).unwrap();
         let params = gpu.upload_f32(&[case.params.len()], &case.params).unwrap();
+        let sequences = case.sequences(&gpu);
         let out = gpu
-            .embedding_forward(&tokens, NEXT, &params, t, i, a, case.hidden)
+            .embedding_forward(&tokens, &sequences, NEXT, &params, t, i, a, case.hidden)
             .unwrap();
         assert_eq!(out.dtype(), DType::BF16, "{name}");
         assert_eq!(out.shape(), &[rows, case.hidden]);
@@ -306,7 +361,7 @@ fn check_bf16_matches_cpu(case: &Case, seed: u64) {
 
         let d = upload_bf16(&gpu, &[rows, case.hidden], &dout);
         let mut grads = gpu.upload_f32(&[start.len()], &start).unwrap();
-        gpu.embedding_backward(&d, &tokens, NEXT, &mut grads, t, i, a)
+        gpu.embedding_backward(&d, &tokens, &sequences, NEXT, &mut grads, t, i, a)
             .unwrap();
         assert_eq!(grads.dtype(), DType::F32, "{name}");
         // Atomic f32 adds of the same (exactly widened) values: only the order differs.
@@ -324,4 +379,36 @@ fn check_bf16_matches_cpu(case: &Case, seed: u64) {
 fn bf16_forward_and_backward_match_the_cpu_on_rounded_values() {
     check_bf16_matches_cpu(&Case::new(11, 3, 37, 45, 29, 40), 12);
     check_bf16_matches_cpu(&Case::new(13, 2, 300, 7, 11, 300), 14);
+}
+
+#[test]
+fn packed_positions_equal_the_padded_ones_at_real_rows() {
+    // A padded batch and the same rows packed (cut after 37, 0, 1, 20 and 300 tokens: an empty
+    // sequence, one of one token, and one as long as the position tables allow, scanned in two
+    // chunks): the packed output is the padded one's real rows, bit for bit, on the CPU and the GPU;
+    // the packed backward matches the CPU's packed backward.
+    let padded = Case::new(21, 5, 300, 9, 17, 300);
+    let lengths = [37usize, 0, 1, 20, 300];
+    let packed = padded.packed(&lengths);
+    let hidden = padded.hidden;
+    let want_padded = padded.forward(&cpu()).unwrap();
+    let want: Vec<f32> = lengths
+        .iter()
+        .enumerate()
+        .flat_map(|(b, &len)| {
+            let first = b * padded.seq * hidden;
+            want_padded[first..first + len * hidden].iter().copied()
+        })
+        .collect();
+    assert_eq!(
+        packed.forward(&cpu()).unwrap(),
+        want,
+        "CPU packed vs padded"
+    );
+    for (order, gpu) in gpus() {
+        let got = packed.forward(gpu.as_ref()).unwrap();
+        assert_close(&format!("packed forward {order:?}"), &got, &want, 0.0, 0.0);
+    }
+    check_matches_cpu(&packed, 22);
+    check_bf16_matches_cpu(&packed, 23);
 }

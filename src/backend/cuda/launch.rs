@@ -11,6 +11,9 @@ use crate::error::Result;
 pub struct DevicePtr(pub u64);
 
 impl DevicePtr {
+    /// The null pointer, for an optional argument a kernel checks before reading.
+    pub const NULL: DevicePtr = DevicePtr(0);
+
     /// The address of host memory, for the emulator, where kernels read and write host buffers.
     pub fn host<T>(slice: &[T]) -> Self {
         DevicePtr(slice.as_ptr() as u64)

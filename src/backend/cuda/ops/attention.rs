@@ -8,9 +8,13 @@
 //! rounded to bf16) and accumulate in f32.
 //!
 //! Each kernel exists once per head-dim capacity (16, 32, 64, 128); a call takes the smallest that
-//! holds its head_dim. Blocks own 64 rows of one (sequence, head) and the grid is one-dimensional,
-//! `ceil(seq / 64) * heads * batch` blocks with the row tile fastest. The backward is two kernels:
-//! dQ (which also saves `D_i = dO_i . out_i` in a scratch buffer) and then dK/dV, which reads it.
+//! holds its head_dim. Blocks own 64 rows of one (sequence, head). The grid is one-dimensional over a
+//! schedule of (sequence, tile) pairs ([`schedule`]): every 64-row tile of every sequence once, no
+//! tile past a sequence's end, the longest sequences first; `entries * heads` blocks, heads fastest.
+//! The schedule is built from the host offsets the first time a [`Sequences`] is attended over and
+//! cached with it, so every layer, forward and backward, launches from the same device copy. The
+//! backward is two kernels: dQ (which also saves `D_i = dO_i . out_i` in a `[heads, tokens]` scratch
+//! buffer) and then dK/dV, which reads it.
 //!
 //! A bf16 forward runs on tensor cores (`attention_forward_bf16_mma_d*`: 4 warps of 16 query rows
 //! per block, the same grid); a backend made with
@@ -23,10 +27,11 @@ use super::int;
 use crate::backend::AttentionOut;
 use crate::backend::Backend;
 use crate::backend::cuda::GpuBackend;
-use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::{Error, Result};
 use crate::ops::attention::AttentionKernels;
 use crate::ops::checks::AttentionDims;
+use crate::ops::sequences::Sequences;
 use crate::tensor::{DType, Tensor};
 
 /// Rows of one (sequence, head) per block: `Tiles<D>::ROWS` in the kernel file.
@@ -58,17 +63,10 @@ pub enum BackwardKernel {
     CudaCores,
 }
 
-/// The kernel variant for these sizes: its name suffix (`d64`), threads per block and grid size.
+/// The kernel variant for these sizes: its name suffix (`d64`) and threads per block.
 struct Variant {
     suffix: String,
-    blocks: u32,
     threads: u32,
-}
-
-impl Variant {
-    fn config(&self) -> LaunchConfig {
-        LaunchConfig::linear(self.blocks, self.threads, 0)
-    }
 }
 
 /// The element type's part of a kernel name.
@@ -87,22 +85,72 @@ fn variant(dims: &AttentionDims) -> Result<Variant> {
                 VARIANTS[VARIANTS.len() - 1].0
             ))
         })?;
-    let blocks = int(
-        dims.max_len.div_ceil(ROWS) * dims.heads * dims.sequences,
-        "attention blocks",
-    )?;
     Ok(Variant {
         suffix: format!("d{capacity}"),
-        blocks: blocks as u32,
         threads,
     })
 }
 
-/// The sizes every kernel takes after its pointers: seq, heads, head_dim and the score scale
+/// The kernels' work list for sequences with these offsets (`cu_seqlens`): one `(sequence, tile)`
+/// pair per 64-row tile of every sequence, flattened. Every tile of a sequence costs about its
+/// length (a query tile visits all its keys, a key tile all its queries), so listing the longest
+/// sequences first is longest-processing-time-first: the GPU starts the longest blocks at once and
+/// fills in behind them with short ones, and a batch of one long and many short sequences does not
+/// end on the long one's last blocks. Ties keep the sequences' order; an empty sequence has no tile.
+pub fn schedule(offsets: &[i32]) -> Vec<i32> {
+    let mut sequences: Vec<(usize, i32)> = offsets
+        .windows(2)
+        .enumerate()
+        .map(|(s, w)| (s, w[1] - w[0]))
+        .collect();
+    sequences.sort_by_key(|&(s, len)| (std::cmp::Reverse(len), s));
+    let mut entries = Vec::new();
+    for (s, len) in sequences {
+        for tile in 0..(len as usize).div_ceil(ROWS) {
+            entries.extend([s as i32, tile as i32]);
+        }
+    }
+    entries
+}
+
+/// The schedule of `sequences` on this backend, built and uploaded on first use, and the grid it
+/// gives: one block per (entry, head).
+fn grid<'s>(
+    backend: &GpuBackend,
+    sequences: &'s Sequences,
+    dims: &AttentionDims,
+) -> Result<(&'s Tensor, u32)> {
+    let schedule = sequences.schedule(|offsets| {
+        let entries = schedule(offsets);
+        backend.upload_i32(&[entries.len() / 2, 2], &entries)
+    })?;
+    let blocks = int(schedule.shape()[0] * dims.heads, "attention blocks")?;
+    Ok((schedule, blocks as u32))
+}
+
+/// The sequence arguments every kernel takes after its leading tensors: offsets, schedule and the
+/// key mask (null when every key is real).
+fn sequence_args(
+    backend: &GpuBackend,
+    args: KernelArgs,
+    sequences: &Sequences,
+    schedule: &Tensor,
+) -> Result<KernelArgs> {
+    let mask = match sequences.key_mask() {
+        Some(mask) => backend.ptr(mask)?,
+        None => DevicePtr::NULL,
+    };
+    Ok(args
+        .ptr(backend.ptr(sequences.device_offsets())?)
+        .ptr(backend.ptr(schedule)?)
+        .ptr(mask))
+}
+
+/// The sizes every kernel takes after its pointers: tokens, heads, head_dim and the score scale
 /// `1 / sqrt(head_dim)`, computed exactly as the CPU backend computes it.
 fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
     Ok(args
-        .i32(int(dims.max_len, "sequence length")?)
+        .i32(int(dims.tokens, "attention tokens")?)
         .i32(int(dims.heads, "attention heads")?)
         .i32(int(dims.head_dim, "head_dim")?)
         .f32(1.0 / (dims.head_dim as f32).sqrt()))
@@ -111,24 +159,92 @@ fn size_args(args: KernelArgs, dims: &AttentionDims) -> Result<KernelArgs> {
 impl AttentionKernels for GpuBackend {
     fn attention_forward_into(
         &self,
-        _qkv: &Tensor,
-        _sequences: &crate::ops::sequences::Sequences,
-        _dims: AttentionDims,
-        _out: &mut AttentionOut,
+        qkv: &Tensor,
+        sequences: &Sequences,
+        dims: AttentionDims,
+        out: &mut AttentionOut,
     ) -> Result<()> {
-        Err(crate::error::Error::Config("pending: packed CUDA kernels".into()))
+        let dtype = qkv.dtype();
+        let mut variant = variant(&dims)?;
+        let mut name = type_name(dtype).to_string();
+        if dtype == DType::BF16 && self.attention.0 == ForwardKernel::TensorCores {
+            name.push_str("_mma");
+            variant.threads = MMA_THREADS;
+        }
+        let (schedule, blocks) = grid(self, sequences, &dims)?;
+        let args = sequence_args(
+            self,
+            KernelArgs::new().ptr(self.ptr(qkv)?),
+            sequences,
+            schedule,
+        )?;
+        let mut args = size_args(
+            args.ptr(self.ptr_mut(&mut out.out)?)
+                .ptr(self.ptr_mut(&mut out.lse)?),
+            &dims,
+        )?;
+        self.runtime().launch(
+            &format!("attention_forward_{name}_{}", variant.suffix),
+            &LaunchConfig::linear(blocks, variant.threads, 0),
+            &mut args,
+        )
     }
 
     fn attention_backward_into(
         &self,
-        _dout: &Tensor,
-        _qkv: &Tensor,
-        _sequences: &crate::ops::sequences::Sequences,
-        _out: &Tensor,
-        _lse: &Tensor,
-        _dims: AttentionDims,
-        _dqkv: &mut Tensor,
+        dout: &Tensor,
+        qkv: &Tensor,
+        sequences: &Sequences,
+        out: &Tensor,
+        lse: &Tensor,
+        dims: AttentionDims,
+        dqkv: &mut Tensor,
     ) -> Result<()> {
-        Err(crate::error::Error::Config("pending: packed CUDA kernels".into()))
+        let dtype = qkv.dtype();
+        let mut name = type_name(dtype).to_string();
+        let mut variant = variant(&dims)?;
+        if dtype == DType::BF16 && self.attention.1 == BackwardKernel::TensorCores {
+            name.push_str("_mma");
+            variant.threads = MMA_THREADS;
+        }
+        let (schedule, blocks) = grid(self, sequences, &dims)?;
+        let config = LaunchConfig::linear(blocks, variant.threads, 0);
+        let (dout_ptr, qkv_ptr, lse_ptr) = (self.ptr(dout)?, self.ptr(qkv)?, self.ptr(lse)?);
+        // D_i = dO_i . out_i for every (head, row): written by the dQ kernel, read by dK/dV.
+        let delta = self.alloc(&[dims.heads, dims.tokens], DType::F32)?;
+        let delta_ptr = self.ptr(&delta)?;
+        let dqkv_ptr = self.ptr_mut(dqkv)?;
+
+        let dq_args = sequence_args(
+            self,
+            KernelArgs::new().ptr(dout_ptr).ptr(qkv_ptr),
+            sequences,
+            schedule,
+        )?;
+        let mut dq_args = size_args(
+            dq_args
+                .ptr(self.ptr(out)?)
+                .ptr(lse_ptr)
+                .ptr(delta_ptr)
+                .ptr(dqkv_ptr),
+            &dims,
+        )?;
+        self.runtime().launch(
+            &format!("attention_backward_dq_{name}_{}", variant.suffix),
+            &config,
+            &mut dq_args,
+        )?;
+        let dkv_args = sequence_args(
+            self,
+            KernelArgs::new().ptr(dout_ptr).ptr(qkv_ptr),
+            sequences,
+            schedule,
+        )?;
+        let mut dkv_args = size_args(dkv_args.ptr(lse_ptr).ptr(delta_ptr).ptr(dqkv_ptr), &dims)?;
+        self.runtime().launch(
+            &format!("attention_backward_dkv_{name}_{}", variant.suffix),
+            &config,
+            &mut dkv_args,
+        )
     }
 }

@@ -4,11 +4,15 @@
 //!
 //! The element type follows the input: f32 in, f32 out; bf16 in (mixed precision), bf16 out, with the
 //! same mask and each kept element `x * scale` formed in f32 and rounded once.
+//!
+//! With `rows` (a packed batch), element `(r, c)` of the `[rows, width]` input draws the uniform of
+//! `(rows[r], c)` in the padded batch, as on the CPU; the kernel takes `width / 4`, the Philox
+//! groups per row.
 
 use super::{int, kernel_name};
 use crate::backend::DropoutKey;
 use crate::backend::cuda::GpuBackend;
-use crate::backend::cuda::launch::{KernelArgs, LaunchConfig};
+use crate::backend::cuda::launch::{DevicePtr, KernelArgs, LaunchConfig};
 use crate::error::Result;
 use crate::ops::dropout::DropoutKernels;
 use crate::tensor::Tensor;
@@ -26,7 +30,7 @@ impl DropoutKernels for GpuBackend {
         x: &Tensor,
         residual: Option<&Tensor>,
         key: DropoutKey,
-        _rows: Option<&Tensor>,
+        rows: Option<&Tensor>,
         y: &mut Tensor,
     ) -> Result<()> {
         let (n, dtype) = (x.numel(), x.dtype());
@@ -38,8 +42,15 @@ impl DropoutKernels for GpuBackend {
         if let Some(r) = residual {
             args = args.ptr(self.ptr(r)?);
         }
+        // The front checked that `rows` has one entry per row and the width is a multiple of 4.
+        let (rows_ptr, row_groups) = match rows {
+            Some(r) => (self.ptr(r)?, n / r.numel().max(1) / 4),
+            None => (DevicePtr::NULL, 0),
+        };
         let mut args = args
             .ptr(self.ptr_mut(y)?)
+            .ptr(rows_ptr)
+            .i32(int(row_groups, "dropout groups per row")?)
             .i32(int(n, "elements")?)
             .f32(key.p)
             .f32(scale)
