@@ -1,5 +1,7 @@
 //! The whole model: a training step (forward, loss, backward, AdamW), batch-1 inference latency and
-//! batch-64 inference throughput, at sequence 512.
+//! batch-64 inference throughput, at sequence 512; and a training step on a batch of real
+//! functions' lengths (`benches/data/function_lengths.json`, rows padded to 512) run packed and
+//! padded, whose throughput counts real tokens only.
 //!
 //! `cargo bench --bench model`. On a machine with a GPU: the `medium` preset in bf16 mixed
 //! precision, training at batch 32; elsewhere, or with `MASKEDLM_BENCH_DEVICE=cpu`: the `small`
@@ -14,8 +16,9 @@ use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::data::Example;
 use undertale_maskedlm::device::Precision;
 use undertale_maskedlm::model::{
-    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Size,
+    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Packing, Size,
 };
+use undertale_maskedlm::pipeline::bench::read_lengths;
 use undertale_maskedlm::train::{Trainer, TrainerOptions};
 use undertale_maskedlm::{Device, Tensor};
 
@@ -90,6 +93,25 @@ fn bench(c: &mut Criterion) {
     group.bench_function(format!("train_step_b{batch}"), |b| {
         b.iter(|| trainer.step(&data).unwrap())
     });
+
+    let lengths_file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/benches/data/function_lengths.json"
+    );
+    let (_, lengths) = read_lengths(std::path::Path::new(lengths_file), SEQ).unwrap();
+    let mut real_rows = rows(&mut rng, batch);
+    for (row, &len) in real_rows.iter_mut().zip(&lengths) {
+        row.tokens[len..].fill(0);
+        row.mask[len..].fill(0);
+    }
+    let real: usize = lengths[..batch].iter().sum();
+    group.throughput(Throughput::Elements(real as u64));
+    for (name, packing) in [("packed", Packing::Packed), ("padded", Packing::Padded)] {
+        trainer.set_packing(packing);
+        group.bench_function(format!("train_step_b{batch}_real_lengths_{name}"), |b| {
+            b.iter(|| trainer.step(&real_rows).unwrap())
+        });
+    }
     group.finish();
 }
 

@@ -10,12 +10,12 @@
 // scalar tail for the last n % 4 elements. Backward regenerates the same mask from the key instead of
 // storing it.
 //
-// Packed batches (`rows` not null): x is [rows, width] with width % 4 == 0 (checked by the front),
-// and element (r, c) draws uniform number rows[r] * width + c, its place in the padded batch the row
-// came from, so a packed and a padded step drop the same elements. A group of four never straddles
-// two rows (width % 4 == 0), so group g of row r = g / (width / 4) uses Philox counter
-// rows[r] * (width / 4) + g % (width / 4), and there is no partial group. One extra int read per
-// group (the same row index for a whole row's groups: L1 hits).
+// Packed batches (`rows` not null): x is [rows, width], and element (r, c) draws uniform number
+// rows[r] * width + c, its place in the padded batch the row came from, so a packed and a padded
+// step drop the same elements. When width % 4 == 0 (every preset) a group of four never straddles
+// two rows, so the group starting at (r, c) uses Philox counter (rows[r] * width + c) / 4, one call
+// as without rows, plus one int read per group (the same row index for a whole row's groups: L1
+// hits); for other widths each element makes its own call (`padded_element`).
 //
 // The element type follows the input: `dropout_f32` and `dropout_bf16` are the one template over T.
 // Bit-identical to the CPU: the uniform is exact (see philox.cuh), `u >= p` compares the same floats,
@@ -68,24 +68,42 @@ __device__ __forceinline__ void store4(__nv_bfloat16* __restrict__ y, int g, con
 // y = residual + dropout(x), the dropped value rounded to T first as the unfused dropout stores it,
 // then the sum rounded once. One read of x and of residual and one write of y, where the unfused
 // pair writes dropout(x) and reads it back.
-// `rows` (may be null) and `row_groups` = width / 4: the packed rows' places in the padded batch.
+// `rows` (may be null): the packed rows' places in the padded batch, whose rows are `width` wide.
+// Element (r, c) then draws the uniform of padded element E = rows[r] * width + c: word E % 4 of the
+// Philox call with counter E / 4 (32 bits, as on the CPU). When width is a multiple of 4, a group
+// of four packed elements is one group of four padded ones (one call, as without rows); otherwise a
+// group may straddle two rows, and each element makes its own call (four times the integer work,
+// for widths no model preset has).
+__device__ __forceinline__ unsigned padded_element(const int* __restrict__ rows, int width, int i) {
+    return static_cast<unsigned>(rows[i / width]) * static_cast<unsigned>(width) + static_cast<unsigned>(i % width);
+}
+
 template <typename T>
 __device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __restrict__ residual, T* __restrict__ y,
-                                        const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                        const int* __restrict__ rows, int width, int n, float p, float scale,
                                         unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
                                         unsigned site) {
     const int full = n / 4;                          // groups of four elements
     const int groups = full + (n % 4 != 0 ? 1 : 0);  // and a partial one (no overflow near INT_MAX)
     const int stride = gridDim.x * blockDim.x;
+    const bool per_element = rows && width % 4 != 0;
     for (int g = blockIdx.x * blockDim.x + threadIdx.x; g < groups; g += stride) {
-        // The counter is the group's index in the padded batch (32 bits, as on the CPU).
-        const unsigned counter =
-            rows ? static_cast<unsigned>(rows[g / row_groups]) * static_cast<unsigned>(row_groups) +
-                       static_cast<unsigned>(g % row_groups)
-                 : static_cast<unsigned>(g);
-        unsigned word[4] = {counter, site, step_lo, step_hi};
-        philox4x32_10(word, seed_lo, seed_hi);
         const int i = 4 * g;
+        unsigned word[4];
+        if (per_element) {
+            for (int k = 0; k < 4 && i + k < n; ++k) {
+                const unsigned e = padded_element(rows, width, i + k);
+                unsigned w[4] = {e / 4, site, step_lo, step_hi};
+                philox4x32_10(w, seed_lo, seed_hi);
+                word[k] = w[e % 4];
+            }
+        } else {
+            word[0] = rows ? padded_element(rows, width, i) / 4 : static_cast<unsigned>(g);
+            word[1] = site;
+            word[2] = step_lo;
+            word[3] = step_hi;
+            philox4x32_10(word, seed_lo, seed_hi);
+        }
         if (g < full) {
             float v[4];
             load4(x, g, v);
@@ -107,30 +125,30 @@ __device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __rest
 }
 
 extern "C" __global__ void dropout_f32(const float* __restrict__ x, float* __restrict__ y, const int* __restrict__ rows,
-                                       int row_groups, int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
+                                       int width, int n, float p, float scale, unsigned seed_lo, unsigned seed_hi,
                                        unsigned step_lo, unsigned step_hi, unsigned site) {
-    dropout<float>(x, nullptr, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<float>(x, nullptr, y, rows, width, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 extern "C" __global__ void dropout_bf16(const __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ y,
-                                        const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                        const int* __restrict__ rows, int width, int n, float p, float scale,
                                         unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
                                         unsigned site) {
-    dropout<__nv_bfloat16>(x, nullptr, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<__nv_bfloat16>(x, nullptr, y, rows, width, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 // y = residual + dropout(x).
 extern "C" __global__ void dropout_add_f32(const float* __restrict__ x, const float* __restrict__ residual,
-                                           float* __restrict__ y, const int* __restrict__ rows, int row_groups, int n,
+                                           float* __restrict__ y, const int* __restrict__ rows, int width, int n,
                                            float p, float scale, unsigned seed_lo, unsigned seed_hi, unsigned step_lo,
                                            unsigned step_hi, unsigned site) {
-    dropout<float>(x, residual, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<float>(x, residual, y, rows, width, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }
 
 extern "C" __global__ void dropout_add_bf16(const __nv_bfloat16* __restrict__ x,
                                             const __nv_bfloat16* __restrict__ residual, __nv_bfloat16* __restrict__ y,
-                                            const int* __restrict__ rows, int row_groups, int n, float p, float scale,
+                                            const int* __restrict__ rows, int width, int n, float p, float scale,
                                             unsigned seed_lo, unsigned seed_hi, unsigned step_lo, unsigned step_hi,
                                             unsigned site) {
-    dropout<__nv_bfloat16>(x, residual, y, rows, row_groups, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
+    dropout<__nv_bfloat16>(x, residual, y, rows, width, n, p, scale, seed_lo, seed_hi, step_lo, step_hi, site);
 }

@@ -666,12 +666,19 @@ fn variable_length_attention_gradient() {
         )
         .unwrap(),
     );
-    gradcheck("variable-length attention dqkv", &qkv, &dqkv, Coords::All, &mut rng, |v| {
-        project(&r, &forward(v))
-    });
+    gradcheck(
+        "variable-length attention dqkv",
+        &qkv,
+        &dqkv,
+        Coords::All,
+        &mut rng,
+        |v| project(&r, &forward(v)),
+    );
     // A sequence's output depends on its own rows only: perturbing sequence 0 leaves the others.
     let mut moved = qkv.clone();
-    moved[..lengths[0] * 3 * hidden].iter_mut().for_each(|x| *x += 1.0);
+    moved[..lengths[0] * 3 * hidden]
+        .iter_mut()
+        .for_each(|x| *x += 1.0);
     let after = forward(&moved);
     assert_eq!(after[lengths[0] * hidden..], out[lengths[0] * hidden..]);
 }
@@ -832,7 +839,12 @@ fn dropout_backward_applies_the_forward_mask() {
     assert!((dropped - 0.3).abs() < 0.02, "dropped fraction {dropped}");
 
     let x = normal(&mut rng, n, 0.0, 1.0);
-    let forward = |v: &[f32]| vals(&b.dropout_forward(&f32t(&shape, v.to_vec()), key, None).unwrap());
+    let forward = |v: &[f32]| {
+        vals(
+            &b.dropout_forward(&f32t(&shape, v.to_vec()), key, None)
+                .unwrap(),
+        )
+    };
     let y = forward(&x);
     for i in 0..n {
         assert_eq!(
@@ -842,7 +854,10 @@ fn dropout_backward_applies_the_forward_mask() {
         );
     }
     let r = normal(&mut rng, n, 0.0, 1.0);
-    let dx = vals(&b.dropout_backward(&f32t(&shape, r.clone()), key, None).unwrap());
+    let dx = vals(
+        &b.dropout_backward(&f32t(&shape, r.clone()), key, None)
+            .unwrap(),
+    );
     for i in 0..n {
         assert_eq!(
             dx[i],
@@ -860,7 +875,10 @@ fn dropout_backward_applies_the_forward_mask() {
 }
 
 fn forward_with(b: &CpuBackend, x: &[f32], shape: &[usize], key: DropoutKey) -> Vec<f32> {
-    vals(&b.dropout_forward(&f32t(shape, x.to_vec()), key, None).unwrap())
+    vals(
+        &b.dropout_forward(&f32t(shape, x.to_vec()), key, None)
+            .unwrap(),
+    )
 }
 
 /// Cross-entropy with some labels -100: the loss is the mean over labelled rows (against an f64
@@ -1006,7 +1024,9 @@ impl Composed {
         let mut tape = Tape::new(b, params);
         let tokens = tape.input(self.tokens.clone());
         let rows = tape.input(self.rows.clone());
-        let e = tape.embedding(tokens, &sequences, NEXT, self.tables, h).unwrap();
+        let e = tape
+            .embedding(tokens, &sequences, NEXT, self.tables, h)
+            .unwrap();
         let n = tape.layernorm(e, self.ln[0], self.ln[1], 1e-5).unwrap();
         let f = tape.linear(n, self.ff[0], self.ff[1], h).unwrap();
         let g = tape.gelu(f).unwrap();

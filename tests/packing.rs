@@ -116,8 +116,10 @@ fn packed_equals_padded(lengths: &[usize], mask_edit: impl Fn(&mut [i32], usize)
             .unwrap();
         results.push((loss, grads.to_vec_f32().unwrap(), logits));
     }
-    let [(pad_loss, pad_grads, pad_logits), (pack_loss, pack_grads, pack_logits)] =
-        <[_; 2]>::try_from(results).unwrap();
+    let [
+        (pad_loss, pad_grads, pad_logits),
+        (pack_loss, pack_grads, pack_logits),
+    ] = <[_; 2]>::try_from(results).unwrap();
     assert!(
         (pack_loss - pad_loss).abs() <= 1e-6 * pad_loss.abs(),
         "loss: packed {pack_loss} vs padded {pad_loss}"
@@ -127,7 +129,11 @@ fn packed_equals_padded(lengths: &[usize], mask_edit: impl Fn(&mut [i32], usize)
     for entry in packed.layout().entries() {
         let range = entry.param.offset..entry.param.offset + entry.param.len;
         let error = worst(&pack_grads[range.clone()], &pad_grads[range]);
-        assert!(error <= 1e-5, "gradient of {} differs by {error}", entry.name);
+        assert!(
+            error <= 1e-5,
+            "gradient of {} differs by {error}",
+            entry.name
+        );
     }
 }
 
@@ -173,10 +179,18 @@ fn packed_inference_fills_what_padded_inference_fills() {
     let padded = Model::new(config, Device::Cpu, 2)
         .unwrap()
         .with_packing(Packing::Padded);
-    let filled = packed.infer_batch(&t, Some(&m)).unwrap().to_vec_i32().unwrap();
+    let filled = packed
+        .infer_batch(&t, Some(&m))
+        .unwrap()
+        .to_vec_i32()
+        .unwrap();
     assert_eq!(
         filled,
-        padded.infer_batch(&t, Some(&m)).unwrap().to_vec_i32().unwrap()
+        padded
+            .infer_batch(&t, Some(&m))
+            .unwrap()
+            .to_vec_i32()
+            .unwrap()
     );
     assert!(!filled.contains(&MASK), "every [MASK] is filled");
 }
@@ -198,7 +212,10 @@ fn a_row_without_a_real_token_is_named() {
         let model = Model::new(config.clone(), Device::Cpu, 1)
             .unwrap()
             .with_packing(packing);
-        let mut grads = model.backend().zeros_f32(&[model.num_parameters()]).unwrap();
+        let mut grads = model
+            .backend()
+            .zeros_f32(&[model.num_parameters()])
+            .unwrap();
         let err = model
             .loss_and_backward(
                 &tensor(3, seq, &tokens),
@@ -221,7 +238,10 @@ fn a_label_on_padding_is_named() {
     let [tokens, mask, mut labels] = batch(&mut rng, &[5, 8], seq);
     labels[seq + 10] = 3;
     let model = Model::new(config, Device::Cpu, 1).unwrap();
-    let mut grads = model.backend().zeros_f32(&[model.num_parameters()]).unwrap();
+    let mut grads = model
+        .backend()
+        .zeros_f32(&[model.num_parameters()])
+        .unwrap();
     let err = model
         .loss_and_backward(
             &tensor(2, seq, &tokens),

@@ -20,7 +20,7 @@ use crate::tensor::{DType, Tensor};
 pub trait DropoutKernels {
     /// `y = x * mask / (1 - p)`, or with `residual`, `y = residual + x * mask / (1 - p)`. `p` is in
     /// `[0, 1)`; operands of one shape and activation type, not empty. `rows`, when given, is I32
-    /// with one entry per row of `x` (`[rows, width]`), and the width is a multiple of 4.
+    /// with one entry per row of `x` (`[rows, width]`, width > 0).
     fn dropout_into(
         &self,
         x: &Tensor,
@@ -79,10 +79,10 @@ impl dyn Backend + '_ {
         if let Some(rows) = rows {
             let (count, width) = rows_cols(x, "dropout input")?;
             expect(self, rows, DType::I32, "dropout rows")?;
-            if *rows.shape() != [count] || width % 4 != 0 {
+            if *rows.shape() != [count] || width == 0 {
                 return Err(Error::shape(
                     "dropout rows",
-                    format!("[{count}], for an input whose width is a multiple of 4"),
+                    format!("[{count}], one per row of a non-empty [{count}, width] input"),
                     rows.shape(),
                 ));
             }

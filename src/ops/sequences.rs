@@ -84,7 +84,7 @@ impl Sequences {
     /// `batch` rows of `seq` positions each, the padded layout; `mask` (`[batch * seq]`, 0/1) is the
     /// key mask, dropped when every position is real.
     pub fn padded(backend: &dyn Backend, batch: usize, seq: usize, mask: &[i32]) -> Result<Self> {
-        let key_mask = mask.iter().any(|&m| m == 0).then_some(mask);
+        let key_mask = mask.contains(&0).then_some(mask);
         Self::new(backend, &vec![seq; batch], key_mask, None)
     }
 

@@ -36,9 +36,7 @@ use crate::backend::HostTraffic;
 use crate::data::{Example, MaskedBatch, RowKeyedCollator};
 use crate::device::{Device, Precision};
 use crate::error::{Error, Result};
-use crate::model::{
-    Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Packing, Size,
-};
+use crate::model::{Config, InstructionTraceTransformerEncoderForMaskedLM as Model, Packing, Size};
 use crate::tensor::Tensor;
 use crate::train::{Trainer, TrainerOptions};
 
@@ -485,9 +483,7 @@ impl Bench<'_> {
             let note = format!("validation loss and accuracy; {how}");
             let time = self.median_time(&note, |b| {
                 for m in &masked {
-                    b.trainer
-                        .model()
-                        .evaluate(&m.tokens, &m.mask, &m.labels)?;
+                    b.trainer.model().evaluate(&m.tokens, &m.mask, &m.labels)?;
                 }
                 Ok(())
             })?;

@@ -341,7 +341,13 @@ fn packed_rows(
 fn packed_rows_draw_the_padded_batchs_masks() {
     // Width 20: five Philox groups per row, and padded rows (a multiple of 4 in the padded batch's
     // numbering only because width is) that differ from the packed ones after the first sequence.
-    let (seq, width) = (11, 20);
+    // Width 18: groups of four straddle rows, and each element draws on its own.
+    packed_rows_draw_the_padded_batchs_masks_at(20);
+    packed_rows_draw_the_padded_batchs_masks_at(18);
+}
+
+fn packed_rows_draw_the_padded_batchs_masks_at(width: usize) {
+    let seq = 11;
     let lengths = [11usize, 3, 0, 1, 7];
     let batch = lengths.len();
     let x = random(&mut rng(51), batch * seq * width, 2.0);

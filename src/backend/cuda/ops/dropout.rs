@@ -42,15 +42,15 @@ impl DropoutKernels for GpuBackend {
         if let Some(r) = residual {
             args = args.ptr(self.ptr(r)?);
         }
-        // The front checked that `rows` has one entry per row and the width is a multiple of 4.
-        let (rows_ptr, row_groups) = match rows {
-            Some(r) => (self.ptr(r)?, n / r.numel().max(1) / 4),
+        // The front checked that `rows` has one entry per row of x.
+        let (rows_ptr, width) = match rows {
+            Some(r) => (self.ptr(r)?, n / r.numel().max(1)),
             None => (DevicePtr::NULL, 0),
         };
         let mut args = args
             .ptr(self.ptr_mut(y)?)
             .ptr(rows_ptr)
-            .i32(int(row_groups, "dropout groups per row")?)
+            .i32(int(width, "dropout row width")?)
             .i32(int(n, "elements")?)
             .f32(key.p)
             .f32(scale)
