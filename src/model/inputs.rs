@@ -208,13 +208,19 @@ impl TokenAxis {
         axis
     }
 
-    /// The axis's sequences, uploaded to `backend`.
-    pub fn sequences(&self, backend: &dyn crate::backend::Backend) -> Result<Sequences> {
+    /// The axis's sequences, uploaded to `backend`; with `dropout`, each row's place in the padded
+    /// batch too (dropout's key), which nothing else reads.
+    pub fn sequences(
+        &self,
+        backend: &dyn crate::backend::Backend,
+        dropout: bool,
+    ) -> Result<Sequences> {
+        let padded_rows = self.padded_rows.as_deref().filter(|_| dropout);
         Sequences::new(
             backend,
             &self.lengths,
             self.key_mask.as_deref(),
-            self.padded_rows.as_deref(),
+            padded_rows,
         )
     }
 

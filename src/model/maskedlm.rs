@@ -241,7 +241,8 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// than `sequence_length`.
     pub fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
-        let sequences = TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend())?;
+        let sequences =
+            TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend(), false)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
         let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
         let logits = self.head.forward(&mut tape, state)?;
@@ -255,7 +256,8 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// [`forward`](Self::forward).
     pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
-        let sequences = TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend())?;
+        let sequences =
+            TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend(), false)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
         let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
         tape.take(state)?
@@ -330,7 +332,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
                 rows.to_vec()
             }
         };
-        let sequences = axis.sequences(self.backend())?;
+        let sequences = axis.sequences(self.backend(), false)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, &axis, &sequences, None)?;
         let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);
@@ -373,7 +375,7 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         let rows = axis
             .rows_of(&rows)
             .expect("packing keeps every labelled position");
-        let sequences = axis.sequences(self.backend())?;
+        let sequences = axis.sequences(self.backend(), dropout.is_some())?;
         let mut tape = Tape::new(self.backend.as_ref(), self.weights());
         let state = self.encode(&mut tape, &axis, &sequences, dropout)?;
         let rows = tape.input(self.backend.upload_i32(&[rows.len()], &rows)?);

@@ -6,7 +6,12 @@
 //! against the CPU run on the same bf16-rounded inputs; and the schedule of tiles the grid runs.
 
 use crate::harness::{assert_close, cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
+use std::sync::Arc;
+
 use undertale_maskedlm::backend::Backend;
+use undertale_maskedlm::backend::cuda::GpuBackend;
+use undertale_maskedlm::backend::cuda::emulated::EmulatedRuntime;
+use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
 use undertale_maskedlm::backend::cuda::ops::attention::{BackwardKernel, ForwardKernel, schedule};
 use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::{DType, Error, Tensor};
@@ -309,6 +314,68 @@ fn schedule_covers_the_real_tiles_longest_first() {
         listed.windows(2).all(|w| w[0] >= w[1]),
         "not longest first: {listed:?}"
     );
+}
+
+/// What the emulator launched for one attention forward and backward over packed sequences: every
+/// attention kernel's grid is exactly one block per (64-row tile of real rows, head), and the same
+/// batch padded to its longest sequence launches a block for every padded tile.
+#[test]
+fn no_attention_block_is_launched_for_padding() {
+    let lengths = [37usize, 1, 200, 64, 3];
+    let (heads, head_dim) = (3, 16);
+    let hidden = heads * head_dim;
+    let runtime = Arc::new(EmulatedRuntime::new(ScheduleOrder::Forward));
+    let gpu = GpuBackend::new(runtime.clone());
+    let attention_blocks = |sequences: &Sequences| -> Vec<(String, u64)> {
+        let before = runtime.launches().len();
+        let tokens = sequences.tokens();
+        let qkv = gpu
+            .upload_f32(
+                &[tokens, 3 * hidden],
+                &random(&mut rng(43), tokens * 3 * hidden, 1.0),
+            )
+            .unwrap();
+        let dout = gpu
+            .upload_f32(
+                &[tokens, hidden],
+                &random(&mut rng(44), tokens * hidden, 1.0),
+            )
+            .unwrap();
+        let saved = gpu.attention_forward(&qkv, sequences, heads).unwrap();
+        gpu.attention_backward(&dout, &qkv, sequences, &saved.out, &saved.lse, heads)
+            .unwrap();
+        runtime.launches()[before..]
+            .iter()
+            .map(|l| (l.kernel.clone(), l.blocks))
+            .collect()
+    };
+
+    let packed = Sequences::new(&*gpu, &lengths, None, None).unwrap();
+    let launched = attention_blocks(&packed);
+    let real_tiles: usize = lengths.iter().map(|len| len.div_ceil(64)).sum();
+    assert_eq!(
+        launched.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>(),
+        [
+            "attention_forward_f32_d16",
+            "attention_backward_dq_f32_d16",
+            "attention_backward_dkv_f32_d16"
+        ]
+    );
+    for (kernel, blocks) in &launched {
+        assert_eq!(*blocks, (real_tiles * heads) as u64, "{kernel}");
+    }
+
+    let longest = *lengths.iter().max().unwrap();
+    let mask: Vec<i32> = lengths
+        .iter()
+        .flat_map(|&len| (0..longest).map(move |j| i32::from(j < len)))
+        .collect();
+    let padded = Sequences::padded(&*gpu, lengths.len(), longest, &mask).unwrap();
+    let padded_tiles = lengths.len() * longest.div_ceil(64);
+    for (kernel, blocks) in attention_blocks(&padded) {
+        assert_eq!(blocks, (padded_tiles * heads) as u64, "padded {kernel}");
+    }
+    assert!(real_tiles < padded_tiles);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! on the CPU (the GEMM is a library call on the GPU too, not one of our kernels).
 
 use std::alloc::{Layout, alloc, dealloc};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::emulator::{EmulatedDevice, ScheduleOrder};
 use super::launch::{DevicePtr, KernelArgs, KernelLauncher, LaunchConfig};
@@ -37,11 +37,24 @@ impl Drop for HostMemory {
 }
 
 /// The emulated GPU.
+/// One kernel launch as the emulator ran it: the record tests check a grid against (no block
+/// launched for padding, say).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelLaunch {
+    /// The kernel's name.
+    pub kernel: String,
+    /// Blocks in the grid.
+    pub blocks: u64,
+    /// Threads in each block.
+    pub threads_per_block: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct EmulatedRuntime {
     device: EmulatedDevice,
     meter: Arc<MemoryMeter>,
     traffic: Arc<TrafficMeter>,
+    launches: Arc<Mutex<Vec<KernelLaunch>>>,
 }
 
 impl EmulatedRuntime {
@@ -50,11 +63,18 @@ impl EmulatedRuntime {
             device: EmulatedDevice::new().with_order(order),
             meter: Arc::default(),
             traffic: Arc::default(),
+            launches: Arc::default(),
         }
     }
 
     pub fn order(&self) -> ScheduleOrder {
         self.device.order()
+    }
+
+    /// Every kernel launched so far, in order (GEMMs, which stand in for cuBLASLt, are not
+    /// kernels here).
+    pub fn launches(&self) -> Vec<KernelLaunch> {
+        self.launches.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 
@@ -165,6 +185,14 @@ impl GpuRuntime for EmulatedRuntime {
     }
 
     fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
+        if let Ok(mut launches) = self.launches.lock() {
+            let count = |dims: [u32; 3]| dims.iter().map(|&d| u64::from(d)).product();
+            launches.push(KernelLaunch {
+                kernel: kernel.to_string(),
+                blocks: count(config.grid),
+                threads_per_block: count(config.block),
+            });
+        }
         self.device.launch(kernel, config, args)
     }
 
