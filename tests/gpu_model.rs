@@ -13,21 +13,9 @@ use undertale_maskedlm::{
     Device, InstructionTraceTransformerEncoderForMaskedLM as Model, Size, Tensor,
 };
 
-const VOCAB: usize = 30;
-const NEXT: i32 = 5;
-const MASK: i32 = 4;
+mod common;
 
-fn config() -> Config {
-    // Sizes that are not multiples of any tile: hidden 36 over 3 heads of 12, sequence 21.
-    let size = Size {
-        depth: 2,
-        hidden_dimensions: 36,
-        heads: 3,
-        intermediate_dimensions: 52,
-        sequence_length: 21,
-    };
-    Config::new(size, VOCAB, NEXT, MASK)
-}
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, ODD_VOCAB as VOCAB, odd_config as config};
 
 /// A padded batch with `[NEXT]` separators, one row of a single token.
 fn batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) {

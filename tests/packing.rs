@@ -5,26 +5,14 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use undertale_maskedlm::model::{Config, DropoutSchedule, Packing};
+use undertale_maskedlm::model::{DropoutSchedule, Packing};
 use undertale_maskedlm::{
-    Device, Error, InstructionTraceTransformerEncoderForMaskedLM as Model, Size, Tensor,
+    Device, Error, InstructionTraceTransformerEncoderForMaskedLM as Model, Tensor,
 };
 
-const VOCAB: usize = 30;
-const NEXT: i32 = 5;
-const MASK: i32 = 4;
+mod common;
 
-fn config() -> Config {
-    // Sizes that are no multiple of any tile: hidden 36 over 3 heads of 12, sequence 21.
-    let size = Size {
-        depth: 2,
-        hidden_dimensions: 36,
-        heads: 3,
-        intermediate_dimensions: 52,
-        sequence_length: 21,
-    };
-    Config::new(size, VOCAB, NEXT, MASK)
-}
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, ODD_VOCAB as VOCAB, odd_config as config};
 
 /// Rows of the given real lengths padded to `seq`, with `[NEXT]` separators and random labels
 /// (about a third of the real positions). Returns tokens, mask and labels, each `[rows * seq]`.
@@ -195,6 +183,24 @@ fn packed_inference_fills_what_padded_inference_fills() {
     assert!(!filled.contains(&MASK), "every [MASK] is filled");
 }
 
+/// The error a training step on these `[rows, seq]` inputs fails with.
+fn training_error(model: &Model, rows: usize, [tokens, mask, labels]: [&[i32]; 3]) -> Error {
+    let seq = tokens.len() / rows;
+    let mut grads = model
+        .backend()
+        .zeros_f32(&[model.num_parameters()])
+        .unwrap();
+    model
+        .loss_and_backward(
+            &tensor(rows, seq, tokens),
+            &tensor(rows, seq, mask),
+            &tensor(rows, seq, labels),
+            &mut grads,
+            None,
+        )
+        .unwrap_err()
+}
+
 /// A row with no real token is an error naming it, in both layouts.
 #[test]
 fn a_row_without_a_real_token_is_named() {
@@ -212,19 +218,7 @@ fn a_row_without_a_real_token_is_named() {
         let model = Model::new(config.clone(), Device::Cpu, 1)
             .unwrap()
             .with_packing(packing);
-        let mut grads = model
-            .backend()
-            .zeros_f32(&[model.num_parameters()])
-            .unwrap();
-        let err = model
-            .loss_and_backward(
-                &tensor(3, seq, &tokens),
-                &tensor(3, seq, &mask),
-                &tensor(3, seq, &labels),
-                &mut grads,
-                None,
-            )
-            .unwrap_err();
+        let err = training_error(&model, 3, [&tokens, &mask, &labels]);
         assert!(matches!(err, Error::EmptyRow { row: 1 }), "{err:?}");
     }
 }
@@ -238,19 +232,7 @@ fn a_label_on_padding_is_named() {
     let [tokens, mask, mut labels] = batch(&mut rng, &[5, 8], seq);
     labels[seq + 10] = 3;
     let model = Model::new(config, Device::Cpu, 1).unwrap();
-    let mut grads = model
-        .backend()
-        .zeros_f32(&[model.num_parameters()])
-        .unwrap();
-    let err = model
-        .loss_and_backward(
-            &tensor(2, seq, &tokens),
-            &tensor(2, seq, &mask),
-            &tensor(2, seq, &labels),
-            &mut grads,
-            None,
-        )
-        .unwrap_err();
+    let err = training_error(&model, 2, [&tokens, &mask, &labels]);
     assert!(
         matches!(
             err,

@@ -48,7 +48,7 @@ impl dyn Backend + '_ {
     ) -> Result<AttentionOut> {
         let dims = attention_dims(qkv, sequences, heads)?;
         let dtype = activation(self, qkv, "qkv")?;
-        check_sequences(self, sequences)?;
+        sequences.check_device(self)?;
         let mut out = AttentionOut {
             out: self.alloc(&[dims.tokens, heads * dims.head_dim], dtype)?,
             lse: self.alloc(&[heads, dims.tokens], DType::F32)?,
@@ -73,7 +73,7 @@ impl dyn Backend + '_ {
         check_attention_saved(&dims, dout, out, lse)?;
         let dtype = activation(self, qkv, "qkv")?;
         expect(self, dout, dtype, "attention dout")?;
-        check_sequences(self, sequences)?;
+        sequences.check_device(self)?;
         expect(self, out, dtype, "attention output")?;
         expect(self, lse, DType::F32, "attention lse")?;
         let mut dqkv = self.alloc(qkv.shape(), dtype)?;
@@ -82,20 +82,6 @@ impl dyn Backend + '_ {
         }
         Ok(dqkv)
     }
-}
-
-/// The sequences' device tensors live where the op runs.
-fn check_sequences(backend: &dyn Backend, sequences: &Sequences) -> Result<()> {
-    expect(
-        backend,
-        sequences.device_offsets(),
-        DType::I32,
-        "sequence offsets",
-    )?;
-    if let Some(mask) = sequences.key_mask() {
-        expect(backend, mask, DType::I32, "attention key mask")?;
-    }
-    Ok(())
 }
 
 struct AttentionRule<'a> {

@@ -5,7 +5,7 @@ use super::checks::{
     check_disjoint_slots, check_param, check_token_ids, embedding_dims, rows_cols,
 };
 use super::sequences::Sequences;
-use super::{activation, expect, expect_buffer, host_ints};
+use super::{activation, expect_buffer, host_ints};
 use crate::backend::{Backend, Param};
 use crate::error::{Error, Result};
 use crate::tape::{BackwardPass, Rule, Tape, Var};
@@ -58,12 +58,7 @@ fn checked_tokens(
     let count = embedding_dims(tokens, sequences, instruction, argument, hidden)?;
     let ids = host_ints(backend, tokens, "embedding tokens")?;
     check_token_ids(&ids, sequences, token.len / hidden.max(1))?;
-    expect(
-        backend,
-        sequences.device_offsets(),
-        DType::I32,
-        "sequence offsets",
-    )?;
+    sequences.check_device(backend)?;
     Ok(count)
 }
 

@@ -21,9 +21,10 @@
 
 use std::cell::OnceCell;
 
+use super::expect;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// A batch's token axis divided into sequences, on one backend's device.
 #[derive(Debug)]
@@ -127,6 +128,23 @@ impl Sequences {
     /// Each row's index in the padded batch, I32 `[tokens]`; `None` when the rows are that batch.
     pub fn dropout_rows(&self) -> Option<&Tensor> {
         self.dropout_rows.as_ref()
+    }
+
+    /// The sequences' device tensors live on `backend`'s device (checked by the ops that read them).
+    pub(crate) fn check_device(&self, backend: &dyn Backend) -> Result<()> {
+        expect(
+            backend,
+            &self.device_offsets,
+            DType::I32,
+            "sequence offsets",
+        )?;
+        if let Some(mask) = &self.key_mask {
+            expect(backend, mask, DType::I32, "attention key mask")?;
+        }
+        if let Some(rows) = &self.dropout_rows {
+            expect(backend, rows, DType::I32, "dropout rows")?;
+        }
+        Ok(())
     }
 
     /// The backend's work list for these sequences, built by `build` from the host offsets the

@@ -5,7 +5,27 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use safetensors::{Dtype, SafeTensors};
+use undertale_maskedlm::Size;
 use undertale_maskedlm::model::Config;
+
+/// The vocabulary of [`odd_config`]: ids 0..6 special (`[MASK]` 4, `[NEXT]` 5), the rest ordinary.
+pub const ODD_VOCAB: usize = 30;
+/// `[NEXT]` in [`odd_config`].
+pub const ODD_NEXT: i32 = 5;
+/// `[MASK]` in [`odd_config`].
+pub const ODD_MASK: i32 = 4;
+
+/// A small model whose sizes are no multiple of any tile: hidden 36 over 3 heads of 12, sequence 21.
+pub fn odd_config() -> Config {
+    let size = Size {
+        depth: 2,
+        hidden_dimensions: 36,
+        heads: 3,
+        intermediate_dimensions: 52,
+        sequence_length: 21,
+    };
+    Config::new(size, ODD_VOCAB, ODD_NEXT, ODD_MASK)
+}
 
 /// The tensors and config written by `scripts/reference.py`.
 pub struct Fixture {
