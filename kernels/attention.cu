@@ -13,7 +13,8 @@
 // The token axis holds the batch's sequences back to back (FlashAttention's varlen layout): sequence b
 // is rows o_b .. o_b + S_b of every [tokens, *] operand, o_b = offsets[b], S_b = offsets[b + 1] - o_b.
 // A padded batch is the case S_b = seq for every b, with a key mask for its padding; a packed batch
-// has every row real and no mask (null). lse and the backward's D are [heads, tokens] f32: row o_b + i
+// has no mask (null) unless a row has a hole (a padding key before its last real one), which stays a
+// row of its sequence and is masked as a key. lse and the backward's D are [heads, tokens] f32: row o_b + i
 // of head h at h * tokens + o_b + i.
 //
 // ---- The math --------------------------------------------------------------------------------------

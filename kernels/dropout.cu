@@ -70,12 +70,14 @@ __device__ __forceinline__ void store4(__nv_bfloat16* __restrict__ y, int g, con
 // pair writes dropout(x) and reads it back.
 // `rows` (may be null): the packed rows' places in the padded batch, whose rows are `width` wide.
 // Element (r, c) then draws the uniform of padded element E = rows[r] * width + c: word E % 4 of the
-// Philox call with counter E / 4 (32 bits, as on the CPU). When width is a multiple of 4, a group
+// Philox call with counter E / 4 cut to 32 bits, as on the CPU (E itself is 64 bits: the padded batch
+// may hold more elements than the packed one's int count). When width is a multiple of 4, a group
 // of four packed elements is one group of four padded ones (one call, as without rows); otherwise a
 // group may straddle two rows, and each element makes its own call (four times the integer work,
 // for widths no model preset has).
-__device__ __forceinline__ unsigned padded_element(const int* __restrict__ rows, int width, int i) {
-    return static_cast<unsigned>(rows[i / width]) * static_cast<unsigned>(width) + static_cast<unsigned>(i % width);
+__device__ __forceinline__ unsigned long long padded_element(const int* __restrict__ rows, int width, int i) {
+    return static_cast<unsigned long long>(rows[i / width]) * static_cast<unsigned long long>(width) +
+           static_cast<unsigned long long>(i % width);
 }
 
 template <typename T>
@@ -92,13 +94,13 @@ __device__ __forceinline__ void dropout(const T* __restrict__ x, const T* __rest
         unsigned word[4];
         if (per_element) {
             for (int k = 0; k < 4 && i + k < n; ++k) {
-                const unsigned e = padded_element(rows, width, i + k);
-                unsigned w[4] = {e / 4, site, step_lo, step_hi};
+                const unsigned long long e = padded_element(rows, width, i + k);
+                unsigned w[4] = {static_cast<unsigned>(e / 4), site, step_lo, step_hi};
                 philox4x32_10(w, seed_lo, seed_hi);
                 word[k] = w[e % 4];
             }
         } else {
-            word[0] = rows ? padded_element(rows, width, i) / 4 : static_cast<unsigned>(g);
+            word[0] = rows ? static_cast<unsigned>(padded_element(rows, width, i) / 4) : static_cast<unsigned>(g);
             word[1] = site;
             word[2] = step_lo;
             word[3] = step_hi;

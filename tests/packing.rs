@@ -147,8 +147,8 @@ fn a_hole_in_a_mask_is_a_masked_key_in_both_layouts() {
     });
 }
 
-/// Inference fills the same masks packed and padded, and so does a `[MASK]` placed in the padding
-/// of a row (packing falls back to the padded layout to compute it).
+/// Inference fills the same masks packed and padded; a `[MASK]` placed in the padding of a row is
+/// filled too (packing cannot compute it, so that batch runs padded).
 #[test]
 fn packed_inference_fills_what_padded_inference_fills() {
     let config = config();
@@ -161,26 +161,30 @@ fn packed_inference_fills_what_padded_inference_fills() {
             *t = MASK;
         }
     }
-    tokens[2 * seq + 4] = MASK; // in row 2's padding
-    let (t, m) = (tensor(4, seq, &tokens), tensor(4, seq, &mask));
     let packed = Model::new(config.clone(), Device::Cpu, 2).unwrap();
     let padded = Model::new(config, Device::Cpu, 2)
         .unwrap()
         .with_packing(Packing::Padded);
-    let filled = packed
-        .infer_batch(&t, Some(&m))
-        .unwrap()
-        .to_vec_i32()
-        .unwrap();
-    assert_eq!(
-        filled,
-        padded
-            .infer_batch(&t, Some(&m))
+    let m = tensor(4, seq, &mask);
+    let fill = |model: &Model, tokens: &[i32]| {
+        model
+            .infer_batch(&tensor(4, seq, tokens), Some(&m))
             .unwrap()
             .to_vec_i32()
             .unwrap()
-    );
+    };
+    // Every [MASK] on a real token: the packed model computes real tokens only.
+    let filled = fill(&packed, &tokens);
+    assert_eq!(filled, fill(&padded, &tokens));
     assert!(!filled.contains(&MASK), "every [MASK] is filled");
+
+    tokens[2 * seq + 4] = MASK; // in row 2's padding
+    let filled = fill(&packed, &tokens);
+    assert_eq!(filled, fill(&padded, &tokens));
+    assert!(
+        !filled.contains(&MASK),
+        "the [MASK] in the padding is filled"
+    );
 }
 
 /// The error a training step on these `[rows, seq]` inputs fails with.

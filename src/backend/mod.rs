@@ -55,9 +55,9 @@ pub struct LayerNormOut {
 /// What attention's forward saves for its backward.
 #[derive(Debug, Clone)]
 pub struct AttentionOut {
-    /// `[batch * seq, hidden]`, heads concatenated along the feature axis.
+    /// `[tokens, hidden]`, heads concatenated along the feature axis.
     pub out: Tensor,
-    /// Log-sum-exp of each score row, `[batch, heads, seq]`; backward rebuilds the probabilities
+    /// Log-sum-exp of each score row, `[heads, tokens]`; backward rebuilds the probabilities
     /// from it instead of storing them. `-inf` for a row with no valid key.
     pub lse: Tensor,
 }

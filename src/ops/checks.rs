@@ -189,11 +189,18 @@ pub(crate) fn check_attention_saved(
 ) -> Result<()> {
     check_same_shape(out, dout, "attention dout")?;
     let (rows, hidden) = (dims.tokens, dims.heads * dims.head_dim);
-    if out.numel() != rows * hidden || lse.numel() != dims.heads * rows {
+    if out.numel() != rows * hidden {
         return Err(Error::shape(
             "attention saved output",
             format!("[{rows}, {hidden}]"),
             out.shape(),
+        ));
+    }
+    if *lse.shape() != [dims.heads, rows] {
+        return Err(Error::shape(
+            "attention lse",
+            format!("[{}, {rows}]", dims.heads),
+            lse.shape(),
         ));
     }
     Ok(())

@@ -116,7 +116,7 @@ impl dyn Backend + '_ {
         Ok(out)
     }
 
-    /// Adds `dout` (`[batch * seq, hidden]`) into the three tables' gradients. The ids index the
+    /// Adds `dout` (`[tokens, hidden]`) into the three tables' gradients. The ids index the
     /// gradient tables, so they are checked here too, and the gradients are untouched on an error.
     #[allow(clippy::too_many_arguments)]
     pub fn embedding_backward(

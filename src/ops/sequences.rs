@@ -69,6 +69,28 @@ impl Sequences {
                 return Err(Error::shape(what, format!("[{total}]"), &[rows.len()]));
             }
         }
+        if let Some((row, &v)) = key_mask
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, v)| **v != 0 && **v != 1)
+        {
+            return Err(Error::Config(format!(
+                "key mask value {v} at row {row}: entries must be 0 or 1"
+            )));
+        }
+        if let Some((row, &v)) = dropout_rows
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .find(|(_, v)| **v < 0)
+        {
+            return Err(Error::IndexOutOfRange {
+                what: format!("row {row}'s place in the padded batch"),
+                index: i64::from(v),
+                len: i32::MAX as usize,
+            });
+        }
         let upload = |rows: Option<&[i32]>| -> Result<Option<Tensor>> {
             rows.map(|r| backend.upload_i32(&[r.len()], r)).transpose()
         };

@@ -451,67 +451,98 @@ impl Bench<'_> {
             .collect::<Result<_>>()?;
 
         let precision = self.variant.clone();
+        let before = self.trainer.model().packing();
         let mut records = Vec::new();
+        let mut measured = Ok(());
         for packing in [Packing::Packed, Packing::Padded] {
             self.trainer.set_packing(packing);
-            let (variant, how) = match packing {
-                Packing::Packed => (precision.clone(), "packed: real tokens only"),
-                Packing::Padded => (format!("{precision}-padded"), "every position computed"),
+            self.variant = match packing {
+                Packing::Packed => precision.clone(),
+                Packing::Padded => format!("{precision}-padded"),
             };
-            self.variant = variant;
-            let mut runs: Vec<(&str, &Vec<Vec<Example>>, String)> = vec![(
-                "lengths_pad512_real_tokens_per_s",
-                &padded,
-                format!("rows padded to {}; {how}", self.seq),
-            )];
-            if packing == Packing::Padded {
-                runs.push((
-                    "lengths_padlongest_real_tokens_per_s",
-                    &longest,
-                    format!("rows padded to each batch's longest; {how}"),
-                ));
-            }
-            for (metric, data, note) in runs {
-                let time = self.median_time(&note, |b| {
-                    for rows in data {
-                        b.trainer.step(rows)?;
-                    }
-                    Ok(())
-                })?;
-                records.push(self.lengths_record(metric, real, time, &note, source));
-            }
-            let note = format!("validation loss and accuracy; {how}");
-            let time = self.median_time(&note, |b| {
-                for m in &masked {
-                    b.trainer.model().evaluate(&m.tokens, &m.mask, &m.labels)?;
-                }
-                Ok(())
-            })?;
-            records.push(self.lengths_record(
-                "lengths_eval_real_tokens_per_s",
+            measured = self.lengths_pass(
+                packing,
+                [&padded, &longest],
+                &masked,
                 real,
-                time,
-                &note,
                 source,
-            ));
-            let note = format!("every [MASK] filled; {how}");
-            let time = self.median_time(&note, |b| {
-                for m in &masked {
-                    b.trainer.model().infer_batch(&m.tokens, Some(&m.mask))?;
-                }
-                Ok(())
-            })?;
-            records.push(self.lengths_record(
-                "lengths_infer_real_tokens_per_s",
-                real,
-                time,
-                &note,
-                source,
+                &mut records,
+            );
+            if measured.is_err() {
+                break;
+            }
+        }
+        // The model and the records' variant as they were, whatever happened.
+        self.trainer.set_packing(before);
+        self.variant = precision;
+        measured.map(|()| records)
+    }
+
+    /// One packing's real-lengths records: training on the rows padded to `seq` (and, padded, on
+    /// the rows cut to each batch's longest), evaluation and inference on the masked batches.
+    fn lengths_pass(
+        &mut self,
+        packing: Packing,
+        [padded, longest]: [&Vec<Vec<Example>>; 2],
+        masked: &[MaskedBatch],
+        real: (usize, usize),
+        source: &str,
+        records: &mut Vec<BenchRecord>,
+    ) -> Result<()> {
+        let how = match packing {
+            Packing::Packed => "packed: real tokens only",
+            Packing::Padded => "every position computed",
+        };
+        let mut runs: Vec<(&str, &Vec<Vec<Example>>, String)> = vec![(
+            "lengths_pad512_real_tokens_per_s",
+            padded,
+            format!("rows padded to {}; {how}", self.seq),
+        )];
+        if packing == Packing::Padded {
+            runs.push((
+                "lengths_padlongest_real_tokens_per_s",
+                longest,
+                format!("rows padded to each batch's longest; {how}"),
             ));
         }
-        self.trainer.set_packing(Packing::Packed);
-        self.variant = precision;
-        Ok(records)
+        for (metric, data, note) in runs {
+            let time = self.median_time(&note, |b| {
+                for rows in data {
+                    b.trainer.step(rows)?;
+                }
+                Ok(())
+            })?;
+            records.push(self.lengths_record(metric, real, time, &note, source));
+        }
+        let note = format!("validation loss and accuracy; {how}");
+        let time = self.median_time(&note, |b| {
+            for m in masked {
+                b.trainer.model().evaluate(&m.tokens, &m.mask, &m.labels)?;
+            }
+            Ok(())
+        })?;
+        records.push(self.lengths_record(
+            "lengths_eval_real_tokens_per_s",
+            real,
+            time,
+            &note,
+            source,
+        ));
+        let note = format!("every [MASK] filled; {how}");
+        let time = self.median_time(&note, |b| {
+            for m in masked {
+                b.trainer.model().infer_batch(&m.tokens, Some(&m.mask))?;
+            }
+            Ok(())
+        })?;
+        records.push(self.lengths_record(
+            "lengths_infer_real_tokens_per_s",
+            real,
+            time,
+            &note,
+            source,
+        ));
+        Ok(())
     }
 
     /// A real-lengths record: real tokens over the time of one pass over the batches. `real`:

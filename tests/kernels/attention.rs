@@ -20,8 +20,9 @@ use undertale_maskedlm::{DType, Error, Tensor};
 enum Layout {
     /// `masks.len()` sequences of `seq` rows, each with its key mask (padding and holes).
     Padded { seq: usize, masks: Vec<Vec<i32>> },
-    /// Sequences of these lengths back to back, every key real.
-    Packed(Vec<usize>),
+    /// Sequences of these lengths back to back, every key real or, with a key mask (one 0/1 per
+    /// row), holes inside the sequences.
+    Packed(Vec<usize>, Option<Vec<i32>>),
 }
 
 /// One attention call: sizes and the sequences.
@@ -44,7 +45,25 @@ impl Case {
         Case {
             heads,
             head_dim,
-            layout: Layout::Packed(lengths.to_vec()),
+            layout: Layout::Packed(lengths.to_vec(), None),
+        }
+    }
+
+    /// Packed sequences whose keys at the rows in `holes` (of the whole token axis) are padding.
+    fn packed_with_holes(
+        heads: usize,
+        head_dim: usize,
+        lengths: &[usize],
+        holes: &[usize],
+    ) -> Self {
+        let mut mask = vec![1; lengths.iter().sum()];
+        for &row in holes {
+            mask[row] = 0;
+        }
+        Case {
+            heads,
+            head_dim,
+            layout: Layout::Packed(lengths.to_vec(), Some(mask)),
         }
     }
 
@@ -52,7 +71,7 @@ impl Case {
     fn tokens(&self) -> usize {
         match &self.layout {
             Layout::Padded { seq, masks } => seq * masks.len(),
-            Layout::Packed(lengths) => lengths.iter().sum(),
+            Layout::Packed(lengths, _) => lengths.iter().sum(),
         }
     }
 
@@ -62,7 +81,9 @@ impl Case {
             Layout::Padded { seq, masks } => {
                 Sequences::padded(backend, masks.len(), *seq, &masks.concat()).unwrap()
             }
-            Layout::Packed(lengths) => Sequences::new(backend, lengths, None, None).unwrap(),
+            Layout::Packed(lengths, mask) => {
+                Sequences::new(backend, lengths, mask.as_deref(), None).unwrap()
+            }
         }
     }
 
@@ -76,14 +97,30 @@ impl Case {
                     mask.iter().map(move |&m| (m != 0, any))
                 })
                 .collect(),
-            Layout::Packed(lengths) => vec![(true, true); lengths.iter().sum()],
+            Layout::Packed(lengths, mask) => {
+                let mut rows = Vec::new();
+                let mut start = 0;
+                for &len in lengths {
+                    let keys: Vec<bool> = match mask {
+                        Some(m) => m[start..start + len].iter().map(|&k| k != 0).collect(),
+                        None => vec![true; len],
+                    };
+                    let any = keys.contains(&true);
+                    rows.extend(keys.into_iter().map(|k| (k, any)));
+                    start += len;
+                }
+                rows
+            }
         }
     }
 
     fn describe(&self) -> String {
         let layout = match &self.layout {
             Layout::Padded { seq, masks } => format!("batch {} seq {seq}", masks.len()),
-            Layout::Packed(lengths) => format!("packed {lengths:?}"),
+            Layout::Packed(lengths, mask) => format!(
+                "packed {lengths:?}{}",
+                if mask.is_some() { " with holes" } else { "" }
+            ),
         };
         format!("{layout} heads {} head_dim {}", self.heads, self.head_dim)
     }
@@ -269,6 +306,11 @@ fn packed_sequences_of_odd_lengths() {
     check(&Case::packed(1, 27, &[130, 3, 1, 17]), 32);
     check(&Case::packed(2, 64, &[1, 150, 9]), 33);
     check(&Case::packed(1, 100, &[70, 1, 33]), 34);
+    // Holes inside packed sequences: the key mask starts at each sequence's own first row.
+    check(
+        &Case::packed_with_holes(2, 16, &[37, 5, 130, 1], &[3, 36, 40, 41, 100, 171]),
+        38,
+    );
 }
 
 #[test]
@@ -324,7 +366,7 @@ fn no_attention_block_is_launched_for_padding() {
     let lengths = [37usize, 1, 200, 64, 3];
     let (heads, head_dim) = (3, 16);
     let hidden = heads * head_dim;
-    let runtime = Arc::new(EmulatedRuntime::new(ScheduleOrder::Forward));
+    let runtime = Arc::new(EmulatedRuntime::new(ScheduleOrder::Forward).recording_launches());
     let gpu = GpuBackend::new(runtime.clone());
     let attention_blocks = |sequences: &Sequences| -> Vec<(String, u64)> {
         let before = runtime.launches().len();
@@ -498,6 +540,22 @@ fn bad_shapes_fail_as_on_the_cpu() {
         let error = same_error(what, call);
         assert!(matches!(error, Error::Shape { .. }), "{what}: {error}");
     }
+    // The right size in another layout (the padded [batch, heads, seq]) is refused, by name.
+    let error = same_error("lse [2, 2, 5]", backward(&[10, 8], &[2, 2, 5]));
+    assert!(error.to_string().contains("attention lse"), "{error}");
+
+    // Sequence tensors with values no kernel can use: a key mask of 2, a negative padded row.
+    let error = same_error("key mask of 2", |b| {
+        Sequences::new(b, &[2, 1], Some(&[1, 2, 1]), None).map(|_| ())
+    });
+    assert!(error.to_string().contains("value 2 at row 1"), "{error}");
+    let error = same_error("dropout row -4", |b| {
+        Sequences::new(b, &[2, 1], None, Some(&[0, 1, -4])).map(|_| ())
+    });
+    assert!(
+        matches!(error, Error::IndexOutOfRange { index: -4, .. }),
+        "{error}"
+    );
 }
 
 #[test]
@@ -834,6 +892,10 @@ fn bf16_packed_sequences_of_odd_lengths() {
     check_bf16(&Case::packed(2, 64, &[17, 1, 200, 64, 5]), 35);
     check_bf16(&Case::packed(1, 27, &[1, 70, 3]), 36);
     check_bf16(&Case::packed(1, 128, &[33, 1, 80]), 37);
+    check_bf16(
+        &Case::packed_with_holes(2, 64, &[37, 5, 130], &[3, 36, 40, 100, 171]),
+        39,
+    );
 }
 
 #[test]

@@ -36,7 +36,6 @@ impl Drop for HostMemory {
     }
 }
 
-/// The emulated GPU.
 /// One kernel launch as the emulator ran it: the record tests check a grid against (no block
 /// launched for padding, say).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,12 +48,14 @@ pub struct KernelLaunch {
     pub threads_per_block: u64,
 }
 
+/// The emulated GPU.
 #[derive(Debug, Clone)]
 pub struct EmulatedRuntime {
     device: EmulatedDevice,
     meter: Arc<MemoryMeter>,
     traffic: Arc<TrafficMeter>,
-    launches: Arc<Mutex<Vec<KernelLaunch>>>,
+    /// Every launch, when asked for ([`recording_launches`](Self::recording_launches)).
+    launches: Option<Arc<Mutex<Vec<KernelLaunch>>>>,
 }
 
 impl EmulatedRuntime {
@@ -63,18 +64,29 @@ impl EmulatedRuntime {
             device: EmulatedDevice::new().with_order(order),
             meter: Arc::default(),
             traffic: Arc::default(),
-            launches: Arc::default(),
+            launches: None,
         }
+    }
+
+    /// The same runtime keeping a record of every kernel it launches (see
+    /// [`launches`](Self::launches)).
+    pub fn recording_launches(mut self) -> Self {
+        self.launches = Some(Arc::default());
+        self
     }
 
     pub fn order(&self) -> ScheduleOrder {
         self.device.order()
     }
 
-    /// Every kernel launched so far, in order (GEMMs, which stand in for cuBLASLt, are not
-    /// kernels here).
+    /// Every kernel launched so far, in order, by a runtime made
+    /// [`recording_launches`](Self::recording_launches) (empty otherwise). GEMMs, which stand in
+    /// for cuBLASLt, are not kernels here.
     pub fn launches(&self) -> Vec<KernelLaunch> {
-        self.launches.lock().map(|l| l.clone()).unwrap_or_default()
+        self.launches
+            .as_ref()
+            .and_then(|l| l.lock().ok().map(|l| l.clone()))
+            .unwrap_or_default()
     }
 }
 
@@ -185,7 +197,7 @@ impl GpuRuntime for EmulatedRuntime {
     }
 
     fn launch(&self, kernel: &str, config: &LaunchConfig, args: &mut KernelArgs) -> Result<()> {
-        if let Ok(mut launches) = self.launches.lock() {
+        if let Some(Ok(mut launches)) = self.launches.as_ref().map(|l| l.lock()) {
             let count = |dims: [u32; 3]| dims.iter().map(|&d| u64::from(d)).product();
             launches.push(KernelLaunch {
                 kernel: kernel.to_string(),
