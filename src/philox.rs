@@ -38,9 +38,16 @@ pub fn philox4x32_10(mut ctr: [u32; 4], mut key: [u32; 2]) -> [u32; 4] {
 /// 24 bits of the word become the float, so the value is exact in f32 on every device.
 #[inline]
 pub fn dropout_uniform(seed: u64, step: u64, site: u32, index: u64) -> f32 {
-    let ctr = [(index / 4) as u32, site, step as u32, (step >> 32) as u32];
+    dropout_uniforms(seed, step, site, index / 4)[(index % 4) as usize]
+}
+
+/// The uniforms of elements `4 group .. 4 group + 4` (see [`dropout_uniform`]): one Philox call
+/// for four elements.
+#[inline]
+pub fn dropout_uniforms(seed: u64, step: u64, site: u32, group: u64) -> [f32; 4] {
+    let ctr = [group as u32, site, step as u32, (step >> 32) as u32];
     let words = philox4x32_10(ctr, [seed as u32, (seed >> 32) as u32]);
-    (words[(index % 4) as usize] >> 8) as f32 * (1.0 / 16_777_216.0)
+    words.map(|w| (w >> 8) as f32 * (1.0 / 16_777_216.0))
 }
 
 #[cfg(test)]

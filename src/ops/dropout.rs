@@ -11,11 +11,11 @@
 
 use super::checks::{check_dropout_probability, check_same_shape, rows_cols};
 use super::elementwise::AddRule;
-use super::{activation, expect};
+use super::{activation, expect, host_ints};
 use crate::backend::{Backend, DropoutKey};
 use crate::error::{Error, Result};
 use crate::tape::{BackwardPass, Rule, Tape, Var};
-use crate::tensor::{DType, Tensor};
+use crate::tensor::Tensor;
 
 pub trait DropoutKernels {
     /// `y = x * mask / (1 - p)`, or with `residual`, `y = residual + x * mask / (1 - p)`. `p` is in
@@ -78,7 +78,14 @@ impl dyn Backend + '_ {
         }
         if let Some(rows) = rows {
             let (count, width) = rows_cols(x, "dropout input")?;
-            expect(self, rows, DType::I32, "dropout rows")?;
+            let places = host_ints(self, rows, "dropout rows")?;
+            if let Some((row, &place)) = places.iter().enumerate().find(|(_, p)| **p < 0) {
+                return Err(Error::IndexOutOfRange {
+                    what: format!("row {row}'s place in the padded batch"),
+                    index: i64::from(place),
+                    len: i32::MAX as usize,
+                });
+            }
             if *rows.shape() != [count] || width == 0 {
                 return Err(Error::shape(
                     "dropout rows",

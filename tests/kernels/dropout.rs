@@ -143,6 +143,35 @@ fn probabilities_outside_zero_to_one_are_the_cpus_error() {
     }
 }
 
+/// A negative place in the padded batch is an index error naming the row, on every device.
+#[test]
+fn a_negative_padded_row_is_the_cpus_error() {
+    let cpu = cpu();
+    let (_, gpu) = &gpus()[0];
+    let key = DropoutKey {
+        p: 0.5,
+        seed: 1,
+        step: 1,
+        site: 0,
+    };
+    let errors: Vec<String> = [&cpu as &dyn Backend, gpu.as_ref()]
+        .iter()
+        .map(|b| {
+            let x = b.upload_f32(&[2, 4], &[1.0; 8]).unwrap();
+            let rows = b.upload_i32(&[2], &[3, -1]).unwrap();
+            b.dropout_forward(&x, key, Some(&rows))
+                .unwrap_err()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(errors[0], errors[1]);
+    assert!(
+        errors[1].contains("row 1's place in the padded batch -1"),
+        "{}",
+        errors[1]
+    );
+}
+
 /// The CPU's dropout of the rounded `x`, rounded to bf16: what a bf16 kernel must produce exactly.
 fn want_bf16(x: &[f32], shape: &[usize], key: DropoutKey, backward: bool) -> Vec<f32> {
     let cpu = cpu();
