@@ -3,8 +3,8 @@
 // same masks with every kept element rounded once; and packed rows drawing their padded rows' masks.
 
 use crate::harness::{cpu, gpus, gpus_bf16, random, rng, round_bf16, upload_bf16};
-use undertale_maskedlm::DType;
 use undertale_maskedlm::backend::{Backend, DropoutKey};
+use undertale_maskedlm::{DType, Error};
 
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
@@ -120,55 +120,47 @@ fn every_tail_length_and_the_site_and_step_matter() {
     assert_ne!(base, mask(DropoutKey { seed: 78, ..key }));
 }
 
-#[test]
-fn probabilities_outside_zero_to_one_are_the_cpus_error() {
+/// The error `call` fails with on the CPU, which the first emulated GPU must give word for word.
+fn the_cpus_error(call: impl Fn(&dyn Backend) -> Error) -> String {
     let cpu = cpu();
     let (_, gpu) = &gpus()[0];
+    let want = call(&cpu).to_string();
+    assert_eq!(call(gpu.as_ref()).to_string(), want);
+    want
+}
+
+fn key_with_p(p: f32) -> DropoutKey {
+    DropoutKey {
+        p,
+        seed: 1,
+        step: 1,
+        site: 0,
+    }
+}
+
+#[test]
+fn probabilities_outside_zero_to_one_are_the_cpus_error() {
     for p in [1.0, -0.1, f32::NAN] {
-        let key = DropoutKey {
-            p,
-            seed: 1,
-            step: 1,
-            site: 0,
-        };
-        let errors: Vec<String> = [&cpu as &dyn Backend, gpu.as_ref()]
-            .iter()
-            .map(|b| {
-                let x = b.upload_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
-                b.dropout_forward(&x, key, None).unwrap_err().to_string()
-            })
-            .collect();
-        assert_eq!(errors[0], errors[1]);
-        assert!(errors[1].contains("dropout probability"), "{}", errors[1]);
+        let error = the_cpus_error(|b| {
+            let x = b.upload_f32(&[3], &[1.0, 2.0, 3.0]).unwrap();
+            b.dropout_forward(&x, key_with_p(p), None).unwrap_err()
+        });
+        assert!(error.contains("dropout probability"), "{error}");
     }
 }
 
 /// A negative place in the padded batch is an index error naming the row, on every device.
 #[test]
 fn a_negative_padded_row_is_the_cpus_error() {
-    let cpu = cpu();
-    let (_, gpu) = &gpus()[0];
-    let key = DropoutKey {
-        p: 0.5,
-        seed: 1,
-        step: 1,
-        site: 0,
-    };
-    let errors: Vec<String> = [&cpu as &dyn Backend, gpu.as_ref()]
-        .iter()
-        .map(|b| {
-            let x = b.upload_f32(&[2, 4], &[1.0; 8]).unwrap();
-            let rows = b.upload_i32(&[2], &[3, -1]).unwrap();
-            b.dropout_forward(&x, key, Some(&rows))
-                .unwrap_err()
-                .to_string()
-        })
-        .collect();
-    assert_eq!(errors[0], errors[1]);
+    let error = the_cpus_error(|b| {
+        let x = b.upload_f32(&[2, 4], &[1.0; 8]).unwrap();
+        let rows = b.upload_i32(&[2], &[3, -1]).unwrap();
+        b.dropout_forward(&x, key_with_p(0.5), Some(&rows))
+            .unwrap_err()
+    });
     assert!(
-        errors[1].contains("row 1's place in the padded batch -1"),
-        "{}",
-        errors[1]
+        error.contains("row 1's place in the padded batch -1"),
+        "{error}"
     );
 }
 
