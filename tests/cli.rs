@@ -1129,14 +1129,17 @@ fn train_tokenizer_refuses_an_empty_corpus_and_warns_on_a_small_one() {
         })
         .collect();
     write_corpus(&small, &rows).unwrap();
-    let out = maskedlm(&[
-        "train-tokenizer",
-        s(&small),
-        "-o",
-        s(&tokenizer),
-        "--vocab-size",
-        "4096",
-    ]);
+    let train = |vocab_size: &str| {
+        maskedlm(&[
+            "train-tokenizer",
+            s(&small),
+            "-o",
+            s(&tokenizer),
+            "--vocab-size",
+            vocab_size,
+        ])
+    };
+    let out = train("4096");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let trained = undertale_maskedlm::data::tokenizer::InstructionTokenizer::load(&tokenizer)
@@ -1151,14 +1154,7 @@ fn train_tokenizer_refuses_an_empty_corpus_and_warns_on_a_small_one() {
         "{stderr}"
     );
     // A vocabulary size the corpus can fill is not warned about.
-    let out = maskedlm(&[
-        "train-tokenizer",
-        s(&small),
-        "-o",
-        s(&tokenizer),
-        "--vocab-size",
-        &trained.to_string(),
-    ]);
+    let out = train(&trained.to_string());
     assert!(out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("warning"));
 }

@@ -220,31 +220,16 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         self.encoder.forward(tape, tokens, sequences, dropout)
     }
 
-    /// The hidden states of every padded position, `[batch * seq, hidden]`, on `tape`.
-    fn encode_padded<'a>(
-        &self,
-        tape: &mut Tape<'a>,
-        inputs: &CheckedInputs,
-        sequences: &'a Sequences,
-    ) -> Result<Var> {
-        self.encode(
-            tape,
-            &TokenAxis::new(inputs, Packing::Padded),
-            sequences,
-            None,
-        )
-    }
-
     /// Logits `[batch, seq, vocab]` at every position, padding included, as the reference's
     /// `forward(tokens, mask)` (evaluation mode: no dropout). `tokens` and `mask` are I32
     /// `[batch, seq]` or `[seq]`; no mask means every position is real. Sequences may be shorter
     /// than `sequence_length`.
     pub fn forward(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
-        let sequences =
-            TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend(), false)?;
+        let axis = TokenAxis::new(&inputs, Packing::Padded);
+        let sequences = axis.sequences(self.backend(), false)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
-        let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
+        let state = self.encode(&mut tape, &axis, &sequences, None)?;
         let logits = self.head.forward(&mut tape, state)?;
         tape.take(logits)?
             .reshape(&[inputs.batch, inputs.seq, self.config.vocab_size])
@@ -256,10 +241,10 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
     /// [`forward`](Self::forward).
     pub fn hidden_states(&self, tokens: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
         let inputs = check_inputs(&self.config, tokens, mask)?;
-        let sequences =
-            TokenAxis::new(&inputs, Packing::Padded).sequences(self.backend(), false)?;
+        let axis = TokenAxis::new(&inputs, Packing::Padded);
+        let sequences = axis.sequences(self.backend(), false)?;
         let mut tape = Tape::inference(self.backend.as_ref(), self.weights());
-        let state = self.encode_padded(&mut tape, &inputs, &sequences)?;
+        let state = self.encode(&mut tape, &axis, &sequences, None)?;
         tape.take(state)?
             .reshape(&[inputs.batch, inputs.seq, self.config.hidden_dimensions])
     }
