@@ -3,7 +3,8 @@
 //! `cargo bench --bench kernels`. On a machine with a GPU the GPU backend runs in bf16 mixed
 //! precision at the `medium` shapes (batch 32, sequence 512, hidden 768, 12 heads of 64,
 //! intermediate 3072, a 5000-token vocabulary); elsewhere, or with `MASKEDLM_BENCH_DEVICE=cpu`, the
-//! CPU backend runs at the `small` shapes (batch 8, hidden 256, 4 heads, intermediate 1024).
+//! CPU backend runs at the `small` shapes (batch 8, hidden 256, 4 heads, intermediate 1024), in
+//! f32, or in bf16 mixed precision with `MASKEDLM_BENCH_PRECISION=bf16` (a CPU with AVX512_BF16).
 //!
 //! Throughput reads against the card's limits:
 //! - memory-bound kernels report bytes/s: the bytes each op must move at least (every input read
@@ -82,11 +83,9 @@ impl Shapes {
     }
 }
 
-/// The backend under test, its shapes, and the element size of its activations.
+/// The backend under test and its shapes.
 struct Target {
     backend: Arc<dyn Backend>,
-    /// The same backend as its concrete type, to cast inputs to bf16.
-    gpu: Option<GpuBackend>,
     shapes: Shapes,
     rng: ChaCha8Rng,
 }
@@ -96,34 +95,46 @@ impl Target {
         let forced_cpu = std::env::var("MASKEDLM_BENCH_DEVICE").is_ok_and(|d| d == "cpu");
         let rng = ChaCha8Rng::seed_from_u64(0);
         match GpuBackend::cuda(0) {
-            Ok(gpu) if !forced_cpu => {
-                let gpu = gpu.with_precision(Precision::Bf16);
+            Ok(gpu) if !forced_cpu => Target {
+                backend: Arc::new(gpu.with_precision(Precision::Bf16)),
+                shapes: Shapes::MEDIUM,
+                rng,
+            },
+            _ => {
+                // The CPU in f32, or in bf16 with MASKEDLM_BENCH_PRECISION=bf16 (AVX512_BF16).
+                let precision = std::env::var("MASKEDLM_BENCH_PRECISION")
+                    .map_or(Ok(Precision::F32), |p| p.parse())
+                    .expect("MASKEDLM_BENCH_PRECISION is f32 or bf16");
                 Target {
-                    backend: Arc::new(gpu.clone()),
-                    gpu: Some(gpu),
-                    shapes: Shapes::MEDIUM,
+                    backend: Device::Cpu
+                        .backend_with(precision)
+                        .expect("the CPU backend"),
+                    shapes: Shapes::SMALL,
                     rng,
                 }
             }
-            _ => Target {
-                backend: Device::Cpu.backend().expect("the CPU backend"),
-                gpu: None,
-                shapes: Shapes::SMALL,
-                rng,
-            },
         }
     }
 
+    fn bf16(&self) -> bool {
+        self.backend.precision() == Precision::Bf16
+    }
+
     fn name(&self) -> String {
-        match self.gpu {
-            Some(_) => format!("cuda0_bf16_{}", self.shapes.preset),
-            None => format!("cpu_f32_{}", self.shapes.preset),
-        }
+        let device = match self.backend.device() {
+            Device::Cpu => "cpu",
+            _ => "cuda0",
+        };
+        format!(
+            "{device}_{}_{}",
+            self.backend.precision(),
+            self.shapes.preset
+        )
     }
 
     /// Bytes per activation element.
     fn element(&self) -> usize {
-        if self.gpu.is_some() { 2 } else { 4 }
+        if self.bf16() { 2 } else { 4 }
     }
 
     fn random(&mut self, n: usize, scale: f32) -> Vec<f32> {
@@ -138,12 +149,13 @@ impl Target {
         self.backend.upload_f32(shape, &data).expect("upload")
     }
 
-    /// An activation: bf16 on the GPU, f32 on the CPU.
+    /// An activation: bf16 in mixed precision, else f32.
     fn activation(&mut self, shape: &[usize], scale: f32) -> Tensor {
         let t = self.f32s(shape, scale);
-        match &self.gpu {
-            Some(gpu) => gpu.cast(&t, DType::BF16).expect("cast to bf16"),
-            None => t,
+        if self.bf16() {
+            self.backend.cast(&t, DType::BF16).expect("cast to bf16")
+        } else {
+            t
         }
     }
 
@@ -460,10 +472,10 @@ fn kernels(c: &mut Criterion) {
     let mut m = t.f32s(&[n], 0.1);
     let mut v = backend.zeros_f32(&[n]).unwrap();
     // On the GPU the GEMMs' bf16 copy of the weights exists, and AdamW rewrites it in its pass.
-    let mut copy = t.gpu.as_ref().map(|gpu| gpu.cast(&p, DType::BF16).unwrap());
+    let mut copy = t.bf16().then(|| t.backend.cast(&p, DType::BF16).unwrap());
     let mut step = 0;
     // Reads p, g, m, v and writes p, m, v (f32), and on the GPU the bf16 copy of p.
-    let adamw_bytes = n * (7 * 4 + if t.gpu.is_some() { 2 } else { 0 });
+    let adamw_bytes = n * (7 * 4 + if t.bf16() { 2 } else { 0 });
     t.bench(&mut group, "adamw_step", bytes(adamw_bytes), || {
         step += 1;
         let adamw = AdamWStep {

@@ -5,7 +5,8 @@
 //!
 //! `cargo bench --bench model`. On a machine with a GPU: the `medium` preset in bf16 mixed
 //! precision, training at batch 32; elsewhere, or with `MASKEDLM_BENCH_DEVICE=cpu`: the `small`
-//! preset on the CPU, training at batch 8. Throughput is in tokens (batch x sequence). The same
+//! preset on the CPU, training at batch 8, in f32 or (`MASKEDLM_BENCH_PRECISION=bf16`, a CPU with
+//! AVX512_BF16) bf16. Throughput is in tokens (batch x sequence). The same
 //! figures, with PyTorch's beside them, come from `scripts/compare.sh`.
 
 use std::time::Duration;
@@ -55,7 +56,11 @@ fn bench(c: &mut Criterion) {
     let (device, precision, size, preset, batch) = if gpu {
         (Device::Cuda(0), Precision::Bf16, Size::MEDIUM, "medium", 32)
     } else {
-        (Device::Cpu, Precision::F32, Size::SMALL, "small", 8)
+        // The CPU in f32, or in bf16 with MASKEDLM_BENCH_PRECISION=bf16 (AVX512_BF16).
+        let precision = std::env::var("MASKEDLM_BENCH_PRECISION")
+            .map_or(Ok(Precision::F32), |p| p.parse())
+            .expect("MASKEDLM_BENCH_PRECISION is f32 or bf16");
+        (Device::Cpu, precision, Size::SMALL, "small", 8)
     };
     let model = Model::new(Config::new(size, VOCAB, 5, MASK), device, 0)
         .unwrap()

@@ -71,7 +71,7 @@ fi
 # Our bf16 mixed precision runs on a GPU only; the CPU backend computes in f32.
 case "$DEVICE" in
     cuda*) PRESET="${PRESET:-medium}"; BATCH="${BATCH:-32}"; PRECISION=all ;;
-    *) PRESET="${PRESET:-small}"; BATCH="${BATCH:-8}"; PRECISION=f32 ;;
+    *) PRESET="${PRESET:-small}"; BATCH="${BATCH:-8}"; PRECISION=all ;;
 esac
 
 # The real-lengths file: as given, or the repository's when it has one.

@@ -29,8 +29,8 @@ pub enum Precision {
     /// f32 everywhere: the reference's numbers, to rounding.
     #[default]
     F32,
-    /// bf16 mixed precision on a GPU: bf16 activations and GEMM operands, f32 accumulation,
-    /// statistics, loss, master weights and optimiser state.
+    /// bf16 mixed precision: bf16 activations and GEMM operands, f32 accumulation, statistics,
+    /// loss, master weights and optimiser state. On a GPU, or on a CPU with AVX512_BF16.
     Bf16,
 }
 
@@ -62,17 +62,33 @@ impl Device {
         self.backend_with(Precision::F32)
     }
 
-    /// The backend that runs ops on this device in the given precision (bf16 needs a GPU).
+    /// The backend that runs ops on this device in the given precision (bf16 needs a GPU or a
+    /// CPU with AVX512_BF16).
     pub fn backend_with(self, precision: Precision) -> Result<Arc<dyn Backend>> {
         match (self, precision) {
-            (Device::Cpu, Precision::F32) => Ok(Arc::new(CpuBackend::new())),
-            (Device::Cpu, Precision::Bf16) => Err(crate::Error::Config(
-                "bf16 mixed precision runs on a GPU (--device cuda); the CPU backend computes in f32".into(),
+            (Device::Cpu, _) => Ok(Arc::new(CpuBackend::with_precision(precision)?)),
+            (Device::Cuda(ordinal), _) => Ok(Arc::new(
+                GpuBackend::cuda(ordinal)?.with_precision(precision),
             )),
-            (Device::Cuda(ordinal), _) => Ok(Arc::new(GpuBackend::cuda(ordinal)?.with_precision(precision))),
             (Device::Emulated(order), _) => Ok(Arc::new(
                 GpuBackend::new(Arc::new(EmulatedRuntime::new(order))).with_precision(precision),
             )),
+        }
+    }
+}
+
+impl Device {
+    /// The precisions this device runs: f32 everywhere; bf16 on a GPU, and on a CPU with
+    /// AVX512_BF16.
+    pub fn precisions(self) -> Vec<Precision> {
+        let bf16 = match self {
+            Device::Cpu => CpuBackend::with_precision(Precision::Bf16).is_ok(),
+            Device::Cuda(_) | Device::Emulated(_) => true,
+        };
+        if bf16 {
+            vec![Precision::F32, Precision::Bf16]
+        } else {
+            vec![Precision::F32]
         }
     }
 }

@@ -110,7 +110,7 @@ enum Command {
         json: bool,
         #[arg(long)]
         device: Option<String>,
-        /// f32, or bf16 mixed precision on a GPU
+        /// f32, or bf16 mixed precision (a GPU, or a CPU with AVX512_BF16)
         #[arg(long, default_value = "f32")]
         precision: Precision,
         inputs: Vec<String>,
@@ -127,7 +127,7 @@ enum Command {
         batch_size: usize,
         #[arg(long)]
         device: Option<String>,
-        /// f32, or bf16 mixed precision on a GPU
+        /// f32, or bf16 mixed precision (a GPU, or a CPU with AVX512_BF16)
         #[arg(long, default_value = "f32")]
         precision: Precision,
         #[arg(long)]
@@ -188,7 +188,7 @@ struct PretrainArgs {
     config: Option<String>,
     #[arg(long)]
     device: Option<String>,
-    /// f32, or bf16 mixed precision on a GPU
+    /// f32, or bf16 mixed precision (a GPU, or a CPU with AVX512_BF16)
     #[arg(long, default_value = "f32")]
     precision: Precision,
     /// [default: 0]
@@ -210,7 +210,7 @@ struct DemoArgs {
     /// cpu, cuda or cuda:N [default: a GPU if there is one, else cpu]
     #[arg(long)]
     device: Option<String>,
-    /// f32, or bf16 mixed precision on a GPU
+    /// f32, or bf16 mixed precision (a GPU, or a CPU with AVX512_BF16)
     #[arg(long, default_value = "f32")]
     precision: Precision,
     #[arg(long, default_value_t = 600)]
@@ -233,7 +233,7 @@ struct BenchArgs {
     /// tiny, small or medium [default: small on the CPU, medium on a GPU]
     #[arg(long)]
     preset: Option<String>,
-    /// f32, bf16 or all (bf16 on a GPU only) [default: f32 on the CPU, all on a GPU]
+    /// f32, bf16 or all (bf16 on a GPU or a CPU with AVX512_BF16) [default: all]
     #[arg(long)]
     precision: Option<String>,
     /// Training batch size [default: 8 on the CPU, 32 on a GPU]
@@ -268,9 +268,7 @@ fn bench(args: &BenchArgs) -> Result<()> {
     }
     match args.precision.as_deref() {
         None => {}
-        // bf16 mixed precision runs on a GPU only.
-        Some("all") if options.device == Device::Cpu => options.precisions = vec![Precision::F32],
-        Some("all") => options.precisions = vec![Precision::F32, Precision::Bf16],
+        Some("all") => options.precisions = options.device.precisions(),
         Some(one) => options.precisions = vec![one.parse()?],
     }
     options.batch = args.batch.unwrap_or(options.batch);

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 pub enum DType {
     /// 32-bit floats: parameters, gradients, activations, logits.
     F32,
-    /// bfloat16 activations of the GPU backend's mixed precision (read back as f32).
+    /// bfloat16 activations of mixed precision (read back as f32).
     BF16,
     /// Token ids, labels, masks and row indices.
     I32,
@@ -30,6 +30,8 @@ pub enum Storage {
     CpuF32(Vec<f32>),
     /// I32 elements in host memory.
     CpuI32(Vec<i32>),
+    /// bf16 elements in host memory: the CPU backend's mixed-precision activations.
+    CpuBF16(Vec<half::bf16>),
     /// Device memory of a GPU (or the emulated GPU), with its element type.
     Gpu(GpuStorage),
 }
@@ -47,6 +49,7 @@ impl Tensor {
         let len = match &storage {
             Storage::CpuF32(v) => v.len(),
             Storage::CpuI32(v) => v.len(),
+            Storage::CpuBF16(v) => v.len(),
             Storage::Gpu(g) => g.len(),
         };
         let numel: usize = shape.iter().product();
@@ -66,6 +69,11 @@ impl Tensor {
     /// A CPU f32 tensor.
     pub fn from_f32(shape: &[usize], data: Vec<f32>) -> Result<Self> {
         Self::from_storage(shape, Storage::CpuF32(data))
+    }
+
+    /// A CPU bf16 tensor.
+    pub fn from_bf16(shape: &[usize], data: Vec<half::bf16>) -> Result<Self> {
+        Self::from_storage(shape, Storage::CpuBF16(data))
     }
 
     /// A CPU i32 tensor (token ids, masks, labels).
@@ -93,6 +101,7 @@ impl Tensor {
         match &self.storage {
             Storage::CpuF32(_) => DType::F32,
             Storage::CpuI32(_) => DType::I32,
+            Storage::CpuBF16(_) => DType::BF16,
             Storage::Gpu(g) => g.dtype(),
         }
     }
@@ -100,7 +109,7 @@ impl Tensor {
     /// The device holding the elements.
     pub fn device(&self) -> Device {
         match &self.storage {
-            Storage::CpuF32(_) | Storage::CpuI32(_) => Device::Cpu,
+            Storage::CpuF32(_) | Storage::CpuI32(_) | Storage::CpuBF16(_) => Device::Cpu,
             Storage::Gpu(g) => g.device(),
         }
     }
@@ -138,7 +147,7 @@ impl Tensor {
         match &self.storage {
             Storage::CpuI32(v) => Some(v),
             Storage::Gpu(g) => g.host_i32(),
-            Storage::CpuF32(_) => None,
+            Storage::CpuF32(_) | Storage::CpuBF16(_) => None,
         }
     }
 
@@ -146,6 +155,7 @@ impl Tensor {
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
         match &self.storage {
             Storage::CpuF32(v) => Ok(v.clone()),
+            Storage::CpuBF16(v) => Ok(v.iter().map(|b| b.to_f32()).collect()),
             Storage::Gpu(g) if g.dtype() == DType::F32 => g.download_f32(),
             Storage::Gpu(g) if g.dtype() == DType::BF16 => g.download_bf16_as_f32(),
             _ => Err(self.dtype_error("to_vec_f32", DType::F32)),

@@ -115,13 +115,22 @@ impl InstructionTraceTransformerEncoderForMaskedLM {
         &self.config
     }
 
-    /// The same model computing in `precision` (bf16 mixed precision needs a GPU device). The f32
-    /// parameters are kept as they are; only the arithmetic of the ops changes.
-    pub fn with_precision(mut self, precision: Precision) -> Result<Self> {
+    /// The same model computing in `precision` (bf16 mixed precision needs a GPU or a CPU with
+    /// AVX512_BF16). The f32 parameters are kept as they are; only the arithmetic of the ops
+    /// changes.
+    pub fn with_precision(self, precision: Precision) -> Result<Self> {
         if precision == self.backend.precision() {
             return Ok(self);
         }
         let backend = self.device().backend_with(precision)?;
+        self.on_backend(backend)
+    }
+
+    /// The same model running on `backend`, in its precision: for tests and benchmarks that
+    /// compare two backends of one device (a CPU's kernels forced to their portable path, say).
+    #[doc(hidden)]
+    pub fn on_backend(mut self, backend: Arc<dyn Backend>) -> Result<Self> {
+        let precision = backend.precision();
         self.params = backend.to_device(&self.params)?;
         self.gemm_copy = match precision {
             Precision::F32 => None,

@@ -52,7 +52,7 @@ const MASKED_SHARE: f64 = 0.15;
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
     pub device: Device,
-    /// Each precision is measured in turn (bf16 needs a GPU).
+    /// Each precision is measured in turn (bf16 needs a GPU or an AVX512_BF16 CPU).
     pub precisions: Vec<Precision>,
     /// `tiny`, `small` or `medium`.
     pub preset: String,
@@ -75,17 +75,13 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// The defaults for a device: the `small` preset at batch 8 on the CPU, `medium` at batch 32 in
-    /// f32 and bf16 on a GPU.
+    /// The defaults for a device: the `small` preset at batch 8 on the CPU, `medium` at batch 32 on
+    /// a GPU; every precision the device runs (f32, and bf16 on a GPU or an AVX512_BF16 CPU).
     pub fn for_device(device: Device) -> Self {
         let gpu = !matches!(device, Device::Cpu);
         BenchOptions {
             device,
-            precisions: if gpu {
-                vec![Precision::F32, Precision::Bf16]
-            } else {
-                vec![Precision::F32]
-            },
+            precisions: device.precisions(),
             preset: if gpu { "medium" } else { "small" }.into(),
             vocab: 5000,
             batch: if gpu { 32 } else { 8 },

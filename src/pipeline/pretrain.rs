@@ -56,7 +56,7 @@ pub struct PretrainOptions {
     pub config: Option<String>,
     /// Where the model runs (default the CPU).
     pub device: Device,
-    /// f32, or bf16 mixed precision on a GPU. A resumed run may change it.
+    /// f32, or bf16 mixed precision (a GPU, or a CPU with AVX512_BF16). A resumed run may change it.
     pub precision: Precision,
     /// Default 0; a resumed run keeps its checkpoint's.
     pub seed: Option<u64>,

@@ -7,8 +7,8 @@
 //! ```
 //! The scalar coefficients are computed in f64 on the host, as PyTorch does, then applied in f32.
 
-use super::{CpuBackend, f32s, f32s_mut, i32s_mut};
-use crate::error::{Error, Result};
+use super::{CpuBackend, bf16s_mut, cast, f32s, f32s_mut, i32s_mut};
+use crate::error::Result;
 use crate::ops::adamw::{AdamWKernels, LossGuard};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -59,11 +59,6 @@ impl AdamWKernels for CpuBackend {
         coefficients: AdamWCoefficients,
         guard: Option<LossGuard<'_>>,
     ) -> Result<()> {
-        if gemm_copy.is_some() {
-            return Err(Error::Config(
-                "bf16 weights live on a GPU: the CPU backend computes in f32".into(),
-            ));
-        }
         if let Some(guard) = guard {
             let loss = guard
                 .loss
@@ -76,13 +71,19 @@ impl AdamWKernels for CpuBackend {
                 return Ok(());
             }
         }
+        let params = f32s_mut(params, "adamw parameters")?;
         update(
-            f32s_mut(params, "adamw parameters")?,
+            params,
             f32s(grads, "adamw gradients")?,
             f32s_mut(m, "adamw first moment")?,
             f32s_mut(v, "adamw second moment")?,
             coefficients,
         );
+        // In mixed precision the GEMMs read a bf16 copy of the weights, refreshed here from the
+        // f32 master weights.
+        if let Some(copy) = gemm_copy {
+            cast::narrow(bf16s_mut(copy, "adamw bf16 weights")?, params);
+        }
         Ok(())
     }
 }

@@ -6,7 +6,7 @@
 //! only the log-sum-exp of each score row; backward rebuilds `P = exp(s - lse)` from it, the same
 //! recomputation FlashAttention does, so the `[S, S]` probabilities are never stored.
 
-use super::{CpuBackend, f32s, i32s};
+use super::{CpuBackend, activation, activation_like, f32s, i32s};
 use crate::backend::AttentionOut;
 use crate::error::Result;
 use crate::ops::attention::AttentionKernels;
@@ -257,12 +257,13 @@ impl AttentionKernels for CpuBackend {
     ) -> Result<()> {
         let (o, lse) = forward(
             &dims,
-            f32s(qkv, "qkv")?,
+            &activation(qkv, "qkv")?,
             sequences.offsets(),
             key_mask(sequences)?,
         );
-        // The results replace the front's buffers (same shapes) instead of being copied in.
-        out.out = Tensor::from_f32(out.out.shape(), o)?;
+        // The results replace the front's buffers (same shapes and types) instead of being
+        // copied in.
+        out.out = activation_like(&out.out, o)?;
         out.lse = Tensor::from_f32(out.lse.shape(), lse)?;
         Ok(())
     }
@@ -279,14 +280,14 @@ impl AttentionKernels for CpuBackend {
     ) -> Result<()> {
         let d = backward(
             &dims,
-            f32s(dout, "attention dout")?,
-            f32s(qkv, "qkv")?,
+            &activation(dout, "attention dout")?,
+            &activation(qkv, "qkv")?,
             sequences.offsets(),
             key_mask(sequences)?,
-            f32s(out, "attention output")?,
+            &activation(out, "attention output")?,
             f32s(lse, "attention lse")?,
         );
-        *dqkv = Tensor::from_f32(dqkv.shape(), d)?;
+        *dqkv = activation_like(dqkv, d)?;
         Ok(())
     }
 }

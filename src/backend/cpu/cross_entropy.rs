@@ -1,7 +1,7 @@
 //! Softmax cross-entropy with ignore index -100 and mean reduction, fused with its gradient:
 //! `loss_r = logsumexp(x_r) - x_r[label_r]`, `dx_r = (softmax(x_r) - onehot(label_r)) / count`.
 
-use super::{CpuBackend, f32s, f32s_mut, i32s};
+use super::{CpuBackend, activation, f32s_mut, i32s, write_activation};
 use crate::error::Result;
 use crate::ops::cross_entropy::CrossEntropyKernels;
 use crate::tensor::Tensor;
@@ -69,15 +69,14 @@ impl CrossEntropyKernels for CpuBackend {
         dlogits: Option<&mut Tensor>,
     ) -> Result<()> {
         let vocab = logits.shape().last().copied().unwrap_or(0);
-        let dlogits = dlogits
-            .map(|d| f32s_mut(d, "cross-entropy dlogits"))
-            .transpose()?;
-        let (total, _) = forward_backward(
-            f32s(logits, "cross-entropy logits")?,
-            i32s(labels, "cross-entropy labels")?,
-            vocab,
-            dlogits,
-        );
+        let logits = activation(logits, "cross-entropy logits")?;
+        let labels = i32s(labels, "cross-entropy labels")?;
+        let (total, _) = match dlogits {
+            Some(d) => write_activation(d, "cross-entropy dlogits", false, |d| {
+                forward_backward(&logits, labels, vocab, Some(d))
+            })?,
+            None => forward_backward(&logits, labels, vocab, None),
+        };
         f32s_mut(loss, "cross-entropy loss")?[0] = mean_loss(total, count);
         Ok(())
     }
@@ -91,7 +90,7 @@ impl CrossEntropyKernels for CpuBackend {
     ) -> Result<()> {
         // Rows read their logits before writing their gradient, but the row function takes both
         // at once: the gradient goes to a new buffer that then replaces the logits.
-        let mut dlogits = Tensor::from_f32(logits.shape(), vec![0.0; logits.numel()])?;
+        let mut dlogits = self.alloc(logits.shape(), logits.dtype())?;
         self.cross_entropy_into(logits, labels, count, loss, Some(&mut dlogits))?;
         *logits = dlogits;
         Ok(())

@@ -1,7 +1,7 @@
 //! Inverted dropout with Philox masks: element i is kept when its uniform is >= p, and kept
 //! elements are scaled by 1 / (1 - p). Backward applies the same mask, regenerated from the key.
 
-use super::{CpuBackend, f32s, f32s_mut, i32s};
+use super::{CpuBackend, activation, i32s, write_activation};
 use crate::error::Result;
 use crate::ops::dropout::DropoutKernels;
 use crate::tensor::Tensor;
@@ -59,14 +59,16 @@ impl DropoutKernels for CpuBackend {
         y: &mut Tensor,
     ) -> Result<()> {
         let rows = rows.map(|r| i32s(r, "dropout rows")).transpose()?;
-        let y = f32s_mut(y, "dropout output")?;
-        apply(y, f32s(x, "dropout input")?, key, rows);
-        if let Some(r) = residual {
-            // residual + dropped, element by element (addition commutes exactly).
-            y.par_chunks_mut(CHUNK)
-                .zip(f32s(r, "add")?.par_chunks(CHUNK))
-                .for_each(|(y, r)| y.iter_mut().zip(r).for_each(|(y, r)| *y += r));
-        }
-        Ok(())
+        let x = activation(x, "dropout input")?;
+        let residual = residual.map(|r| activation(r, "add")).transpose()?;
+        write_activation(y, "dropout output", false, |y| {
+            apply(y, &x, key, rows);
+            if let Some(r) = residual {
+                // residual + dropped, element by element (addition commutes exactly).
+                y.par_chunks_mut(CHUNK)
+                    .zip(r.par_chunks(CHUNK))
+                    .for_each(|(y, r)| y.iter_mut().zip(r).for_each(|(y, r)| *y += r));
+            }
+        })
     }
 }

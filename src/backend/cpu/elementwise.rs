@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{CpuBackend, f32s, f32s_mut, gelu};
+use super::{CpuBackend, activation, gelu, write_activation};
 use crate::error::Result;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::tensor::Tensor;
@@ -18,28 +18,25 @@ fn add_assign(acc: &mut [f32], x: &[f32]) {
 
 impl ElementwiseKernels for CpuBackend {
     fn add_into(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
-        let y = f32s_mut(y, "add output")?;
-        y.copy_from_slice(f32s(a, "add")?);
-        add_assign(y, f32s(b, "add")?);
-        Ok(())
+        let (a, b) = (activation(a, "add")?, activation(b, "add")?);
+        write_activation(y, "add output", false, |y| {
+            y.copy_from_slice(&a);
+            add_assign(y, &b);
+        })
     }
 
     fn add_assign_into(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
-        add_assign(f32s_mut(acc, "add")?, f32s(x, "add")?);
-        Ok(())
+        let x = activation(x, "add")?;
+        write_activation(acc, "add", true, |acc| add_assign(acc, &x))
     }
 
     fn gelu_forward_into(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
-        gelu::forward(f32s_mut(y, "gelu output")?, f32s(x, "gelu input")?);
-        Ok(())
+        let x = activation(x, "gelu input")?;
+        write_activation(y, "gelu output", false, |y| gelu::forward(y, &x))
     }
 
     fn gelu_backward_into(&self, dy: &Tensor, x: &Tensor, dx: &mut Tensor) -> Result<()> {
-        gelu::backward(
-            f32s_mut(dx, "gelu dx")?,
-            f32s(dy, "gelu dy")?,
-            f32s(x, "gelu input")?,
-        );
-        Ok(())
+        let (dy, x) = (activation(dy, "gelu dy")?, activation(x, "gelu input")?);
+        write_activation(dx, "gelu dx", false, |dx| gelu::backward(dx, &dy, &x))
     }
 }

@@ -6,7 +6,7 @@
 //! count restarts at each sequence's first row, so a packed batch gives every token the positions
 //! it has in its padded row.
 
-use super::{CpuBackend, f32s, f32s_mut, i32s, param, params_mut};
+use super::{CpuBackend, activation, f32s, f32s_mut, i32s, param, params_mut, write_activation};
 use crate::backend::Param;
 use crate::error::Result;
 use crate::ops::embedding::{EmbeddingDims, EmbeddingKernels};
@@ -110,15 +110,17 @@ impl EmbeddingKernels for CpuBackend {
         out: &mut Tensor,
     ) -> Result<()> {
         let p = f32s(params, "parameters")?;
-        forward(
-            f32s_mut(out, "embedding output")?,
-            i32s(tokens, "embedding tokens")?,
-            sequences.offsets(),
-            dims.next_token_id,
-            tables.map(|t| param(p, t)),
-            dims.hidden,
-        );
-        Ok(())
+        let tokens = i32s(tokens, "embedding tokens")?;
+        write_activation(out, "embedding output", false, |out| {
+            forward(
+                out,
+                tokens,
+                sequences.offsets(),
+                dims.next_token_id,
+                tables.map(|t| param(p, t)),
+                dims.hidden,
+            )
+        })
     }
 
     fn embedding_backward_into(
@@ -131,7 +133,7 @@ impl EmbeddingKernels for CpuBackend {
         tables: [Param; 3],
     ) -> Result<()> {
         backward(
-            f32s(dout, "embedding dout")?,
+            &activation(dout, "embedding dout")?,
             i32s(tokens, "embedding tokens")?,
             sequences.offsets(),
             dims.next_token_id,

@@ -1,7 +1,7 @@
 //! LayerNorm over the last axis: `y = (x - mean) * rstd * weight + bias`, `rstd = 1/sqrt(var+eps)`
 //! with the biased variance, as `torch.nn.LayerNorm`.
 
-use super::{CpuBackend, f32s, f32s_mut, param, params_mut};
+use super::{CpuBackend, activation, f32s, f32s_mut, param, params_mut, write_activation};
 use crate::backend::{LayerNormOut, Param};
 use crate::error::Result;
 use crate::ops::layernorm::LayerNormKernels;
@@ -102,28 +102,28 @@ impl LayerNormKernels for CpuBackend {
         out: &mut LayerNormOut,
     ) -> Result<()> {
         let p = f32s(params, "parameters")?;
-        let x = f32s(x, "layernorm input")?;
-        // With a residual, LayerNorm's input is the sum, written first.
-        let input: &[f32] = match residual {
+        let x = activation(x, "layernorm input")?;
+        // With a residual, LayerNorm's input is the sum, written first and read back as stored
+        // (rounded, in bf16): the values backward will see as this LayerNorm's input.
+        let input = match residual {
             Some((r, sum)) => {
-                let s = f32s_mut(sum, "add output")?;
-                for ((s, a), b) in s.iter_mut().zip(x).zip(f32s(r, "add")?) {
-                    *s = a + b;
-                }
-                s
+                let r = activation(r, "add")?;
+                write_activation(sum, "add output", false, |s| {
+                    for ((s, a), b) in s.iter_mut().zip(x.iter()).zip(r.iter()) {
+                        *s = a + b;
+                    }
+                })?;
+                activation(sum, "add output")?.into_owned().into()
             }
             None => x,
         };
-        forward(
-            f32s_mut(&mut out.y, "layernorm output")?,
+        let (mean, rstd) = (
             f32s_mut(&mut out.mean, "layernorm mean")?,
             f32s_mut(&mut out.rstd, "layernorm rstd")?,
-            input,
-            param(p, weight),
-            param(p, bias),
-            eps,
         );
-        Ok(())
+        write_activation(&mut out.y, "layernorm output", false, |y| {
+            forward(y, mean, rstd, &input, param(p, weight), param(p, bias), eps)
+        })
     }
 
     fn layernorm_backward_into(
@@ -140,16 +140,13 @@ impl LayerNormKernels for CpuBackend {
     ) -> Result<()> {
         let w = param(f32s(params, "parameters")?, weight);
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
-        backward(
-            f32s_mut(dx, "layernorm dx")?,
-            dw,
-            db,
-            f32s(dy, "layernorm dy")?,
-            f32s(x, "layernorm input")?,
-            f32s(mean, "layernorm mean")?,
-            f32s(rstd, "layernorm rstd")?,
-            w,
+        let (dy, x) = (
+            activation(dy, "layernorm dy")?,
+            activation(x, "layernorm input")?,
         );
-        Ok(())
+        let (mean, rstd) = (f32s(mean, "layernorm mean")?, f32s(rstd, "layernorm rstd")?);
+        write_activation(dx, "layernorm dx", false, |dx| {
+            backward(dx, dw, db, &dy, &x, mean, rstd, w)
+        })
     }
 }

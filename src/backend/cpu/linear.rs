@@ -1,12 +1,20 @@
 //! `y = x W^T + b` with `W` stored `[out, in]` like `torch.nn.Linear`.
 
-use super::{CpuBackend, f32s, f32s_mut, gelu, param, params_mut};
+use std::borrow::Cow;
+
+use super::{
+    CpuBackend, activation, bf16s, cast, f32s, f32s_mut, gelu, param, param16, params_mut,
+    write_activation,
+};
 use crate::backend::Param;
 use crate::error::Result;
 use crate::ops::Weights;
 use crate::ops::linear::LinearKernels;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use half::bf16;
 use rayon::prelude::*;
+
+use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
 
 use super::gemm::{MatLayout, matmul};
 use super::reduce::sum_over_row_blocks;
@@ -65,8 +73,83 @@ pub fn backward(
         true,
         true,
     );
+    add_column_sums(dbias, dy, n);
+}
+
+/// `dst[n, out] = x[n, in] W^T` with bf16 operands, f32 results (added to `dst` when
+/// `accumulate`).
+fn forward_bf16(
+    kernel: Bf16Gemm,
+    dst: &mut [f32],
+    x: &[bf16],
+    weight: &[bf16],
+    inp: usize,
+    accumulate: bool,
+) {
+    let out = weight.len() / inp;
+    let n = x.len() / inp;
+    matmul_bf16(
+        kernel,
+        dst,
+        MatLayout::row_major(n, out),
+        x,
+        MatLayout::row_major(n, inp),
+        weight,
+        MatLayout::row_major(out, inp).t(),
+        1.0,
+        accumulate,
+        true,
+    );
+}
+
+/// The bf16 backward from the f32 `dz` (`dy`, or `dy GELU'(z)`): `dz` is rounded to bf16 as the
+/// GEMM operand it is on the GPU, `db` sums the f32 values, and the products accumulate in f32.
+#[allow(clippy::too_many_arguments)]
+fn backward_bf16(
+    kernel: Bf16Gemm,
+    dx: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dz: &[f32],
+    x: &[bf16],
+    weight: &[bf16],
+) {
+    let out = dbias.len();
+    let n = dz.len() / out;
+    let inp = x.len() / n.max(1);
+    let dz16 = cast::narrowed(dz);
+    matmul_bf16(
+        kernel,
+        dx,
+        MatLayout::row_major(n, inp),
+        &dz16,
+        MatLayout::row_major(n, out),
+        weight,
+        MatLayout::row_major(out, inp),
+        1.0,
+        false,
+        true,
+    );
+    matmul_bf16(
+        kernel,
+        dweight,
+        MatLayout::row_major(out, inp),
+        &dz16,
+        MatLayout::row_major(n, out).t(),
+        x,
+        MatLayout::row_major(n, inp),
+        1.0,
+        true,
+        true,
+    );
+    add_column_sums(dbias, dz, n);
+}
+
+/// `db += sum_rows dz`, in fixed row blocks (see `reduce`).
+fn add_column_sums(dbias: &mut [f32], dz: &[f32], n: usize) {
+    let out = dbias.len();
     let db = sum_over_row_blocks(n, out, |first, count, partial| {
-        for row in dy[first * out..(first + count) * out].chunks(out) {
+        for row in dz[first * out..(first + count) * out].chunks(out) {
             partial.iter_mut().zip(row).for_each(|(a, d)| *a += d);
         }
     });
@@ -83,11 +166,22 @@ impl LinearKernels for CpuBackend {
         y: &mut Tensor,
     ) -> Result<()> {
         let inp = x.shape().last().copied().unwrap_or(0);
+        let b = param(f32s(weights.values, "parameters")?, bias);
+        if x.dtype() == DType::BF16 {
+            let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
+            let x = bf16s(x, "linear input")?;
+            // Start from the bias, accumulate the product in f32, round once.
+            return write_activation(y, "linear output", false, |y| {
+                y.par_chunks_mut(b.len())
+                    .for_each(|row| row.copy_from_slice(b));
+                forward_bf16(self.bf16_gemm, y, x, w, inp, true);
+            });
+        }
         forward(
             f32s_mut(y, "linear output")?,
             f32s(x, "linear input")?,
             param(f32s(weights.gemm, "GEMM weights")?, weight),
-            param(f32s(weights.values, "parameters")?, bias),
+            b,
             inp,
         );
         Ok(())
@@ -103,8 +197,8 @@ impl LinearKernels for CpuBackend {
         y: &mut Tensor,
     ) -> Result<()> {
         self.linear_forward_into(x, weights, weight, bias, z)?;
-        gelu::forward(f32s_mut(y, "gelu output")?, f32s(z, "linear output")?);
-        Ok(())
+        let z = activation(z, "linear output")?;
+        write_activation(y, "gelu output", false, |y| gelu::forward(y, &z))
     }
 
     fn linear_backward_into(
@@ -118,25 +212,31 @@ impl LinearKernels for CpuBackend {
         bias: Param,
         dx: &mut Tensor,
     ) -> Result<()> {
-        let dy = f32s(dy, "linear dy")?;
+        let dy = activation(dy, "linear dy")?;
         // dz = dy GELU'(z) for the feed-forward layer's GELU, else dy itself.
         let dz = match gelu_input {
             Some(z) => {
                 let mut dz = vec![0.0f32; dy.len()];
-                gelu::backward(&mut dz, dy, f32s(z, "gelu input")?);
-                std::borrow::Cow::Owned(dz)
+                gelu::backward(&mut dz, &dy, &activation(z, "gelu input")?);
+                Cow::Owned(dz)
             }
-            None => std::borrow::Cow::Borrowed(dy),
+            None => dy,
         };
-        let w = param(f32s(weights.gemm, "GEMM weights")?, weight);
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
+        if x.dtype() == DType::BF16 {
+            let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
+            let x = bf16s(x, "linear input")?;
+            return write_activation(dx, "linear dx", false, |dx| {
+                backward_bf16(self.bf16_gemm, dx, dw, db, &dz, x, w)
+            });
+        }
         backward(
             f32s_mut(dx, "linear dx")?,
             dw,
             db,
             &dz,
             f32s(x, "linear input")?,
-            w,
+            param(f32s(weights.gemm, "GEMM weights")?, weight),
         );
         Ok(())
     }

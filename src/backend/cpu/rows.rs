@@ -1,6 +1,6 @@
 //! Row selection: gather, its adjoint scatter, argmax, and the softmax's top k.
 
-use super::{CpuBackend, f32s, f32s_mut, i32s, i32s_mut};
+use super::{CpuBackend, activation, f32s_mut, i32s, i32s_mut, write_activation};
 use crate::backend::TopK;
 use crate::error::Result;
 use crate::ops::rows::RowKernels;
@@ -91,13 +91,10 @@ fn width(t: &Tensor) -> usize {
 
 impl RowKernels for CpuBackend {
     fn gather_rows_into(&self, x: &Tensor, rows: &Tensor, out: &mut Tensor) -> Result<()> {
-        gather(
-            f32s_mut(out, "gather output")?,
-            f32s(x, "gather input")?,
-            i32s(rows, "gather rows")?,
-            width(x),
-        );
-        Ok(())
+        let (x_values, rows) = (activation(x, "gather input")?, i32s(rows, "gather rows")?);
+        write_activation(out, "gather output", false, |out| {
+            gather(out, &x_values, rows, width(x))
+        })
     }
 
     fn scatter_rows_into(
@@ -107,19 +104,17 @@ impl RowKernels for CpuBackend {
         host_rows: &[i32],
         out: &mut Tensor,
     ) -> Result<()> {
-        scatter_add(
-            f32s_mut(out, "scatter output")?,
-            f32s(dy, "scatter dy")?,
-            host_rows,
-            width(dy),
-        );
-        Ok(())
+        let dy_values = activation(dy, "scatter dy")?;
+        // scatter_add adds into the output, so a bf16 output is widened first.
+        write_activation(out, "scatter output", true, |out| {
+            scatter_add(out, &dy_values, host_rows, width(dy))
+        })
     }
 
     fn argmax_rows_into(&self, x: &Tensor, out: &mut Tensor) -> Result<()> {
         argmax(
             i32s_mut(out, "argmax output")?,
-            f32s(x, "argmax input")?,
+            &activation(x, "argmax input")?,
             width(x),
         );
         Ok(())
@@ -129,7 +124,7 @@ impl RowKernels for CpuBackend {
         softmax_top_k(
             i32s_mut(&mut out.ids, "top-k ids")?,
             f32s_mut(&mut out.probabilities, "top-k probabilities")?,
-            f32s(logits, "top-k logits")?,
+            &activation(logits, "top-k logits")?,
             width(logits),
             k,
         );

@@ -1,0 +1,96 @@
+//! f32 <-> bf16 over slices, for the CPU backend's mixed precision.
+//!
+//! bf16 is the top half of an f32 (sign, the same 8 exponent bits, 7 mantissa bits), so widening
+//! is a shift and exact. Narrowing rounds to nearest, ties to even, as the GPU's
+//! `__float2bfloat16_rn` does: add `0x7fff` plus the lowest kept bit, then keep the top 16 bits
+//! (a carry out of the mantissa correctly bumps the exponent, up to infinity). NaN is the one
+//! input that rounding would corrupt (a payload in the low bits only could round to infinity), so
+//! it keeps its top half with the quiet bit set. Both loops are branch-free, so they vectorise.
+
+use half::bf16;
+use rayon::prelude::*;
+
+/// Elements per rayon task: large enough that the split costs nothing next to the work.
+const CHUNK: usize = 1 << 14;
+
+/// `x` rounded to the nearest bf16, ties to even (NaN stays a quiet NaN of the same sign).
+#[inline(always)]
+pub fn round(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    let rounded = (bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16) as u16;
+    let quiet_nan = ((bits >> 16) as u16) | 0x0040;
+    bf16::from_bits(if x.is_nan() { quiet_nan } else { rounded })
+}
+
+/// `dst[i] = round(src[i])`.
+pub fn narrow(dst: &mut [bf16], src: &[f32]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = round(s)));
+}
+
+/// `dst[i] = src[i]` widened (exact).
+pub fn widen(dst: &mut [f32], src: &[bf16]) {
+    dst.par_chunks_mut(CHUNK)
+        .zip(src.par_chunks(CHUNK))
+        .for_each(|(d, s)| {
+            d.iter_mut()
+                .zip(s)
+                .for_each(|(d, s)| *d = f32::from_bits((s.to_bits() as u32) << 16))
+        });
+}
+
+/// A new f32 vector holding `src` widened.
+pub fn widened(src: &[bf16]) -> Vec<f32> {
+    let mut out = vec![0.0; src.len()];
+    widen(&mut out, src);
+    out
+}
+
+/// A new bf16 vector holding `src` rounded.
+pub fn narrowed(src: &[f32]) -> Vec<bf16> {
+    let mut out = vec![bf16::ZERO; src.len()];
+    narrow(&mut out, src);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    #[test]
+    fn rounding_matches_the_half_crate_on_random_bit_patterns() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let mut xs: Vec<f32> = (0..200_000).map(|_| f32::from_bits(rng.random())).collect();
+        // Exact ties, both parities, and the edges of the range.
+        xs.extend([
+            f32::from_bits(0x3f80_8000),
+            f32::from_bits(0x3f81_8000),
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            -0.0,
+        ]);
+        let ours = narrowed(&xs);
+        for (x, b) in xs.iter().zip(&ours) {
+            let reference = bf16::from_f32(*x);
+            if x.is_nan() {
+                assert!(b.is_nan(), "{x:?} -> {b:?}");
+                assert_eq!(b.is_sign_negative(), x.is_sign_negative());
+            } else {
+                assert_eq!(
+                    b.to_bits(),
+                    reference.to_bits(),
+                    "{x:e} ({:#x})",
+                    x.to_bits()
+                );
+            }
+        }
+        let back = widened(&ours);
+        for (b, w) in ours.iter().zip(&back) {
+            assert!(b.is_nan() && w.is_nan() || b.to_f32() == *w);
+        }
+    }
+}
