@@ -256,21 +256,26 @@ fn the_whole_workflow_on_real_disassembly() {
         ],
         "unknown device",
     );
-    fails(
-        &[
-            "infer",
-            "--checkpoint",
-            s(&last),
-            "--tokenizer",
-            s(&tokenizer),
-            "--device",
-            "cpu",
-            "--precision",
-            "bf16",
-            "x",
-        ],
-        "bf16 mixed precision runs on a GPU",
-    );
+    // bf16 on the CPU fills the masks where the CPU has AVX512_BF16, and says why not elsewhere.
+    let bf16_args = [
+        "infer",
+        "--checkpoint",
+        s(&last),
+        "--device",
+        "cpu",
+        "--precision",
+        "bf16",
+        "push rbp [NEXT] [MASK] rbp rsp",
+    ];
+    if undertale_maskedlm::backend::cpu::gemm_bf16::Bf16Gemm::Avx512Bf16.available() {
+        let filled = ok(&bf16_args);
+        assert!(
+            filled.starts_with("push rbp [NEXT] ") && !filled.contains("[MASK]"),
+            "{filled}"
+        );
+    } else {
+        fails(&bf16_args, "needs AVX512_BF16");
+    }
     fails(
         &[
             "infer",
