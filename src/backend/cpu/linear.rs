@@ -3,8 +3,8 @@
 use std::borrow::Cow;
 
 use super::{
-    CpuBackend, activation, bf16s, cast, f32s, f32s_mut, gelu, param, param16, params_mut,
-    write_activation,
+    CpuBackend, activation, bf16s, bf16s_mut, cast, f32s, f32s_mut, gelu, param, param16,
+    params_mut, write_activation,
 };
 use crate::backend::Param;
 use crate::error::Result;
@@ -196,9 +196,32 @@ impl LinearKernels for CpuBackend {
         z: &mut Tensor,
         y: &mut Tensor,
     ) -> Result<()> {
+        if x.dtype() == DType::BF16 {
+            // z = x W^T + b in f32, rounded into z; GELU of the same f32 values rounded into y
+            // (one f32 buffer, not z widened back).
+            let inp = x.shape().last().copied().unwrap_or(0);
+            let b = param(f32s(weights.values, "parameters")?, bias);
+            let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
+            let mut acc = vec![0.0f32; z.numel()];
+            acc.par_chunks_mut(b.len())
+                .for_each(|row| row.copy_from_slice(b));
+            forward_bf16(
+                self.bf16_gemm,
+                &mut acc,
+                bf16s(x, "linear input")?,
+                w,
+                inp,
+                true,
+            );
+            cast::narrow(bf16s_mut(z, "linear output")?, &acc);
+            let mut activated = vec![0.0f32; acc.len()];
+            gelu::forward(&mut activated, &acc);
+            cast::narrow(bf16s_mut(y, "gelu output")?, &activated);
+            return Ok(());
+        }
         self.linear_forward_into(x, weights, weight, bias, z)?;
-        let z = activation(z, "linear output")?;
-        write_activation(y, "gelu output", false, |y| gelu::forward(y, &z))
+        gelu::forward(f32s_mut(y, "gelu output")?, f32s(z, "linear output")?);
+        Ok(())
     }
 
     fn linear_backward_into(
