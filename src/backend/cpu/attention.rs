@@ -5,17 +5,24 @@
 //! `P = softmax(q k^T / sqrt(d) + mask)`, `out = P v`, where masked keys get -inf. Forward saves
 //! only the log-sum-exp of each score row; backward rebuilds `P = exp(s - lse)` from it, the same
 //! recomputation FlashAttention does, so the `[S, S]` probabilities are never stored.
+//!
+//! In bf16 mixed precision the GEMMs take bf16 operands, as the GPU's tensor-core kernels do: q, k,
+//! v, dO as stored, and P and dS rounded to bf16 before they are multiplied; the softmax, its
+//! statistics and `D` stay f32.
 
-use super::{CpuBackend, activation, activation_like, f32s, i32s};
+use super::{CpuBackend, activation_like, bf16s, f32s, i32s};
 use crate::backend::AttentionOut;
 use crate::error::Result;
 use crate::ops::attention::AttentionKernels;
 use crate::ops::sequences::Sequences;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::gemm_bf16::Bf16Gemm;
+use super::operand::GemmOperand;
+
 use super::exp::exp_in_place;
-use super::gemm::{MatLayout, matmul};
+use super::gemm::MatLayout;
 
 /// Shapes of one attention call.
 pub use crate::ops::checks::AttentionDims as Dims;
@@ -67,11 +74,12 @@ fn keys_of<'m>(mask: Option<&'m [i32]>, at: Slice, ones: &'m [i32]) -> &'m [i32]
 }
 
 /// `scores = q k^T / sqrt(d)` for one (sequence, head).
-fn scores(dims: &Dims, qkv: &[f32], at: Slice) -> Vec<f32> {
+fn scores<T: GemmOperand>(kernel: Bf16Gemm, dims: &Dims, qkv: &[T], at: Slice) -> Vec<f32> {
     let s = at.len;
     let view = dims.head_view(s, 3 * dims.hidden());
     let mut scores = vec![0.0f32; s * s];
-    matmul(
+    T::matmul(
+        kernel,
         &mut scores,
         MatLayout::row_major(s, s),
         &qkv[dims.qkv_offset(at, 0)..],
@@ -118,9 +126,10 @@ fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
 
 /// Returns `(out, lse)`: out `[tokens, H]`, lse `[heads, tokens]`. `offsets` delimit the
 /// sequences; `mask` (`[tokens]`, 1 = real key) is `None` when every row is real.
-pub fn forward(
+pub fn forward<T: GemmOperand>(
+    kernel: Bf16Gemm,
     dims: &Dims,
-    qkv: &[f32],
+    qkv: &[T],
     offsets: &[i32],
     mask: Option<&[i32]>,
 ) -> (Vec<f32>, Vec<f32>) {
@@ -131,13 +140,14 @@ pub fn forward(
         .par_iter()
         .map(|&at| {
             let s = at.len;
-            let mut p = scores(dims, qkv, at);
+            let mut p = scores(kernel, dims, qkv, at);
             let lse = softmax_rows(&mut p, keys_of(mask, at, &ones));
             let mut out = vec![0.0f32; s * d];
-            matmul(
+            T::matmul(
+                kernel,
                 &mut out,
                 MatLayout::row_major(s, d),
-                &p,
+                &T::from_f32s(&p),
                 MatLayout::row_major(s, s),
                 &qkv[dims.qkv_offset(at, 2)..],
                 dims.head_view(s, 3 * hidden),
@@ -164,13 +174,14 @@ pub fn forward(
 /// Returns dqkv `[tokens, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
 /// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<T: GemmOperand>(
+    kernel: Bf16Gemm,
     dims: &Dims,
-    dout: &[f32],
-    qkv: &[f32],
+    dout: &[T],
+    qkv: &[T],
     offsets: &[i32],
     mask: Option<&[i32]>,
-    out: &[f32],
+    out: &[T],
     lse: &[f32],
 ) -> Vec<f32> {
     let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
@@ -185,7 +196,7 @@ pub fn backward(
             let out_view = dims.head_view(s, hidden);
             let key_mask = keys_of(mask, at, &ones);
             let row_lse = &lse[at.head * tokens + at.start..][..s];
-            let mut p = scores(dims, qkv, at);
+            let mut p = scores(kernel, dims, qkv, at);
             for (row, &l) in p.chunks_mut(s).zip(row_lse) {
                 for (x, &m) in row.iter_mut().zip(key_mask) {
                     *x = if m != 0 && l != f32::NEG_INFINITY {
@@ -205,9 +216,22 @@ pub fn backward(
             let mut dv = vec![0.0f32; s * d];
             let sd = MatLayout::row_major(s, d);
             let ss = MatLayout::row_major(s, s);
-            matmul(&mut dv, sd, &p, ss.t(), dout_h, out_view, 1.0, false, false);
+            let p_operand = T::from_f32s(&p);
+            T::matmul(
+                kernel,
+                &mut dv,
+                sd,
+                &p_operand,
+                ss.t(),
+                dout_h,
+                out_view,
+                1.0,
+                false,
+                false,
+            );
             let mut dp = vec![0.0f32; s * s];
-            matmul(
+            T::matmul(
+                kernel,
                 &mut dp,
                 ss,
                 dout_h,
@@ -220,17 +244,31 @@ pub fn backward(
             );
             for i in 0..s {
                 let di: f32 = (0..d)
-                    .map(|c| dout_h[i * hidden + c] * out_h[i * hidden + c])
+                    .map(|c| dout_h[i * hidden + c].to_f32() * out_h[i * hidden + c].to_f32())
                     .sum();
                 for j in 0..s {
                     // dS overwrites dP in place.
                     dp[i * s + j] = p[i * s + j] * (dp[i * s + j] - di);
                 }
             }
+            let ds = T::from_f32s(&dp);
             let mut dq = vec![0.0f32; s * d];
-            matmul(&mut dq, sd, &dp, ss, k, qkv_view, scale, false, false);
+            T::matmul(
+                kernel, &mut dq, sd, &ds, ss, k, qkv_view, scale, false, false,
+            );
             let mut dk = vec![0.0f32; s * d];
-            matmul(&mut dk, sd, &dp, ss.t(), q, qkv_view, scale, false, false);
+            T::matmul(
+                kernel,
+                &mut dk,
+                sd,
+                &ds,
+                ss.t(),
+                q,
+                qkv_view,
+                scale,
+                false,
+                false,
+            );
             [dq, dk, dv]
         })
         .collect();
@@ -255,12 +293,11 @@ impl AttentionKernels for CpuBackend {
         dims: Dims,
         out: &mut AttentionOut,
     ) -> Result<()> {
-        let (o, lse) = forward(
-            &dims,
-            &activation(qkv, "qkv")?,
-            sequences.offsets(),
-            key_mask(sequences)?,
-        );
+        let (offsets, mask) = (sequences.offsets(), key_mask(sequences)?);
+        let (o, lse) = match qkv.dtype() {
+            DType::BF16 => forward(self.bf16_gemm, &dims, bf16s(qkv, "qkv")?, offsets, mask),
+            _ => forward(self.bf16_gemm, &dims, f32s(qkv, "qkv")?, offsets, mask),
+        };
         // The results replace the front's buffers (same shapes and types) instead of being
         // copied in.
         out.out = activation_like(&out.out, o)?;
@@ -278,15 +315,30 @@ impl AttentionKernels for CpuBackend {
         dims: Dims,
         dqkv: &mut Tensor,
     ) -> Result<()> {
-        let d = backward(
-            &dims,
-            &activation(dout, "attention dout")?,
-            &activation(qkv, "qkv")?,
-            sequences.offsets(),
-            key_mask(sequences)?,
-            &activation(out, "attention output")?,
-            f32s(lse, "attention lse")?,
-        );
+        let (offsets, mask) = (sequences.offsets(), key_mask(sequences)?);
+        let lse = f32s(lse, "attention lse")?;
+        let d = match qkv.dtype() {
+            DType::BF16 => backward(
+                self.bf16_gemm,
+                &dims,
+                bf16s(dout, "attention dout")?,
+                bf16s(qkv, "qkv")?,
+                offsets,
+                mask,
+                bf16s(out, "attention output")?,
+                lse,
+            ),
+            _ => backward(
+                self.bf16_gemm,
+                &dims,
+                f32s(dout, "attention dout")?,
+                f32s(qkv, "qkv")?,
+                offsets,
+                mask,
+                f32s(out, "attention output")?,
+                lse,
+            ),
+        };
         *dqkv = activation_like(dqkv, d)?;
         Ok(())
     }

@@ -22,6 +22,7 @@ pub mod gemm;
 pub mod gemm_bf16;
 mod layernorm;
 mod linear;
+mod operand;
 pub(crate) mod reduce;
 mod rows;
 
