@@ -12,6 +12,7 @@ pub mod embedding;
 mod exp;
 mod gelu;
 pub mod gemm;
+pub mod gemm_bf16;
 mod layernorm;
 mod linear;
 pub(crate) mod reduce;
