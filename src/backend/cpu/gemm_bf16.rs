@@ -258,9 +258,20 @@ mod avx512 {
                     *o = u32::from(x0);
                 }
             }
+        } else if s_k == 1 {
+            // k contiguous (A row-major, or B = W^T read from a row-major W): each k pair is one
+            // 4-byte word of the source, copied to its lane.
+            for w in 0..w_len {
+                let row = &src[base + w * s_w..][..k_len];
+                for (p, pair) in row.chunks_exact(2).enumerate() {
+                    out[p * W + w] = u32::from(pair[0]) | (u32::from(pair[1]) << 16);
+                }
+                if k_len % 2 == 1 {
+                    out[pairs * W + w] = u32::from(row[k_len - 1]);
+                }
+            }
         } else {
-            // Any other layout (A row-major: k contiguous within a row) walks one row of the panel
-            // at a time.
+            // Neither stride is 1: element by element.
             for w in 0..w_len {
                 let row = base + w * s_w;
                 for p in 0..pairs {
@@ -327,8 +338,10 @@ mod avx512 {
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: i < MR words from `ap`, inside the A panel.
                 let ai = m512bh(_mm512_set1_epi32(unsafe { *ap.add(i) } as i32));
-                acc[0] = _mm512_dpbf16_ps(acc[0], ai, b0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], ai, b1);
+                // The broadcast goes second: that operand of `vdpbf16ps` may be a memory
+                // broadcast (`{1to16}`), so the A word feeds the instruction without a register.
+                acc[0] = _mm512_dpbf16_ps(acc[0], b0, ai);
+                acc[1] = _mm512_dpbf16_ps(acc[1], b1, ai);
             }
         }
         let s = _mm512_set1_ps(out.scale);
@@ -396,6 +409,13 @@ mod avx512 {
     // SAFETY: as above.
     unsafe impl Sync for DstPtr {}
 
+    impl DstPtr {
+        /// The pointer, read through a method so closures capture the whole (Sync) wrapper.
+        fn get(self) -> *mut f32 {
+            self.0
+        }
+    }
+
     /// Whether no two elements of the view share an address, so tasks owning disjoint rows or
     /// columns never write the same float.
     fn injective(l: &MatLayout) -> bool {
@@ -454,7 +474,7 @@ mod avx512 {
             let pack_block = |kb: usize, block: &mut [u32]| {
                 let kl = kb_len(kb);
                 let kp = kl.div_ceil(2);
-                for (jp, panel) in block.chunks_mut(kp * NR).enumerate() {
+                let pack = |(jp, panel): (usize, &mut [u32])| {
                     let c0 = jp * NR;
                     // SAFETY: the caller checked the CPU has avx512f/avx512bw (it has avx512bf16).
                     unsafe {
@@ -468,6 +488,13 @@ mod avx512 {
                             bl.rs,
                         )
                     };
+                };
+                // Panels in parallel too: with k <= KC there is a single block, and a wide B
+                // (the 5000-column head) would otherwise pack on one thread while the rest wait.
+                if parallel {
+                    block.par_chunks_mut(kp * NR).enumerate().for_each(pack);
+                } else {
+                    block.chunks_mut(kp * NR).enumerate().for_each(pack);
                 }
             };
             if parallel {
@@ -510,7 +537,6 @@ mod avx512 {
         let out = DstPtr(dst.as_mut_ptr());
 
         let task = |t: usize| {
-            let out = out;
             let (mb, nb) = (t / nblocks, t % nblocks);
             let r0 = mb * mc;
             let rows = mc.min(m - r0);
@@ -547,7 +573,7 @@ mod avx512 {
                         let rr = r0 + ip * MR;
                         let ap = &awords[ip * kp * MR..][..kp * MR];
                         let tile_out = TileOut {
-                            ptr: out.0.wrapping_add(rr * dl.rs + c0 * dl.cs),
+                            ptr: out.get().wrapping_add(rr * dl.rs + c0 * dl.cs),
                             rs: dl.rs,
                             cs: dl.cs,
                             rows: MR.min(m - rr),
@@ -713,8 +739,8 @@ mod tests {
                     for dv in VIEWS {
                         // Vary accumulate and parallel across the view combinations so every
                         // shape meets both settings of each.
-                        let accumulate = combo % 2 == 0;
-                        let parallel = combo % 3 != 0;
+                        let accumulate = combo.is_multiple_of(2);
+                        let parallel = !combo.is_multiple_of(3);
                         check(kernel, &mut rng, shape, (av, bv, dv), accumulate, parallel);
                         combo += 1;
                     }
