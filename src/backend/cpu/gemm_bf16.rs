@@ -238,7 +238,9 @@ mod avx512 {
         let pairs = k_len / 2;
         let kp = k_len.div_ceil(2);
         let out = &mut out[..kp * W];
-        if w_len < W || k_len % 2 == 1 {
+        // Lanes past `w_len` are zeroed here; an odd last k is written below as a whole word
+        // with a zero high half, so only the width needs clearing.
+        if w_len < W {
             out.fill(0);
         }
         if s_w == 1 {
