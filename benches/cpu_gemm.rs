@@ -23,8 +23,8 @@ use undertale_maskedlm::backend::cpu::gemm_bf16::{Bf16Gemm, matmul_bf16};
 /// Independent accumulators per peak loop: enough to cover the latency of either instruction
 /// (4-6 cycles) at two issues per cycle, few enough to stay in registers with the operands.
 const CHAINS: usize = 16;
-/// Loop trips per peak call: long enough that the call overhead vanishes.
-const TRIPS: usize = 1 << 16;
+/// Loop trips per peak call: ~5 ms of work, so waking the pool (`rayon::broadcast`) costs <1%.
+const TRIPS: usize = 1 << 20;
 
 #[cfg(target_arch = "x86_64")]
 mod peak {
