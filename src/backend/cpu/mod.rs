@@ -9,6 +9,7 @@ mod cross_entropy;
 mod dropout;
 mod elementwise;
 pub mod embedding;
+mod erf;
 mod exp;
 mod gelu;
 pub mod gemm;
@@ -16,6 +17,7 @@ mod layernorm;
 mod linear;
 pub(crate) mod reduce;
 mod rows;
+mod simd;
 
 pub use cross_entropy::IGNORE_INDEX;
 
