@@ -16,6 +16,7 @@ pub mod gemm;
 mod layernorm;
 mod linear;
 pub(crate) mod reduce;
+mod row_exp;
 mod rows;
 mod simd;
 
