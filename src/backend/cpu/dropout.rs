@@ -180,7 +180,7 @@ mod tests {
     #[test]
     fn batched_dropout_over_rows_matches_the_one_element_definition() {
         for width in [4usize, 12, 68, 3, 5, 33] {
-            let rows: Vec<i32> = (0..37).map(|r| (r * 7919 % 101) as i32).collect();
+            let rows: Vec<i32> = (0..37).map(|r: i32| r * 7919 % 101).collect();
             let x = inputs(rows.len() * width, width as u64);
             let key = DropoutKey {
                 p: 0.3,

@@ -280,6 +280,9 @@ mod tests {
         }
     }
 
+    /// `(y, dx, (mean, rstd), dweight)` of one row, as bits.
+    type RowBits = (Vec<u32>, Vec<u32>, (f32, f32), Vec<u32>);
+
     /// Every level gives the same bits, and those are within f32 rounding of the f64 values, over
     /// widths around the lane count.
     #[test]
@@ -288,7 +291,7 @@ mod tests {
             let (x, dy) = (inputs(c, c as u64), inputs(c, c as u64 + 7));
             let (w, b) = (inputs(c, 3), inputs(c, 4));
             let [y_want, dx_want] = reference(&x, &dy, &w, &b, 1e-5);
-            let mut first: Option<(Vec<u32>, Vec<u32>, (f32, f32), Vec<u32>)> = None;
+            let mut first: Option<RowBits> = None;
             for level in Level::supported() {
                 let mut y = vec![f32::NAN; c];
                 let (m, s) = forward_row(level, &mut y, &x, &w, &b, 1e-5);
