@@ -1,5 +1,6 @@
 //! Softmax cross-entropy with ignore index -100 and mean reduction, fused with its gradient:
 //! `loss_r = logsumexp(x_r) - x_r[label_r]`, `dx_r = (softmax(x_r) - onehot(label_r)) / count`.
+//! The row passes run in vector lanes (see [`super::row_exp`]).
 
 use super::{CpuBackend, activation, f32s_mut, i32s, write_activation};
 use crate::error::Result;
@@ -7,7 +8,34 @@ use crate::ops::cross_entropy::CrossEntropyKernels;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
+use super::row_exp::{row_max, sum_exp, sum_exp_into};
+use super::simd::{Level, multiversion};
+
 pub const IGNORE_INDEX: i32 = -100;
+
+multiversion! {
+    /// One labelled row's loss, `logsumexp(x) - x[label]`.
+    fn loss(x: &[f32], label: usize) -> f64 {
+        let max = row_max(x);
+        max as f64 + sum_exp(x, max).ln() - x[label] as f64
+    }
+}
+
+multiversion! {
+    /// One labelled row's loss, and its gradient `(softmax(x) - onehot(label)) * inv_count` in
+    /// `dx`. The softmax is each f32 term `e^(x - max)` over their f64 sum.
+    fn loss_and_gradient(x: &[f32], label: usize, inv_count: f64, dx: &mut [f32]) -> f64 {
+        let max = row_max(x);
+        let sum = sum_exp_into(dx, x, max);
+        let inv_sum = 1.0 / sum;
+        let term = dx[label];
+        for d in dx.iter_mut() {
+            *d = (*d as f64 * inv_sum * inv_count) as f32;
+        }
+        dx[label] = ((term as f64 * inv_sum - 1.0) * inv_count) as f32;
+        max as f64 + sum.ln() - x[label] as f64
+    }
+}
 
 /// Returns `(sum of row losses, labelled count)`; writes dlogits when given (zero on ignored rows).
 pub fn forward_backward(
@@ -17,6 +45,8 @@ pub fn forward_backward(
     dlogits: Option<&mut [f32]>,
 ) -> (f64, usize) {
     let count = labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+    let inv_count = 1.0 / count as f64;
+    let level = Level::best();
     let row_loss = |x: &[f32], label: i32, dx: Option<&mut [f32]>| -> f64 {
         if label == IGNORE_INDEX {
             if let Some(dx) = dx {
@@ -24,18 +54,10 @@ pub fn forward_backward(
             }
             return 0.0;
         }
-        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
-        let lse = max as f64 + sum.ln();
-        if let Some(dx) = dx {
-            let inv = 1.0 / count as f64;
-            for (j, (d, &v)) in dx.iter_mut().zip(x).enumerate() {
-                let p = (v as f64 - lse).exp();
-                let onehot = if j == label as usize { 1.0 } else { 0.0 };
-                *d = ((p - onehot) * inv) as f32;
-            }
+        match dx {
+            Some(dx) => loss_and_gradient(level, x, label as usize, inv_count, dx),
+            None => loss(level, x, label as usize),
         }
-        lse - x[label as usize] as f64
     };
     // Row losses are collected in order and summed sequentially, so the total's rounding does
     // not depend on how rayon split the rows.
@@ -94,5 +116,98 @@ impl CrossEntropyKernels for CpuBackend {
         self.cross_entropy_into(logits, labels, count, loss, Some(&mut dlogits))?;
         *logits = dlogits;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 24) as f32 * 20.0 - 10.0
+            })
+            .collect()
+    }
+
+    /// The loss sum and gradient with every exponential in f64.
+    fn reference(x: &[f32], labels: &[i32], vocab: usize) -> (f64, Vec<f64>) {
+        let count = labels.iter().filter(|&&l| l != IGNORE_INDEX).count() as f64;
+        let mut total = 0.0;
+        let mut dx = vec![0.0; x.len()];
+        for (r, &label) in labels.iter().enumerate() {
+            if label == IGNORE_INDEX {
+                continue;
+            }
+            let row = &x[r * vocab..][..vocab];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&v| (v as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            total += lse - row[label as usize] as f64;
+            for (j, &v) in row.iter().enumerate() {
+                let onehot = if j == label as usize { 1.0 } else { 0.0 };
+                dx[r * vocab + j] = ((v as f64 - lse).exp() - onehot) / count;
+            }
+        }
+        (total, dx)
+    }
+
+    #[test]
+    fn vector_rows_are_within_rounding_of_the_f64_loss_and_gradient() {
+        for vocab in [1usize, 17, 1000] {
+            let rows = 6;
+            let x = logits(rows * vocab, vocab as u64);
+            let labels: Vec<i32> = (0..rows)
+                .map(|r| {
+                    if r == 2 {
+                        IGNORE_INDEX
+                    } else {
+                        ((r * 7919) % vocab) as i32
+                    }
+                })
+                .collect();
+            let (want_total, want_dx) = reference(&x, &labels, vocab);
+            let mut dx = vec![f32::NAN; x.len()];
+            let (total, count) = forward_backward(&x, &labels, vocab, Some(&mut dx));
+            assert_eq!(count, rows - 1);
+            assert!((total - want_total).abs() <= 1e-6 * want_total.abs().max(1.0));
+            let (no_grad_total, _) = forward_backward(&x, &labels, vocab, None);
+            assert!((no_grad_total - want_total).abs() <= 1e-6 * want_total.abs().max(1.0));
+            for (i, (&g, &w)) in dx.iter().zip(&want_dx).enumerate() {
+                assert!(
+                    (g as f64 - w).abs() <= 1e-6 * w.abs() + 1e-12,
+                    "dx[{i}]: {g} vs {w}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_level_gives_the_same_loss_and_gradient() {
+        let vocab = 1000 + 7;
+        let x = logits(vocab, 11);
+        let base_loss = loss(Level::Generic, &x, 5);
+        let mut base_dx = vec![0.0; vocab];
+        let base = loss_and_gradient(Level::Generic, &x, 5, 0.25, &mut base_dx);
+        for level in Level::supported() {
+            assert_eq!(
+                loss(level, &x, 5).to_bits(),
+                base_loss.to_bits(),
+                "{level:?}"
+            );
+            let mut dx = vec![0.0; vocab];
+            let l = loss_and_gradient(level, &x, 5, 0.25, &mut dx);
+            assert_eq!(l.to_bits(), base.to_bits(), "{level:?}");
+            assert_eq!(dx, base_dx, "{level:?}");
+        }
     }
 }

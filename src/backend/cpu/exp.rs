@@ -37,11 +37,12 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 0.5; // Cephes: 5.0000001201e-1, which rounds to 0.5 in f32
     let er = p * r * r + r + 1.0;
     // 2^n for n in [-126, 128] as 2^a 2^b with a = floor(n / 2), b = n - a, both in [-63, 64]:
-    // each a normal number built in the exponent field (2^128 itself is not an f32).
+    // each a normal number built in the exponent field (2^128 itself is not an f32). The integer
+    // ops wrap (they never overflow here) so that builds with overflow checks still vectorise.
     let n = n as i32;
     let a = n >> 1;
-    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
-    let y = er * pow2(a) * pow2(n - a);
+    let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) as u32) << 23);
+    let y = er * pow2(a) * pow2(n.wrapping_sub(a));
     if x < MIN_ARG {
         0.0
     } else if x > MAX_ARG {

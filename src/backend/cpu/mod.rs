@@ -16,6 +16,7 @@ mod cross_entropy;
 mod dropout;
 mod elementwise;
 pub mod embedding;
+mod erf;
 mod exp;
 mod gelu;
 pub mod gemm;
@@ -24,7 +25,9 @@ mod layernorm;
 mod linear;
 mod operand;
 pub(crate) mod reduce;
+mod row_exp;
 mod rows;
+mod simd;
 
 pub use cross_entropy::IGNORE_INDEX;
 
