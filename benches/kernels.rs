@@ -27,6 +27,7 @@ use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::backend::cuda::GpuBackend;
 use undertale_maskedlm::backend::{AdamWStep, Backend, DropoutKey, Param};
 use undertale_maskedlm::device::Precision;
+use undertale_maskedlm::ops::Weights;
 use undertale_maskedlm::ops::sequences::Sequences;
 use undertale_maskedlm::{DType, Device, Tensor};
 
@@ -156,6 +157,15 @@ impl Target {
             self.backend.cast(&t, DType::BF16).expect("cast to bf16")
         } else {
             t
+        }
+    }
+
+    /// The weights' copy the GEMMs read: bf16 in mixed precision, else the f32 values themselves.
+    fn gemm_copy(&self, params: &Tensor) -> Tensor {
+        if self.bf16() {
+            self.backend.cast(params, DType::BF16).expect("cast to bf16")
+        } else {
+            params.clone()
         }
     }
 
@@ -295,13 +305,15 @@ fn kernels(c: &mut Criterion) {
     let mut slots = Slots { len: 0 };
     let (w, b) = (slots.take(3 * h * h), slots.take(3 * h));
     let params = t.f32s(&[slots.len], 0.05);
+    let copy = t.gemm_copy(&params);
+    let weights = Weights::mixed(&params, &copy);
     let mut grads = t.f32s(&[slots.len], 1.0);
     t.bench(
         &mut group,
         "linear_qkv_forward",
         flops(2 * rows * h * 3 * h),
         || {
-            backend.linear_forward(&x, &params, w, b, 3 * h).unwrap();
+            backend.linear_forward(&x, weights, w, b, 3 * h).unwrap();
         },
     );
     let dqkv = t.activation(&[rows, 3 * h], 1.0);
@@ -311,7 +323,7 @@ fn kernels(c: &mut Criterion) {
         flops(4 * rows * h * 3 * h),
         || {
             backend
-                .linear_backward(&dqkv, &x, &params, &mut grads, w, b)
+                .linear_backward(&dqkv, &x, weights, &mut grads, w, b)
                 .unwrap();
         },
     );
@@ -320,20 +332,22 @@ fn kernels(c: &mut Criterion) {
     let mut slots = Slots { len: 0 };
     let (w, b) = (slots.take(s.intermediate * h), slots.take(s.intermediate));
     let params = t.f32s(&[slots.len], 0.05);
+    let copy = t.gemm_copy(&params);
+    let weights = Weights::mixed(&params, &copy);
     let mut grads = t.f32s(&[slots.len], 1.0);
     let ff = 2 * rows * h * s.intermediate;
     t.bench(&mut group, "linear_gelu_forward", flops(ff), || {
         backend
-            .linear_gelu_forward(&x, &params, w, b, s.intermediate)
+            .linear_gelu_forward(&x, weights, w, b, s.intermediate)
             .unwrap();
     });
     let (z, _) = backend
-        .linear_gelu_forward(&x, &params, w, b, s.intermediate)
+        .linear_gelu_forward(&x, weights, w, b, s.intermediate)
         .unwrap();
     let dy_ff = t.activation(&[rows, s.intermediate], 1.0);
     t.bench(&mut group, "linear_gelu_backward", flops(2 * ff), || {
         backend
-            .linear_gelu_backward(&dy_ff, &x, &z, &params, &mut grads, w, b)
+            .linear_gelu_backward(&dy_ff, &x, &z, weights, &mut grads, w, b)
             .unwrap();
     });
 
