@@ -163,7 +163,9 @@ impl Target {
     /// The weights' copy the GEMMs read: bf16 in mixed precision, else the f32 values themselves.
     fn gemm_copy(&self, params: &Tensor) -> Tensor {
         if self.bf16() {
-            self.backend.cast(params, DType::BF16).expect("cast to bf16")
+            self.backend
+                .cast(params, DType::BF16)
+                .expect("cast to bf16")
         } else {
             params.clone()
         }

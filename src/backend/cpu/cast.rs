@@ -40,6 +40,41 @@ pub fn widen(dst: &mut [f32], src: &[bf16]) {
         });
 }
 
+/// Rows per task of [`map_rows`]: about `CHUNK` elements, at least one row.
+fn rows_per_task(width: usize) -> usize {
+    (CHUNK / width.max(1)).max(1)
+}
+
+/// An op on bf16 rows computed in f32 a cache-sized block of rows at a time: each rayon task
+/// widens its rows of every input into scratch, runs `f` (an f32 slice kernel) on them with its
+/// rows of `out` as f32 scratch, and rounds that into `out`. Unlike widening whole tensors, no
+/// tensor-sized f32 buffer is allocated (a fresh one costs a page fault per 4 KiB) and the scratch
+/// stays in L2. What `f` returns for each block (per-row statistics, say) comes back in row order.
+pub fn map_rows<const N: usize, R: Send>(
+    out: &mut [bf16],
+    width: usize,
+    inputs: [&[bf16]; N],
+    f: impl Fn(&mut [f32], [&[f32]; N]) -> R + Sync,
+) -> Vec<R> {
+    let rows = rows_per_task(width);
+    out.par_chunks_mut(rows * width)
+        .enumerate()
+        .map(|(task, out)| {
+            let range = task * rows * width..task * rows * width + out.len();
+            let widened: [Vec<f32>; N] = inputs.map(|x| {
+                x[range.clone()]
+                    .iter()
+                    .map(|v| f32::from_bits((v.to_bits() as u32) << 16))
+                    .collect()
+            });
+            let mut y = vec![0.0f32; out.len()];
+            let result = f(&mut y, std::array::from_fn(|i| widened[i].as_slice()));
+            out.iter_mut().zip(&y).for_each(|(o, &v)| *o = round(v));
+            result
+        })
+        .collect()
+}
+
 /// A new f32 vector holding `src` widened.
 pub fn widened(src: &[bf16]) -> Vec<f32> {
     let mut out = vec![0.0; src.len()];

@@ -2,10 +2,10 @@
 
 use rayon::prelude::*;
 
-use super::{CpuBackend, activation, gelu, write_activation};
+use super::{CpuBackend, activation, bf16s, bf16s_mut, cast, gelu, write_activation};
 use crate::error::Result;
 use crate::ops::elementwise::ElementwiseKernels;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 const CHUNK: usize = 4096;
 
@@ -31,11 +31,25 @@ impl ElementwiseKernels for CpuBackend {
     }
 
     fn gelu_forward_into(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
+        if x.dtype() == DType::BF16 {
+            let x = bf16s(x, "gelu input")?;
+            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [x], |y, [x]| {
+                gelu::forward(y, x)
+            });
+            return Ok(());
+        }
         let x = activation(x, "gelu input")?;
         write_activation(y, "gelu output", false, |y| gelu::forward(y, &x))
     }
 
     fn gelu_backward_into(&self, dy: &Tensor, x: &Tensor, dx: &mut Tensor) -> Result<()> {
+        if x.dtype() == DType::BF16 {
+            let (dy, x) = (bf16s(dy, "gelu dy")?, bf16s(x, "gelu input")?);
+            cast::map_rows(bf16s_mut(dx, "gelu dx")?, 1, [dy, x], |dx, [dy, x]| {
+                gelu::backward(dx, dy, x)
+            });
+            return Ok(());
+        }
         let (dy, x) = (activation(dy, "gelu dy")?, activation(x, "gelu input")?);
         write_activation(dx, "gelu dx", false, |dx| gelu::backward(dx, &dy, &x))
     }

@@ -1,11 +1,14 @@
 //! LayerNorm over the last axis: `y = (x - mean) * rstd * weight + bias`, `rstd = 1/sqrt(var+eps)`
 //! with the biased variance, as `torch.nn.LayerNorm`. Row sums run in vector lanes (see [`lane_sum`]).
 
-use super::{CpuBackend, activation, f32s, f32s_mut, param, params_mut, write_activation};
+use super::{
+    CpuBackend, activation, bf16s, bf16s_mut, cast, f32s, f32s_mut, param, params_mut,
+    write_activation,
+};
 use crate::backend::{LayerNormOut, Param};
 use crate::error::Result;
 use crate::ops::layernorm::LayerNormKernels;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::reduce::sum_over_row_blocks;
@@ -161,6 +164,53 @@ pub fn backward(
     dbias.iter_mut().zip(db).for_each(|(g, d)| *g += d);
 }
 
+/// The forward in bf16, a cache-sized block of rows at a time ([`cast::map_rows`]): the sum with
+/// the residual rounded into `sum` first, then LayerNorm of the sum as stored (the values backward
+/// sees as its input), its statistics in f32.
+fn forward_bf16(
+    x: &Tensor,
+    residual: Option<(&Tensor, &mut Tensor)>,
+    weight: &[f32],
+    bias: &[f32],
+    eps: f32,
+    out: &mut LayerNormOut,
+) -> Result<()> {
+    let c = weight.len();
+    let mut input = bf16s(x, "layernorm input")?;
+    if let Some((r, sum)) = residual {
+        let sum = bf16s_mut(sum, "add output")?;
+        cast::map_rows(sum, c, [input, bf16s(r, "add")?], |s, [a, b]| {
+            s.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(s, (a, b))| *s = a + b)
+        });
+        input = &*sum;
+    }
+    let blocks = cast::map_rows(
+        bf16s_mut(&mut out.y, "layernorm output")?,
+        c,
+        [input],
+        |y, [x]| {
+            let rows = x.len() / c;
+            let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+            forward(y, &mut mean, &mut rstd, x, weight, bias, eps);
+            (mean, rstd)
+        },
+    );
+    let (mean, rstd) = (
+        f32s_mut(&mut out.mean, "layernorm mean")?,
+        f32s_mut(&mut out.rstd, "layernorm rstd")?,
+    );
+    let (mut at_mean, mut at_rstd) = (0, 0);
+    for (m, r) in blocks {
+        mean[at_mean..at_mean + m.len()].copy_from_slice(&m);
+        rstd[at_rstd..at_rstd + r.len()].copy_from_slice(&r);
+        at_mean += m.len();
+        at_rstd += r.len();
+    }
+    Ok(())
+}
+
 impl LayerNormKernels for CpuBackend {
     fn layernorm_forward_into(
         &self,
@@ -173,6 +223,9 @@ impl LayerNormKernels for CpuBackend {
         out: &mut LayerNormOut,
     ) -> Result<()> {
         let p = f32s(params, "parameters")?;
+        if x.dtype() == DType::BF16 {
+            return forward_bf16(x, residual, param(p, weight), param(p, bias), eps, out);
+        }
         let x = activation(x, "layernorm input")?;
         // With a residual, LayerNorm's input is the sum, written first and read back as stored
         // (rounded, in bf16): the values backward will see as this LayerNorm's input.

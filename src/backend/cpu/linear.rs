@@ -15,6 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
+use super::operand::GemmOperand;
 
 use super::gemm::{MatLayout, matmul};
 use super::reduce::sum_over_row_blocks;
@@ -102,27 +103,26 @@ fn forward_bf16(
     );
 }
 
-/// The bf16 backward from the f32 `dz` (`dy`, or `dy GELU'(z)`): `dz` is rounded to bf16 as the
-/// GEMM operand it is on the GPU, `db` sums the f32 values, and the products accumulate in f32.
+/// The bf16 backward from `dz` (`dy`, or `dy GELU'(z)` rounded to bf16, the GEMM operand it is on
+/// the GPU); `db` sums its values in f32, and the products accumulate in f32.
 #[allow(clippy::too_many_arguments)]
 fn backward_bf16(
     kernel: Bf16Gemm,
     dx: &mut [f32],
     dweight: &mut [f32],
     dbias: &mut [f32],
-    dz: &[f32],
+    dz16: &[bf16],
     x: &[bf16],
     weight: &[bf16],
 ) {
     let out = dbias.len();
-    let n = dz.len() / out;
+    let n = dz16.len() / out;
     let inp = x.len() / n.max(1);
-    let dz16 = cast::narrowed(dz);
     matmul_bf16(
         kernel,
         dx,
         MatLayout::row_major(n, inp),
-        &dz16,
+        dz16,
         MatLayout::row_major(n, out),
         weight,
         MatLayout::row_major(out, inp),
@@ -134,7 +134,7 @@ fn backward_bf16(
         kernel,
         dweight,
         MatLayout::row_major(out, inp),
-        &dz16,
+        dz16,
         MatLayout::row_major(n, out).t(),
         x,
         MatLayout::row_major(n, inp),
@@ -142,15 +142,18 @@ fn backward_bf16(
         true,
         true,
     );
-    add_column_sums(dbias, dz, n);
+    add_column_sums(dbias, dz16, n);
 }
 
-/// `db += sum_rows dz`, in fixed row blocks (see `reduce`).
-fn add_column_sums(dbias: &mut [f32], dz: &[f32], n: usize) {
+/// `db += sum_rows dz`, in f32 and fixed row blocks (see `reduce`).
+fn add_column_sums<T: GemmOperand>(dbias: &mut [f32], dz: &[T], n: usize) {
     let out = dbias.len();
     let db = sum_over_row_blocks(n, out, |first, count, partial| {
         for row in dz[first * out..(first + count) * out].chunks(out) {
-            partial.iter_mut().zip(row).for_each(|(a, d)| *a += d);
+            partial
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, d)| *a += d.to_f32());
         }
     });
     dbias.iter_mut().zip(&db).for_each(|(g, d)| *g += d);
@@ -197,8 +200,7 @@ impl LinearKernels for CpuBackend {
         y: &mut Tensor,
     ) -> Result<()> {
         if x.dtype() == DType::BF16 {
-            // z = x W^T + b in f32, rounded into z; GELU of the same f32 values rounded into y
-            // (one f32 buffer, not z widened back).
+            // z = x W^T + b in f32, rounded into z.
             let inp = x.shape().last().copied().unwrap_or(0);
             let b = param(f32s(weights.values, "parameters")?, bias);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
@@ -213,10 +215,13 @@ impl LinearKernels for CpuBackend {
                 inp,
                 true,
             );
-            cast::narrow(bf16s_mut(z, "linear output")?, &acc);
-            let mut activated = vec![0.0f32; acc.len()];
-            gelu::forward(&mut activated, &acc);
-            cast::narrow(bf16s_mut(y, "gelu output")?, &activated);
+            let z = bf16s_mut(z, "linear output")?;
+            cast::narrow(z, &acc);
+            drop(acc);
+            // y = GELU(z) from z as stored, as the GPU's pass after its GEMM computes it.
+            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [&*z], |y, [z]| {
+                gelu::forward(y, z)
+            });
             return Ok(());
         }
         self.linear_forward_into(x, weights, weight, bias, z)?;
@@ -235,6 +240,25 @@ impl LinearKernels for CpuBackend {
         bias: Param,
         dx: &mut Tensor,
     ) -> Result<()> {
+        if x.dtype() == DType::BF16 {
+            let dy = bf16s(dy, "linear dy")?;
+            // dz = dy GELU'(z) rounded to bf16, a cache-sized block at a time; else dy itself.
+            let dz = match gelu_input {
+                Some(z) => {
+                    let mut dz = vec![bf16::ZERO; dy.len()];
+                    let z = bf16s(z, "gelu input")?;
+                    cast::map_rows(&mut dz, 1, [dy, z], |dz, [dy, z]| gelu::backward(dz, dy, z));
+                    Cow::Owned(dz)
+                }
+                None => Cow::Borrowed(dy),
+            };
+            let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
+            let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
+            let x = bf16s(x, "linear input")?;
+            return write_activation(dx, "linear dx", false, |dx| {
+                backward_bf16(self.bf16_gemm, dx, dw, db, &dz, x, w)
+            });
+        }
         let dy = activation(dy, "linear dy")?;
         // dz = dy GELU'(z) for the feed-forward layer's GELU, else dy itself.
         let dz = match gelu_input {
@@ -246,13 +270,6 @@ impl LinearKernels for CpuBackend {
             None => dy,
         };
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
-        if x.dtype() == DType::BF16 {
-            let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
-            let x = bf16s(x, "linear input")?;
-            return write_activation(dx, "linear dx", false, |dx| {
-                backward_bf16(self.bf16_gemm, dx, dw, db, &dz, x, w)
-            });
-        }
         backward(
             f32s_mut(dx, "linear dx")?,
             dw,
