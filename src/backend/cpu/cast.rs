@@ -49,12 +49,14 @@ fn rows_per_task(width: usize) -> usize {
 /// widens its rows of every input into scratch, runs `f` (an f32 slice kernel) on them with its
 /// rows of `out` as f32 scratch, and rounds that into `out`. Unlike widening whole tensors, no
 /// tensor-sized f32 buffer is allocated (a fresh one costs a page fault per 4 KiB) and the scratch
-/// stays in L2. What `f` returns for each block (per-row statistics, say) comes back in row order.
+/// stays in L2. `f` gets the index of the block's first row (for per-row inputs), and what it
+/// returns for each block (per-row statistics, partial sums) comes back in row order. The blocks
+/// depend only on `width`, never on the thread count, so sums over them round the same every run.
 pub fn map_rows<const N: usize, R: Send>(
     out: &mut [bf16],
     width: usize,
     inputs: [&[bf16]; N],
-    f: impl Fn(&mut [f32], [&[f32]; N]) -> R + Sync,
+    f: impl Fn(usize, &mut [f32], [&[f32]; N]) -> R + Sync,
 ) -> Vec<R> {
     let rows = rows_per_task(width);
     out.par_chunks_mut(rows * width)
@@ -68,7 +70,12 @@ pub fn map_rows<const N: usize, R: Send>(
                     .collect()
             });
             let mut y = vec![0.0f32; out.len()];
-            let result = f(&mut y, std::array::from_fn(|i| widened[i].as_slice()));
+            let first_row = task * rows;
+            let result = f(
+                first_row,
+                &mut y,
+                std::array::from_fn(|i| widened[i].as_slice()),
+            );
             out.iter_mut().zip(&y).for_each(|(o, &v)| *o = round(v));
             result
         })

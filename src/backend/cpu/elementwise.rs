@@ -33,7 +33,7 @@ impl ElementwiseKernels for CpuBackend {
     fn gelu_forward_into(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
         if x.dtype() == DType::BF16 {
             let x = bf16s(x, "gelu input")?;
-            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [x], |y, [x]| {
+            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [x], |_, y, [x]| {
                 gelu::forward(y, x)
             });
             return Ok(());
@@ -45,7 +45,7 @@ impl ElementwiseKernels for CpuBackend {
     fn gelu_backward_into(&self, dy: &Tensor, x: &Tensor, dx: &mut Tensor) -> Result<()> {
         if x.dtype() == DType::BF16 {
             let (dy, x) = (bf16s(dy, "gelu dy")?, bf16s(x, "gelu input")?);
-            cast::map_rows(bf16s_mut(dx, "gelu dx")?, 1, [dy, x], |dx, [dy, x]| {
+            cast::map_rows(bf16s_mut(dx, "gelu dx")?, 1, [dy, x], |_, dx, [dy, x]| {
                 gelu::backward(dx, dy, x)
             });
             return Ok(());

@@ -179,7 +179,7 @@ fn forward_bf16(
     let mut input = bf16s(x, "layernorm input")?;
     if let Some((r, sum)) = residual {
         let sum = bf16s_mut(sum, "add output")?;
-        cast::map_rows(sum, c, [input, bf16s(r, "add")?], |s, [a, b]| {
+        cast::map_rows(sum, c, [input, bf16s(r, "add")?], |_, s, [a, b]| {
             s.iter_mut()
                 .zip(a.iter().zip(b))
                 .for_each(|(s, (a, b))| *s = a + b)
@@ -190,7 +190,7 @@ fn forward_bf16(
         bf16s_mut(&mut out.y, "layernorm output")?,
         c,
         [input],
-        |y, [x]| {
+        |_, y, [x]| {
             let rows = x.len() / c;
             let (mut mean, mut rstd) = (vec![0.0f32; rows], vec![0.0f32; rows]);
             forward(y, &mut mean, &mut rstd, x, weight, bias, eps);
@@ -264,11 +264,30 @@ impl LayerNormKernels for CpuBackend {
     ) -> Result<()> {
         let w = param(f32s(params, "parameters")?, weight);
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
+        let (mean, rstd) = (f32s(mean, "layernorm mean")?, f32s(rstd, "layernorm rstd")?);
+        if x.dtype() == DType::BF16 {
+            // A cache-sized block of rows at a time: each block's dx, and its partial sums of
+            // dweight and dbias, which are then added in row order.
+            let c = w.len();
+            let inputs = [bf16s(dy, "layernorm dy")?, bf16s(x, "layernorm input")?];
+            let dx = bf16s_mut(dx, "layernorm dx")?;
+            let partials = cast::map_rows(dx, c, inputs, |first, dx, [dy, x]| {
+                let rows = x.len() / c;
+                let (mut pw, mut pb) = (vec![0.0f32; c], vec![0.0f32; c]);
+                let (m, r) = (&mean[first..first + rows], &rstd[first..first + rows]);
+                backward(dx, &mut pw, &mut pb, dy, x, m, r, w);
+                (pw, pb)
+            });
+            for (pw, pb) in partials {
+                dw.iter_mut().zip(&pw).for_each(|(g, p)| *g += p);
+                db.iter_mut().zip(&pb).for_each(|(g, p)| *g += p);
+            }
+            return Ok(());
+        }
         let (dy, x) = (
             activation(dy, "layernorm dy")?,
             activation(x, "layernorm input")?,
         );
-        let (mean, rstd) = (f32s(mean, "layernorm mean")?, f32s(rstd, "layernorm rstd")?);
         write_activation(dx, "layernorm dx", false, |dx| {
             backward(dx, dw, db, &dy, &x, mean, rstd, w)
         })

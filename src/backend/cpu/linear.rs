@@ -219,7 +219,7 @@ impl LinearKernels for CpuBackend {
             cast::narrow(z, &acc);
             drop(acc);
             // y = GELU(z) from z as stored, as the GPU's pass after its GEMM computes it.
-            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [&*z], |y, [z]| {
+            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [&*z], |_, y, [z]| {
                 gelu::forward(y, z)
             });
             return Ok(());
@@ -247,7 +247,9 @@ impl LinearKernels for CpuBackend {
                 Some(z) => {
                     let mut dz = vec![bf16::ZERO; dy.len()];
                     let z = bf16s(z, "gelu input")?;
-                    cast::map_rows(&mut dz, 1, [dy, z], |dz, [dy, z]| gelu::backward(dz, dy, z));
+                    cast::map_rows(&mut dz, 1, [dy, z], |_, dz, [dy, z]| {
+                        gelu::backward(dz, dy, z)
+                    });
                     Cow::Owned(dz)
                 }
                 None => Cow::Borrowed(dy),
