@@ -124,15 +124,7 @@ mod tests {
     use super::*;
 
     fn logits(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 * 20.0 - 10.0
-            })
-            .collect()
+        crate::backend::cpu::test_inputs::uniform(n, seed, -10.0, 10.0)
     }
 
     /// The loss sum and gradient with every exponential in f64.

@@ -147,15 +147,7 @@ mod tests {
     }
 
     fn inputs(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+        crate::backend::cpu::test_inputs::uniform(n, seed, -0.5, 0.5)
     }
 
     fn bits(v: &[f32]) -> Vec<u32> {

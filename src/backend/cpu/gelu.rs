@@ -122,15 +122,7 @@ mod tests {
 
     /// Random inputs, including ones past the ends of each approximation.
     fn inputs(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 24.0
-            })
-            .collect()
+        crate::backend::cpu::test_inputs::uniform(n, seed, -12.0, 12.0)
     }
 
     /// Every instruction-set copy gives the scalar function's bits, over lengths that leave

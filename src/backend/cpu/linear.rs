@@ -14,20 +14,29 @@ use crate::tensor::{DType, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
-use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
+use super::gemm_bf16::Bf16Gemm;
 use super::operand::GemmOperand;
 
-use super::gemm::{MatLayout, matmul};
+use super::gemm::MatLayout;
 use super::reduce::sum_over_row_blocks;
 
-/// `x`: `[n, in]`, `y`: `[n, out]`.
-pub fn forward(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], inp: usize) {
+/// `y = x W^T + b`, `x` `[n, in]` and `y` `[n, out]`: f32 operands, or bf16 ones in mixed
+/// precision (`kernel` picks the bf16 GEMM); products and `y` in f32 either way.
+pub fn forward<T: GemmOperand>(
+    kernel: Bf16Gemm,
+    y: &mut [f32],
+    x: &[T],
+    weight: &[T],
+    bias: &[f32],
+    inp: usize,
+) {
     let out = bias.len();
     let n = x.len() / inp;
     // Start from the bias, then let the GEMM accumulate the product on top.
     y.par_chunks_mut(out)
         .for_each(|row| row.copy_from_slice(bias));
-    matmul(
+    T::matmul(
+        kernel,
         y,
         MatLayout::row_major(n, out),
         x,
@@ -40,89 +49,26 @@ pub fn forward(y: &mut [f32], x: &[f32], weight: &[f32], bias: &[f32], inp: usiz
     );
 }
 
-/// `dx = dy W`, `dW += dy^T x`, `db += sum_rows dy`.
-pub fn backward(
-    dx: &mut [f32],
-    dweight: &mut [f32],
-    dbias: &mut [f32],
-    dy: &[f32],
-    x: &[f32],
-    weight: &[f32],
-) {
-    let out = dbias.len();
-    let n = dy.len() / out;
-    let inp = x.len() / n.max(1);
-    matmul(
-        dx,
-        MatLayout::row_major(n, inp),
-        dy,
-        MatLayout::row_major(n, out),
-        weight,
-        MatLayout::row_major(out, inp),
-        1.0,
-        false,
-        true,
-    );
-    matmul(
-        dweight,
-        MatLayout::row_major(out, inp),
-        dy,
-        MatLayout::row_major(n, out).t(),
-        x,
-        MatLayout::row_major(n, inp),
-        1.0,
-        true,
-        true,
-    );
-    add_column_sums(dbias, dy, n);
-}
-
-/// `dst[n, out] = x[n, in] W^T` with bf16 operands, f32 results (added to `dst` when
-/// `accumulate`).
-fn forward_bf16(
-    kernel: Bf16Gemm,
-    dst: &mut [f32],
-    x: &[bf16],
-    weight: &[bf16],
-    inp: usize,
-    accumulate: bool,
-) {
-    let out = weight.len() / inp;
-    let n = x.len() / inp;
-    matmul_bf16(
-        kernel,
-        dst,
-        MatLayout::row_major(n, out),
-        x,
-        MatLayout::row_major(n, inp),
-        weight,
-        MatLayout::row_major(out, inp).t(),
-        1.0,
-        accumulate,
-        true,
-    );
-}
-
-/// The bf16 backward from `dz` (`dy`, or `dy GELU'(z)` rounded to bf16, the GEMM operand it is on
-/// the GPU); `db` sums its values in f32, and the products accumulate in f32.
+/// `dx = dz W`, `dW += dz^T x`, `db += sum_rows dz`, with `dz` the layer's output gradient (in
+/// mixed precision rounded to bf16, the GEMM operand it is on the GPU); `db` sums in f32.
 #[allow(clippy::too_many_arguments)]
-fn backward_bf16(
+pub fn backward<T: GemmOperand>(
     kernel: Bf16Gemm,
     dx: &mut [f32],
     dweight: &mut [f32],
     dbias: &mut [f32],
-    dz16: &[bf16],
-    x: &[bf16],
-    weight: &[bf16],
+    dz: &[T],
+    x: &[T],
+    weight: &[T],
 ) {
     let out = dbias.len();
-    let n = dz16.len() / out;
+    let n = dz.len() / out;
     let inp = x.len() / n.max(1);
-    matmul_bf16(
+    T::matmul(
         kernel,
         dx,
         MatLayout::row_major(n, inp),
-        dz16,
+        dz,
         MatLayout::row_major(n, out),
         weight,
         MatLayout::row_major(out, inp),
@@ -130,11 +76,11 @@ fn backward_bf16(
         false,
         true,
     );
-    matmul_bf16(
+    T::matmul(
         kernel,
         dweight,
         MatLayout::row_major(out, inp),
-        dz16,
+        dz,
         MatLayout::row_major(n, out).t(),
         x,
         MatLayout::row_major(n, inp),
@@ -142,7 +88,7 @@ fn backward_bf16(
         true,
         true,
     );
-    add_column_sums(dbias, dz16, n);
+    add_column_sums(dbias, dz, n);
 }
 
 /// `db += sum_rows dz`, in f32 and fixed row blocks (see `reduce`).
@@ -173,14 +119,13 @@ impl LinearKernels for CpuBackend {
         if x.dtype() == DType::BF16 {
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
-            // Start from the bias, accumulate the product in f32, round once.
+            // The bias and the product in f32, rounded once.
             return write_activation(y, "linear output", false, |y| {
-                y.par_chunks_mut(b.len())
-                    .for_each(|row| row.copy_from_slice(b));
-                forward_bf16(self.bf16_gemm, y, x, w, inp, true);
+                forward(self.bf16_gemm, y, x, w, b, inp)
             });
         }
         forward(
+            self.bf16_gemm,
             f32s_mut(y, "linear output")?,
             f32s(x, "linear input")?,
             param(f32s(weights.gemm, "GEMM weights")?, weight),
@@ -205,16 +150,8 @@ impl LinearKernels for CpuBackend {
             let b = param(f32s(weights.values, "parameters")?, bias);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let mut acc = vec![0.0f32; z.numel()];
-            acc.par_chunks_mut(b.len())
-                .for_each(|row| row.copy_from_slice(b));
-            forward_bf16(
-                self.bf16_gemm,
-                &mut acc,
-                bf16s(x, "linear input")?,
-                w,
-                inp,
-                true,
-            );
+            let x = bf16s(x, "linear input")?;
+            forward(self.bf16_gemm, &mut acc, x, w, b, inp);
             let z = bf16s_mut(z, "linear output")?;
             cast::narrow(z, &acc);
             drop(acc);
@@ -258,7 +195,7 @@ impl LinearKernels for CpuBackend {
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
             return write_activation(dx, "linear dx", false, |dx| {
-                backward_bf16(self.bf16_gemm, dx, dw, db, &dz, x, w)
+                backward(self.bf16_gemm, dx, dw, db, &dz, x, w)
             });
         }
         let dy = activation(dy, "linear dy")?;
@@ -273,6 +210,7 @@ impl LinearKernels for CpuBackend {
         };
         let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
         backward(
+            self.bf16_gemm,
             f32s_mut(dx, "linear dx")?,
             dw,
             db,

@@ -28,6 +28,8 @@ pub(crate) mod reduce;
 mod row_exp;
 mod rows;
 mod simd;
+#[cfg(test)]
+mod test_inputs;
 
 pub use cross_entropy::IGNORE_INDEX;
 
