@@ -19,7 +19,7 @@ use undertale_maskedlm::{
 
 mod common;
 
-use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, ODD_VOCAB as VOCAB, odd_config};
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config};
 
 /// Whether this CPU runs bf16; prints why a test skips when it does not.
 fn cpu_has_bf16() -> bool {
@@ -29,31 +29,6 @@ fn cpu_has_bf16() -> bool {
     }
     ok
 }
-
-/// Padded rows with `[NEXT]` separators and random lengths, one of a single token.
-fn batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) {
-    let (mut tokens, mut mask) = (Vec::new(), Vec::new());
-    for r in 0..rows {
-        let len = if r == rows - 1 {
-            1
-        } else {
-            rng.random_range(seq / 2..=seq)
-        };
-        for j in 0..seq {
-            let token = if j >= len {
-                0
-            } else if rng.random::<f32>() < 0.2 {
-                NEXT
-            } else {
-                rng.random_range(6..VOCAB as i32)
-            };
-            tokens.push(token);
-            mask.push(i32::from(j < len));
-        }
-    }
-    (tokens, mask)
-}
-
 /// The largest difference against the largest magnitude of `want`, for a relative bound.
 fn worst_relative(got: &[f32], want: &[f32]) -> f32 {
     assert_eq!(got.len(), want.len());
@@ -127,7 +102,7 @@ fn assert_passes_agree(what: &str, model: &Model, got: &Pass, want: &Pass) {
 fn random_batch(seed: u64) -> (Vec<i32>, Vec<i32>, Vec<i32>, [usize; 2]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let s = odd_config().sequence_length;
-    let (tokens, mask) = batch(&mut rng, 4, s);
+    let (tokens, mask) = odd_batch(&mut rng, 4, s);
     let labels = tokens
         .iter()
         .zip(&mask)

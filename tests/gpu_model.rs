@@ -15,34 +15,7 @@ use undertale_maskedlm::{
 
 mod common;
 
-use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, ODD_VOCAB as VOCAB, odd_config as config};
-
-/// A padded batch with `[NEXT]` separators, one row of a single token.
-fn batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) {
-    let mut tokens = Vec::new();
-    let mut mask = Vec::new();
-    for r in 0..rows {
-        let len = if r == rows - 1 {
-            1
-        } else {
-            rng.random_range(seq / 2..=seq)
-        };
-        for j in 0..seq {
-            let real = j < len;
-            let token = if !real {
-                0
-            } else if rng.random::<f32>() < 0.2 {
-                NEXT
-            } else {
-                rng.random_range(6..VOCAB as i32)
-            };
-            tokens.push(token);
-            mask.push(i32::from(real));
-        }
-    }
-    (tokens, mask)
-}
-
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config as config};
 /// GPU 0 when it is usable; a failure instead of a skip under `MASKEDLM_REQUIRE_GPU=1`.
 fn real_gpu() -> Option<Device> {
     Device::gpu_for_checks().unwrap_or_else(|e| panic!("{e}"))
@@ -67,7 +40,7 @@ fn forward_and_backward_match(device: Device, precision: Precision, rel: f32) {
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let config = config();
     let (b, s) = (4, config.sequence_length);
-    let (tokens, mask) = batch(&mut rng, b, s);
+    let (tokens, mask) = odd_batch(&mut rng, b, s);
     let labels: Vec<i32> = tokens
         .iter()
         .zip(&mask)
@@ -149,7 +122,7 @@ fn forward_and_backward_match(device: Device, precision: Precision, rel: f32) {
 fn training_steps_match(device: Device, precision: Precision, rel: f32) {
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let config = config();
-    let (tokens, mask) = batch(&mut rng, 12, config.sequence_length);
+    let (tokens, mask) = odd_batch(&mut rng, 12, config.sequence_length);
     let examples: Vec<Example> = tokens
         .chunks(config.sequence_length)
         .zip(mask.chunks(config.sequence_length))
@@ -254,7 +227,7 @@ fn the_medium_model_on_a_real_gpu_matches_the_cpu() {
     let mut rng = ChaCha8Rng::seed_from_u64(8);
     let config = Config::new(Size::MEDIUM, 4096, NEXT, MASK);
     let seq = 128; // shorter than the 512 positions: the forward and the loss do not depend on it
-    let (tokens, mask) = batch(&mut rng, 4, seq);
+    let (tokens, mask) = odd_batch(&mut rng, 4, seq);
     let t = |v: &[i32]| Tensor::from_i32(&[4, seq], v.to_vec()).unwrap();
     let cpu = Model::new(config.clone(), Device::Cpu, 1).unwrap();
     for precision in [Precision::F32, Precision::Bf16] {

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
 use safetensors::{Dtype, SafeTensors};
 use undertale_maskedlm::Size;
 use undertale_maskedlm::model::Config;
@@ -25,6 +27,34 @@ pub fn odd_config() -> Config {
         sequence_length: 21,
     };
     Config::new(size, ODD_VOCAB, ODD_NEXT, ODD_MASK)
+}
+
+/// A padded batch for [`odd_config`]: `rows` rows of `seq` positions, real lengths from half to
+/// all of `seq` (the last row a single token), `[NEXT]` separators among random ordinary tokens.
+/// Returns the tokens and the attention mask.
+pub fn odd_batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut tokens = Vec::new();
+    let mut mask = Vec::new();
+    for r in 0..rows {
+        let len = if r == rows - 1 {
+            1
+        } else {
+            rng.random_range(seq / 2..=seq)
+        };
+        for j in 0..seq {
+            let real = j < len;
+            let token = if !real {
+                0
+            } else if rng.random::<f32>() < 0.2 {
+                ODD_NEXT
+            } else {
+                rng.random_range(6..ODD_VOCAB as i32)
+            };
+            tokens.push(token);
+            mask.push(i32::from(real));
+        }
+    }
+    (tokens, mask)
 }
 
 /// The tensors and config written by `scripts/reference.py`.
