@@ -19,7 +19,7 @@ use undertale_maskedlm::{
 
 mod common;
 
-use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config};
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config, odd_labels};
 
 /// Whether this CPU runs bf16; prints why a test skips when it does not.
 fn cpu_has_bf16() -> bool {
@@ -103,17 +103,7 @@ fn random_batch(seed: u64) -> (Vec<i32>, Vec<i32>, Vec<i32>, [usize; 2]) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let s = odd_config().sequence_length;
     let (tokens, mask) = odd_batch(&mut rng, 4, s);
-    let labels = tokens
-        .iter()
-        .zip(&mask)
-        .map(|(&t, &m)| {
-            if m == 1 && rng.random::<f32>() < 0.3 {
-                t
-            } else {
-                -100
-            }
-        })
-        .collect();
+    let labels = odd_labels(&mut rng, &tokens, &mask);
     (tokens, mask, labels, [4, s])
 }
 

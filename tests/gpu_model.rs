@@ -2,7 +2,7 @@
 //! steps (collator, dropout, AdamW, schedule). Runs on the emulated GPU everywhere; on a real GPU
 //! too when one is present (otherwise that test says why it skipped).
 
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use undertale_maskedlm::backend::cuda::emulator::ScheduleOrder;
 use undertale_maskedlm::data::Example;
@@ -15,7 +15,7 @@ use undertale_maskedlm::{
 
 mod common;
 
-use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config as config};
+use common::{ODD_MASK as MASK, ODD_NEXT as NEXT, odd_batch, odd_config as config, odd_labels};
 /// GPU 0 when it is usable; a failure instead of a skip under `MASKEDLM_REQUIRE_GPU=1`.
 fn real_gpu() -> Option<Device> {
     Device::gpu_for_checks().unwrap_or_else(|e| panic!("{e}"))
@@ -41,17 +41,7 @@ fn forward_and_backward_match(device: Device, precision: Precision, rel: f32) {
     let config = config();
     let (b, s) = (4, config.sequence_length);
     let (tokens, mask) = odd_batch(&mut rng, b, s);
-    let labels: Vec<i32> = tokens
-        .iter()
-        .zip(&mask)
-        .map(|(&t, &m)| {
-            if m == 1 && rng.random::<f32>() < 0.3 {
-                t
-            } else {
-                -100
-            }
-        })
-        .collect();
+    let labels = odd_labels(&mut rng, &tokens, &mask);
     let t = |v: &[i32]| Tensor::from_i32(&[b, s], v.to_vec()).unwrap();
     let cpu = Model::new(config.clone(), Device::Cpu, 11).unwrap();
     let gpu = Model::new(config, device, 11)

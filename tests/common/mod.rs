@@ -57,6 +57,22 @@ pub fn odd_batch(rng: &mut ChaCha8Rng, rows: usize, seq: usize) -> (Vec<i32>, Ve
     (tokens, mask)
 }
 
+/// Labels for a batch: each real position keeps its token as its label with probability 0.3; the
+/// rest are -100 (ignored).
+pub fn odd_labels(rng: &mut ChaCha8Rng, tokens: &[i32], mask: &[i32]) -> Vec<i32> {
+    tokens
+        .iter()
+        .zip(mask)
+        .map(|(&t, &m)| {
+            if m == 1 && rng.random::<f32>() < 0.3 {
+                t
+            } else {
+                -100
+            }
+        })
+        .collect()
+}
+
 /// The tensors and config written by `scripts/reference.py`.
 pub struct Fixture {
     pub config: Config,

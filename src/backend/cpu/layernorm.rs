@@ -12,7 +12,7 @@ use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::reduce::sum_over_row_blocks;
-use super::simd::{Level, multiversion};
+use super::simd::{Level, fold_lanes, multiversion};
 
 /// Lanes of the row sums: sixteen partial sums, added pairwise at the end, so the loop vectorises
 /// (an f32 sum taken in order cannot be reordered by the compiler). This is also more accurate
@@ -33,14 +33,7 @@ fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     for (l, (&a, &b)) in a_tail.iter().zip(b_tail).enumerate() {
         acc[l] += f(a, b);
     }
-    let mut half = LANES;
-    while half > 1 {
-        half /= 2;
-        for l in 0..half {
-            acc[l] += acc[l + half];
-        }
-    }
-    acc[0]
+    fold_lanes(acc)
 }
 
 multiversion! {

@@ -3,6 +3,7 @@
 //! order cannot be reordered by the compiler). The callers are the cross-entropy and top-k rows.
 
 use super::exp::exp;
+use super::simd::fold_lanes;
 
 const LANES: usize = 16;
 
@@ -32,19 +33,6 @@ fn term(v: f32, max: f32) -> f32 {
     }
 }
 
-/// Adds the `LANES` partial sums pairwise.
-#[inline(always)]
-fn fold(mut acc: [f64; LANES]) -> f64 {
-    let mut half = LANES;
-    while half > 1 {
-        half /= 2;
-        for l in 0..half {
-            acc[l] += acc[l + half];
-        }
-    }
-    acc[0]
-}
-
 /// `sum_i e^(x_i - max)`: f32 terms summed in f64, so the sum is as accurate as its terms.
 #[inline(always)]
 pub fn sum_exp(x: &[f32], max: f32) -> f64 {
@@ -58,7 +46,7 @@ pub fn sum_exp(x: &[f32], max: f32) -> f64 {
     for (l, &v) in chunks.remainder().iter().enumerate() {
         acc[l] += term(v, max) as f64;
     }
-    fold(acc)
+    fold_lanes(acc)
 }
 
 /// [`sum_exp`], also writing each term to `out` (as long as `x`).
@@ -81,5 +69,5 @@ pub fn sum_exp_into(out: &mut [f32], x: &[f32], max: f32) -> f64 {
         *o = term(v, max);
         acc[l] += *o as f64;
     }
-    fold(acc)
+    fold_lanes(acc)
 }

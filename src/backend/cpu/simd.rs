@@ -63,6 +63,21 @@ fn detect() -> Level {
 /// B) -> R` that runs `body` compiled for `level`, or for the best level this CPU has when that is
 /// lower (so asking for AVX-512 on an AVX2 machine is safe). Everything the body calls must be
 /// `#[inline(always)]` to be compiled with the copy's features.
+/// The sum of a kernel's lane-wise partial sums, added pairwise (lane l with lane l + n/2, halving
+/// until one is left): a fixed order, so the total rounds the same in every copy of the kernel.
+#[inline(always)]
+pub fn fold_lanes<T: Copy + std::ops::AddAssign, const N: usize>(mut acc: [T; N]) -> T {
+    let mut half = N;
+    while half > 1 {
+        half /= 2;
+        for l in 0..half {
+            let upper = acc[l + half];
+            acc[l] += upper;
+        }
+    }
+    acc[0]
+}
+
 macro_rules! multiversion {
     ($(#[$attr:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$attr])*
