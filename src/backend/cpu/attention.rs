@@ -1,10 +1,21 @@
-//! Multi-head attention over variable-length sequences with a key-padding mask, one (sequence,
-//! head) pair per rayon task, longest first.
+//! Multi-head attention over variable-length sequences with a key-padding mask.
 //!
 //! For head h of sequence b, with `q, k, v` the `[S, d]` slices of the fused QKV activation:
 //! `P = softmax(q k^T / sqrt(d) + mask)`, `out = P v`, where masked keys get -inf. Forward saves
 //! only the log-sum-exp of each score row; backward rebuilds `P = exp(s - lse)` from it, the same
 //! recomputation FlashAttention does, so the `[S, S]` probabilities are never stored.
+//!
+//! The work is cut as FlashAttention-2 cuts it, for a CPU's caches instead of shared memory:
+//! - Forward runs one task per block of `QUERY_BLOCK` query rows of a sequence, over every head:
+//!   scores `[96, S]` (192 KiB in f32 at S = 512) stay in L2 from the `q k^T` GEMM through the
+//!   softmax to the `P v` GEMM, and the task writes its rows of `out` in place. A sequence of 512
+//!   gives six tasks, so even a batch of one keeps every core busy.
+//! - Backward runs one task per (sequence, head), walking its query blocks: `dV` and `dK` sum over
+//!   every query, so they stay in one task's hands (no atomics), and the `[96, S]` P and dP blocks
+//!   again stay in L2 instead of being `[S, S]` matrices in memory.
+//! - Each rayon worker keeps its scratch buffers across tasks, so the hot loop allocates nothing.
+//! - The softmax, the rebuilt P and dS are vector loops compiled per instruction set
+//!   ([`super::simd`]); the GEMMs run at full vector width on either operand type.
 //!
 //! In bf16 mixed precision the GEMMs take bf16 operands, as the GPU's tensor-core kernels do: q, k,
 //! v, dO as stored, and P and dS rounded to bf16 before they are multiplied; the softmax, its
@@ -18,16 +29,24 @@ use crate::ops::sequences::Sequences;
 use crate::tensor::{DType, Tensor};
 use rayon::prelude::*;
 
+use super::exp::exp;
+use super::gemm::MatLayout;
 use super::gemm_bf16::Bf16Gemm;
 use super::operand::GemmOperand;
-
-use super::exp::exp_in_place;
-use super::gemm::MatLayout;
+use super::row_exp::row_max;
+use super::simd::{Level, fold_lanes, multiversion};
 
 /// Shapes of one attention call.
 pub use crate::ops::checks::AttentionDims as Dims;
 
-/// Where one (sequence, head) pair's rows lie: `len` rows from row `start` of the token axis.
+/// Query rows per block: a multiple of the bf16 GEMM's 12-row register tile, and small enough
+/// that a `[QUERY_BLOCK, 512]` f32 score block (192 KiB) and its bf16 copy sit in L2 together.
+const QUERY_BLOCK: usize = 96;
+
+/// Lanes of the softmax's partial sums (one AVX-512 register of f32).
+const LANES: usize = 16;
+
+/// One (sequence, head) pair of the backward pass: `len` rows from row `start` of the token axis.
 #[derive(Debug, Clone, Copy)]
 struct Slice {
     start: usize,
@@ -35,29 +54,68 @@ struct Slice {
     head: usize,
 }
 
+/// One forward task: query rows `first..first + rows` of the sequence of `len` rows at `start`.
+#[derive(Debug, Clone, Copy)]
+struct QueryBlock {
+    start: usize,
+    len: usize,
+    first: usize,
+    rows: usize,
+}
+
+impl QueryBlock {
+    /// The block's first row on the token axis.
+    fn row(&self) -> usize {
+        self.start + self.first
+    }
+}
+
 impl Dims {
     fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
 
-    /// Offset of the slice's q (part 0), k (1) or v (2) in the fused QKV tensor.
-    fn qkv_offset(&self, at: Slice, part: usize) -> usize {
-        at.start * 3 * self.hidden() + part * self.hidden() + at.head * self.head_dim
+    /// Offset of row `row`'s q (part 0), k (1) or v (2) for `head` in the fused QKV tensor.
+    fn qkv_at(&self, row: usize, head: usize, part: usize) -> usize {
+        row * 3 * self.hidden() + part * self.hidden() + head * self.head_dim
     }
 
-    /// A head's `[len, d]` slice inside rows of width `3H` (qkv) or `H` (out).
-    fn head_view(&self, len: usize, row_width: usize) -> MatLayout {
-        MatLayout::strided(len, self.head_dim, row_width)
+    /// `rows` rows of one head's q, k or v: `[rows, d]` inside rows of width `3H`.
+    fn qkv_rows(&self, rows: usize) -> MatLayout {
+        MatLayout::strided(rows, self.head_dim, 3 * self.hidden())
     }
+
+    /// `rows` rows of one head's slice of `out` or `dout`: `[rows, d]` inside rows of width `H`.
+    fn out_rows(&self, rows: usize) -> MatLayout {
+        MatLayout::strided(rows, self.head_dim, self.hidden())
+    }
+}
+
+/// The non-empty sequences, `(start, len)`, in row order.
+fn sequences(offsets: &[i32]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    offsets
+        .windows(2)
+        .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
+        .filter(|&(_, len)| len > 0)
+}
+
+/// Every sequence's query blocks, in row order.
+fn query_blocks(offsets: &[i32]) -> Vec<QueryBlock> {
+    sequences(offsets)
+        .flat_map(|(start, len)| {
+            (0..len).step_by(QUERY_BLOCK).map(move |first| QueryBlock {
+                start,
+                len,
+                first,
+                rows: QUERY_BLOCK.min(len - first),
+            })
+        })
+        .collect()
 }
 
 /// Every (sequence, head) pair, longest sequences first so the big tasks start early.
 fn slices(dims: &Dims, offsets: &[i32]) -> Vec<Slice> {
-    let mut sequences: Vec<(usize, usize)> = offsets
-        .windows(2)
-        .map(|w| (w[0] as usize, (w[1] - w[0]) as usize))
-        .filter(|&(_, len)| len > 0)
-        .collect();
+    let mut sequences: Vec<(usize, usize)> = sequences(offsets).collect();
     sequences.sort_by_key(|&(_, len)| std::cmp::Reverse(len));
     sequences
         .into_iter()
@@ -65,63 +123,110 @@ fn slices(dims: &Dims, offsets: &[i32]) -> Vec<Slice> {
         .collect()
 }
 
-/// The key mask of a slice's rows: the given one, or all real.
-fn keys_of<'m>(mask: Option<&'m [i32]>, at: Slice, ones: &'m [i32]) -> &'m [i32] {
-    match mask {
-        Some(m) => &m[at.start..][..at.len],
-        None => &ones[..at.len],
+/// The key mask of a sequence's rows (1 = real key), or empty when every key is real.
+fn keys_of(mask: Option<&[i32]>, start: usize, len: usize) -> &[i32] {
+    mask.map_or(&[], |m| &m[start..][..len])
+}
+
+/// A rayon worker's scratch, kept across its tasks: score and dP blocks in f32, and their GEMM
+/// operand copies (bf16 only; f32 blocks are their own operands).
+struct Workspace<T> {
+    scores: Vec<f32>,
+    dp: Vec<f32>,
+    operands: Vec<T>,
+}
+
+impl<T> Default for Workspace<T> {
+    fn default() -> Self {
+        Workspace {
+            scores: Vec::new(),
+            dp: Vec::new(),
+            operands: Vec::new(),
+        }
     }
 }
 
-/// `scores = q k^T / sqrt(d)` for one (sequence, head).
-fn scores<T: GemmOperand>(kernel: Bf16Gemm, dims: &Dims, qkv: &[T], at: Slice) -> Vec<f32> {
-    let s = at.len;
-    let view = dims.head_view(s, 3 * dims.hidden());
-    let mut scores = vec![0.0f32; s * s];
-    T::matmul(
-        kernel,
-        &mut scores,
-        MatLayout::row_major(s, s),
-        &qkv[dims.qkv_offset(at, 0)..],
-        view,
-        &qkv[dims.qkv_offset(at, 1)..],
-        view.t(),
-        1.0 / (dims.head_dim as f32).sqrt(),
-        false,
-        false,
-    );
-    scores
+/// The first `len` elements of `buffer`, grown if needed. The contents are stale: every caller
+/// overwrites them (a GEMM without accumulation) before reading.
+fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
 }
 
-/// Turns score rows into probabilities in place and returns each row's log-sum-exp. Masked keys
-/// get probability 0; a row with no valid key gets all zeros and `lse = -inf`.
-fn softmax_rows(scores: &mut [f32], key_mask: &[i32]) -> Vec<f32> {
-    let s = key_mask.len();
-    scores
-        .chunks_mut(s)
-        .map(|row| {
-            // Plain comparisons rather than f32::max keep these loops simple for the compiler.
-            let mut max = f32::NEG_INFINITY;
-            for (&x, &m) in row.iter().zip(key_mask) {
-                if m != 0 && x > max {
-                    max = x;
+/// `x[i] = e^(x[i] - max)` (0 for -inf), returning their sum: f32 terms added in f64 lanes
+/// (folded pairwise), so the sum is as accurate as its terms whatever the row's length.
+#[inline(always)]
+fn exp_shifted_in_place(row: &mut [f32], max: f32) -> f32 {
+    let mut acc = [0.0f64; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] = exp(c[l] - max);
+            acc[l] += c[l] as f64;
+        }
+    }
+    for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
+        *x = exp(*x - max);
+        acc[l] += *x as f64;
+    }
+    fold_lanes(acc) as f32
+}
+
+multiversion! {
+    /// Each `width`-long row of `scores` becomes its softmax over the real keys (`keys[j] != 0`,
+    /// or every key when `keys` is empty), and `lse[r]` the row's log-sum-exp. Masked keys get
+    /// probability exactly 0; a row with no real key becomes zeros with `lse = -inf`.
+    fn softmax_rows(scores: &mut [f32], width: usize, keys: &[i32], lse: &mut [f32]) {
+        for (row, lse) in scores.chunks_exact_mut(width).zip(lse.iter_mut()) {
+            if !keys.is_empty() {
+                for (x, &k) in row.iter_mut().zip(keys) {
+                    *x = if k != 0 { *x } else { f32::NEG_INFINITY };
                 }
             }
+            let max = row_max(row);
             if max == f32::NEG_INFINITY {
                 row.fill(0.0);
-                return f32::NEG_INFINITY;
+                *lse = f32::NEG_INFINITY;
+                continue;
             }
-            // Padding keys get e^-inf = 0; the exponentials run as one vectorised pass.
-            for (x, &m) in row.iter_mut().zip(key_mask) {
-                *x = if m != 0 { *x - max } else { f32::NEG_INFINITY };
-            }
-            exp_in_place(row);
-            let sum: f32 = row.iter().sum();
+            let sum = exp_shifted_in_place(row, max);
             let inv = 1.0 / sum;
             row.iter_mut().for_each(|x| *x *= inv);
-            max + sum.ln()
-        })
-        .collect()
+            *lse = max + sum.ln();
+        }
+    }
+}
+
+multiversion! {
+    /// Rebuilds probabilities from scores in place: `P[r, j] = e^(s[r, j] - lse[r])`, 0 at masked
+    /// keys and in rows with no real key (`lse = -inf`).
+    fn probabilities_from_lse(scores: &mut [f32], width: usize, keys: &[i32], lse: &[f32]) {
+        for (row, &l) in scores.chunks_exact_mut(width).zip(lse) {
+            if l == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            row.iter_mut().for_each(|x| *x = exp(*x - l));
+            if !keys.is_empty() {
+                for (x, &k) in row.iter_mut().zip(keys) {
+                    *x = if k != 0 { *x } else { 0.0 };
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// The softmax's backward in place: `dP[r, j]` becomes `dS[r, j] = P[r, j] (dP[r, j] - D[r])`.
+    fn softmax_backward_rows(dp: &mut [f32], p: &[f32], width: usize, d: &[f32]) {
+        for ((dp_row, p_row), &dr) in dp.chunks_exact_mut(width).zip(p.chunks_exact(width)).zip(d) {
+            for (x, &p) in dp_row.iter_mut().zip(p_row) {
+                *x = p * (*x - dr);
+            }
+        }
+    }
 }
 
 /// Returns `(out, lse)`: out `[tokens, H]`, lse `[heads, tokens]`. `offsets` delimit the
@@ -133,46 +238,80 @@ pub fn forward<T: GemmOperand>(
     offsets: &[i32],
     mask: Option<&[i32]>,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
-    let ones = vec![1i32; dims.max_len];
-    let work = slices(dims, offsets);
-    let per_head: Vec<(Vec<f32>, Vec<f32>)> = work
-        .par_iter()
-        .map(|&at| {
-            let s = at.len;
-            let mut p = scores(kernel, dims, qkv, at);
-            let lse = softmax_rows(&mut p, keys_of(mask, at, &ones));
-            let mut out = vec![0.0f32; s * d];
-            T::matmul(
-                kernel,
-                &mut out,
-                MatLayout::row_major(s, d),
-                &T::from_f32s(&p),
-                MatLayout::row_major(s, s),
-                &qkv[dims.qkv_offset(at, 2)..],
-                dims.head_view(s, 3 * hidden),
-                1.0,
-                false,
-                false,
-            );
-            (out, lse)
+    let (d, hidden, tokens, heads) = (dims.head_dim, dims.hidden(), dims.tokens, dims.heads);
+    let scale = 1.0 / (d as f32).sqrt();
+    let level = Level::best();
+    let blocks = query_blocks(offsets);
+
+    // Each block owns its rows of `out`: split them off in row order, so tasks write in place.
+    let mut out = vec![0.0f32; tokens * hidden];
+    let mut owned = Vec::with_capacity(blocks.len());
+    let (mut rest, mut rest_row) = (out.as_mut_slice(), 0);
+    for &block in &blocks {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut((block.row() - rest_row) * hidden);
+        let (rows, tail) = tail.split_at_mut(block.rows * hidden);
+        owned.push((block, rows));
+        (rest, rest_row) = (tail, block.row() + block.rows);
+    }
+
+    let block_lse: Vec<Vec<f32>> = owned
+        .into_par_iter()
+        .map_init(Workspace::<T>::default, |ws, (b, out_rows)| {
+            let keys = keys_of(mask, b.start, b.len);
+            let mut lse = vec![0.0f32; heads * b.rows];
+            for head in 0..heads {
+                // Scores [rows, len] = q k^T / sqrt(d), then their softmax in place.
+                let scores = scratch(&mut ws.scores, b.rows * b.len);
+                T::matmul(
+                    kernel,
+                    scores,
+                    MatLayout::row_major(b.rows, b.len),
+                    &qkv[dims.qkv_at(b.row(), head, 0)..],
+                    dims.qkv_rows(b.rows),
+                    &qkv[dims.qkv_at(b.start, head, 1)..],
+                    dims.qkv_rows(b.len).t(),
+                    scale,
+                    false,
+                    false,
+                );
+                softmax_rows(
+                    level,
+                    scores,
+                    b.len,
+                    keys,
+                    &mut lse[head * b.rows..][..b.rows],
+                );
+                // This head's columns of the block's output rows = P v.
+                T::matmul(
+                    kernel,
+                    &mut out_rows[head * d..],
+                    dims.out_rows(b.rows),
+                    T::operands_in(scores, &mut ws.operands),
+                    MatLayout::row_major(b.rows, b.len),
+                    &qkv[dims.qkv_at(b.start, head, 2)..],
+                    dims.qkv_rows(b.len),
+                    1.0,
+                    false,
+                    false,
+                );
+            }
+            lse
         })
         .collect();
 
-    let mut out = vec![0.0f32; tokens * hidden];
-    let mut lse = vec![0.0f32; dims.heads * tokens];
-    for (at, (head_out, head_lse)) in work.iter().zip(per_head) {
-        for i in 0..at.len {
-            out[(at.start + i) * hidden + at.head * d..][..d]
-                .copy_from_slice(&head_out[i * d..][..d]);
+    let mut lse = vec![0.0f32; heads * tokens];
+    for (b, values) in blocks.iter().zip(&block_lse) {
+        for head in 0..heads {
+            lse[head * tokens + b.row()..][..b.rows]
+                .copy_from_slice(&values[head * b.rows..][..b.rows]);
         }
-        lse[at.head * tokens + at.start..][..at.len].copy_from_slice(&head_lse);
     }
     (out, lse)
 }
 
 /// Returns dqkv `[tokens, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
-/// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`.
+/// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`,
+/// each computed a query block at a time (dV and dK summed over the blocks).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: GemmOperand>(
     kernel: Bf16Gemm,
@@ -186,89 +325,104 @@ pub fn backward<T: GemmOperand>(
 ) -> Vec<f32> {
     let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
     let scale = 1.0 / (d as f32).sqrt();
-    let ones = vec![1i32; dims.max_len];
+    let level = Level::best();
     let work = slices(dims, offsets);
     let per_head: Vec<[Vec<f32>; 3]> = work
         .par_iter()
-        .map(|&at| {
+        .map_init(Workspace::<T>::default, |ws, &at| {
             let s = at.len;
-            let qkv_view = dims.head_view(s, 3 * hidden);
-            let out_view = dims.head_view(s, hidden);
-            let key_mask = keys_of(mask, at, &ones);
+            let keys = keys_of(mask, at.start, s);
             let row_lse = &lse[at.head * tokens + at.start..][..s];
-            let mut p = scores(kernel, dims, qkv, at);
-            for (row, &l) in p.chunks_mut(s).zip(row_lse) {
-                for (x, &m) in row.iter_mut().zip(key_mask) {
-                    *x = if m != 0 && l != f32::NEG_INFINITY {
-                        *x - l
-                    } else {
-                        f32::NEG_INFINITY
-                    };
-                }
-                exp_in_place(row);
-            }
+            let q = &qkv[dims.qkv_at(at.start, at.head, 0)..];
+            let k = &qkv[dims.qkv_at(at.start, at.head, 1)..];
+            let v = &qkv[dims.qkv_at(at.start, at.head, 2)..];
             let dout_h = &dout[at.start * hidden + at.head * d..];
             let out_h = &out[at.start * hidden + at.head * d..];
-            let q = &qkv[dims.qkv_offset(at, 0)..];
-            let k = &qkv[dims.qkv_offset(at, 1)..];
-            let v = &qkv[dims.qkv_offset(at, 2)..];
+            let d_rows: Vec<f32> = (0..s)
+                .map(|i| {
+                    (0..d)
+                        .map(|c| dout_h[i * hidden + c].to_f32() * out_h[i * hidden + c].to_f32())
+                        .sum()
+                })
+                .collect();
 
-            let mut dv = vec![0.0f32; s * d];
+            let (mut dq, mut dk, mut dv) =
+                (vec![0.0f32; s * d], vec![0.0; s * d], vec![0.0; s * d]);
             let sd = MatLayout::row_major(s, d);
-            let ss = MatLayout::row_major(s, s);
-            let p_operand = T::from_f32s(&p);
-            T::matmul(
-                kernel,
-                &mut dv,
-                sd,
-                &p_operand,
-                ss.t(),
-                dout_h,
-                out_view,
-                1.0,
-                false,
-                false,
-            );
-            let mut dp = vec![0.0f32; s * s];
-            T::matmul(
-                kernel,
-                &mut dp,
-                ss,
-                dout_h,
-                out_view,
-                v,
-                qkv_view.t(),
-                1.0,
-                false,
-                false,
-            );
-            for i in 0..s {
-                let di: f32 = (0..d)
-                    .map(|c| dout_h[i * hidden + c].to_f32() * out_h[i * hidden + c].to_f32())
-                    .sum();
-                for j in 0..s {
-                    // dS overwrites dP in place.
-                    dp[i * s + j] = p[i * s + j] * (dp[i * s + j] - di);
-                }
+            for first in (0..s).step_by(QUERY_BLOCK) {
+                let rows = QUERY_BLOCK.min(s - first);
+                // dV and dK start at the first block's products and add the others'.
+                let accumulate = first > 0;
+                let block = MatLayout::row_major(rows, s);
+                let q_b = &q[first * 3 * hidden..];
+                let dout_b = &dout_h[first * hidden..];
+
+                let p = scratch(&mut ws.scores, rows * s);
+                T::matmul(
+                    kernel,
+                    p,
+                    block,
+                    q_b,
+                    dims.qkv_rows(rows),
+                    k,
+                    dims.qkv_rows(s).t(),
+                    scale,
+                    false,
+                    false,
+                );
+                probabilities_from_lse(level, p, s, keys, &row_lse[first..][..rows]);
+                T::matmul(
+                    kernel,
+                    &mut dv,
+                    sd,
+                    T::operands_in(p, &mut ws.operands),
+                    block.t(),
+                    dout_b,
+                    dims.out_rows(rows),
+                    1.0,
+                    accumulate,
+                    false,
+                );
+                let dp = scratch(&mut ws.dp, rows * s);
+                T::matmul(
+                    kernel,
+                    dp,
+                    block,
+                    dout_b,
+                    dims.out_rows(rows),
+                    v,
+                    dims.qkv_rows(s).t(),
+                    1.0,
+                    false,
+                    false,
+                );
+                softmax_backward_rows(level, dp, p, s, &d_rows[first..][..rows]);
+                let ds = T::operands_in(dp, &mut ws.operands);
+                T::matmul(
+                    kernel,
+                    &mut dq[first * d..],
+                    MatLayout::row_major(rows, d),
+                    ds,
+                    block,
+                    k,
+                    dims.qkv_rows(s),
+                    scale,
+                    false,
+                    false,
+                );
+                T::matmul(
+                    kernel,
+                    &mut dk,
+                    sd,
+                    ds,
+                    block.t(),
+                    q_b,
+                    dims.qkv_rows(rows),
+                    scale,
+                    accumulate,
+                    false,
+                );
             }
-            let ds = T::from_f32s(&dp);
-            let mut dq = vec![0.0f32; s * d];
-            T::matmul(
-                kernel, &mut dq, sd, &ds, ss, k, qkv_view, scale, false, false,
-            );
-            let mut dk = vec![0.0f32; s * d];
-            T::matmul(
-                kernel,
-                &mut dk,
-                sd,
-                &ds,
-                ss.t(),
-                q,
-                qkv_view,
-                scale,
-                false,
-                false,
-            );
             [dq, dk, dv]
         })
         .collect();
@@ -276,7 +430,7 @@ pub fn backward<T: GemmOperand>(
     let mut dqkv = vec![0.0f32; tokens * 3 * hidden];
     for (&at, parts) in work.iter().zip(per_head) {
         for (part, grad) in parts.iter().enumerate() {
-            let base = dims.qkv_offset(at, part);
+            let base = dims.qkv_at(at.start, at.head, part);
             for i in 0..at.len {
                 dqkv[base + i * 3 * hidden..][..d].copy_from_slice(&grad[i * d..][..d]);
             }

@@ -10,6 +10,8 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::simd::{Level, multiversion};
+
 /// Elements per rayon task: large enough that the split costs nothing next to the work.
 const CHUNK: usize = 1 << 14;
 
@@ -22,22 +24,44 @@ pub fn round(x: f32) -> bf16 {
     bf16::from_bits(if x.is_nan() { quiet_nan } else { rounded })
 }
 
+/// `x` widened to f32 (exact): its bits are the top half of the f32's.
+#[inline(always)]
+fn widen_one(x: bf16) -> f32 {
+    f32::from_bits((x.to_bits() as u32) << 16)
+}
+
+multiversion! {
+    /// `dst[i] = round(src[i])` on the calling thread, at the CPU's vector width.
+    pub fn narrow_slice(dst: &mut [bf16], src: &[f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = round(s);
+        }
+    }
+}
+
+multiversion! {
+    /// `dst[i] = src[i]` widened, on the calling thread, at the CPU's vector width.
+    pub fn widen_slice(dst: &mut [f32], src: &[bf16]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = widen_one(s);
+        }
+    }
+}
+
 /// `dst[i] = round(src[i])`.
 pub fn narrow(dst: &mut [bf16], src: &[f32]) {
+    let level = Level::best();
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &s)| *d = round(s)));
+        .for_each(|(d, s)| narrow_slice(level, d, s));
 }
 
 /// `dst[i] = src[i]` widened (exact).
 pub fn widen(dst: &mut [f32], src: &[bf16]) {
+    let level = Level::best();
     dst.par_chunks_mut(CHUNK)
         .zip(src.par_chunks(CHUNK))
-        .for_each(|(d, s)| {
-            d.iter_mut()
-                .zip(s)
-                .for_each(|(d, s)| *d = f32::from_bits((s.to_bits() as u32) << 16))
-        });
+        .for_each(|(d, s)| widen_slice(level, d, s));
 }
 
 /// Rows per task of [`map_rows`]: about `CHUNK` elements, at least one row.
@@ -59,15 +83,15 @@ pub fn map_rows<const N: usize, R: Send>(
     f: impl Fn(usize, &mut [f32], [&[f32]; N]) -> R + Sync,
 ) -> Vec<R> {
     let rows = rows_per_task(width);
+    let level = Level::best();
     out.par_chunks_mut(rows * width)
         .enumerate()
         .map(|(task, out)| {
             let range = task * rows * width..task * rows * width + out.len();
             let widened: [Vec<f32>; N] = inputs.map(|x| {
-                x[range.clone()]
-                    .iter()
-                    .map(|v| f32::from_bits((v.to_bits() as u32) << 16))
-                    .collect()
+                let mut w = vec![0.0f32; out.len()];
+                widen_slice(level, &mut w, &x[range.clone()]);
+                w
             });
             let mut y = vec![0.0f32; out.len()];
             let first_row = task * rows;
@@ -76,7 +100,7 @@ pub fn map_rows<const N: usize, R: Send>(
                 &mut y,
                 std::array::from_fn(|i| widened[i].as_slice()),
             );
-            out.iter_mut().zip(&y).for_each(|(o, &v)| *o = round(v));
+            narrow_slice(level, out, &y);
             result
         })
         .collect()
@@ -133,6 +157,29 @@ mod tests {
         let back = widened(&ours);
         for (b, w) in ours.iter().zip(&back) {
             assert!(b.is_nan() && w.is_nan() || b.to_f32() == *w);
+        }
+    }
+
+    /// Every instruction-set copy of the two conversions gives the same bits as the scalar rule.
+    #[test]
+    fn every_vector_level_converts_bit_for_bit() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let xs: Vec<f32> = (0..4099).map(|_| f32::from_bits(rng.random())).collect();
+        let want: Vec<u16> = xs.iter().map(|&x| round(x).to_bits()).collect();
+        for level in Level::supported() {
+            let mut narrowed = vec![bf16::from_bits(0x7fc1); xs.len()];
+            narrow_slice(level, &mut narrowed, &xs);
+            let got: Vec<u16> = narrowed.iter().map(|b| b.to_bits()).collect();
+            assert_eq!(got, want, "narrow at {level:?}");
+            let mut widened = vec![f32::NAN; xs.len()];
+            widen_slice(level, &mut widened, &narrowed);
+            for (w, b) in widened.iter().zip(&narrowed) {
+                assert_eq!(
+                    w.to_bits(),
+                    (b.to_bits() as u32) << 16,
+                    "widen at {level:?}"
+                );
+            }
         }
     }
 }

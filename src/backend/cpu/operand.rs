@@ -2,13 +2,12 @@
 //! either way, so an op written over `T: GemmOperand` is the same code in both precisions; only
 //! its GEMMs' inputs (and what it rounds before a GEMM) change.
 
-use std::borrow::Cow;
-
 use half::bf16;
 
 use super::cast;
 use super::gemm::{MatLayout, matmul};
 use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
+use super::simd::Level;
 
 pub trait GemmOperand: Copy + Send + Sync + 'static {
     /// `dst = scale * a @ b` (or `+=` when `accumulate`), f32 results; `kernel` picks the bf16
@@ -27,8 +26,9 @@ pub trait GemmOperand: Copy + Send + Sync + 'static {
         parallel: bool,
     );
 
-    /// f32 values as operands: as they are, or rounded to bf16.
-    fn from_f32s(values: &[f32]) -> Cow<'_, [Self]>;
+    /// f32 values as operands, on the calling thread: `values` themselves for f32, or rounded into
+    /// `buffer` for bf16 (no allocation once the buffer has grown).
+    fn operands_in<'a>(values: &'a [f32], buffer: &'a mut Vec<Self>) -> &'a [Self];
 
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
@@ -50,8 +50,8 @@ impl GemmOperand for f32 {
         matmul(dst, dl, a, al, b, bl, scale, accumulate, parallel)
     }
 
-    fn from_f32s(values: &[f32]) -> Cow<'_, [f32]> {
-        Cow::Borrowed(values)
+    fn operands_in<'a>(values: &'a [f32], _buffer: &'a mut Vec<f32>) -> &'a [f32] {
+        values
     }
 
     fn to_f32(self) -> f32 {
@@ -75,8 +75,10 @@ impl GemmOperand for bf16 {
         matmul_bf16(kernel, dst, dl, a, al, b, bl, scale, accumulate, parallel)
     }
 
-    fn from_f32s(values: &[f32]) -> Cow<'_, [bf16]> {
-        Cow::Owned(cast::narrowed(values))
+    fn operands_in<'a>(values: &'a [f32], buffer: &'a mut Vec<bf16>) -> &'a [bf16] {
+        buffer.resize(values.len(), bf16::ZERO);
+        cast::narrow_slice(Level::best(), buffer, values);
+        buffer
     }
 
     fn to_f32(self) -> f32 {
