@@ -156,20 +156,21 @@ fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
 }
 
 /// `x[i] = e^(x[i] - max)` (0 for -inf), returning their sum: f32 terms added in f64 lanes
-/// (folded pairwise), so the sum is as accurate as its terms whatever the row's length.
+/// (folded pairwise), so the sum is as accurate as its terms whatever the row's length. Two plain
+/// passes over a row that sits in L1, because each vectorises on its own where one fused loop over
+/// 16-lane chunks does not.
 #[inline(always)]
 fn exp_shifted_in_place(row: &mut [f32], max: f32) -> f32 {
+    row.iter_mut().for_each(|x| *x = exp(*x - max));
     let mut acc = [0.0f64; LANES];
-    let mut chunks = row.chunks_exact_mut(LANES);
+    let mut chunks = row.chunks_exact(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
-            c[l] = exp(c[l] - max);
             acc[l] += c[l] as f64;
         }
     }
-    for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
-        *x = exp(*x - max);
-        acc[l] += *x as f64;
+    for (l, &x) in chunks.remainder().iter().enumerate() {
+        acc[l] += x as f64;
     }
     fold_lanes(acc) as f32
 }

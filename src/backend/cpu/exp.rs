@@ -27,7 +27,8 @@ pub fn exp(x: f32) -> f32 {
     const LN2_LO: f32 = -2.121_944_4e-4;
     const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23
     let clamped = x.clamp(MIN_ARG, MAX_ARG);
-    let n = (clamped * LOG2E + ROUND) - ROUND;
+    let shifted = clamped * LOG2E + ROUND;
+    let n = shifted - ROUND;
     let r = clamped - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
@@ -39,7 +40,10 @@ pub fn exp(x: f32) -> f32 {
     // 2^n for n in [-126, 128] as 2^a 2^b with a = floor(n / 2), b = n - a, both in [-63, 64]:
     // each a normal number built in the exponent field (2^128 itself is not an f32). The integer
     // ops wrap (they never overflow here) so that builds with overflow checks still vectorise.
-    let n = n as i32;
+    // The same n as an integer, read from the bits of `shifted`: in [2^23, 2^24) one unit of the
+    // value is one unit of the bits, so the bits minus ROUND's are n. (`n as i32` would saturate
+    // out-of-range values, which LLVM does lane by lane in scalar code: 8x slower here.)
+    let n = (shifted.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
     let a = n >> 1;
     let pow2 = |k: i32| f32::from_bits((k.wrapping_add(127) as u32) << 23);
     let y = er * pow2(a) * pow2(n.wrapping_sub(a));
