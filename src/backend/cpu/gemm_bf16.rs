@@ -288,7 +288,9 @@ mod avx512 {
         }
     }
 
-    /// [`pack_panel`] compiled with AVX-512, so the interleaving loop uses zmm registers.
+    /// [`pack_panel`] compiled with AVX-512, so the interleaving loop uses zmm registers, and
+    /// with k contiguous (`s_k == 1`) the panel's first 16-pair runs transposed in registers
+    /// ([`pack_k_contiguous`]).
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw")]
     fn pack_panel_avx512<const W: usize>(
@@ -300,7 +302,133 @@ mod avx512 {
         s_w: usize,
         s_k: usize,
     ) {
-        pack_panel::<W>(out, src, base, w_len, k_len, s_w, s_k);
+        if s_k == 1 && s_w != 1 && k_len >= 32 {
+            let pairs = pack_k_contiguous::<W>(out, src, base, w_len, k_len, s_w);
+            // The rest (fewer than 16 pairs, and an odd last k) the plain way, shifted to start
+            // at the first pair not yet packed.
+            let rest = &mut out[pairs * W..];
+            pack_panel::<W>(
+                rest,
+                src,
+                base + 2 * pairs,
+                w_len,
+                k_len - 2 * pairs,
+                s_w,
+                s_k,
+            );
+        } else {
+            pack_panel::<W>(out, src, base, w_len, k_len, s_w, s_k);
+        }
+    }
+
+    /// Packs the first `16 * floor(k_len / 32)` k pairs of a panel whose k is contiguous (A
+    /// row-major, or B = W^T of a row-major weight) and returns how many pairs that is.
+    ///
+    /// Element pair p of panel row w is one u32 at `src[base + w * s_w + 2p..]`; the panel wants
+    /// it at `out[p * W + w]`, so packing is a transpose of u32 words. Scalar code moves one word
+    /// per load and store; here each group of 16 rows loads 16 words (64 bytes) per row and
+    /// transposes the 16 x 16 block in registers (32-bit, then 64-bit unpacks inside 128-bit
+    /// lanes, then two rounds of 128-bit lane shuffles: 64 shuffles for 256 words), storing each
+    /// pair's 16 rows as one vector. Rows past `w_len` read as zero, as in [`pack_panel`].
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn pack_k_contiguous<const W: usize>(
+        out: &mut [u32],
+        src: &[u16],
+        base: usize,
+        w_len: usize,
+        k_len: usize,
+        s_w: usize,
+    ) -> usize {
+        let chunks = k_len / 32;
+        assert!(
+            out.len() >= chunks * 16 * W,
+            "pack_k_contiguous: output too short"
+        );
+        if w_len > 0 {
+            assert!(
+                base + (w_len - 1) * s_w + chunks * 32 <= src.len(),
+                "pack_k_contiguous: source too short"
+            );
+        }
+        for chunk in 0..chunks {
+            let p0 = chunk * 16;
+            for w0 in (0..W).step_by(16) {
+                let lanes = 16.min(W - w0);
+                // Row i of the block: 16 pairs of panel row w0 + i, or zeros past the panel.
+                let rows: [__m512i; 16] = std::array::from_fn(|i| {
+                    let w = w0 + i;
+                    if i < lanes && w < w_len {
+                        // SAFETY: asserted above: the row's 32 u16 from pair p0 lie in `src`.
+                        unsafe {
+                            _mm512_loadu_si512(src.as_ptr().add(base + w * s_w + 2 * p0).cast())
+                        }
+                    } else {
+                        _mm512_setzero_si512()
+                    }
+                });
+                let cols = transpose_16x16(rows);
+                let mask: __mmask16 = if lanes == 16 {
+                    0xffff
+                } else {
+                    (1 << lanes) - 1
+                };
+                for (j, col) in cols.iter().enumerate() {
+                    // SAFETY: (p0 + j) * W + w0 + lanes <= chunks * 16 * W <= out.len().
+                    unsafe {
+                        _mm512_mask_storeu_epi32(
+                            out.as_mut_ptr().add((p0 + j) * W + w0).cast(),
+                            mask,
+                            *col,
+                        )
+                    };
+                }
+            }
+        }
+        chunks * 16
+    }
+
+    /// The transpose of a 16 x 16 matrix of u32 held as 16 row vectors: `out[j][i] = rows[i][j]`.
+    #[inline(always)]
+    pub(super) fn transpose_16x16(r: [__m512i; 16]) -> [__m512i; 16] {
+        // SAFETY (every intrinsic below): register-only AVX-512F operations; the callers are
+        // compiled with avx512f enabled.
+        unsafe {
+            // 1. Interleave 32-bit words of row pairs within each 128-bit lane L:
+            //    a[2i] = [r2i[4L], r2i+1[4L], r2i[4L+1], r2i+1[4L+1]], a[2i+1] the same for 4L+2, 4L+3.
+            let a: [__m512i; 16] = std::array::from_fn(|x| {
+                let (i, hi) = (x / 2, x % 2 == 1);
+                if hi {
+                    _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1])
+                } else {
+                    _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1])
+                }
+            });
+            // 2. Interleave 64-bit halves: b[4g + c], lane L = rows 4g..4g+3 at column 4L + c.
+            let b: [__m512i; 16] = std::array::from_fn(|x| {
+                let (g, c) = (x / 4, x % 4);
+                let (lo, hi) = (a[4 * g + c / 2], a[4 * g + 2 + c / 2]);
+                if c % 2 == 0 {
+                    _mm512_unpacklo_epi64(lo, hi)
+                } else {
+                    _mm512_unpackhi_epi64(lo, hi)
+                }
+            });
+            // 3. Column 4L + c gathers lane L of b[c], b[4 + c], b[8 + c], b[12 + c]: first pair
+            //    up lanes (0, 1) and (2, 3) of b[c] with b[4 + c] (d) and of b[8 + c] with
+            //    b[12 + c] (e), then pick lane L of each.
+            let mut out = [_mm512_setzero_si512(); 16];
+            for c in 0..4 {
+                let d_lo = _mm512_shuffle_i32x4::<0x44>(b[c], b[4 + c]);
+                let d_hi = _mm512_shuffle_i32x4::<0xee>(b[c], b[4 + c]);
+                let e_lo = _mm512_shuffle_i32x4::<0x44>(b[8 + c], b[12 + c]);
+                let e_hi = _mm512_shuffle_i32x4::<0xee>(b[8 + c], b[12 + c]);
+                out[c] = _mm512_shuffle_i32x4::<0x88>(d_lo, e_lo);
+                out[4 + c] = _mm512_shuffle_i32x4::<0xdd>(d_lo, e_lo);
+                out[8 + c] = _mm512_shuffle_i32x4::<0x88>(d_hi, e_hi);
+                out[12 + c] = _mm512_shuffle_i32x4::<0xdd>(d_hi, e_hi);
+            }
+            out
+        }
     }
 
     /// Where one tile's sums go: `rows x cols` of dst from `ptr`, scaled, added or stored.
@@ -758,6 +886,37 @@ mod tests {
             return;
         }
         check_all(Bf16Gemm::Avx512Bf16);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_register_transpose_transposes() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            println!("skipped: this CPU lacks avx512f");
+            return;
+        }
+        use std::arch::x86_64::*;
+        let m: Vec<u32> = (0..256u32).map(|x| x.wrapping_mul(2_654_435_761)).collect();
+        #[target_feature(enable = "avx512f")]
+        fn run(m: &[u32]) -> Vec<u32> {
+            // SAFETY: 16 rows of 16 u32 inside `m`; the CPU has avx512f (checked by the caller).
+            let rows: [__m512i; 16] =
+                std::array::from_fn(|i| unsafe { _mm512_loadu_si512(m[16 * i..].as_ptr().cast()) });
+            let cols = avx512::transpose_16x16(rows);
+            let mut out = vec![0u32; 256];
+            for (j, c) in cols.iter().enumerate() {
+                // SAFETY: 16 u32 inside `out`.
+                unsafe { _mm512_storeu_si512(out[16 * j..].as_mut_ptr().cast(), *c) };
+            }
+            out
+        }
+        // SAFETY: avx512f was detected above.
+        let t = unsafe { run(&m) };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(t[16 * j + i], m[16 * i + j], "element ({i}, {j})");
+            }
+        }
     }
 
     #[test]
