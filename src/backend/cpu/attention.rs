@@ -21,7 +21,7 @@
 //! v, dO as stored, and P and dS rounded to bf16 before they are multiplied; the softmax, its
 //! statistics and `D` stay f32.
 
-use super::{CpuBackend, activation_like, bf16s, f32s, i32s};
+use super::{CpuBackend, bf16s, bf16s_mut, f32s, f32s_mut, i32s};
 use crate::backend::AttentionOut;
 use crate::error::Result;
 use crate::ops::attention::AttentionKernels;
@@ -34,6 +34,7 @@ use super::gemm::MatLayout;
 use super::gemm_bf16::Bf16Gemm;
 use super::operand::GemmOperand;
 use super::row_exp::row_max;
+use super::scratch::scratch;
 use super::simd::{Level, fold_lanes, multiversion};
 
 /// Shapes of one attention call.
@@ -128,12 +129,13 @@ fn keys_of(mask: Option<&[i32]>, start: usize, len: usize) -> &[i32] {
     mask.map_or(&[], |m| &m[start..][..len])
 }
 
-/// A rayon worker's scratch, kept across its tasks: score and dP blocks in f32, and their GEMM
-/// operand copies (bf16 only; f32 blocks are their own operands).
+/// A rayon worker's scratch, kept across its tasks: score and dP blocks in f32, their GEMM
+/// operand copies (bf16 only; f32 blocks are their own operands), and a forward block's output.
 struct Workspace<T> {
     scores: Vec<f32>,
     dp: Vec<f32>,
     operands: Vec<T>,
+    out: Vec<f32>,
 }
 
 impl<T> Default for Workspace<T> {
@@ -142,17 +144,9 @@ impl<T> Default for Workspace<T> {
             scores: Vec::new(),
             dp: Vec::new(),
             operands: Vec::new(),
+            out: Vec::new(),
         }
     }
-}
-
-/// The first `len` elements of `buffer`, grown if needed. The contents are stale: every caller
-/// overwrites them (a GEMM without accumulation) before reading.
-fn scratch(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-    &mut buffer[..len]
 }
 
 /// `x[i] = e^(x[i] - max)` (0 for -inf), returning their sum: f32 terms added in f64 lanes
@@ -230,36 +224,44 @@ multiversion! {
     }
 }
 
-/// Returns `(out, lse)`: out `[tokens, H]`, lse `[heads, tokens]`. `offsets` delimit the
-/// sequences; `mask` (`[tokens]`, 1 = real key) is `None` when every row is real.
+/// Writes `out` `[tokens, H]` and `lse` `[heads, tokens]`. `offsets` delimit the sequences;
+/// `mask` (`[tokens]`, 1 = real key) is `None` when every row is real. Rows outside every
+/// sequence get zeros.
 pub fn forward<T: GemmOperand>(
     kernel: Bf16Gemm,
     dims: &Dims,
     qkv: &[T],
     offsets: &[i32],
     mask: Option<&[i32]>,
-) -> (Vec<f32>, Vec<f32>) {
+    out: &mut [T],
+    lse: &mut [f32],
+) {
     let (d, hidden, tokens, heads) = (dims.head_dim, dims.hidden(), dims.tokens, dims.heads);
     let scale = 1.0 / (d as f32).sqrt();
     let level = Level::best();
     let blocks = query_blocks(offsets);
+    lse.fill(0.0);
 
     // Each block owns its rows of `out`: split them off in row order, so tasks write in place.
-    let mut out = vec![0.0f32; tokens * hidden];
     let mut owned = Vec::with_capacity(blocks.len());
-    let (mut rest, mut rest_row) = (out.as_mut_slice(), 0);
+    let (mut rest, mut rest_row) = (out, 0);
     for &block in &blocks {
-        let (_, tail) = std::mem::take(&mut rest).split_at_mut((block.row() - rest_row) * hidden);
+        let (gap, tail) = std::mem::take(&mut rest).split_at_mut((block.row() - rest_row) * hidden);
+        gap.fill(T::ZERO);
         let (rows, tail) = tail.split_at_mut(block.rows * hidden);
         owned.push((block, rows));
         (rest, rest_row) = (tail, block.row() + block.rows);
     }
+    rest.fill(T::ZERO);
 
     let block_lse: Vec<Vec<f32>> = owned
         .into_par_iter()
         .map_init(Workspace::<T>::default, |ws, (b, out_rows)| {
             let keys = keys_of(mask, b.start, b.len);
             let mut lse = vec![0.0f32; heads * b.rows];
+            // The block's output rows in f32, every head's columns, stored (rounded) at the end.
+            let mut acc = std::mem::take(&mut ws.out);
+            let acc_rows = scratch(&mut acc, b.rows * hidden);
             for head in 0..heads {
                 // Scores [rows, len] = q k^T / sqrt(d), then their softmax in place.
                 let scores = scratch(&mut ws.scores, b.rows * b.len);
@@ -285,7 +287,7 @@ pub fn forward<T: GemmOperand>(
                 // This head's columns of the block's output rows = P v.
                 T::matmul(
                     kernel,
-                    &mut out_rows[head * d..],
+                    &mut acc_rows[head * d..],
                     dims.out_rows(b.rows),
                     T::operands_in(scores, &mut ws.operands),
                     MatLayout::row_major(b.rows, b.len),
@@ -296,21 +298,21 @@ pub fn forward<T: GemmOperand>(
                     false,
                 );
             }
+            T::store_f32s(out_rows, acc_rows);
+            ws.out = acc;
             lse
         })
         .collect();
 
-    let mut lse = vec![0.0f32; heads * tokens];
     for (b, values) in blocks.iter().zip(&block_lse) {
         for head in 0..heads {
             lse[head * tokens + b.row()..][..b.rows]
                 .copy_from_slice(&values[head * b.rows..][..b.rows]);
         }
     }
-    (out, lse)
 }
 
-/// Returns dqkv `[tokens, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
+/// Writes dqkv `[tokens, 3H]` (zeros outside every sequence). With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
 /// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`,
 /// each computed a query block at a time (dV and dK summed over the blocks).
 #[allow(clippy::too_many_arguments)]
@@ -323,7 +325,8 @@ pub fn backward<T: GemmOperand>(
     mask: Option<&[i32]>,
     out: &[T],
     lse: &[f32],
-) -> Vec<f32> {
+    dqkv: &mut [T],
+) {
     let (d, hidden, tokens) = (dims.head_dim, dims.hidden(), dims.tokens);
     let scale = 1.0 / (d as f32).sqrt();
     let level = Level::best();
@@ -428,16 +431,22 @@ pub fn backward<T: GemmOperand>(
         })
         .collect();
 
-    let mut dqkv = vec![0.0f32; tokens * 3 * hidden];
+    // Every row of a sequence gets all its heads' parts below; rows outside get zeros.
+    let mut covered = vec![false; tokens];
+    for (start, len) in sequences(offsets) {
+        covered[start..start + len].fill(true);
+    }
+    for (row, _) in covered.iter().enumerate().filter(|(_, c)| !**c) {
+        dqkv[row * 3 * hidden..][..3 * hidden].fill(T::ZERO);
+    }
     for (&at, parts) in work.iter().zip(per_head) {
         for (part, grad) in parts.iter().enumerate() {
             let base = dims.qkv_at(at.start, at.head, part);
             for i in 0..at.len {
-                dqkv[base + i * 3 * hidden..][..d].copy_from_slice(&grad[i * d..][..d]);
+                T::store_f32s(&mut dqkv[base + i * 3 * hidden..][..d], &grad[i * d..][..d]);
             }
         }
     }
-    dqkv
 }
 
 impl AttentionKernels for CpuBackend {
@@ -449,14 +458,27 @@ impl AttentionKernels for CpuBackend {
         out: &mut AttentionOut,
     ) -> Result<()> {
         let (offsets, mask) = (sequences.offsets(), key_mask(sequences)?);
-        let (o, lse) = match qkv.dtype() {
-            DType::BF16 => forward(self.bf16_gemm, &dims, bf16s(qkv, "qkv")?, offsets, mask),
-            _ => forward(self.bf16_gemm, &dims, f32s(qkv, "qkv")?, offsets, mask),
-        };
-        // The results replace the front's buffers (same shapes and types) instead of being
-        // copied in.
-        out.out = activation_like(&out.out, o)?;
-        out.lse = Tensor::from_f32(out.lse.shape(), lse)?;
+        let lse = f32s_mut(&mut out.lse, "attention lse")?;
+        match qkv.dtype() {
+            DType::BF16 => forward(
+                self.bf16_gemm,
+                &dims,
+                bf16s(qkv, "qkv")?,
+                offsets,
+                mask,
+                bf16s_mut(&mut out.out, "attention output")?,
+                lse,
+            ),
+            _ => forward(
+                self.bf16_gemm,
+                &dims,
+                f32s(qkv, "qkv")?,
+                offsets,
+                mask,
+                f32s_mut(&mut out.out, "attention output")?,
+                lse,
+            ),
+        }
         Ok(())
     }
 
@@ -472,7 +494,7 @@ impl AttentionKernels for CpuBackend {
     ) -> Result<()> {
         let (offsets, mask) = (sequences.offsets(), key_mask(sequences)?);
         let lse = f32s(lse, "attention lse")?;
-        let d = match qkv.dtype() {
+        match qkv.dtype() {
             DType::BF16 => backward(
                 self.bf16_gemm,
                 &dims,
@@ -482,6 +504,7 @@ impl AttentionKernels for CpuBackend {
                 mask,
                 bf16s(out, "attention output")?,
                 lse,
+                bf16s_mut(dqkv, "attention dqkv")?,
             ),
             _ => backward(
                 self.bf16_gemm,
@@ -492,9 +515,9 @@ impl AttentionKernels for CpuBackend {
                 mask,
                 f32s(out, "attention output")?,
                 lse,
+                f32s_mut(dqkv, "attention dqkv")?,
             ),
-        };
-        *dqkv = activation_like(dqkv, d)?;
+        }
         Ok(())
     }
 }

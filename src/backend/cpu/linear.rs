@@ -18,10 +18,14 @@ use super::gemm_bf16::Bf16Gemm;
 use super::operand::GemmOperand;
 
 use super::gemm::MatLayout;
+use super::gemm_bf16::{MC, MR};
 use super::reduce::sum_over_row_blocks;
+use super::scratch::scratch;
+use super::simd::Level;
 
 /// `y = x W^T + b`, `x` `[n, in]` and `y` `[n, out]`: f32 operands, or bf16 ones in mixed
-/// precision (`kernel` picks the bf16 GEMM); products and `y` in f32 either way.
+/// precision (`kernel` picks the bf16 GEMM); products and `y` in f32 either way. `parallel` lets
+/// the GEMM split across the pool (callers already running one block per thread pass `false`).
 pub fn forward<T: GemmOperand>(
     kernel: Bf16Gemm,
     y: &mut [f32],
@@ -29,12 +33,17 @@ pub fn forward<T: GemmOperand>(
     weight: &[T],
     bias: &[f32],
     inp: usize,
+    parallel: bool,
 ) {
     let out = bias.len();
     let n = x.len() / inp;
     // Start from the bias, then let the GEMM accumulate the product on top.
-    y.par_chunks_mut(out)
-        .for_each(|row| row.copy_from_slice(bias));
+    if parallel {
+        y.par_chunks_mut(out)
+            .for_each(|row| row.copy_from_slice(bias));
+    } else {
+        y.chunks_mut(out).for_each(|row| row.copy_from_slice(bias));
+    }
     T::matmul(
         kernel,
         y,
@@ -45,8 +54,94 @@ pub fn forward<T: GemmOperand>(
         MatLayout::row_major(out, inp).t(),
         1.0,
         true,
-        true,
+        parallel,
     );
+}
+
+/// Rows per task when a bf16 product is computed a block of rows at a time: at most the GEMM's
+/// own row block `MC` (whose packed A stays in L2), a multiple of the microkernel's `MR` rows, and
+/// a task count that divides evenly among the threads.
+fn row_block(n: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = n.div_ceil(MC).div_ceil(threads) * threads;
+    n.div_ceil(tasks.max(1)).div_ceil(MR).max(1) * MR
+}
+
+/// The bf16 `y = round(x W^T + b)` (and with `gelu`, also `gelu = round(GELU(y))` of `y` as
+/// stored, as the GPU's pass after its GEMM computes it), a block of rows per task. Each task's
+/// f32 product lives in its worker's scratch (L2-sized) and is rounded straight into `y`: no
+/// `[n, out]` f32 tensor is allocated or streamed through memory. Every task packs the weight
+/// again, which costs `1 / rows` of its products.
+#[allow(clippy::too_many_arguments)]
+fn forward_bf16_blocks(
+    kernel: Bf16Gemm,
+    y: &mut [bf16],
+    gelu: Option<&mut [bf16]>,
+    x: &[bf16],
+    weight: &[bf16],
+    bias: &[f32],
+    inp: usize,
+) {
+    let out = bias.len();
+    let rows = row_block(y.len() / out);
+    let level = Level::best();
+    let block = |acc: &mut Vec<f32>, y: &mut [bf16], x: &[bf16]| -> usize {
+        let acc = scratch(acc, y.len());
+        forward(kernel, acc, x, weight, bias, inp, false);
+        cast::narrow_slice(level, y, acc);
+        y.len()
+    };
+    match gelu {
+        None => y
+            .par_chunks_mut(rows * out)
+            .zip(x.par_chunks(rows * inp))
+            .for_each_init(Vec::new, |acc, (y, x)| {
+                block(acc, y, x);
+            }),
+        Some(g) => y
+            .par_chunks_mut(rows * out)
+            .zip(g.par_chunks_mut(rows * out))
+            .zip(x.par_chunks(rows * inp))
+            .for_each_init(Vec::new, |acc, ((y, g), x)| {
+                let len = block(acc, y, x);
+                let z = &mut acc[..len];
+                cast::widen_slice(level, z, y);
+                gelu::forward_in_place(level, z);
+                cast::narrow_slice(level, g, z);
+            }),
+    }
+}
+
+/// The bf16 `dx = round(dz W)`, a block of rows per task as in [`forward_bf16_blocks`].
+fn input_gradient_bf16_blocks(
+    kernel: Bf16Gemm,
+    dx: &mut [bf16],
+    dz: &[bf16],
+    weight: &[bf16],
+    inp: usize,
+) {
+    let out = weight.len() / inp;
+    let rows = row_block(dx.len() / inp);
+    let level = Level::best();
+    dx.par_chunks_mut(rows * inp)
+        .zip(dz.par_chunks(rows * out))
+        .for_each_init(Vec::new, |acc, (dx, dz)| {
+            let acc = scratch(acc, dx.len());
+            let n = dx.len() / inp;
+            bf16::matmul(
+                kernel,
+                acc,
+                MatLayout::row_major(n, inp),
+                dz,
+                MatLayout::row_major(n, out),
+                weight,
+                MatLayout::row_major(out, inp),
+                1.0,
+                false,
+                false,
+            );
+            cast::narrow_slice(level, dx, acc);
+        });
 }
 
 /// `dx = dz W`, `dW += dz^T x`, `db += sum_rows dz`, with `dz` the layer's output gradient (in
@@ -76,6 +171,20 @@ pub fn backward<T: GemmOperand>(
         false,
         true,
     );
+    parameter_gradients(kernel, dweight, dbias, dz, x);
+}
+
+/// `dW += dz^T x` and `db += sum_rows dz`.
+fn parameter_gradients<T: GemmOperand>(
+    kernel: Bf16Gemm,
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dz: &[T],
+    x: &[T],
+) {
+    let out = dbias.len();
+    let n = dz.len() / out;
+    let inp = x.len() / n.max(1);
     T::matmul(
         kernel,
         dweight,
@@ -119,9 +228,21 @@ impl LinearKernels for CpuBackend {
         if x.dtype() == DType::BF16 {
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
-            // The bias and the product in f32, rounded once.
+            if inp > 0 && !b.is_empty() {
+                // The bias and the product in f32, rounded once, a block of rows at a time.
+                forward_bf16_blocks(
+                    self.bf16_gemm,
+                    bf16s_mut(y, "linear output")?,
+                    None,
+                    x,
+                    w,
+                    b,
+                    inp,
+                );
+                return Ok(());
+            }
             return write_activation(y, "linear output", false, |y| {
-                forward(self.bf16_gemm, y, x, w, b, inp)
+                forward(self.bf16_gemm, y, x, w, b, inp, true)
             });
         }
         forward(
@@ -131,6 +252,7 @@ impl LinearKernels for CpuBackend {
             param(f32s(weights.gemm, "GEMM weights")?, weight),
             b,
             inp,
+            true,
         );
         Ok(())
     }
@@ -144,21 +266,24 @@ impl LinearKernels for CpuBackend {
         z: &mut Tensor,
         y: &mut Tensor,
     ) -> Result<()> {
-        if x.dtype() == DType::BF16 {
-            // z = x W^T + b in f32, rounded into z.
-            let inp = x.shape().last().copied().unwrap_or(0);
+        let inp = x.shape().last().copied().unwrap_or(0);
+        if x.dtype() == DType::BF16 && inp > 0 {
+            // z = x W^T + b in f32, rounded into z; y = GELU(z) from z as stored.
             let b = param(f32s(weights.values, "parameters")?, bias);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
-            let mut acc = vec![0.0f32; z.numel()];
             let x = bf16s(x, "linear input")?;
-            forward(self.bf16_gemm, &mut acc, x, w, b, inp);
-            let z = bf16s_mut(z, "linear output")?;
-            cast::narrow(z, &acc);
-            drop(acc);
-            // y = GELU(z) from z as stored, as the GPU's pass after its GEMM computes it.
-            cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [&*z], |_, y, [z]| {
-                gelu::forward(y, z)
-            });
+            let y = bf16s_mut(y, "gelu output")?;
+            if !b.is_empty() {
+                forward_bf16_blocks(
+                    self.bf16_gemm,
+                    bf16s_mut(z, "linear output")?,
+                    Some(y),
+                    x,
+                    w,
+                    b,
+                    inp,
+                );
+            }
             return Ok(());
         }
         self.linear_forward_into(x, weights, weight, bias, z)?;
@@ -194,6 +319,18 @@ impl LinearKernels for CpuBackend {
             let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
+            let inp = x.len() / (dz.len() / db.len().max(1)).max(1);
+            if inp > 0 && !db.is_empty() {
+                input_gradient_bf16_blocks(
+                    self.bf16_gemm,
+                    bf16s_mut(dx, "linear dx")?,
+                    &dz,
+                    w,
+                    inp,
+                );
+                parameter_gradients(self.bf16_gemm, dw, db, &dz, x);
+                return Ok(());
+            }
             return write_activation(dx, "linear dx", false, |dx| {
                 backward(self.bf16_gemm, dx, dw, db, &dz, x, w)
             });

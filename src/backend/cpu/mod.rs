@@ -27,6 +27,7 @@ mod operand;
 pub(crate) mod reduce;
 mod row_exp;
 mod rows;
+mod scratch;
 mod simd;
 #[cfg(test)]
 mod test_inputs;
@@ -186,14 +187,6 @@ fn write_activation<R>(
             Ok(result)
         }
         _ => Err(error),
-    }
-}
-
-/// A new tensor of `like`'s shape and element type holding `values` (rounded for bf16).
-fn activation_like(like: &Tensor, values: Vec<f32>) -> Result<Tensor> {
-    match like.dtype() {
-        DType::BF16 => Tensor::from_bf16(like.shape(), cast::narrowed(&values)),
-        _ => Tensor::from_f32(like.shape(), values),
     }
 }
 

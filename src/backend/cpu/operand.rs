@@ -10,6 +10,8 @@ use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
 use super::simd::Level;
 
 pub trait GemmOperand: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+
     /// `dst = scale * a @ b` (or `+=` when `accumulate`), f32 results; `kernel` picks the bf16
     /// GEMM (f32 operands ignore it).
     #[allow(clippy::too_many_arguments)]
@@ -32,9 +34,14 @@ pub trait GemmOperand: Copy + Send + Sync + 'static {
 
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
+
+    /// `dst[i] = src[i]`, rounded to bf16 for bf16, on the calling thread.
+    fn store_f32s(dst: &mut [Self], src: &[f32]);
 }
 
 impl GemmOperand for f32 {
+    const ZERO: f32 = 0.0;
+
     fn matmul(
         _kernel: Bf16Gemm,
         dst: &mut [f32],
@@ -57,9 +64,15 @@ impl GemmOperand for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+
+    fn store_f32s(dst: &mut [f32], src: &[f32]) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl GemmOperand for bf16 {
+    const ZERO: bf16 = bf16::ZERO;
+
     fn matmul(
         kernel: Bf16Gemm,
         dst: &mut [f32],
@@ -83,5 +96,9 @@ impl GemmOperand for bf16 {
 
     fn to_f32(self) -> f32 {
         bf16::to_f32(self)
+    }
+
+    fn store_f32s(dst: &mut [bf16], src: &[f32]) {
+        cast::narrow_slice(Level::best(), dst, src);
     }
 }
