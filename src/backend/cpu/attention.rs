@@ -13,7 +13,8 @@
 //! - Backward runs one task per (sequence, head), walking its query blocks: `dV` and `dK` sum over
 //!   every query, so they stay in one task's hands (no atomics), and the `[96, S]` P and dP blocks
 //!   again stay in L2 instead of being `[S, S]` matrices in memory.
-//! - Each rayon worker keeps its scratch buffers across tasks, so the hot loop allocates nothing.
+//! - Score, P and dP blocks live in each thread's kept scratch ([`super::scratch`]), so the hot
+//!   loop allocates nothing.
 //! - The softmax, the rebuilt P and dS are vector loops compiled per instruction set
 //!   ([`super::simd`]); the GEMMs run at full vector width on either operand type.
 //!
@@ -34,7 +35,7 @@ use super::gemm::MatLayout;
 use super::gemm_bf16::Bf16Gemm;
 use super::operand::GemmOperand;
 use super::row_exp::row_max;
-use super::scratch::scratch;
+use super::scratch::with_scratch;
 use super::simd::{Level, fold_lanes, multiversion};
 
 /// Shapes of one attention call.
@@ -127,26 +128,6 @@ fn slices(dims: &Dims, offsets: &[i32]) -> Vec<Slice> {
 /// The key mask of a sequence's rows (1 = real key), or empty when every key is real.
 fn keys_of(mask: Option<&[i32]>, start: usize, len: usize) -> &[i32] {
     mask.map_or(&[], |m| &m[start..][..len])
-}
-
-/// A rayon worker's scratch, kept across its tasks: score and dP blocks in f32, their GEMM
-/// operand copies (bf16 only; f32 blocks are their own operands), and a forward block's output.
-struct Workspace<T> {
-    scores: Vec<f32>,
-    dp: Vec<f32>,
-    operands: Vec<T>,
-    out: Vec<f32>,
-}
-
-impl<T> Default for Workspace<T> {
-    fn default() -> Self {
-        Workspace {
-            scores: Vec::new(),
-            dp: Vec::new(),
-            operands: Vec::new(),
-            out: Vec::new(),
-        }
-    }
 }
 
 /// `x[i] = e^(x[i] - max)` (0 for -inf), returning their sum: f32 terms added in f64 lanes
@@ -256,50 +237,46 @@ pub fn forward<T: GemmOperand>(
 
     let block_lse: Vec<Vec<f32>> = owned
         .into_par_iter()
-        .map_init(Workspace::<T>::default, |ws, (b, out_rows)| {
+        .map(|(b, out_rows)| {
             let keys = keys_of(mask, b.start, b.len);
             let mut lse = vec![0.0f32; heads * b.rows];
-            // The block's output rows in f32, every head's columns, stored (rounded) at the end.
-            let mut acc = std::mem::take(&mut ws.out);
-            let acc_rows = scratch(&mut acc, b.rows * hidden);
-            for head in 0..heads {
-                // Scores [rows, len] = q k^T / sqrt(d), then their softmax in place.
-                let scores = scratch(&mut ws.scores, b.rows * b.len);
-                T::matmul(
-                    kernel,
-                    scores,
-                    MatLayout::row_major(b.rows, b.len),
-                    &qkv[dims.qkv_at(b.row(), head, 0)..],
-                    dims.qkv_rows(b.rows),
-                    &qkv[dims.qkv_at(b.start, head, 1)..],
-                    dims.qkv_rows(b.len).t(),
-                    scale,
-                    false,
-                    false,
-                );
-                softmax_rows(
-                    level,
-                    scores,
-                    b.len,
-                    keys,
-                    &mut lse[head * b.rows..][..b.rows],
-                );
-                // This head's columns of the block's output rows = P v.
-                T::matmul(
-                    kernel,
-                    &mut acc_rows[head * d..],
-                    dims.out_rows(b.rows),
-                    T::operands_in(scores, &mut ws.operands),
-                    MatLayout::row_major(b.rows, b.len),
-                    &qkv[dims.qkv_at(b.start, head, 2)..],
-                    dims.qkv_rows(b.len),
-                    1.0,
-                    false,
-                    false,
-                );
-            }
-            T::store_f32s(out_rows, acc_rows);
-            ws.out = acc;
+            // The block's output rows in f32 (every head's columns, stored rounded at the end)
+            // and one head's scores, in this thread's scratch.
+            with_scratch([b.rows * hidden, b.rows * b.len], |[acc, scores]| {
+                for head in 0..heads {
+                    // Scores [rows, len] = q k^T / sqrt(d), then their softmax in place.
+                    T::matmul(
+                        kernel,
+                        scores,
+                        MatLayout::row_major(b.rows, b.len),
+                        &qkv[dims.qkv_at(b.row(), head, 0)..],
+                        dims.qkv_rows(b.rows),
+                        &qkv[dims.qkv_at(b.start, head, 1)..],
+                        dims.qkv_rows(b.len).t(),
+                        scale,
+                        false,
+                        false,
+                    );
+                    let head_lse = &mut lse[head * b.rows..][..b.rows];
+                    softmax_rows(level, scores, b.len, keys, head_lse);
+                    // This head's columns of the block's output rows = P v.
+                    T::with_operands(scores, |p| {
+                        T::matmul(
+                            kernel,
+                            &mut acc[head * d..],
+                            dims.out_rows(b.rows),
+                            p,
+                            MatLayout::row_major(b.rows, b.len),
+                            &qkv[dims.qkv_at(b.start, head, 2)..],
+                            dims.qkv_rows(b.len),
+                            1.0,
+                            false,
+                            false,
+                        )
+                    });
+                }
+                T::store_f32s(out_rows, acc);
+            });
             lse
         })
         .collect();
@@ -333,7 +310,7 @@ pub fn backward<T: GemmOperand>(
     let work = slices(dims, offsets);
     let per_head: Vec<[Vec<f32>; 3]> = work
         .par_iter()
-        .map_init(Workspace::<T>::default, |ws, &at| {
+        .map(|&at| {
             let s = at.len;
             let keys = keys_of(mask, at.start, s);
             let row_lse = &lse[at.head * tokens + at.start..][..s];
@@ -353,80 +330,85 @@ pub fn backward<T: GemmOperand>(
             let (mut dq, mut dk, mut dv) =
                 (vec![0.0f32; s * d], vec![0.0; s * d], vec![0.0; s * d]);
             let sd = MatLayout::row_major(s, d);
-            for first in (0..s).step_by(QUERY_BLOCK) {
-                let rows = QUERY_BLOCK.min(s - first);
-                // dV and dK start at the first block's products and add the others'.
-                let accumulate = first > 0;
-                let block = MatLayout::row_major(rows, s);
-                let q_b = &q[first * 3 * hidden..];
-                let dout_b = &dout_h[first * hidden..];
+            let block_len = QUERY_BLOCK.min(s) * s;
+            with_scratch([block_len, block_len], |[p_block, dp_block]| {
+                for first in (0..s).step_by(QUERY_BLOCK) {
+                    let rows = QUERY_BLOCK.min(s - first);
+                    // dV and dK start at the first block's products and add the others'.
+                    let accumulate = first > 0;
+                    let block = MatLayout::row_major(rows, s);
+                    let q_b = &q[first * 3 * hidden..];
+                    let dout_b = &dout_h[first * hidden..];
+                    let (p, dp) = (&mut p_block[..rows * s], &mut dp_block[..rows * s]);
 
-                let p = scratch(&mut ws.scores, rows * s);
-                T::matmul(
-                    kernel,
-                    p,
-                    block,
-                    q_b,
-                    dims.qkv_rows(rows),
-                    k,
-                    dims.qkv_rows(s).t(),
-                    scale,
-                    false,
-                    false,
-                );
-                probabilities_from_lse(level, p, s, keys, &row_lse[first..][..rows]);
-                T::matmul(
-                    kernel,
-                    &mut dv,
-                    sd,
-                    T::operands_in(p, &mut ws.operands),
-                    block.t(),
-                    dout_b,
-                    dims.out_rows(rows),
-                    1.0,
-                    accumulate,
-                    false,
-                );
-                let dp = scratch(&mut ws.dp, rows * s);
-                T::matmul(
-                    kernel,
-                    dp,
-                    block,
-                    dout_b,
-                    dims.out_rows(rows),
-                    v,
-                    dims.qkv_rows(s).t(),
-                    1.0,
-                    false,
-                    false,
-                );
-                softmax_backward_rows(level, dp, p, s, &d_rows[first..][..rows]);
-                let ds = T::operands_in(dp, &mut ws.operands);
-                T::matmul(
-                    kernel,
-                    &mut dq[first * d..],
-                    MatLayout::row_major(rows, d),
-                    ds,
-                    block,
-                    k,
-                    dims.qkv_rows(s),
-                    scale,
-                    false,
-                    false,
-                );
-                T::matmul(
-                    kernel,
-                    &mut dk,
-                    sd,
-                    ds,
-                    block.t(),
-                    q_b,
-                    dims.qkv_rows(rows),
-                    scale,
-                    accumulate,
-                    false,
-                );
-            }
+                    T::matmul(
+                        kernel,
+                        p,
+                        block,
+                        q_b,
+                        dims.qkv_rows(rows),
+                        k,
+                        dims.qkv_rows(s).t(),
+                        scale,
+                        false,
+                        false,
+                    );
+                    probabilities_from_lse(level, p, s, keys, &row_lse[first..][..rows]);
+                    T::with_operands(p, |p| {
+                        T::matmul(
+                            kernel,
+                            &mut dv,
+                            sd,
+                            p,
+                            block.t(),
+                            dout_b,
+                            dims.out_rows(rows),
+                            1.0,
+                            accumulate,
+                            false,
+                        )
+                    });
+                    T::matmul(
+                        kernel,
+                        dp,
+                        block,
+                        dout_b,
+                        dims.out_rows(rows),
+                        v,
+                        dims.qkv_rows(s).t(),
+                        1.0,
+                        false,
+                        false,
+                    );
+                    softmax_backward_rows(level, dp, p, s, &d_rows[first..][..rows]);
+                    T::with_operands(dp, |ds| {
+                        T::matmul(
+                            kernel,
+                            &mut dq[first * d..],
+                            MatLayout::row_major(rows, d),
+                            ds,
+                            block,
+                            k,
+                            dims.qkv_rows(s),
+                            scale,
+                            false,
+                            false,
+                        );
+                        T::matmul(
+                            kernel,
+                            &mut dk,
+                            sd,
+                            ds,
+                            block.t(),
+                            q_b,
+                            dims.qkv_rows(rows),
+                            scale,
+                            accumulate,
+                            false,
+                        );
+                    });
+                }
+            });
             [dq, dk, dv]
         })
         .collect();

@@ -20,7 +20,7 @@ use super::operand::GemmOperand;
 use super::gemm::MatLayout;
 use super::gemm_bf16::{MC, MR};
 use super::reduce::sum_over_row_blocks;
-use super::scratch::scratch;
+use super::scratch::with_scratch;
 use super::simd::Level;
 
 /// `y = x W^T + b`, `x` `[n, in]` and `y` `[n, out]`: f32 operands, or bf16 ones in mixed
@@ -85,30 +85,29 @@ fn forward_bf16_blocks(
     let out = bias.len();
     let rows = row_block(y.len() / out);
     let level = Level::best();
-    let block = |acc: &mut Vec<f32>, y: &mut [bf16], x: &[bf16]| -> usize {
-        let acc = scratch(acc, y.len());
-        forward(kernel, acc, x, weight, bias, inp, false);
-        cast::narrow_slice(level, y, acc);
-        y.len()
+    // One block: the f32 product in this thread's scratch, rounded into `y`; then, for the
+    // feed-forward layer, GELU of `y` as stored.
+    let block = |y: &mut [bf16], g: Option<&mut [bf16]>, x: &[bf16]| {
+        with_scratch([y.len()], |[acc]| {
+            forward(kernel, acc, x, weight, bias, inp, false);
+            cast::narrow_slice(level, y, acc);
+            if let Some(g) = g {
+                cast::widen_slice(level, acc, y);
+                gelu::forward_in_place(level, acc);
+                cast::narrow_slice(level, g, acc);
+            }
+        })
     };
     match gelu {
         None => y
             .par_chunks_mut(rows * out)
             .zip(x.par_chunks(rows * inp))
-            .for_each_init(Vec::new, |acc, (y, x)| {
-                block(acc, y, x);
-            }),
+            .for_each(|(y, x)| block(y, None, x)),
         Some(g) => y
             .par_chunks_mut(rows * out)
             .zip(g.par_chunks_mut(rows * out))
             .zip(x.par_chunks(rows * inp))
-            .for_each_init(Vec::new, |acc, ((y, g), x)| {
-                let len = block(acc, y, x);
-                let z = &mut acc[..len];
-                cast::widen_slice(level, z, y);
-                gelu::forward_in_place(level, z);
-                cast::narrow_slice(level, g, z);
-            }),
+            .for_each(|((y, g), x)| block(y, Some(g), x)),
     }
 }
 
@@ -125,22 +124,23 @@ fn input_gradient_bf16_blocks(
     let level = Level::best();
     dx.par_chunks_mut(rows * inp)
         .zip(dz.par_chunks(rows * out))
-        .for_each_init(Vec::new, |acc, (dx, dz)| {
-            let acc = scratch(acc, dx.len());
-            let n = dx.len() / inp;
-            bf16::matmul(
-                kernel,
-                acc,
-                MatLayout::row_major(n, inp),
-                dz,
-                MatLayout::row_major(n, out),
-                weight,
-                MatLayout::row_major(out, inp),
-                1.0,
-                false,
-                false,
-            );
-            cast::narrow_slice(level, dx, acc);
+        .for_each(|(dx, dz)| {
+            with_scratch([dx.len()], |[acc]| {
+                let n = dx.len() / inp;
+                bf16::matmul(
+                    kernel,
+                    acc,
+                    MatLayout::row_major(n, inp),
+                    dz,
+                    MatLayout::row_major(n, out),
+                    weight,
+                    MatLayout::row_major(out, inp),
+                    1.0,
+                    false,
+                    false,
+                );
+                cast::narrow_slice(level, dx, acc);
+            })
         });
 }
 

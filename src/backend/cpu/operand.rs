@@ -2,6 +2,8 @@
 //! either way, so an op written over `T: GemmOperand` is the same code in both precisions; only
 //! its GEMMs' inputs (and what it rounds before a GEMM) change.
 
+use std::cell::RefCell;
+
 use half::bf16;
 
 use super::cast;
@@ -28,9 +30,10 @@ pub trait GemmOperand: Copy + Send + Sync + 'static {
         parallel: bool,
     );
 
-    /// f32 values as operands, on the calling thread: `values` themselves for f32, or rounded into
-    /// `buffer` for bf16 (no allocation once the buffer has grown).
-    fn operands_in<'a>(values: &'a [f32], buffer: &'a mut Vec<Self>) -> &'a [Self];
+    /// Runs `f` on f32 values as operands, on the calling thread: `values` themselves for f32, or
+    /// rounded into a buffer this thread keeps for bf16 (no allocation once it has grown; a fresh
+    /// one if a caller up the stack is using it).
+    fn with_operands<R>(values: &[f32], f: impl FnOnce(&[Self]) -> R) -> R;
 
     /// The value as f32 (exact).
     fn to_f32(self) -> f32;
@@ -57,8 +60,8 @@ impl GemmOperand for f32 {
         matmul(dst, dl, a, al, b, bl, scale, accumulate, parallel)
     }
 
-    fn operands_in<'a>(values: &'a [f32], _buffer: &'a mut Vec<f32>) -> &'a [f32] {
-        values
+    fn with_operands<R>(values: &[f32], f: impl FnOnce(&[f32]) -> R) -> R {
+        f(values)
     }
 
     fn to_f32(self) -> f32 {
@@ -88,10 +91,26 @@ impl GemmOperand for bf16 {
         matmul_bf16(kernel, dst, dl, a, al, b, bl, scale, accumulate, parallel)
     }
 
-    fn operands_in<'a>(values: &'a [f32], buffer: &'a mut Vec<bf16>) -> &'a [bf16] {
-        buffer.resize(values.len(), bf16::ZERO);
-        cast::narrow_slice(Level::best(), buffer, values);
-        buffer
+    fn with_operands<R>(values: &[f32], f: impl FnOnce(&[bf16]) -> R) -> R {
+        thread_local! {
+            static OPERANDS: RefCell<Vec<bf16>> = const { RefCell::new(Vec::new()) };
+        }
+        let round = |buffer: &mut Vec<bf16>| {
+            buffer.resize(values.len().max(buffer.len()), bf16::ZERO);
+            let rounded = &mut buffer[..values.len()];
+            cast::narrow_slice(Level::best(), rounded, values);
+        };
+        OPERANDS.with(|kept| match kept.try_borrow_mut() {
+            Ok(mut buffer) => {
+                round(&mut buffer);
+                f(&buffer[..values.len()])
+            }
+            Err(_) => {
+                let mut buffer = Vec::new();
+                round(&mut buffer);
+                f(&buffer)
+            }
+        })
     }
 
     fn to_f32(self) -> f32 {
