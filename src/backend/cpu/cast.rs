@@ -10,6 +10,7 @@
 use half::bf16;
 use rayon::prelude::*;
 
+use super::scratch::with_scratch;
 use super::simd::{Level, multiversion};
 
 /// Elements per rayon task: large enough that the split costs nothing next to the work.
@@ -70,38 +71,62 @@ fn rows_per_task(width: usize) -> usize {
 }
 
 /// An op on bf16 rows computed in f32 a cache-sized block of rows at a time: each rayon task
-/// widens its rows of every input into scratch, runs `f` (an f32 slice kernel) on them with its
-/// rows of `out` as f32 scratch, and rounds that into `out`. Unlike widening whole tensors, no
-/// tensor-sized f32 buffer is allocated (a fresh one costs a page fault per 4 KiB) and the scratch
-/// stays in L2. `f` gets the index of the block's first row (for per-row inputs), and what it
-/// returns for each block (per-row statistics, partial sums) comes back in row order. The blocks
-/// depend only on `width`, never on the thread count, so sums over them round the same every run.
+/// widens its rows of every input into its thread's scratch ([`with_scratch`]), runs `f` (an f32
+/// slice kernel, which must not itself go parallel) on them with a zeroed f32 block for its rows
+/// of `out`, and rounds that into `out`. Unlike widening whole tensors, no tensor-sized f32 buffer
+/// is allocated (a fresh one costs a page fault per 4 KiB) and the blocks stay in L2. `f` gets the
+/// index of the block's first row (for per-row inputs), and what it returns for each block
+/// (per-row statistics, partial sums) comes back in row order. The blocks depend only on `width`,
+/// never on the thread count, so sums over them round the same every run.
 pub fn map_rows<const N: usize, R: Send>(
     out: &mut [bf16],
     width: usize,
     inputs: [&[bf16]; N],
     f: impl Fn(usize, &mut [f32], [&[f32]; N]) -> R + Sync,
 ) -> Vec<R> {
+    blocks(out, width, false, inputs, f)
+}
+
+/// [`map_rows`] for an op that updates `acc` in place: `f` gets `acc`'s block widened (not
+/// zeroed), and the inputs' blocks.
+pub fn update_rows<const N: usize>(
+    acc: &mut [bf16],
+    width: usize,
+    inputs: [&[bf16]; N],
+    f: impl Fn(usize, &mut [f32], [&[f32]; N]) + Sync,
+) {
+    blocks(acc, width, true, inputs, f);
+}
+
+fn blocks<const N: usize, R: Send>(
+    out: &mut [bf16],
+    width: usize,
+    keep: bool,
+    inputs: [&[bf16]; N],
+    f: impl Fn(usize, &mut [f32], [&[f32]; N]) -> R + Sync,
+) -> Vec<R> {
+    const { assert!(N <= 2, "map_rows: at most two inputs") };
     let rows = rows_per_task(width);
     let level = Level::best();
     out.par_chunks_mut(rows * width)
         .enumerate()
         .map(|(task, out)| {
             let range = task * rows * width..task * rows * width + out.len();
-            let widened: [Vec<f32>; N] = inputs.map(|x| {
-                let mut w = vec![0.0f32; out.len()];
-                widen_slice(level, &mut w, &x[range.clone()]);
-                w
-            });
-            let mut y = vec![0.0f32; out.len()];
-            let first_row = task * rows;
-            let result = f(
-                first_row,
-                &mut y,
-                std::array::from_fn(|i| widened[i].as_slice()),
-            );
-            narrow_slice(level, out, &y);
-            result
+            let len = out.len();
+            with_scratch([len, len, len], |[first, second, y]| {
+                let mut widened = [first, second];
+                for (w, x) in widened.iter_mut().zip(&inputs) {
+                    widen_slice(level, w, &x[range.clone()]);
+                }
+                if keep {
+                    widen_slice(level, y, out);
+                } else {
+                    y.fill(0.0);
+                }
+                let result = f(task * rows, y, std::array::from_fn(|i| &*widened[i]));
+                narrow_slice(level, out, y);
+                result
+            })
         })
         .collect()
 }

@@ -4,10 +4,11 @@
 //! Philox runs on `LANES` counters at once (see [`philox4x32_10_lanes`]), so the mask is drawn in
 //! vector registers; the bits are those of the scalar generator.
 
-use super::{CpuBackend, activation, i32s, write_activation};
+use super::{CpuBackend, activation, bf16s, bf16s_mut, cast, i32s, write_activation};
 use crate::error::Result;
 use crate::ops::dropout::DropoutKernels;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
+use half::bf16;
 use rayon::prelude::*;
 
 use super::simd::{Level, multiversion};
@@ -59,45 +60,100 @@ multiversion! {
     }
 }
 
+/// One dropout call's mask: the key, and how an element's index maps to its uniform number.
+#[derive(Clone, Copy)]
+struct Mask<'a> {
+    key: DropoutKey,
+    scale: f32,
+    rows: Option<&'a [i32]>,
+    width: usize,
+    last: usize,
+    /// Whether four consecutive elements always take one Philox call's four words.
+    grouped: bool,
+    level: Level,
+}
+
+impl<'a> Mask<'a> {
+    /// The mask of `len` elements, `[rows.len(), width]` when `rows` is given.
+    fn new(key: DropoutKey, len: usize, rows: Option<&'a [i32]>) -> Self {
+        let width = rows.map_or(1, |r| len / r.len().max(1));
+        Mask {
+            key,
+            scale: 1.0 / (1.0 - key.p),
+            rows,
+            width,
+            last: len.saturating_sub(1),
+            grouped: rows.is_none() || width.is_multiple_of(4),
+            level: Level::best(),
+        }
+    }
+
+    /// Element i's uniform number. Lanes past the end draw for the last element; their results
+    /// are not written.
+    fn element(&self, i: usize) -> u64 {
+        let i = i.min(self.last);
+        match self.rows {
+            Some(rows) => rows[i / self.width] as u64 * self.width as u64 + (i % self.width) as u64,
+            None => i as u64,
+        }
+    }
+
+    /// `y = x * mask / (1 - p)` for elements `first..first + x.len()`, on the calling thread.
+    /// `first` is a multiple of `BATCH`, so the block starts a group.
+    fn apply_block(&self, y: &mut [f32], x: &[f32], first: usize) {
+        if self.grouped {
+            for (b, (y, x)) in y.chunks_mut(BATCH).zip(x.chunks(BATCH)).enumerate() {
+                let at = first + BATCH * b;
+                let groups = std::array::from_fn(|l| (self.element(at + 4 * l) / 4) as u32);
+                apply_grouped(self.level, y, x, self.key, groups, self.scale);
+            }
+        } else {
+            for (b, (y, x)) in y.chunks_mut(LANES).zip(x.chunks(LANES)).enumerate() {
+                let at = first + LANES * b;
+                let elements = std::array::from_fn(|l| self.element(at + l));
+                apply_single(self.level, y, x, self.key, elements, self.scale);
+            }
+        }
+    }
+}
+
 /// `y = x * mask / (1 - p)`; the same function serves forward and backward. Element i draws
 /// uniform number i, or with `rows` (`x` being `[rows.len(), width]`), `rows[i / width] * width +
 /// i % width`. Four consecutive elements share one Philox call when their numbers are four
 /// consecutive ones (always without `rows`; with them when the width is a multiple of 4), so a
 /// call is never made for one word of its four.
 pub fn apply(y: &mut [f32], x: &[f32], key: DropoutKey, rows: Option<&[i32]>) {
-    let scale = 1.0 / (1.0 - key.p);
-    let width = rows.map_or(1, |r| x.len() / r.len().max(1));
-    let last = x.len().saturating_sub(1);
-    // Lanes past the end draw for the last element; their results are not written.
-    let element = |i: usize| {
-        let i = i.min(last);
-        match rows {
-            Some(rows) => rows[i / width] as u64 * width as u64 + (i % width) as u64,
-            None => i as u64,
-        }
-    };
-    let grouped = rows.is_none() || width.is_multiple_of(4);
-    let level = Level::best();
+    let mask = Mask::new(key, x.len(), rows);
     // CHUNK is a multiple of BATCH, so every chunk starts a group.
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .enumerate()
-        .for_each(|(chunk, (y, x))| {
-            let base = chunk * CHUNK;
-            if grouped {
-                for (b, (y, x)) in y.chunks_mut(BATCH).zip(x.chunks(BATCH)).enumerate() {
-                    let first = base + BATCH * b;
-                    let groups = std::array::from_fn(|l| (element(first + 4 * l) / 4) as u32);
-                    apply_grouped(level, y, x, key, groups, scale);
-                }
-            } else {
-                for (b, (y, x)) in y.chunks_mut(LANES).zip(x.chunks(LANES)).enumerate() {
-                    let first = base + LANES * b;
-                    let elements = std::array::from_fn(|l| element(first + l));
-                    apply_single(level, y, x, key, elements, scale);
-                }
-            }
-        });
+        .for_each(|(chunk, (y, x))| mask.apply_block(y, x, chunk * CHUNK));
+}
+
+/// [`apply`] on bf16, plus `residual` when given, a cache-sized block at a time: the kept values
+/// are scaled and added in f32 and rounded once, as in f32 mode on widened inputs.
+fn apply_bf16(
+    y: &mut [bf16],
+    x: &[bf16],
+    residual: Option<&[bf16]>,
+    key: DropoutKey,
+    rows: Option<&[i32]>,
+) {
+    let mask = Mask::new(key, x.len(), rows);
+    // map_rows' blocks of width-1 rows start at multiples of its block size, itself a multiple
+    // of BATCH.
+    match residual {
+        None => {
+            cast::map_rows(y, 1, [x], |first, y, [x]| mask.apply_block(y, x, first));
+        }
+        Some(r) => {
+            cast::map_rows(y, 1, [x, r], |first, y, [x, r]| {
+                mask.apply_block(y, x, first);
+                y.iter_mut().zip(r).for_each(|(y, r)| *y += r);
+            });
+        }
+    }
 }
 
 impl DropoutKernels for CpuBackend {
@@ -110,6 +166,15 @@ impl DropoutKernels for CpuBackend {
         y: &mut Tensor,
     ) -> Result<()> {
         let rows = rows.map(|r| i32s(r, "dropout rows")).transpose()?;
+        let all_bf16 = x.dtype() == DType::BF16
+            && y.dtype() == DType::BF16
+            && residual.is_none_or(|r| r.dtype() == DType::BF16);
+        if all_bf16 {
+            let residual = residual.map(|r| bf16s(r, "add")).transpose()?;
+            let x = bf16s(x, "dropout input")?;
+            apply_bf16(bf16s_mut(y, "dropout output")?, x, residual, key, rows);
+            return Ok(());
+        }
         let x = activation(x, "dropout input")?;
         let residual = residual.map(|r| activation(r, "add")).transpose()?;
         write_activation(y, "dropout output", false, |y| {
@@ -186,6 +251,40 @@ mod tests {
             apply(&mut y, &x, key, Some(&rows));
             let want = reference(&x, key, Some(&rows));
             assert_eq!(bits(&y), bits(&want), "width {width}");
+        }
+    }
+
+    /// bf16 dropout (with and without a residual, over rows and not, across several blocks) is
+    /// the f32 definition on the widened inputs, plus the residual, rounded once.
+    #[test]
+    fn bf16_dropout_is_the_f32_definition_rounded() {
+        let widen = |v: &[bf16]| v.iter().map(|b| b.to_f32()).collect::<Vec<f32>>();
+        let narrow = |v: &[f32]| v.iter().map(|&x| cast::round(x)).collect::<Vec<bf16>>();
+        for (len, width) in [
+            (3 * (1 << 14) + 77, None),
+            (37 * 68, Some(68)),
+            (37 * 5, Some(5)),
+        ] {
+            let rows: Vec<i32> = (0..37).map(|r: i32| r * 7919 % 101).collect();
+            let rows = width.map(|_| rows.as_slice());
+            let x = narrow(&inputs(len, 8));
+            let r = narrow(&inputs(len, 9));
+            let key = DropoutKey {
+                p: 0.2,
+                seed: 5,
+                step: 77,
+                site: 2,
+            };
+            let dropped = reference(&widen(&x), key, rows);
+            let with_residual: Vec<f32> =
+                dropped.iter().zip(widen(&r)).map(|(d, r)| d + r).collect();
+            for (residual, want) in [(None, &dropped), (Some(r.as_slice()), &with_residual)] {
+                let mut y = vec![bf16::NAN; len];
+                apply_bf16(&mut y, &x, residual, key, rows);
+                let got: Vec<u16> = y.iter().map(|b| b.to_bits()).collect();
+                let want: Vec<u16> = narrow(want).iter().map(|b| b.to_bits()).collect();
+                assert_eq!(got, want, "length {len}, residual {}", residual.is_some());
+            }
         }
     }
 

@@ -7,6 +7,8 @@ use crate::error::Result;
 use crate::ops::elementwise::ElementwiseKernels;
 use crate::tensor::{DType, Tensor};
 
+use super::simd::Level;
+
 const CHUNK: usize = 4096;
 
 /// `acc[i] += x[i]`.
@@ -18,6 +20,16 @@ fn add_assign(acc: &mut [f32], x: &[f32]) {
 
 impl ElementwiseKernels for CpuBackend {
     fn add_into(&self, a: &Tensor, b: &Tensor, y: &mut Tensor) -> Result<()> {
+        if a.dtype() == DType::BF16 && b.dtype() == DType::BF16 {
+            let (a, b) = (bf16s(a, "add")?, bf16s(b, "add")?);
+            cast::map_rows(bf16s_mut(y, "add output")?, 1, [a, b], |_, y, [a, b]| {
+                y.iter_mut()
+                    .zip(a)
+                    .zip(b)
+                    .for_each(|((y, a), b)| *y = a + b)
+            });
+            return Ok(());
+        }
         let (a, b) = (activation(a, "add")?, activation(b, "add")?);
         write_activation(y, "add output", false, |y| {
             y.copy_from_slice(&a);
@@ -26,6 +38,13 @@ impl ElementwiseKernels for CpuBackend {
     }
 
     fn add_assign_into(&self, acc: &mut Tensor, x: &Tensor) -> Result<()> {
+        if acc.dtype() == DType::BF16 && x.dtype() == DType::BF16 {
+            let x = bf16s(x, "add")?;
+            cast::update_rows(bf16s_mut(acc, "add")?, 1, [x], |_, acc, [x]| {
+                acc.iter_mut().zip(x).for_each(|(a, b)| *a += b)
+            });
+            return Ok(());
+        }
         let x = activation(x, "add")?;
         write_activation(acc, "add", true, |acc| add_assign(acc, &x))
     }
@@ -33,8 +52,9 @@ impl ElementwiseKernels for CpuBackend {
     fn gelu_forward_into(&self, x: &Tensor, y: &mut Tensor) -> Result<()> {
         if x.dtype() == DType::BF16 {
             let x = bf16s(x, "gelu input")?;
+            let level = Level::best();
             cast::map_rows(bf16s_mut(y, "gelu output")?, 1, [x], |_, y, [x]| {
-                gelu::forward(y, x)
+                gelu::forward_chunk(level, y, x)
             });
             return Ok(());
         }
@@ -45,8 +65,9 @@ impl ElementwiseKernels for CpuBackend {
     fn gelu_backward_into(&self, dy: &Tensor, x: &Tensor, dx: &mut Tensor) -> Result<()> {
         if x.dtype() == DType::BF16 {
             let (dy, x) = (bf16s(dy, "gelu dy")?, bf16s(x, "gelu input")?);
+            let level = Level::best();
             cast::map_rows(bf16s_mut(dx, "gelu dx")?, 1, [dy, x], |_, dx, [dy, x]| {
-                gelu::backward(dx, dy, x)
+                gelu::backward_chunk(level, dx, dy, x)
             });
             return Ok(());
         }

@@ -24,7 +24,8 @@ pub fn gelu_grad(x: f32) -> f32 {
 }
 
 multiversion! {
-    fn forward_chunk(y: &mut [f32], x: &[f32]) {
+    /// `y[i] = GELU(x[i])` on the calling thread.
+    pub fn forward_chunk(y: &mut [f32], x: &[f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
             *y = gelu(x);
         }
@@ -32,7 +33,8 @@ multiversion! {
 }
 
 multiversion! {
-    fn backward_chunk(dx: &mut [f32], dy: &[f32], x: &[f32]) {
+    /// `dx[i] = dy[i] GELU'(x[i])` on the calling thread.
+    pub fn backward_chunk(dx: &mut [f32], dy: &[f32], x: &[f32]) {
         for ((dx, &dy), &x) in dx.iter_mut().zip(dy).zip(x) {
             *dx = dy * gelu_grad(x);
         }

@@ -309,8 +309,9 @@ impl LinearKernels for CpuBackend {
                 Some(z) => {
                     let mut dz = vec![bf16::ZERO; dy.len()];
                     let z = bf16s(z, "gelu input")?;
+                    let level = Level::best();
                     cast::map_rows(&mut dz, 1, [dy, z], |_, dz, [dy, z]| {
-                        gelu::backward(dz, dy, z)
+                        gelu::backward_chunk(level, dz, dy, z)
                     });
                     Cow::Owned(dz)
                 }
