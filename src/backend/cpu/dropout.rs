@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::simd::{Level, multiversion};
 use crate::backend::DropoutKey;
-use crate::philox::{dropout_words_lanes, word_uniform};
+use crate::philox::dropout_words_lanes;
 
 const CHUNK: usize = 4096;
 /// Philox counters drawn together.
@@ -21,10 +21,18 @@ const LANES: usize = 16;
 /// Elements per batch when four consecutive elements share a counter.
 const BATCH: usize = 4 * LANES;
 
-/// `x * scale` if the word's uniform is at least `p`, else 0.
+/// The integer form of the test `word_uniform(word) >= p` ([`crate::philox::word_uniform`]): the uniform is `(word >> 8) * 2^-24`
+/// exactly, so it is at least `p` exactly when `word >> 8` is at least `p * 2^24` (exact: a power
+/// of two), i.e. at least its ceiling. One integer compare per element instead of a conversion,
+/// a multiply and a float compare.
+fn threshold(p: f32) -> u32 {
+    (p * 16_777_216.0).ceil() as u32
+}
+
+/// `x * scale` if the word's uniform is at least `p` (`word >> 8 >= threshold(p)`), else 0.
 #[inline(always)]
-fn keep(x: f32, word: u32, p: f32, scale: f32) -> f32 {
-    if word_uniform(word) >= p {
+fn keep(x: f32, word: u32, threshold: u32, scale: f32) -> f32 {
+    if word >> 8 >= threshold {
         x * scale
     } else {
         0.0
@@ -35,15 +43,16 @@ multiversion! {
     /// Up to `BATCH` elements, element `4 l + w` taking word `w` of group `groups[l]`.
     fn apply_grouped(y: &mut [f32], x: &[f32], key: DropoutKey, groups: [u32; LANES], scale: f32) {
         let words = dropout_words_lanes(key.seed, key.step, key.site, groups);
+        let threshold = threshold(key.p);
         if let (Ok(y), Ok(x)) = (<&mut [f32; BATCH]>::try_from(&mut *y), <&[f32; BATCH]>::try_from(x)) {
             for l in 0..LANES {
                 for w in 0..4 {
-                    y[4 * l + w] = keep(x[4 * l + w], words[w][l], key.p, scale);
+                    y[4 * l + w] = keep(x[4 * l + w], words[w][l], threshold, scale);
                 }
             }
         } else {
             for (i, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-                *y = keep(x, words[i % 4][i / 4], key.p, scale);
+                *y = keep(x, words[i % 4][i / 4], threshold, scale);
             }
         }
     }
@@ -54,8 +63,9 @@ multiversion! {
     /// counter.
     fn apply_single(y: &mut [f32], x: &[f32], key: DropoutKey, elements: [u64; LANES], scale: f32) {
         let words = dropout_words_lanes(key.seed, key.step, key.site, elements.map(|e| (e / 4) as u32));
+        let threshold = threshold(key.p);
         for (l, (y, &x)) in y.iter_mut().zip(x).enumerate() {
-            *y = keep(x, words[(elements[l] % 4) as usize][l], key.p, scale);
+            *y = keep(x, words[(elements[l] % 4) as usize][l], threshold, scale);
         }
     }
 }
@@ -251,6 +261,42 @@ mod tests {
             apply(&mut y, &x, key, Some(&rows));
             let want = reference(&x, key, Some(&rows));
             assert_eq!(bits(&y), bits(&want), "width {width}");
+        }
+    }
+
+    /// The integer threshold keeps exactly the words whose uniform is at least p: every p on a
+    /// grid of the uniforms' own values (and their neighbours), and random ones.
+    #[test]
+    fn the_integer_threshold_is_the_uniform_comparison() {
+        use crate::philox::word_uniform;
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let mut ps: Vec<f32> = vec![
+            0.0,
+            f32::from_bits(1),
+            1e-30,
+            0.1,
+            0.5,
+            0.9,
+            1.0 - 1.0 / 16_777_216.0,
+        ];
+        for k in [1u32, 2, 3, 1000, 1 << 20, (1 << 24) - 1] {
+            let p = k as f32 / 16_777_216.0;
+            ps.extend([
+                p,
+                f32::from_bits(p.to_bits() - 1),
+                f32::from_bits(p.to_bits() + 1),
+            ]);
+        }
+        ps.extend((0..200).map(|_| rng.random_range(0.0f32..1.0)));
+        for p in ps {
+            let t = threshold(p);
+            let words = (0..2000)
+                .map(|_| rng.random::<u32>())
+                .chain([0, 255, 256, u32::MAX]);
+            for w in words.chain((0..3).map(|d| (t.saturating_sub(1) + d) << 8)) {
+                assert_eq!(w >> 8 >= t, word_uniform(w) >= p, "p {p:e}, word {w:#x}");
+            }
         }
     }
 
