@@ -64,12 +64,14 @@ pub fn philox4x32_10_lanes<const N: usize>(
         }
         let mut next = [[0u32; N]; 4];
         for l in 0..N {
-            let (hi0, lo0) = mulhilo(M0, ctr[0][l]);
-            let (hi1, lo1) = mulhilo(M1, ctr[2][l]);
+            // The low halves as 32-bit products (one vector multiply each); only the high
+            // halves need the widening multiply.
+            let hi0 = ((M0 as u64 * ctr[0][l] as u64) >> 32) as u32;
+            let hi1 = ((M1 as u64 * ctr[2][l] as u64) >> 32) as u32;
             next[0][l] = hi1 ^ ctr[1][l] ^ key[0];
-            next[1][l] = lo1;
+            next[1][l] = M1.wrapping_mul(ctr[2][l]);
             next[2][l] = hi0 ^ ctr[3][l] ^ key[1];
-            next[3][l] = lo0;
+            next[3][l] = M0.wrapping_mul(ctr[0][l]);
         }
         ctr = next;
     }

@@ -126,19 +126,7 @@ fn input_gradient_bf16_blocks(
         .zip(dz.par_chunks(rows * out))
         .for_each(|(dx, dz)| {
             with_scratch([dx.len()], |[acc]| {
-                let n = dx.len() / inp;
-                bf16::matmul(
-                    kernel,
-                    acc,
-                    MatLayout::row_major(n, inp),
-                    dz,
-                    MatLayout::row_major(n, out),
-                    weight,
-                    MatLayout::row_major(out, inp),
-                    1.0,
-                    false,
-                    false,
-                );
+                input_gradient(kernel, acc, dz, weight, inp, false);
                 cast::narrow_slice(level, dx, acc);
             })
         });
@@ -156,9 +144,22 @@ pub fn backward<T: GemmOperand>(
     x: &[T],
     weight: &[T],
 ) {
-    let out = dbias.len();
-    let n = dz.len() / out;
+    let n = dz.len() / dbias.len();
     let inp = x.len() / n.max(1);
+    input_gradient(kernel, dx, dz, weight, inp, true);
+    parameter_gradients(kernel, dweight, dbias, dz, x);
+}
+
+/// `dx = dz W`: `dx` `[n, in]`, `dz` `[n, out]`, `W` `[out, in]`.
+fn input_gradient<T: GemmOperand>(
+    kernel: Bf16Gemm,
+    dx: &mut [f32],
+    dz: &[T],
+    weight: &[T],
+    inp: usize,
+    parallel: bool,
+) {
+    let (n, out) = (dx.len() / inp.max(1), weight.len() / inp.max(1));
     T::matmul(
         kernel,
         dx,
@@ -169,9 +170,8 @@ pub fn backward<T: GemmOperand>(
         MatLayout::row_major(out, inp),
         1.0,
         false,
-        true,
+        parallel,
     );
-    parameter_gradients(kernel, dweight, dbias, dz, x);
 }
 
 /// `dW += dz^T x` and `db += sum_rows dz`.
