@@ -205,9 +205,9 @@ multiversion! {
     }
 }
 
-/// Writes `out` `[tokens, H]` and `lse` `[heads, tokens]`. `offsets` delimit the sequences;
-/// `mask` (`[tokens]`, 1 = real key) is `None` when every row is real. Rows outside every
-/// sequence get zeros.
+/// Writes `out` `[tokens, H]` and `lse` `[heads, tokens]`. `offsets` delimit the sequences (from
+/// 0 to `tokens`, so they cover every row); `mask` (`[tokens]`, 1 = real key) is `None` when every
+/// row is real.
 pub fn forward<T: GemmOperand>(
     kernel: Bf16Gemm,
     dims: &Dims,
@@ -221,19 +221,18 @@ pub fn forward<T: GemmOperand>(
     let scale = 1.0 / (d as f32).sqrt();
     let level = Level::best();
     let blocks = query_blocks(offsets);
-    lse.fill(0.0);
 
-    // Each block owns its rows of `out`: split them off in row order, so tasks write in place.
-    let mut owned = Vec::with_capacity(blocks.len());
-    let (mut rest, mut rest_row) = (out, 0);
-    for &block in &blocks {
-        let (gap, tail) = std::mem::take(&mut rest).split_at_mut((block.row() - rest_row) * hidden);
-        gap.fill(T::ZERO);
-        let (rows, tail) = tail.split_at_mut(block.rows * hidden);
-        owned.push((block, rows));
-        (rest, rest_row) = (tail, block.row() + block.rows);
-    }
-    rest.fill(T::ZERO);
+    // The blocks tile the rows in order, so each owns the next `rows` rows of `out`: split them
+    // off, and each task writes its own in place.
+    let mut rest = out;
+    let owned: Vec<_> = blocks
+        .iter()
+        .map(|&block| {
+            let (rows, tail) = std::mem::take(&mut rest).split_at_mut(block.rows * hidden);
+            rest = tail;
+            (block, rows)
+        })
+        .collect();
 
     let block_lse: Vec<Vec<f32>> = owned
         .into_par_iter()
@@ -289,7 +288,7 @@ pub fn forward<T: GemmOperand>(
     }
 }
 
-/// Writes dqkv `[tokens, 3H]` (zeros outside every sequence). With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
+/// Writes dqkv `[tokens, 3H]`. With `P` rebuilt from the lse and `D_i = sum_c dO[i,c] O[i,c]`:
 /// `dV = P^T dO`, `dP = dO V^T`, `dS = P * (dP - D)`, `dQ = dS K / sqrt(d)`, `dK = dS^T Q / sqrt(d)`,
 /// each computed a query block at a time (dV and dK summed over the blocks).
 #[allow(clippy::too_many_arguments)]
@@ -413,14 +412,7 @@ pub fn backward<T: GemmOperand>(
         })
         .collect();
 
-    // Every row of a sequence gets all its heads' parts below; rows outside get zeros.
-    let mut covered = vec![false; tokens];
-    for (start, len) in sequences(offsets) {
-        covered[start..start + len].fill(true);
-    }
-    for (row, _) in covered.iter().enumerate().filter(|(_, c)| !**c) {
-        dqkv[row * 3 * hidden..][..3 * hidden].fill(T::ZERO);
-    }
+    // Every row lies in a sequence, and gets each head's three parts here.
     for (&at, parts) in work.iter().zip(per_head) {
         for (part, grad) in parts.iter().enumerate() {
             let base = dims.qkv_at(at.start, at.head, part);

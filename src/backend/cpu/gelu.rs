@@ -41,15 +41,6 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// `x[i] = GELU(x[i])` on the calling thread.
-    pub fn forward_in_place(x: &mut [f32]) {
-        for x in x.iter_mut() {
-            *x = gelu(*x);
-        }
-    }
-}
-
 pub fn forward(y: &mut [f32], x: &[f32]) {
     let level = Level::best();
     y.par_chunks_mut(CHUNK)

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use super::{
     CpuBackend, activation, bf16s, bf16s_mut, cast, f32s, f32s_mut, gelu, param, param16,
-    params_mut, write_activation,
+    params_mut,
 };
 use crate::backend::Param;
 use crate::error::Result;
@@ -88,13 +88,13 @@ fn forward_bf16_blocks(
     // One block: the f32 product in this thread's scratch, rounded into `y`; then, for the
     // feed-forward layer, GELU of `y` as stored.
     let block = |y: &mut [bf16], g: Option<&mut [bf16]>, x: &[bf16]| {
-        with_scratch([y.len()], |[acc]| {
+        with_scratch([y.len(), y.len()], |[acc, activated]| {
             forward(kernel, acc, x, weight, bias, inp, false);
             cast::narrow_slice(level, y, acc);
             if let Some(g) = g {
                 cast::widen_slice(level, acc, y);
-                gelu::forward_in_place(level, acc);
-                cast::narrow_slice(level, g, acc);
+                gelu::forward_chunk(level, activated, acc);
+                cast::narrow_slice(level, g, activated);
             }
         })
     };
@@ -228,22 +228,10 @@ impl LinearKernels for CpuBackend {
         if x.dtype() == DType::BF16 {
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
-            if inp > 0 && !b.is_empty() {
-                // The bias and the product in f32, rounded once, a block of rows at a time.
-                forward_bf16_blocks(
-                    self.bf16_gemm,
-                    bf16s_mut(y, "linear output")?,
-                    None,
-                    x,
-                    w,
-                    b,
-                    inp,
-                );
-                return Ok(());
-            }
-            return write_activation(y, "linear output", false, |y| {
-                forward(self.bf16_gemm, y, x, w, b, inp, true)
-            });
+            // The bias and the product in f32, rounded once, a block of rows at a time.
+            let y = bf16s_mut(y, "linear output")?;
+            forward_bf16_blocks(self.bf16_gemm, y, None, x, w, b, inp);
+            return Ok(());
         }
         forward(
             self.bf16_gemm,
@@ -266,24 +254,14 @@ impl LinearKernels for CpuBackend {
         z: &mut Tensor,
         y: &mut Tensor,
     ) -> Result<()> {
-        let inp = x.shape().last().copied().unwrap_or(0);
-        if x.dtype() == DType::BF16 && inp > 0 {
+        if x.dtype() == DType::BF16 {
             // z = x W^T + b in f32, rounded into z; y = GELU(z) from z as stored.
+            let inp = x.shape().last().copied().unwrap_or(0);
             let b = param(f32s(weights.values, "parameters")?, bias);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
             let x = bf16s(x, "linear input")?;
-            let y = bf16s_mut(y, "gelu output")?;
-            if !b.is_empty() {
-                forward_bf16_blocks(
-                    self.bf16_gemm,
-                    bf16s_mut(z, "linear output")?,
-                    Some(y),
-                    x,
-                    w,
-                    b,
-                    inp,
-                );
-            }
+            let (z, y) = (bf16s_mut(z, "linear output")?, bf16s_mut(y, "gelu output")?);
+            forward_bf16_blocks(self.bf16_gemm, z, Some(y), x, w, b, inp);
             return Ok(());
         }
         self.linear_forward_into(x, weights, weight, bias, z)?;
@@ -319,22 +297,12 @@ impl LinearKernels for CpuBackend {
             };
             let [dw, db] = params_mut(f32s_mut(grads, "gradients")?, [weight, bias]);
             let w = param16(bf16s(weights.gemm, "GEMM weights")?, weight);
+            let inp = x.shape().last().copied().unwrap_or(0);
             let x = bf16s(x, "linear input")?;
-            let inp = x.len() / (dz.len() / db.len().max(1)).max(1);
-            if inp > 0 && !db.is_empty() {
-                input_gradient_bf16_blocks(
-                    self.bf16_gemm,
-                    bf16s_mut(dx, "linear dx")?,
-                    &dz,
-                    w,
-                    inp,
-                );
-                parameter_gradients(self.bf16_gemm, dw, db, &dz, x);
-                return Ok(());
-            }
-            return write_activation(dx, "linear dx", false, |dx| {
-                backward(self.bf16_gemm, dx, dw, db, &dz, x, w)
-            });
+            let dx = bf16s_mut(dx, "linear dx")?;
+            input_gradient_bf16_blocks(self.bf16_gemm, dx, &dz, w, inp);
+            parameter_gradients(self.bf16_gemm, dw, db, &dz, x);
+            return Ok(());
         }
         let dy = activation(dy, "linear dy")?;
         // dz = dy GELU'(z) for the feed-forward layer's GELU, else dy itself.

@@ -12,8 +12,6 @@ use super::gemm_bf16::{Bf16Gemm, matmul_bf16};
 use super::simd::Level;
 
 pub trait GemmOperand: Copy + Send + Sync + 'static {
-    const ZERO: Self;
-
     /// `dst = scale * a @ b` (or `+=` when `accumulate`), f32 results; `kernel` picks the bf16
     /// GEMM (f32 operands ignore it).
     #[allow(clippy::too_many_arguments)]
@@ -43,8 +41,6 @@ pub trait GemmOperand: Copy + Send + Sync + 'static {
 }
 
 impl GemmOperand for f32 {
-    const ZERO: f32 = 0.0;
-
     fn matmul(
         _kernel: Bf16Gemm,
         dst: &mut [f32],
@@ -74,8 +70,6 @@ impl GemmOperand for f32 {
 }
 
 impl GemmOperand for bf16 {
-    const ZERO: bf16 = bf16::ZERO;
-
     fn matmul(
         kernel: Bf16Gemm,
         dst: &mut [f32],
